@@ -1,0 +1,295 @@
+"""Request validation against the feature contract, with field-level errors.
+
+Every transport (HTTP JSON, v2 REST, gRPC) turns its payload into a list of instance dicts and
+runs them through :class:`InstanceValidator`; request-level problems (malformed JSON, wrong shape,
+batch size) raise :class:`RequestRejected` too, so there is one error vocabulary for all of them.
+
+``Reason`` values and the field names of the contract are the only values that reach metric labels:
+unknown field names sent by clients are reported in the error body but labelled ``UNKNOWN_FIELD``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from service.contract import (
+    CategoricalFeature,
+    Feature,
+    FeatureContract,
+    IntegerFeature,
+    NumberFeature,
+)
+
+Instance = dict[str, Any]
+
+# Field label for request-level errors and for fields the contract does not know.
+REQUEST_FIELD = "$request"
+UNKNOWN_FIELD = "$unknown"
+# How many errors an answer lists; the total is always reported.
+MAX_REPORTED_ERRORS = 50
+_MAX_NAME_ECHO = 64
+_MAX_VALUE_ECHO = 80
+
+
+class Reason(StrEnum):
+    # request level
+    INVALID_JSON = "invalid_json"
+    INVALID_BODY = "invalid_body"
+    EMPTY_BATCH = "empty_batch"
+    BATCH_TOO_LARGE = "batch_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    # instance level
+    INVALID_INSTANCE = "invalid_instance"
+    MISSING = "missing"
+    UNKNOWN_FIELD = "unknown_field"
+    EXCLUDED_FIELD = "excluded_field"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_CATEGORY = "unknown_category"
+    OUT_OF_RANGE = "out_of_range"
+    # server side: the request was valid but could not be answered
+    INTERNAL_ERROR = "internal_error"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem with a request; ``instance`` is None for request-level problems."""
+
+    instance: int | None
+    field: str
+    reason: Reason
+    message: str
+    # Bounded label for metrics: a contract feature name, REQUEST_FIELD or UNKNOWN_FIELD.
+    metric_field: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "field": self.field,
+            "reason": self.reason.value,
+            "message": self.message,
+        }
+
+
+class RequestRejected(Exception):
+    """A request that must be answered 4xx (gRPC: INVALID_ARGUMENT) with ``errors``."""
+
+    def __init__(self, errors: list[FieldError], status: int = 400) -> None:
+        super().__init__(errors[0].message if errors else "invalid request")
+        self.errors = errors
+        self.status = status
+
+    @classmethod
+    def request_level(cls, reason: Reason, message: str, status: int = 400) -> RequestRejected:
+        return cls([FieldError(None, REQUEST_FIELD, reason, message, REQUEST_FIELD)], status)
+
+    @property
+    def summary(self) -> str:
+        """One line naming the first problem, e.g. for a gRPC status detail or a log line."""
+        first = self.errors[0]
+        where = "request" if first.instance is None else f"instances[{first.instance}]"
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        field = "" if first.field == REQUEST_FIELD else f".{first.field}"
+        return f"{where}{field}: {first.message}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": "invalid_request",
+            "message": self.summary,
+            "error_count": len(self.errors),
+            "errors": [e.to_dict() for e in self.errors[:MAX_REPORTED_ERRORS]],
+        }
+
+
+# A check returns None when the value is valid, else (reason, message).
+Check = Callable[[Any], tuple[Reason, str] | None]
+
+
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_ECHO else text[: _MAX_VALUE_ECHO - 3] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _categorical_check(feat: CategoricalFeature) -> Check:
+    allowed = frozenset(feat.categories)
+    listing = ", ".join(repr(c) for c in feat.categories)
+
+    def check(value: Any) -> tuple[Reason, str] | None:
+        if type(value) is str:
+            if value in allowed:
+                return None
+            return Reason.UNKNOWN_CATEGORY, f"{_echo(value)} is not one of: {listing}"
+        return Reason.WRONG_TYPE, f"expected a string category, got {_json_type(value)}"
+
+    return check
+
+
+def _integer_check(feat: IntegerFeature) -> Check:
+    lo, hi = feat.minimum, feat.maximum
+
+    def check(value: Any) -> tuple[Reason, str] | None:
+        # type() rather than isinstance(): bool is an int subclass and must be refused.
+        if type(value) is int:
+            if lo <= value <= hi:
+                return None
+            return Reason.OUT_OF_RANGE, f"{value} is outside the allowed range {lo}..{hi}"
+        if type(value) is float and math.isfinite(value):
+            return Reason.WRONG_TYPE, f"expected an integer, got the fraction {_echo(value)}"
+        return Reason.WRONG_TYPE, f"expected an integer, got {_json_type(value)}"
+
+    return check
+
+
+def _number_check(feat: NumberFeature) -> Check:
+    lo, hi = feat.minimum, feat.maximum
+
+    def check(value: Any) -> tuple[Reason, str] | None:
+        if type(value) in (int, float):
+            if not math.isfinite(value):
+                return Reason.WRONG_TYPE, f"expected a finite number, got {_echo(value)}"
+            if lo <= value <= hi:
+                return None
+            return Reason.OUT_OF_RANGE, f"{value} is outside the allowed range {lo}..{hi}"
+        return Reason.WRONG_TYPE, f"expected a number, got {_json_type(value)}"
+
+    return check
+
+
+def make_check(feat: Feature) -> Check:
+    if isinstance(feat, CategoricalFeature):
+        return _categorical_check(feat)
+    if isinstance(feat, IntegerFeature):
+        return _integer_check(feat)
+    return _number_check(feat)
+
+
+class InstanceValidator:
+    """Validates instances (dicts of feature values) and whole ``{"instances": [...]}`` payloads."""
+
+    def __init__(self, contract: FeatureContract, max_instances: int) -> None:
+        self.contract = contract
+        self.max_instances = max_instances
+        self._checks: tuple[tuple[str, Check], ...] = tuple(
+            (f.name, make_check(f)) for f in contract.features
+        )
+        self._names = frozenset(contract.feature_names)
+        self._excluded = frozenset(contract.excluded)
+
+    def validate_payload(self, payload: Any) -> list[Instance]:
+        """Validate a decoded ``{"instances": [...]}`` body; return its instances."""
+        if not isinstance(payload, dict):
+            raise RequestRejected.request_level(
+                Reason.INVALID_BODY,
+                f'expected a JSON object {{"instances": [...]}}, got {_json_type(payload)}',
+            )
+        extra = sorted(k for k in payload if k != "instances")
+        if extra:
+            raise RequestRejected.request_level(
+                Reason.INVALID_BODY,
+                f"unexpected top-level field {_echo(extra[0])[:_MAX_NAME_ECHO]}; "
+                'the body must be {"instances": [...]}',
+            )
+        instances = payload.get("instances")
+        if not isinstance(instances, list):
+            got = "nothing" if "instances" not in payload else _json_type(instances)
+            raise RequestRejected.request_level(
+                Reason.INVALID_BODY, f'"instances" must be an array of objects, got {got}'
+            )
+        return self.validate_instances(instances)
+
+    def validate_instances(self, instances: list[Any]) -> list[Instance]:
+        self.check_batch_size(len(instances))
+        errors: list[FieldError] = []
+        for index, instance in enumerate(instances):
+            self._validate_one(index, instance, errors)
+        if errors:
+            raise RequestRejected(errors)
+        return instances
+
+    def check_batch_size(self, size: int) -> None:
+        if size == 0:
+            raise RequestRejected.request_level(
+                Reason.EMPTY_BATCH, "the batch is empty: send 1 or more instances"
+            )
+        if size > self.max_instances:
+            raise RequestRejected.request_level(
+                Reason.BATCH_TOO_LARGE,
+                f"the batch has {size} instances; at most {self.max_instances} are accepted "
+                "per request: split it",
+                status=413,
+            )
+
+    def _validate_one(self, index: int, instance: Any, errors: list[FieldError]) -> None:
+        if not isinstance(instance, dict):
+            errors.append(
+                FieldError(
+                    index,
+                    REQUEST_FIELD,
+                    Reason.INVALID_INSTANCE,
+                    f"each instance must be a JSON object, got {_json_type(instance)}",
+                    REQUEST_FIELD,
+                )
+            )
+            return
+        # Fast path: the exact key set needs no membership test per feature.
+        complete = instance.keys() == self._names
+        for name, check in self._checks:
+            if complete or name in instance:
+                problem = check(instance[name])
+                if problem is not None:
+                    errors.append(FieldError(index, name, problem[0], problem[1], name))
+            else:
+                errors.append(
+                    FieldError(index, name, Reason.MISSING, "required field is missing", name)
+                )
+        if not complete:
+            self._unknown_field_errors(index, instance, errors)
+
+    def _unknown_field_errors(
+        self, index: int, instance: Mapping[str, Any], errors: list[FieldError]
+    ) -> None:
+        for name in instance:
+            if name in self._names:
+                continue
+            shown = str(name)[:_MAX_NAME_ECHO]
+            if name in self._excluded:
+                errors.append(
+                    FieldError(
+                        index,
+                        shown,
+                        Reason.EXCLUDED_FIELD,
+                        "this attribute is deliberately not used by the model "
+                        "(protected attribute); remove it from the request",
+                        shown,
+                    )
+                )
+            else:
+                errors.append(
+                    FieldError(
+                        index,
+                        shown,
+                        Reason.UNKNOWN_FIELD,
+                        "unknown field; GET /model lists the accepted features",
+                        UNKNOWN_FIELD,
+                    )
+                )

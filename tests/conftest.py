@@ -1,0 +1,35 @@
+"""Session fixtures: an isolated BentoML home with a freshly trained model, and a served process.
+
+BENTOML_HOME is set before anything imports bentoml, so tests never touch the user's model store.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from tests.support import ServedService
+
+
+@pytest.fixture(scope="session")
+def model_tag() -> str:
+    """Train and register the example model in the test store; its tag."""
+    import bentoml
+
+    from models import train
+
+    assert train.main([]) == 0
+    return str(bentoml.models.get("credit_risk:latest").tag)
+
+
+@pytest.fixture(scope="session")
+def served(model_tag: str) -> Iterator[ServedService]:
+    """A `bentoml serve` of the project with 2 workers, shared by the integration tests."""
+    with ServedService(workers=2) as service:
+        yield service

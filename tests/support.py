@@ -1,0 +1,102 @@
+"""Helpers shared by the tests: free ports, example payloads and a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from models.contract import CONTRACT
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DATA_PATH = ROOT / "models" / "data" / "german_credit.csv"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def example_rows(n: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the German Credit data as request instances (the 18 contract features)."""
+    frame = pd.read_csv(DATA_PATH)[list(CONTRACT.feature_names)]
+    rows = frame.to_dict(orient="records")
+    return rows if n is None else rows[:n]
+
+
+class ServedService:
+    """A real ``bentoml serve`` of this project, started in a subprocess on free ports.
+
+    Stopped with SIGTERM (as an orchestrator would); ``stop()`` returns the exit code and keeps the
+    output in ``self.output`` for assertions about logs.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "WORKERS": str(workers),
+            "GRPC_PORT": str(self.grpc_port),
+            **(env or {}),
+        }
+        self.output = ""
+        self._log_path = Path(self.env.get("TMPDIR", "/tmp")) / f"bentoml-serve-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> ServedService:
+        log = self._log_path.open("wb")
+        self._proc = subprocess.Popen(
+            [str(VENV_BIN / "bentoml"), "serve", "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited early:\n{self._read_log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"bentoml serve not ready in {timeout}s:\n{self.output}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait for a graceful exit; returns the exit code."""
+        assert self._proc is not None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self.output = self._read_log()
+        return self._proc.returncode
+
+    def _read_log(self) -> str:
+        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+
+    def __enter__(self) -> ServedService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
