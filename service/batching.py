@@ -1,0 +1,107 @@
+"""Merge concurrent requests into shared model calls, without waiting for a batch to fill.
+
+A model call costs nearly the same for 1 row as for hundreds (fixed pandas/sklearn overhead), so
+throughput comes from merging. Timer-based batchers wait up to a deadline for more requests, which
+puts the wait on every request at low load and, when the estimate of the deadline is off, in the
+tail at high load. This one never waits: one call runs at a time per process; requests that
+arrive while it runs queue up, and when it returns everything queued (up to ``max_rows``) becomes
+the next call. At low load a request pays one model call; under load batches grow by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+Row = TypeVar("Row")
+Result = TypeVar("Result")
+log = logging.getLogger(__name__)
+
+BatchObserver = Callable[[int, int, float], None]  # (rows, requests, seconds)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shut down and takes no more work."""
+
+
+class MicroBatcher(Generic[Row, Result]):
+    def __init__(
+        self,
+        fn: Callable[[list[Row]], Sequence[Result]],
+        max_rows: int,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        """``fn`` maps a list of rows to one result per row, in order; it runs on one thread."""
+        self._fn = fn
+        self._max_rows = max_rows
+        self._on_batch = on_batch
+        self._pending: deque[tuple[list[Row], asyncio.Future[Sequence[Result]]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, rows: list[Row]) -> Sequence[Result]:
+        """Results for ``rows``, computed in a call shared with other concurrent requests."""
+        if self._closed:
+            raise BatcherClosed("the model is shutting down")
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        future: asyncio.Future[Sequence[Result]] = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, future))
+        self._wakeup.set()
+        return await future
+
+    async def aclose(self) -> None:
+        """Finish every submitted request, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        self._executor.shutdown(wait=True)
+
+    def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[Sequence[Result]]]]:
+        batch = [self._pending.popleft()]
+        rows = len(batch[0][0])
+        while self._pending and rows + len(self._pending[0][0]) <= self._max_rows:
+            item = self._pending.popleft()
+            rows += len(item[0])
+            batch.append(item)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take_batch()
+                merged = [row for rows, _ in batch for row in rows]
+                started = time.perf_counter()
+                try:
+                    results = await loop.run_in_executor(self._executor, self._fn, merged)
+                    if len(results) != len(merged):
+                        raise RuntimeError(f"model returned {len(results)} for {len(merged)} rows")
+                except Exception as exc:
+                    log.exception("model call on %d rows failed", len(merged))
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                if self._on_batch is not None:
+                    try:
+                        self._on_batch(len(merged), len(batch), time.perf_counter() - started)
+                    except Exception:
+                        log.exception("batch observer failed")
+                offset = 0
+                for rows, future in batch:
+                    if not future.done():  # the caller may have gone (client disconnect)
+                        future.set_result(results[offset : offset + len(rows)])
+                    offset += len(rows)
+            if self._closed:
+                return

@@ -1,0 +1,153 @@
+"""The transport-independent core: validate, predict, and tell the side channels.
+
+HTTP routes and the gRPC servicer are thin adapters around :class:`Predictor`: they turn their
+payload into instances, call :meth:`Predictor.predict` or :meth:`Predictor.reject`, and render the
+answer. Every answered request produces exactly one event for the sinks (prediction log, metrics,
+access log), so all transports are logged and counted the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from service.batching import BatcherClosed, BatchObserver, MicroBatcher
+from service.events import (
+    EventSink,
+    Prediction,
+    PredictionEvent,
+    RejectionEvent,
+    RequestInfo,
+    Sinks,
+    Transport,
+)
+from service.model import LoadedModel
+from service.validation import Instance, InstanceValidator, Reason, RequestRejected
+
+# Client-supplied request ids are echoed into logs and headers: keep them short and printable.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+BODY_EXCERPT_BYTES = 256
+
+
+def new_request_id() -> str:
+    """A UUIDv7 in hex: unique, and time-ordered so that log rows cluster by arrival."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return f"{value:032x}"
+
+
+@dataclass
+class RequestContext:
+    """Started when a request arrives; turned into a :class:`RequestInfo` when it is answered."""
+
+    request_id: str
+    transport: Transport
+    endpoint: str
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    trace_id: str | None = None
+
+    @classmethod
+    def start(cls, transport: Transport, endpoint: str, request_id: str | None) -> RequestContext:
+        """``request_id`` is the client's (header/metadata); an unusable one is replaced."""
+        if request_id is None or not _REQUEST_ID.match(request_id):
+            request_id = new_request_id()
+        return cls(request_id=request_id, transport=transport, endpoint=endpoint)
+
+    def finish(self, model_tag: str) -> RequestInfo:
+        return RequestInfo(
+            request_id=self.request_id,
+            transport=self.transport,
+            received_at=self.received_at,
+            latency_seconds=time.perf_counter() - self.started,
+            model_tag=model_tag,
+            trace_id=self.trace_id,
+            endpoint=self.endpoint,
+        )
+
+
+def body_excerpt(body: bytes) -> str:
+    """At most BODY_EXCERPT_BYTES of a refused body, for the log: enough to recognise, no more."""
+    return body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace")
+
+
+class Predictor:
+    """One per worker process: the loaded model, its validator, the batcher and the sinks."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_instances: int,
+        max_model_batch_rows: int,
+        sinks: Sequence[EventSink] = (),
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.contract = model.contract
+        self.validator = InstanceValidator(model.contract, max_instances)
+        self.sinks = Sinks(list(sinks))
+        self._batcher: MicroBatcher[Instance, Prediction] = MicroBatcher(
+            self._predict_rows, max_model_batch_rows, on_batch
+        )
+
+    def _predict_rows(self, rows: list[Instance]) -> list[Prediction]:
+        # Runs on the batcher's model thread.
+        scores = self.model.score(self.contract.frame(rows))
+        labels = self.model.labels(scores)
+        return [
+            Prediction(label, float(score)) for label, score in zip(labels, scores, strict=True)
+        ]
+
+    async def predict(self, ctx: RequestContext, instances: list[Instance]) -> list[Prediction]:
+        """Predictions for validated ``instances``, in order; publishes the event."""
+        try:
+            predictions = list(await self._batcher.submit(instances))
+        except BatcherClosed as exc:
+            failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
+            self.reject(ctx, failure)
+            raise failure from exc
+        except Exception:
+            # Logged with its traceback by the batcher; the caller answers a bare 500.
+            self.reject(ctx, RequestRejected.request_level(Reason.INTERNAL_ERROR, "", 500))
+            raise
+        self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))
+        return predictions
+
+    def reject(self, ctx: RequestContext, exc: RequestRejected, body: bytes = b"") -> None:
+        """Record a refused request; the transport renders the error itself."""
+        self.sinks.publish(
+            RejectionEvent(
+                ctx.finish(self.model.tag), exc.status, exc.errors, len(body), body_excerpt(body)
+            )
+        )
+
+    def render(self, ctx: RequestContext, predictions: list[Prediction]) -> dict[str, Any]:
+        """The JSON answer of ``POST /predict``."""
+        score_name = self.contract.score_name
+        return {
+            "model": self.model.tag,
+            "request_id": ctx.request_id,
+            "predictions": [{"label": p.label, score_name: p.probability} for p in predictions],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON answer of ``GET /model``."""
+        return {
+            "model": self.model.tag,
+            "name": self.contract.model_name,
+            "version": self.model.version,
+            "decision_threshold": self.model.threshold,
+            "metadata": self.model.metadata,
+            "contract": self.contract.to_dict(),
+            "instance_schema": self.contract.json_schema(),
+        }
+
+    async def aclose(self) -> None:
+        """Answer every request already submitted to the model, then stop taking new ones."""
+        await self._batcher.aclose()

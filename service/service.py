@@ -1,0 +1,53 @@
+"""The BentoML service: loads the registered model in each worker and mounts the routes.
+
+Served by ``bentoml serve`` (see bentofile.yaml) and by the container's standard entrypoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bentoml
+
+from service.http import build_http_app
+from service.inference import Predictor
+from service.model import load_model
+from service.settings import get_settings
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+
+
+def _current_predictor() -> Predictor:
+    return bentoml.get_current_service().predictor
+
+
+http_app = build_http_app(_current_predictor, settings.max_body_bytes)
+
+
+@bentoml.service(
+    name="credit_risk_service",
+    workers=settings.workers,
+    traffic={"timeout": settings.request_timeout_seconds},
+)
+@bentoml.asgi_app(http_app, path="/")
+class CreditRiskService:
+    # Resolved by `bentoml build`, which packs this exact model version into the bento.
+    model_ref = bentoml.models.BentoModel(settings.model_tag)
+
+    def __init__(self) -> None:
+        model = load_model(self.model_ref)
+        self.predictor = Predictor(
+            model,
+            max_instances=settings.max_batch_size,
+            max_model_batch_rows=settings.max_model_batch_rows,
+        )
+        log.info("loaded %s", model.tag)
+
+    def __is_ready__(self) -> bool:
+        # __init__ returns only once the model is loaded; /readyz is 503 until then.
+        return self.predictor is not None
+
+    @bentoml.on_shutdown
+    async def shutdown(self) -> None:
+        await self.predictor.aclose()

@@ -1,0 +1,184 @@
+"""The HTTP API, run twice: in-process (the service's full BentoML ASGI app, middleware included)
+and against a real `bentoml serve` with 2 workers. Both must behave identically."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from models.contract import CONTRACT
+from tests.support import ServedService, example_rows
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=["in_process", "served"])
+def client(request: pytest.FixtureRequest, model_tag: str) -> Iterator[httpx.Client]:
+    if request.param == "served":
+        served: ServedService = request.getfixturevalue("served")
+        with httpx.Client(base_url=served.url, timeout=30) as http:
+            yield http
+        return
+    from service.service import CreditRiskService
+
+    with TestClient(CreditRiskService.to_asgi()) as http:
+        yield http
+
+
+def predict(client: httpx.Client, payload: Any, **kwargs: Any) -> httpx.Response:
+    return client.post("/predict", json=payload, **kwargs)
+
+
+def assert_refused(
+    response: httpx.Response, status: int, instance: int | None, field: str, reason: str
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    first = body["errors"][0]
+    assert (first["instance"], first["field"], first["reason"]) == (instance, field, reason)
+    assert first["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def test_single_instance(client: httpx.Client, model_tag: str) -> None:
+    response = predict(client, {"instances": example_rows(1)})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == model_tag
+    (prediction,) = body["predictions"]
+    assert set(prediction) == {"label", "probability_bad"}
+    assert 0 <= prediction["probability_bad"] <= 1
+    assert prediction["label"] == ("bad" if prediction["probability_bad"] >= 1 / 6 else "good")
+
+
+def test_batch_answers_exactly_what_singles_answer(client: httpx.Client) -> None:
+    rows = example_rows()
+    batch = predict(client, {"instances": rows}).json()["predictions"]
+    with ThreadPoolExecutor(16) as pool:
+        singles = list(
+            pool.map(lambda r: predict(client, {"instances": [r]}).json()["predictions"][0], rows)
+        )
+    assert batch == singles
+    labels = {p["label"] for p in batch}
+    assert labels == {"good", "bad"}
+
+
+def test_request_id_is_taken_from_the_header(client: httpx.Client) -> None:
+    response = predict(client, {"instances": example_rows(1)}, headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert response.json()["request_id"] == "abc-123"
+
+
+@pytest.mark.parametrize("header", [None, "has spaces", "x" * 200])
+def test_request_id_is_generated_when_absent_or_unusable(
+    client: httpx.Client, header: str | None
+) -> None:
+    headers = {} if header is None else {"X-Request-ID": header}
+    response = predict(client, {"instances": example_rows(1)}, headers=headers)
+    generated = response.json()["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert response.headers["x-request-id"] == generated
+
+
+def test_request_ids_are_unique(client: httpx.Client) -> None:
+    ids = {predict(client, {"instances": example_rows(1)}).json()["request_id"] for _ in range(20)}
+    assert len(ids) == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (b'{"instances": [', "$request", "invalid_json"),
+        (b"", "$request", "invalid_json"),
+        (b"\xff\xfe", "$request", "invalid_json"),
+        (b'{"instances": [{"age_in_years": NaN}]}', "$request", "invalid_json"),
+        (b"[1, 2]", "$request", "invalid_body"),
+        (b'{"rows": []}', "$request", "invalid_body"),
+        (b'{"instances": "all"}', "$request", "invalid_body"),
+        (b'{"instances": []}', "$request", "empty_batch"),
+    ],
+)
+def test_malformed_bodies(client: httpx.Client, body: bytes, field: str, reason: str) -> None:
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert_refused(response, 400, None, field, reason)
+
+
+def test_invalid_value_names_instance_and_field(client: httpx.Client) -> None:
+    rows = example_rows(5)
+    rows[3]["credit_amount"] = 2_000_000
+    rows[4]["housing"] = "castle"
+    body = assert_refused(
+        predict(client, {"instances": rows}), 400, 3, "credit_amount", "out_of_range"
+    )
+    assert body["error_count"] == 2
+    assert body["errors"][1] == {
+        "instance": 4,
+        "field": "housing",
+        "reason": "unknown_category",
+        "message": "'castle' is not one of: 'rent', 'own', 'for free'",
+    }
+    assert body["message"].startswith("instances[3].credit_amount: 2000000 is outside")
+
+
+def test_integers_must_be_json_integers(client: httpx.Client) -> None:
+    row = json.dumps(example_rows(1)[0]).replace('"age_in_years": 67', '"age_in_years": 67.0')
+    response = client.post("/predict", content=f'{{"instances": [{row}]}}'.encode())
+    assert_refused(response, 400, 0, "age_in_years", "wrong_type")
+
+
+def test_protected_attribute_is_refused(client: httpx.Client) -> None:
+    row = {**example_rows(1)[0], "foreign_worker": "yes"}
+    body = assert_refused(
+        predict(client, {"instances": [row]}), 400, 0, "foreign_worker", "excluded_field"
+    )
+    assert "protected" in body["errors"][0]["message"]
+
+
+def test_oversized_batch(client: httpx.Client) -> None:
+    rows = example_rows(1) * 1001
+    assert_refused(predict(client, {"instances": rows}), 413, None, "$request", "batch_too_large")
+
+
+def test_body_of_megabytes_is_refused_unread(client: httpx.Client) -> None:
+    body = json.dumps({"instances": example_rows(1) * 6000}).encode()
+    assert len(body) > MAX_BODY
+    response = client.post("/predict", content=body)
+    assert_refused(response, 413, None, "$request", "body_too_large")
+
+
+def test_body_of_megabytes_without_content_length_is_cut_off(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"instances": ['
+        for _ in range(5000):
+            yield b'{"duration_in_month": 12, "padding": "' + b"x" * 1000 + b'"},'
+        yield b"]}"
+
+    response = client.post("/predict", content=chunks())
+    assert_refused(response, 413, None, "$request", "body_too_large")
+
+
+def test_model_endpoint_describes_tag_metadata_and_contract(
+    client: httpx.Client, model_tag: str
+) -> None:
+    body = client.get("/model").json()
+    assert body["model"] == model_tag
+    assert body["version"] == model_tag.split(":")[1]
+    assert body["decision_threshold"] == pytest.approx(1 / 6)
+    assert body["metadata"]["dataset"]["sha256"]
+    assert [f["name"] for f in body["contract"]["features"]] == list(CONTRACT.feature_names)
+    assert body["instance_schema"]["required"] == list(CONTRACT.feature_names)
+
+
+def test_health_endpoints(served: ServedService) -> None:
+    assert httpx.get(f"{served.url}/livez").status_code == 200
+    assert httpx.get(f"{served.url}/readyz").status_code == 200

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.batching import BatcherClosed, MicroBatcher
+
+
+class Recorder:
+    """A model stand-in that records the batches it gets; the first call can be held open."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, rows: list[int]) -> list[int]:
+        self.release.wait(5)
+        self.calls.append(list(rows))
+        return [r * 10 for r in rows]
+
+
+async def test_requests_arriving_during_a_call_share_the_next_call() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100)
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.05)  # the first call is now running, held open
+    rest = [asyncio.create_task(batcher.submit([i, i + 100])) for i in range(2, 6)]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    assert await first == [10]
+    assert [await t for t in rest] == [[i * 10, (i + 100) * 10] for i in range(2, 6)]
+    assert model.calls == [[1], [2, 102, 3, 103, 4, 104, 5, 105]]
+    await batcher.aclose()
+
+
+async def test_batches_respect_max_rows_and_oversized_requests_run_alone() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=4)
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(batcher.submit(rows)) for rows in ([1, 2], [3, 4], [5] * 6, [7])]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await asyncio.gather(first, *tasks)
+    assert model.calls == [[0], [1, 2, 3, 4], [5] * 6, [7]]
+    await batcher.aclose()
+
+
+async def test_observer_sees_rows_requests_and_duration() -> None:
+    seen: list[tuple[int, int, float]] = []
+    batcher = MicroBatcher(Recorder(), 10, on_batch=lambda *a: seen.append(a))
+    await batcher.submit([1, 2, 3])
+    assert seen[0][:2] == (3, 1)
+    assert seen[0][2] >= 0
+    await batcher.aclose()
+
+
+async def test_a_failing_call_fails_its_requests_only() -> None:
+    def model(rows: list[int]) -> list[int]:
+        if 13 in rows:
+            raise ValueError("unlucky")
+        return rows
+
+    batcher = MicroBatcher(model, max_rows=1)
+    results = await asyncio.gather(
+        batcher.submit([13]), batcher.submit([1]), return_exceptions=True
+    )
+    assert isinstance(results[0], ValueError)
+    assert results[1] == [1]
+    assert await batcher.submit([2]) == [2]  # the loop survives
+    await batcher.aclose()
+
+
+async def test_a_wrong_length_answer_is_an_error_not_a_misalignment() -> None:
+    batcher = MicroBatcher(lambda rows: rows[:-1], max_rows=10)
+    with pytest.raises(RuntimeError, match="returned 1 for 2 rows"):
+        await batcher.submit([1, 2])
+    await batcher.aclose()
+
+
+async def test_close_answers_what_was_submitted_then_refuses() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100)
+    model.release.clear()
+    pending = [asyncio.create_task(batcher.submit([i])) for i in range(3)]
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(batcher.aclose())
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await closing
+    assert [await t for t in pending] == [[0], [10], [20]]
+    with pytest.raises(BatcherClosed):
+        await batcher.submit([4])
+
+
+async def test_a_cancelled_caller_does_not_break_the_others() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100)
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.05)
+    gone = asyncio.create_task(batcher.submit([2]))
+    kept = asyncio.create_task(batcher.submit([3]))
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    model.release.set()
+    assert await first == [10]
+    assert await kept == [30]
+    await batcher.aclose()

@@ -1,0 +1,16 @@
+"""The README documents every setting, with its real default."""
+
+from __future__ import annotations
+
+import re
+
+from service.settings import Settings
+from tests.support import ROOT
+
+
+def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE))
+    for name, field in Settings.model_fields.items():
+        assert name.upper() in rows, f"README lacks a row for {name.upper()}"
+        assert rows[name.upper()] == str(field.default), name
