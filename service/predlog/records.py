@@ -12,6 +12,8 @@ primary keys and a second copy is ignored by the store (``ON CONFLICT DO NOTHING
 
 from __future__ import annotations
 
+import os
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +22,6 @@ from typing import Any
 import orjson
 
 from service.events import Event, PredictionEvent
-from service.inference import new_request_id
 from service.predlog.schema import DATA_TABLES
 from service.validation import MAX_REPORTED_ERRORS
 
@@ -38,6 +39,16 @@ class Entry:
         return len(self.rows)
 
 
+def new_event_id() -> str:
+    """A UUIDv7 in hex: unique, and time-ordered so that primary-key inserts land at the end of
+    the index. (Not service.inference.new_request_id: importing that module pulls in BentoML,
+    which would make the CLI slow to start.)"""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | raw[6] & 0x0F  # version 7
+    raw[8] = 0x80 | raw[8] & 0x3F  # RFC 9562 variant
+    return raw.hex()
+
+
 def event_rows(event: Event) -> int:
     """How many rows ``event`` becomes, without converting it (cheap; for the request path)."""
     return len(event.instances) if isinstance(event, PredictionEvent) else 1
@@ -52,7 +63,7 @@ def _clean(text: str) -> str:
 def to_entry(event: Event) -> Entry:
     req = event.request
     common: Row = {
-        "event_id": new_request_id(),
+        "event_id": new_event_id(),
         "request_id": req.request_id,
         "received_at": req.received_at,
         "model_tag": req.model_tag,

@@ -237,12 +237,12 @@ class Store:
                     boundary = conn.execute(
                         select(table.c.received_at)
                         .order_by(table.c.received_at.desc())
-                        .offset(max_rows)
+                        .offset(max_rows - 1)
                         .limit(1)
                     ).scalar()
                 if boundary is not None:
-                    # Strictly older than the newest max_rows: rows of one request share a
-                    # timestamp and are kept or deleted together.
+                    # Strictly older than the max_rows-th newest row: the rows of one request
+                    # share a timestamp and are kept or deleted together.
                     count += self._delete_older(table, _as_utc(boundary), chunk)
             deleted[name] = count
         return deleted

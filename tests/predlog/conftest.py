@@ -30,7 +30,7 @@ def postgres_admin() -> Iterator[Engine]:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin: Engine) -> Iterator[str]:
+def postgresql_url(postgres_admin: Engine) -> Iterator[str]:
     """URL of an empty PostgreSQL schema of this test's own."""
     schema = f"predlog_test_{os.getpid()}_{os.urandom(4).hex()}"
     with postgres_admin.connect() as conn:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
-from service.inference import new_request_id
+from service.predlog.records import new_event_id
 from service.predlog.schema import predictions, rejections
 from service.predlog.store import Store
 from service.validation import FieldError, Reason
@@ -28,7 +28,7 @@ POSTGRES_URL = os.environ.get(
 
 def request_info(request_id: str | None = None, received_at: datetime | None = None) -> RequestInfo:
     return RequestInfo(
-        request_id=request_id or new_request_id(),
+        request_id=request_id or new_event_id(),
         transport="http",
         received_at=received_at or datetime.now(UTC),
         latency_seconds=0.004,
