@@ -14,9 +14,8 @@ import pytest
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # The prediction log of in-process and served tests goes to a throwaway directory, not ./var.
-_PREDLOG_HOME = tempfile.mkdtemp(prefix="predlog-")
-os.environ.setdefault("PREDICTION_LOG_URL", f"sqlite:///{_PREDLOG_HOME}/predictions.db")
-os.environ.setdefault("PREDICTION_LOG_SPOOL_DIR", f"{_PREDLOG_HOME}/spool")
+os.environ.setdefault("PREDICTION_LOG_URL", f"sqlite:///{tempfile.mkdtemp()}/predictions.db")
+os.environ.setdefault("PREDICTION_LOG_SPOOL_DIR", tempfile.mkdtemp(prefix="predlog-spool-"))
 
 from tests.support import ServedService
 
