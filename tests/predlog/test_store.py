@@ -11,10 +11,18 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from service.predlog.observer import CountingObserver
 from service.predlog.records import to_entry
+from service.predlog.retention import Pruner
 from service.predlog.schema import SCHEMA_VERSION, schema_version
 from service.predlog.store import SchemaMismatch, Store, is_refusal
-from tests.predlog.helpers import prediction_event, rejection_event, row_count, row_keys
+from tests.predlog.helpers import (
+    prediction_event,
+    rejection_event,
+    row_count,
+    row_keys,
+    wait_until,
+)
 
 
 def test_tables_are_created_once_with_their_version(store: Store) -> None:
@@ -216,3 +224,25 @@ def row_keys_of(entries: list) -> tuple[set[tuple[str, int]], set[str]]:  # type
     }
     rejected = {r["request_id"] for e in entries if e.table == "rejections" for r in e.rows}
     return preds, rejected
+
+
+def test_the_pruner_runs_periodically_and_counts(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.write([to_entry(prediction_event(2, received_at=now - timedelta(days=400))),
+                 to_entry(prediction_event(1, received_at=now))])  # fmt: skip
+    observer = CountingObserver()
+    pruner = Pruner(store, observer, retention_days=365, max_rows=0, interval_seconds=0.1)
+    pruner.start()
+    wait_until(lambda: observer.total("pruned") == 2)
+    pruner.close()
+    assert row_count(store) == 1
+
+
+def test_a_failing_prune_is_counted_and_retried() -> None:
+    unreachable = Store("postgresql://postgres@127.0.0.1:1/test")
+    observer = CountingObserver()
+    pruner = Pruner(unreachable, observer, retention_days=1, max_rows=0, interval_seconds=0.05)
+    pruner.start()
+    wait_until(lambda: observer.failures["prune"] >= 2)
+    pruner.close()
+    unreachable.close()
