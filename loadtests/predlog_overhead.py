@@ -7,6 +7,8 @@ Two measurements:
    the access log off so that only the prediction log differs. Closed-loop clients send
    /predict requests to one server, then the other, alternating in short windows so that
    background load on the machine hits both alike; latency is measured by the client.
+   The server processes' CPU time per request is recorded too: on a busy machine it is a
+   steadier measure of the log's cost than wall-clock latency.
 2. in process: the cost of the request path's part of the log, ``PredictionLog.publish()``,
    per event, with a real writer committing to SQLite behind it.
 
@@ -20,6 +22,7 @@ what else runs on it: say both when you quote them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,9 +75,22 @@ def run_window(url: str, body: bytes, concurrency: int, seconds: float) -> list[
     return latencies
 
 
-def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
+def server_cpu_seconds(server: ServedService) -> float:
+    """User + system CPU time of the server's process tree (arbiter and workers) so far."""
+    assert server._proc is not None
+    root = psutil.Process(server._proc.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def summarize(latencies: list[float], seconds: float, cpu: float) -> dict[str, float]:
     return {
         "requests": len(latencies),
+        "server_cpu_ms_per_request": round(1000 * cpu / len(latencies), 3),
         "throughput_rps": round(len(latencies) / seconds, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3),
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 3),
@@ -97,20 +114,23 @@ def end_to_end(args: argparse.Namespace, state: Path) -> dict[str, dict[str, flo
         name: ServedService(env=env, workers=args.workers).start() for name, env in configs.items()
     }
     latencies: dict[str, list[float]] = {name: [] for name in configs}
+    cpu = dict.fromkeys(configs, 0.0)
     try:
         for server in servers.values():  # warm up: first model calls, connection pools
             run_window(server.url, body, args.concurrency, 3)
         for round_ in range(args.rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for name in order:
+                before = server_cpu_seconds(servers[name])
                 latencies[name] += run_window(
                     servers[name].url, body, args.concurrency, args.window
                 )
+                cpu[name] += server_cpu_seconds(servers[name]) - before
     finally:
         for server in servers.values():
             server.stop()
     seconds = args.rounds * args.window
-    return {name: summarize(values, seconds) for name, values in latencies.items()}
+    return {name: summarize(values, seconds, cpu[name]) for name, values in latencies.items()}
 
 
 def in_process(state: Path, events: int = 20_000) -> dict[str, float]:
@@ -176,7 +196,7 @@ def main() -> int:
     on, off = report["end_to_end"]["log_on"], report["end_to_end"]["log_off"]
     report["overhead_percent"] = {
         key: round(100 * (on[key] - off[key]) / off[key], 1)
-        for key in ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+        for key in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "server_cpu_ms_per_request")
     }
     out = ROOT / "loadtests" / "reports" / f"predlog_overhead-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

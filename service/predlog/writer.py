@@ -232,7 +232,11 @@ class Writer:
             self._replay = None
 
     def _turn(self, closing: bool) -> None:
-        while events := self._queue.take(self.config.batch_rows):
+        # Take what is queued now, not what keeps arriving: under sustained load the turn must
+        # still end, to replay and report.
+        budget = self._queue.rows
+        while budget > 0 and (events := self._queue.take(self.config.batch_rows)):
+            budget -= sum(event_rows(event) for event in events)
             self._inflight = self._convert(events)
             self._deliver(self._inflight)
             self._inflight = []

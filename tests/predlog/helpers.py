@@ -8,9 +8,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
@@ -21,6 +22,8 @@ from service.predlog.store import Store
 from service.validation import FieldError, Reason
 from tests.support import example_rows
 
+T = TypeVar("T")
+R = TypeVar("R")
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -74,6 +77,19 @@ def row_count(store: Store) -> int:
     with store.engine.connect() as conn:
         return sum(conn.execute(select(func.count()).select_from(t)).scalar_one()
                    for t in (predictions, rejections))  # fmt: skip
+
+
+def concurrently(fn: Callable[[T], R], args: Sequence[T]) -> list[R]:
+    """``fn(arg)`` for every arg, each on a thread of its own, all released at once (as workers
+    starting together); re-raises the first failure."""
+    barrier = threading.Barrier(len(args))
+
+    def run(arg: T) -> R:
+        barrier.wait()
+        return fn(arg)
+
+    with ThreadPoolExecutor(len(args)) as pool:
+        return list(pool.map(run, args))
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from service.predlog.records import Entry, encode_line, to_entry
 from service.predlog.spool import Spool
-from tests.predlog.helpers import prediction_event, rejection_event
+from tests.predlog.helpers import concurrently, prediction_event, rejection_event
 from tests.support import ROOT
 
 
@@ -72,16 +71,7 @@ def test_concurrent_claimers_never_share_a_segment(tmp_path: Path) -> None:
         writer.append(entries(2))
         writer.seal()
     claimers = [Spool(tmp_path, 10**7) for _ in range(4)]
-    replayed: list[list[Entry]] = [[] for _ in claimers]
-
-    def claim_all(index: int) -> None:
-        replayed[index] = replay_all(claimers[index])[0]
-
-    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(claimers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    replayed = concurrently(lambda spool: replay_all(spool)[0], claimers)
     everything = [e for part in replayed for e in part]
     assert len(everything) == 40
     assert len({e.rows[0]["event_id"] for e in everything}) == 40

@@ -3,7 +3,6 @@ writes, concurrent writers and retention."""
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from service.predlog.retention import Pruner
 from service.predlog.schema import SCHEMA_VERSION, schema_version
 from service.predlog.store import SchemaMismatch, Store, is_refusal
 from tests.predlog.helpers import (
+    concurrently,
     prediction_event,
     rejection_event,
     row_count,
@@ -33,22 +33,7 @@ def test_tables_are_created_once_with_their_version(store: Store) -> None:
 
 def test_workers_starting_together_create_the_schema_once(store_url: str) -> None:
     stores = [Store(store_url) for _ in range(4)]
-    barrier = threading.Barrier(len(stores))
-    failures: list[BaseException] = []
-
-    def start(store: Store) -> None:
-        barrier.wait()
-        try:
-            store.ensure_schema()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    concurrently(Store.ensure_schema, stores)
     with stores[0].engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM predlog_schema_version")).scalar() == 1
     for store in stores:
@@ -124,24 +109,13 @@ def test_several_writers_write_one_store_at_once(store_url: str) -> None:
     # locking applies between connections of one process as between processes. (The served
     # tests run two real worker processes.)
     stores = [Store(store_url) for _ in range(3)]
-    barrier = threading.Barrier(len(stores))
-    failures: list[BaseException] = []
 
     def write(store: Store) -> None:
-        try:
-            store.ensure_schema()
-            barrier.wait()
-            for _ in range(40):
-                store.write([to_entry(prediction_event(2)) for _ in range(5)])
-        except BaseException as exc:
-            failures.append(exc)
+        store.ensure_schema()
+        for _ in range(40):
+            store.write([to_entry(prediction_event(2)) for _ in range(5)])
 
-    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    concurrently(write, stores)
     assert row_count(stores[0]) == 3 * 40 * 5 * 2
     for store in stores:
         store.close()
@@ -200,15 +174,7 @@ def test_prune_from_every_worker_at_once_is_safe(store_url: str) -> None:
     store.ensure_schema()
     store.write([aged(d % 60, 2) for d in range(300)])
     stores = [Store(store_url) for _ in range(3)]
-    results: list[dict[str, int]] = []
-    threads = [
-        threading.Thread(target=lambda s=s: results.append(s.prune(30, None, NOW, chunk=50)))
-        for s in stores
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = concurrently(lambda s: s.prune(30, None, NOW, chunk=50), stores)
     assert sum(r["predictions"] for r in results) == 2 * sum(1 for d in range(300) if d % 60 > 30)
     assert row_count(store) == 2 * sum(1 for d in range(300) if d % 60 <= 30)
     for s in (store, *stores):

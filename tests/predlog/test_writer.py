@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from service.predlog.store import SchemaMismatch, Store
 from service.predlog.writer import Writer, WriterConfig
 from tests.predlog.helpers import (
     TcpProxy,
+    concurrently,
     prediction_event,
     rejection_event,
     row_count,
@@ -98,14 +98,8 @@ def test_events_are_committed_in_batches(store_url: str, make_writer: MakeWriter
     commits = []
     event.listen(writer.store.engine, "commit", lambda conn: commits.append(1))
     published = events(250)
-    threads = [
-        threading.Thread(target=lambda part=published[i::4]: [writer.publish(e) for e in part])
-        for i in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    parts = [published[i::4] for i in range(4)]  # four request threads
+    concurrently(lambda part: [writer.publish(e) for e in part], parts)
     writer.flush()
     assert row_keys(writer.store) == expected_keys(published)
     assert writer.stats.total("written") == rows_of(published) == 450
