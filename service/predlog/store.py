@@ -111,9 +111,7 @@ def make_engine(url: str) -> Engine:
         connect_args: dict[str, Any] = (
             {} if "timeout" in parsed.query else {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
         )
-        engine = create_engine(
-            parsed, connect_args=connect_args, json_serializer=_json_dumps, pool_pre_ping=True
-        )
+        engine = create_engine(parsed, connect_args=connect_args, json_serializer=_json_dumps)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -126,6 +124,8 @@ def make_engine(url: str) -> Engine:
         parsed,
         connect_args=connect_args,
         json_serializer=_json_dumps,
+        # A pooled connection broken by a database restart is replaced before use, rather than
+        # failing a batch and sending the writer into its retry backoff.
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=2,
