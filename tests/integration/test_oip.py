@@ -4,6 +4,10 @@ grpcio-reflection's clients. Answers must equal `POST /predict` for the same ins
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,15 +26,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
-from tests.support import ServedService, example_rows
+from tests.oip_support import DATATYPES, rest_body, triton_inputs
+from tests.support import ROOT, ServedService, example_rows
 
 MODEL = CONTRACT.model_name
 SCORE = CONTRACT.score_name
-DATATYPES = {"categorical": "BYTES", "integer": "INT64", "number": "FP64"}
-NUMPY = {"BYTES": np.object_, "INT64": np.int64, "FP64": np.float64}
 CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
 INTEGER = CONTRACT.of_kind("integer")[0].name
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -54,28 +57,6 @@ def http_client(served: ServedService) -> Iterator[triton_http.InferenceServerCl
 def channel(served: ServedService) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as chan:
         yield chan
-
-
-def column(rows: list[dict[str, Any]], name: str) -> np.ndarray:
-    datatype = DATATYPES[CONTRACT.feature(name).kind]
-    values = [row[name] for row in rows]
-    if datatype == "BYTES":
-        return np.array([v.encode() for v in values], dtype=np.object_)
-    return np.array(values, dtype=NUMPY[datatype])
-
-
-def triton_inputs(module: Any, rows: list[dict[str, Any]], binary: bool = True) -> list[Any]:
-    """tritonclient inputs for ``rows``, one per feature, as a Triton user would write them."""
-    inputs = []
-    for feature in CONTRACT.features:
-        data = column(rows, feature.name)
-        tensor = module.InferInput(feature.name, list(data.shape), DATATYPES[feature.kind])
-        if module is triton_http:
-            tensor.set_data_from_numpy(data, binary_data=binary)
-        else:
-            tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
-    return inputs
 
 
 def http_predictions(served: ServedService, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,13 +156,8 @@ def test_v2_rest_plain_json(served: ServedService) -> None:
 
 
 def test_request_id_is_the_protocol_id(channel: grpc.Channel) -> None:
-    rows = example_rows(1)
-    request = service_pb2.ModelInferRequest(model_name=MODEL, id="order-42")
-    for feature in CONTRACT.features:
-        data = column(rows, feature.name)
-        request.inputs.add(name=feature.name, datatype=DATATYPES[feature.kind], shape=[1])
-        raw = serialize_byte_tensor(data).item() if data.dtype == np.object_ else data.tobytes()
-        request.raw_input_contents.append(raw)
+    request = raw_request(example_rows(1))
+    request.id = "order-42"
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     response, call = stub.ModelInfer.with_call(request)
     assert response.id == "order-42"
@@ -387,42 +363,29 @@ def test_raw_contents_must_cover_every_input(channel: grpc.Channel) -> None:
     assert "raw_input_contents has 17 entries for 18 inputs" in info.value.details()
 
 
-def test_unknown_model_is_not_found(
+def test_unknown_model_or_version_is_not_found(
     served: ServedService,
+    channel: grpc.Channel,
     grpc_client: triton_grpc.InferenceServerClient,
     http_client: triton_http.InferenceServerClient,
 ) -> None:
     for client, module in ((grpc_client, triton_grpc), (http_client, triton_http)):
         with pytest.raises(InferenceServerException) as info:
             client.infer("fraud", triton_inputs(module, example_rows(1)))
-        assert "unknown model 'fraud'" in info.value.message()
-        assert f"serves '{MODEL}'" in info.value.message()
-    for path in ("/v2/models/fraud", "/v2/models/fraud/ready", f"/v2/models/{MODEL}/versions/9"):
+        assert info.value.message().endswith(f"unknown model 'fraud'; this server serves '{MODEL}'")
+    for path, message in [
+        ("/v2/models/fraud", "unknown model 'fraud'"),
+        ("/v2/models/fraud/ready", "unknown model 'fraud'"),
+        (f"/v2/models/{MODEL}/versions/9", f"version '9' of model '{MODEL}' is not served"),
+    ]:
         response = httpx.get(f"{served.url}{path}")
         assert response.status_code == 404
-        assert (
-            "is not served" in response.json()["error"]
-            or "unknown model" in response.json()["error"]
-        )
+        assert message in response.json()["error"]
     with pytest.raises(grpc.RpcError) as grpc_info:
-        service_pb2_grpc.GRPCInferenceServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}")
-        ).ModelMetadata(service_pb2.ModelMetadataRequest(name="fraud"))
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            service_pb2.ModelMetadataRequest(name="fraud")
+        )
     assert grpc_info.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def rest_body(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "inputs": [
-            {
-                "name": f.name,
-                "datatype": DATATYPES[f.kind],
-                "shape": [len(rows)],
-                "data": [row[f.name] for row in rows],
-            }
-            for f in CONTRACT.features
-        ]
-    }
 
 
 def rest_with(rows: list[dict[str, Any]], name: str, **changes: Any) -> dict[str, Any]:
@@ -567,3 +530,38 @@ def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: Served
         "grpc_server_started_total",
         frozenset({**infer, "grpc_method": "ServerReady"}.items()),
     ) in after
+
+
+# -- the README's examples -----------------------------------------------------------------------
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## gRPC and the Open Inference Protocol")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_python_example_prints_what_it_shows(served: ServedService) -> None:
+    code = re.search(r"```python\n(.*?)```", readme_section(), re.DOTALL)
+    assert code is not None
+    source = code.group(1).replace("localhost:3001", f"127.0.0.1:{served.grpc_port}")
+    shown = re.search(r"^# (\[.*)$", source, re.MULTILINE)
+    assert shown is not None
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(source, "README.md", "exec"), {})
+    assert output.getvalue().strip() == shown.group(1)
+
+
+def test_readme_curl_example_answers_what_it_shows(served: ServedService) -> None:
+    example = re.search(
+        r"\$ curl -s localhost:3000/v2/models/credit_risk/infer .*?-d '(.*?)'\n(.*?)\n```",
+        readme_section(),
+        re.DOTALL,
+    )
+    assert example is not None
+    response = httpx.post(
+        f"{served.url}/v2/models/{MODEL}/infer", content=example.group(1).encode()
+    )
+    shown = json.loads(example.group(2))
+    assert response.json()["outputs"] == shown["outputs"]
