@@ -9,7 +9,6 @@ Go and Java clients' ``status.FromError``/``StatusProto.fromThrowable``, decode)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import grpc
@@ -28,8 +27,6 @@ from service.oip.protocol import (
 )
 from service.oip.tensors import Tensor, encode_raw
 from service.validation import Reason, RequestRejected
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 REQUEST_ID_METADATA = "x-request-id"
@@ -168,10 +165,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         try:
-            ready = self._protocol.model_ready(request.name, request.version)
+            return pb.ModelReadyResponse(
+                ready=self._protocol.model_ready(request.name, request.version)
+            )
         except RequestRejected as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, exc.summary)
-        return pb.ModelReadyResponse(ready=ready)
+            raise  # abort() raises; this tells readers and type checkers
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -185,6 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._protocol.check_model(request.name, request.version)
         except RequestRejected as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, exc.summary)
+            raise  # abort() raises
         metadata = self._protocol.model_metadata()
         return pb.ModelMetadataResponse(
             name=metadata["name"],
@@ -215,11 +215,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     (STATUS_DETAILS_METADATA, status_details(exc.rejection, code)),
                 ),
             )
+            raise  # abort() raises
         except InferFailed as exc:
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 str(exc),
                 trailing_metadata=((REQUEST_ID_METADATA, exc.ctx.request_id),),
             )
+            raise  # abort() raises
         context.set_trailing_metadata(((REQUEST_ID_METADATA, result.ctx.request_id),))
         return build_infer_response(self._protocol, result, raw=bool(request.raw_input_contents))
