@@ -13,6 +13,9 @@ import pytest
 
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# In-process services (TestClient) start their gRPC server on a free port (served ones get their
+# own), never on `make`'s exported 3001, which other runs on the machine would share.
+os.environ["GRPC_PORT"] = "0"
 
 from tests.support import ServedService
 
