@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test lint format lock clean
+.PHONY: help setup model serve test lint format lock proto clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ format: setup ## apply ruff's fixes and formatting
 lock: | $(UV) ## re-resolve requirements/*.txt from pyproject.toml
 	$(UV) pip compile --quiet -p 3.11 --custom-compile-command "make lock" pyproject.toml -o requirements/runtime.txt
 	$(UV) pip compile --quiet -p 3.11 --custom-compile-command "make lock" pyproject.toml --extra dev -o requirements/dev.txt
+
+proto: setup ## regenerate the gRPC stubs in service/oip/generated from service/oip/proto
+	$(BIN)/python -m service.oip.codegen
 
 clean: ## remove the virtualenv and local state (not the model store)
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -9,13 +9,13 @@ its own 4xx errors with a different shape. BentoML still wraps these routes in i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from service.inference import Predictor, RequestContext
 from service.validation import Reason, RequestRejected
@@ -87,8 +87,15 @@ def internal_error_response(ctx: RequestContext) -> JSONResponse:
     )
 
 
-def build_http_app(get_predictor: Callable[[], Predictor], max_body_bytes: int) -> Starlette:
-    """The routes; ``get_predictor`` returns the worker's :class:`Predictor` at request time."""
+def build_http_app(
+    get_predictor: Callable[[], Predictor],
+    max_body_bytes: int,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The routes; ``get_predictor`` returns the worker's :class:`Predictor` at request time.
+
+    ``extra_routes`` are other APIs served on the same port (the Open Inference Protocol's v2).
+    """
 
     async def predict(request: Request) -> Response:
         predictor = get_predictor()
@@ -117,5 +124,6 @@ def build_http_app(get_predictor: Callable[[], Predictor], max_body_bytes: int) 
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/model", model, methods=["GET"]),
+            *extra_routes,
         ]
     )

@@ -42,6 +42,11 @@ def new_request_id() -> str:
     return f"{value:032x}"
 
 
+def usable_request_id(value: str) -> bool:
+    """Whether a client-supplied id may serve as the request id (else one is generated)."""
+    return _REQUEST_ID.match(value) is not None
+
+
 @dataclass
 class RequestContext:
     """Started when a request arrives; turned into a :class:`RequestInfo` when it is answered."""
@@ -56,7 +61,7 @@ class RequestContext:
     @classmethod
     def start(cls, transport: Transport, endpoint: str, request_id: str | None) -> RequestContext:
         """``request_id`` is the client's (header/metadata); an unusable one is replaced."""
-        if request_id is None or not _REQUEST_ID.match(request_id):
+        if request_id is None or not usable_request_id(request_id):
             request_id = new_request_id()
         return cls(request_id=request_id, transport=transport, endpoint=endpoint)
 
@@ -119,11 +124,22 @@ class Predictor:
         self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))
         return predictions
 
-    def reject(self, ctx: RequestContext, exc: RequestRejected, body: bytes = b"") -> None:
-        """Record a refused request; the transport renders the error itself."""
+    def reject(
+        self,
+        ctx: RequestContext,
+        exc: RequestRejected,
+        body: bytes = b"",
+        body_size: int | None = None,
+    ) -> None:
+        """Record a refused request; the transport renders the error itself.
+
+        ``body_size`` defaults to ``len(body)``; gRPC passes the message size with a readable
+        description of the message as ``body``.
+        """
+        size = len(body) if body_size is None else body_size
         self.sinks.publish(
             RejectionEvent(
-                ctx.finish(self.model.tag), exc.status, exc.errors, len(body), body_excerpt(body)
+                ctx.finish(self.model.tag), exc.status, exc.errors, size, body_excerpt(body)
             )
         )
 

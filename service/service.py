@@ -1,6 +1,8 @@
 """The BentoML service: loads the registered model in each worker and mounts the routes.
 
 Served by ``bentoml serve`` (see bentofile.yaml) and by the container's standard entrypoint.
+Each worker also runs the gRPC (Open Inference Protocol) server on GRPC_PORT: see
+``service/oip/server.py``.
 """
 
 from __future__ import annotations
@@ -14,22 +16,34 @@ from service.events import EventSink
 from service.http import build_http_app
 from service.inference import Predictor
 from service.model import load_model
+from service.oip.protocol import InferenceProtocol, server_version
+from service.oip.rest import v2_routes
+from service.oip.server import GrpcServer, check_port_free
 from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+SERVICE_NAME = "credit_risk_service"
 
 
 def _current_predictor() -> Predictor:
     return bentoml.get_current_service().predictor
 
 
-http_app = build_http_app(_current_predictor, settings.max_body_bytes)
+def _current_protocol() -> InferenceProtocol:
+    return bentoml.get_current_service().oip
+
+
+http_app = build_http_app(
+    _current_predictor,
+    settings.max_body_bytes,
+    extra_routes=v2_routes(_current_protocol, settings.max_body_bytes),
+)
 
 
 @bentoml.service(
-    name="credit_risk_service",
+    name=SERVICE_NAME,
     workers=settings.workers,
     traffic={"timeout": settings.request_timeout_seconds},
 )
@@ -55,7 +69,30 @@ class CreditRiskService:
             max_model_batch_rows=settings.max_model_batch_rows,
             sinks=sinks,
         )
+        self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
+        self.grpc_server: GrpcServer | None = None
         log.info("loaded %s", model.tag)
+
+    @bentoml.on_deployment
+    def check_grpc_port() -> None:
+        # Runs once, in `bentoml serve`'s main process, before any worker starts: a taken port
+        # stops the service with a clear message instead of serving HTTP only.
+        if settings.grpc_enabled:
+            check_port_free(settings.grpc_host, settings.grpc_port)
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        # On the worker's event loop, next to the HTTP server; a failure stops the worker.
+        if settings.grpc_enabled:
+            server = GrpcServer(
+                self.oip,
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                max_message_bytes=settings.max_body_bytes,
+                grace_seconds=settings.grpc_shutdown_grace_seconds,
+            )
+            await server.start()
+            self.grpc_server = server
 
     def __is_ready__(self) -> bool:
         # __init__ returns only once the model is loaded; /readyz is 503 until then.
@@ -63,6 +100,9 @@ class CreditRiskService:
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
+        self.oip.ready = False
+        if self.grpc_server is not None:  # before the predictor: calls in flight still need it
+            await self.grpc_server.stop()
         # Answer the requests already accepted first: their events must reach the logs.
         await self.predictor.aclose()
         if self.prediction_log is not None:

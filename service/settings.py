@@ -24,8 +24,27 @@ class Settings(BaseSettings):
         "cpu_count",
         description="HTTP worker processes (each loads the model); `cpu_count` = one per core.",
     )
+    grpc_enabled: bool = Field(
+        True,
+        description="Serve gRPC (Open Inference Protocol) on GRPC_PORT beside HTTP. When false, "
+        "only HTTP is served (v2 REST included).",
+    )
+    grpc_host: str = Field(
+        "0.0.0.0", description="Address the gRPC server binds; `::` for IPv6 and IPv4."
+    )
     grpc_port: int = Field(
-        3001, ge=0, le=65535, description="Port of the gRPC (Open Inference Protocol) server."
+        3001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC (Open Inference Protocol) server, shared by all workers "
+        "(SO_REUSEPORT). The service refuses to start if anything listens on it. 0 = a free port "
+        "per worker, for tests.",
+    )
+    grpc_shutdown_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="On shutdown, how long gRPC calls in flight may take to finish before they "
+        "are cancelled; new calls are refused and health checks answer NOT_SERVING meanwhile.",
     )
     max_batch_size: int = Field(
         1000, ge=1, description="Most instances accepted in one request; more is refused (413)."

@@ -42,6 +42,8 @@ class Reason(StrEnum):
     EMPTY_BATCH = "empty_batch"
     BATCH_TOO_LARGE = "batch_too_large"
     BODY_TOO_LARGE = "body_too_large"
+    UNKNOWN_MODEL = "unknown_model"  # Open Inference Protocol: another model name or version
+    INVALID_TENSOR = "invalid_tensor"  # Open Inference Protocol: shape, element count, raw bytes
     # instance level
     INVALID_INSTANCE = "invalid_instance"
     MISSING = "missing"
@@ -268,28 +270,26 @@ class InstanceValidator:
     def _unknown_field_errors(
         self, index: int, instance: Mapping[str, Any], errors: list[FieldError]
     ) -> None:
-        for name in instance:
-            if name in self._names:
-                continue
-            shown = str(name)[:_MAX_NAME_ECHO]
-            if name in self._excluded:
-                errors.append(
-                    FieldError(
-                        index,
-                        shown,
-                        Reason.EXCLUDED_FIELD,
-                        "this attribute is deliberately not used by the model "
-                        "(protected attribute); remove it from the request",
-                        shown,
-                    )
-                )
-            else:
-                errors.append(
-                    FieldError(
-                        index,
-                        shown,
-                        Reason.UNKNOWN_FIELD,
-                        "unknown field; GET /model lists the accepted features",
-                        UNKNOWN_FIELD,
-                    )
-                )
+        errors.extend(
+            self.unknown_field(index, name) for name in instance if name not in self._names
+        )
+
+    def unknown_field(self, index: int | None, name: Any) -> FieldError:
+        """The error for a field (or OIP input tensor) ``name`` that is not a feature."""
+        shown = str(name)[:_MAX_NAME_ECHO]
+        if name in self._excluded:
+            return FieldError(
+                index,
+                shown,
+                Reason.EXCLUDED_FIELD,
+                "this attribute is deliberately not used by the model "
+                "(protected attribute); remove it from the request",
+                shown,
+            )
+        return FieldError(
+            index,
+            shown,
+            Reason.UNKNOWN_FIELD,
+            "unknown field; GET /model lists the accepted features",
+            UNKNOWN_FIELD,
+        )

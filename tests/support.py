@@ -92,6 +92,12 @@ class ServedService:
         self.output = self._read_log()
         return self._proc.returncode
 
+    @property
+    def pid(self) -> int:
+        """The ``bentoml serve`` process; its workers are its children."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def _read_log(self) -> str:
         return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
 

@@ -1,0 +1,9 @@
+"""The Open Inference Protocol (KServe v2): gRPC on GRPC_PORT and v2 REST on the HTTP port.
+
+- ``tensors.py``: the tensor layout derived from the contract, shared by both transports;
+- ``servicer.py``: ``inference.GRPCInferenceService``, a thin adapter around the ``Predictor``;
+- ``server.py``: the ``grpc.aio`` server each BentoML worker runs, with health and reflection;
+- ``grpc_metrics.py``: Prometheus metrics of gRPC calls (a server interceptor);
+- ``rest.py``: the v2 REST routes;
+- ``proto/`` and ``generated/``: the protocol's schema and its stubs (``make proto``).
+"""

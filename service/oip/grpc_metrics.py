@@ -1,0 +1,193 @@
+"""Prometheus metrics of gRPC calls, recorded by a server interceptor.
+
+Names, labels and code values are those of go-grpc-prometheus (``grpc_code="InvalidArgument"``,
+not ``INVALID_ARGUMENT``), so the usual gRPC dashboards and alert rules (e.g. the error-ratio
+alerts matching ``grpc_code=~"Unknown|ResourceExhausted|Internal|Unavailable|..."``) apply as is:
+
+- ``grpc_server_started_total{grpc_type, grpc_service, grpc_method}``
+- ``grpc_server_handled_total{grpc_type, grpc_service, grpc_method, grpc_code}``
+- ``grpc_server_handling_seconds{grpc_type, grpc_service, grpc_method}`` (histogram)
+
+Labels are bounded: only methods the server implements are counted (a call to an unknown method
+is answered UNIMPLEMENTED by grpc before any handler runs), and codes are the 17 gRPC codes.
+
+The metrics are created on first use, inside the worker process: BentoML aggregates its workers'
+metrics with prometheus_client's multiprocess mode, which must be configured before a metric is
+created. One set per process, shared by every server the process starts (tests start several).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
+HANDLING_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+def code_name(code: grpc.StatusCode) -> str:
+    """Go's name of a status code, as go-grpc-prometheus labels it: ``InvalidArgument``."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(word.capitalize() for word in code.name.split("_"))
+
+
+@dataclass(frozen=True)
+class GrpcMetrics:
+    started: Counter
+    handled: Counter
+    handling_seconds: Histogram
+
+    def initialize(self, services: Iterable[ServiceDescriptor]) -> None:
+        """Create every method's series at zero, so rates and alerts see calls from the first."""
+        for service in services:
+            for method in service.methods:
+                labels = (_rpc_type(method.client_streaming, method.server_streaming),)
+                labels += (service.full_name, method.name)
+                self.started.labels(*labels)
+                self.handled.labels(*labels, "OK")
+                self.handling_seconds.labels(*labels)
+
+
+@cache
+def grpc_metrics() -> GrpcMetrics:
+    """This process's gRPC metrics, created on the first call."""
+    # Imported here, not at module level: prometheus_client picks its multiprocess mode on import.
+    from prometheus_client import Counter, Histogram
+
+    return GrpcMetrics(
+        started=Counter("grpc_server_started_total", "RPCs started on the server.", _LABELS),
+        handled=Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status code.",
+            (*_LABELS, "grpc_code"),
+        ),
+        handling_seconds=Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its completion by the server, in seconds.",
+            _LABELS,
+            buckets=HANDLING_BUCKETS,
+        ),
+    )
+
+
+def _rpc_type(client_streaming: bool, server_streaming: bool) -> str:
+    if client_streaming:
+        return "bidi_stream" if server_streaming else "client_stream"
+    return "server_stream" if server_streaming else "unary"
+
+
+class _Call:
+    """Timing and status of one RPC."""
+
+    def __init__(self, metrics: GrpcMetrics, labels: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._start = time.perf_counter()
+        metrics.started.labels(*labels).inc()
+
+    def finish(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        else:
+            # An abort() sets the code before raising; a handler may also set_code() and return.
+            code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
+        self._metrics.handled.labels(*self._labels, code_name(_status_code(code))).inc()
+        self._metrics.handling_seconds.labels(*self._labels).observe(
+            time.perf_counter() - self._start
+        )
+
+
+def _status_code(code: Any) -> grpc.StatusCode:
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+
+
+Behavior = Callable[..., Any]
+
+
+def _measured(behavior: Behavior, start: Callable[[], _Call]) -> Behavior:
+    """``behavior`` (a coroutine function or an async generator function), measured."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call, error = start(), None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.finish(context, error)
+
+        return stream
+
+    async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call, error = start(), None
+        try:
+            result = behavior(request, context)
+            return await result if isinstance(result, Awaitable) else result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.finish(context, error)
+
+    return single
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: GrpcMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: answered UNIMPLEMENTED, not counted
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        labels = (_rpc_type(handler.request_streaming, handler.response_streaming), service, method)
+
+        def start() -> _Call:
+            return _Call(self._metrics, labels)
+
+        kind = {
+            (False, False): "unary_unary",
+            (False, True): "unary_stream",
+            (True, False): "stream_unary",
+            (True, True): "stream_stream",
+        }[(handler.request_streaming, handler.response_streaming)]
+        return handler._replace(**{kind: _measured(getattr(handler, kind), start)})

@@ -1,0 +1,159 @@
+"""The Open Inference Protocol's semantics, shared by the gRPC servicer and the v2 REST routes.
+
+Both transports parse their wire format into an :class:`InferRequest` and render what
+:meth:`InferenceProtocol.infer` returns; everything else (which model is served, its metadata,
+readiness, validation, prediction, recording refused requests) happens here once. Every infer
+call produces exactly one event through the :class:`Predictor`, like ``POST /predict``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import bentoml
+
+from service.inference import Predictor, RequestContext, usable_request_id
+from service.oip.tensors import Tensor, TensorCodec
+from service.validation import Reason, RequestRejected
+
+_DISTRIBUTION = "credit-risk-service"
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A parsed infer request, whatever the transport."""
+
+    model_name: str
+    model_version: str  # "" = whatever the server serves
+    id: str  # the protocol's request id, echoed in the answer; "" when not given
+    inputs: Sequence[Tensor]
+    outputs: Sequence[str] = ()  # empty = all
+    binary_outputs: frozenset[str] = field(default_factory=frozenset)  # REST binary extension
+
+
+def server_version() -> str:
+    """The bento's version when served from a bento, else the installed project's version."""
+    bento_version = bentoml.server_context.bento_version
+    if bento_version and bento_version != "not available":
+        return bento_version
+    try:
+        return importlib.metadata.version(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class InferenceProtocol:
+    """One per worker, over the worker's :class:`Predictor`."""
+
+    def __init__(self, predictor: Predictor, server_name: str, server_version: str) -> None:
+        self.predictor = predictor
+        self.codec = TensorCodec(predictor.validator)
+        self.model_name = predictor.contract.model_name
+        self.model_version = predictor.model.version
+        self.server_name = server_name
+        self.server_version = server_version
+        # Cleared when the worker starts shutting down, so that readiness probes see it first.
+        self.ready = True
+
+    def server_metadata(self, extensions: Sequence[str]) -> dict[str, Any]:
+        return {
+            "name": self.server_name,
+            "version": self.server_version,
+            "extensions": list(extensions),
+        }
+
+    def model_metadata(self) -> dict[str, Any]:
+        estimator = type(self.predictor.model.estimator)
+        return {
+            "name": self.model_name,
+            "versions": [self.model_version],
+            # The estimator's library, e.g. "sklearn" (KServe and MLServer use the same word).
+            "platform": estimator.__module__.split(".", 1)[0],
+            "inputs": [t.to_dict() for t in self.codec.inputs],
+            "outputs": [t.to_dict() for t in self.codec.outputs],
+        }
+
+    def check_model(self, name: str, version: str = "") -> None:
+        """Raise a 404 :class:`RequestRejected` unless ``name`` (and ``version``) are served."""
+        if name != self.model_name:
+            raise RequestRejected.request_level(
+                Reason.UNKNOWN_MODEL,
+                f"unknown model {name[:64]!r}; this server serves {self.model_name!r}",
+                status=404,
+            )
+        if version and version != self.model_version:
+            raise RequestRejected.request_level(
+                Reason.UNKNOWN_MODEL,
+                f"version {version[:64]!r} of model {name!r} is not served; "
+                f"the served version is {self.model_version!r}",
+                status=404,
+            )
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self.check_model(name, version)
+        return self.ready
+
+    async def infer(
+        self,
+        ctx: RequestContext,
+        parse: Callable[[], InferRequest],
+        describe: Callable[[], bytes],
+        body_size: int | None = None,
+    ) -> InferResult:
+        """Parse, validate and predict.
+
+        Raises :class:`RequestRejected` (recorded) for a refused request, or the model's exception
+        (recorded by the predictor) when the model fails. ``describe()`` is called only for a
+        refused request: the body, or a readable account of it, kept cut short in its log.
+        The protocol's ``id``, when usable as a request id, replaces the one from the header:
+        tritonclient's ``request_id`` argument sets it.
+        """
+        try:
+            request = parse()
+            if request.id and usable_request_id(request.id):
+                ctx = replace(ctx, request_id=request.id)
+            self.check_model(request.model_name, request.model_version)
+            outputs = self.codec.requested_outputs(request.outputs)
+            instances = self.codec.decode(request.inputs)
+        except RequestRejected as exc:
+            self.predictor.reject(ctx, exc, describe(), body_size)
+            raise InferRejected(exc, ctx) from exc
+        try:
+            predictions = await self.predictor.predict(ctx, instances)
+        except RequestRejected as exc:  # e.g. 503 while shutting down; recorded
+            raise InferRejected(exc, ctx) from exc
+        except Exception as exc:  # recorded and logged by the predictor and the batcher
+            raise InferFailed(ctx) from exc
+        return InferResult(ctx, request, self.codec.encode(predictions, outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    ctx: RequestContext  # with the request id finally used
+    request: InferRequest
+    outputs: list[Tensor]
+
+    @property
+    def response_id(self) -> str:
+        """The ``id`` of the answer: the request's own, else the request id."""
+        return self.request.id or self.ctx.request_id
+
+
+class InferRejected(Exception):
+    """A refused infer request, already recorded; ``ctx`` has the request id to answer with."""
+
+    def __init__(self, rejection: RequestRejected, ctx: RequestContext) -> None:
+        super().__init__(rejection.summary)
+        self.rejection = rejection
+        self.ctx = ctx
+
+
+class InferFailed(Exception):
+    """The model failed on a valid request (recorded; logged with its traceback)."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        super().__init__("the model failed to answer; the server log has the details")
+        self.ctx = ctx

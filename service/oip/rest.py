@@ -1,0 +1,268 @@
+"""The Open Inference Protocol's v2 REST API, served on the HTTP port beside ``/predict``.
+
+``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]``,
+``.../ready`` and ``POST .../infer``. Tensors are JSON (``data``: flat row-major, or nested to
+match ``shape``) or, with the binary tensor data extension that tritonclient uses by default, raw
+bytes after the JSON header (``Inference-Header-Content-Length``).
+
+Errors keep the body of ``POST /predict`` errors (``message``, ``error_count``, ``errors`` with
+instance, field and reason, ``request_id``), except that ``error`` holds the one-line message, as
+the protocol specifies and as clients such as tritonclient display it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service.http import REQUEST_ID_HEADER, JSONResponse, decode_json, read_body
+from service.inference import RequestContext
+from service.oip.protocol import (
+    InferenceProtocol,
+    InferFailed,
+    InferRejected,
+    InferRequest,
+    InferResult,
+)
+from service.oip.tensors import Tensor, encode_raw
+from service.validation import Reason, RequestRejected
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def v2_error(exc: RequestRejected, ctx: RequestContext | None = None) -> JSONResponse:
+    body: dict[str, Any] = {**exc.to_dict(), "error": exc.summary}
+    headers = {}
+    if ctx is not None:
+        body["request_id"] = ctx.request_id
+        headers[REQUEST_ID_HEADER] = ctx.request_id
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def _invalid(message: str) -> RequestRejected:
+    return RequestRejected.request_level(Reason.INVALID_BODY, message)
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} must be a JSON object")
+    return value
+
+
+def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    return _object(value.get("parameters", {}), f"{where}.parameters")
+
+
+def _flatten(data: Any, shape: Any, name: str) -> list[Any]:
+    """``data`` flat, or nested exactly as ``shape`` says (the protocol allows both)."""
+    if not isinstance(data, list):
+        raise RequestRejected.request_level(
+            Reason.INVALID_TENSOR, f"input {name!r}: data must be an array"
+        )
+    if not any(isinstance(v, list) for v in data):
+        return data
+    dims = shape if isinstance(shape, list) else []
+
+    def walk(value: Any, depth: int) -> list[Any]:
+        if depth == len(dims):
+            if isinstance(value, list):
+                raise _ragged(name)
+            return [value]
+        if not isinstance(value, list) or len(value) != dims[depth]:
+            raise _ragged(name)
+        return [leaf for item in value for leaf in walk(item, depth + 1)]
+
+    return walk(data, 0)
+
+
+def _ragged(name: str) -> RequestRejected:
+    return RequestRejected.request_level(
+        Reason.INVALID_TENSOR,
+        f"input {name!r}: nested data does not match the shape (ragged or mis-shaped arrays)",
+    )
+
+
+def parse_rest_infer(
+    body: bytes, header_length: str | None, model_name: str, model_version: str
+) -> InferRequest:
+    """An :class:`InferRequest` from a v2 JSON body, with binary tensor data if announced."""
+    binary = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise _invalid(f"{HEADER_LENGTH} must be the JSON header's size, at most {len(body)}")
+        body, binary = body[: int(header_length)], body[int(header_length) :]
+    payload = _object(decode_json(body), "the body")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list):
+        raise _invalid('"inputs" must be an array of input tensors')
+    tensors: list[Tensor] = []
+    offset = 0
+    for index, value in enumerate(inputs):
+        where = f"inputs[{index}]"
+        spec = _object(value, where)
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise _invalid(f"{where}.name must be a string")
+        size = _parameters(spec, where).get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise RequestRejected.request_level(
+                    Reason.INVALID_TENSOR,
+                    f"input {name!r}: binary_data_size {size!r} exceeds the binary data sent",
+                )
+            data: Sequence[Any] | bytes = binary[offset : offset + size]
+            offset += size
+        elif "data" in spec:
+            data = _flatten(spec["data"], spec.get("shape"), name)
+        else:
+            raise RequestRejected.request_level(
+                Reason.INVALID_TENSOR, f"input {name!r} has neither data nor binary_data_size"
+            )
+        shape = spec.get("shape")
+        tensors.append(
+            Tensor(name, str(spec.get("datatype")), shape if isinstance(shape, list) else [], data)
+        )
+    if offset != len(binary):
+        raise RequestRejected.request_level(
+            Reason.INVALID_TENSOR,
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input",
+        )
+    outputs, binary_outputs = _requested_outputs(payload)
+    request_id = payload.get("id", "")
+    if not isinstance(request_id, str):
+        raise _invalid('"id" must be a string')
+    return InferRequest(model_name, model_version, request_id, tensors, outputs, binary_outputs)
+
+
+def _requested_outputs(payload: Mapping[str, Any]) -> tuple[list[str], frozenset[str]]:
+    specs = payload.get("outputs", [])
+    if not isinstance(specs, list):
+        raise _invalid('"outputs" must be an array')
+    names: list[str] = []
+    binary: set[str] = set()
+    for index, value in enumerate(specs):
+        spec = _object(value, f"outputs[{index}]")
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise _invalid(f"outputs[{index}].name must be a string")
+        names.append(name)
+        if _parameters(spec, f"outputs[{index}]").get("binary_data") is True:
+            binary.add(name)
+    if _parameters(payload, "the body").get("binary_data_output") is True:
+        binary = {"*"}
+    return names, frozenset(binary)
+
+
+def render_infer(protocol: InferenceProtocol, result: InferResult) -> Response:
+    """JSON, or JSON followed by the raw outputs that the request asked for in binary."""
+    headers = {REQUEST_ID_HEADER: result.ctx.request_id}
+    binary = result.request.binary_outputs
+    rendered: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for tensor in result.outputs:
+        out: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if "*" in binary or tensor.name in binary:
+            raw = encode_raw(tensor.datatype, tensor.data)
+            out["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            out["data"] = list(tensor.data)
+        rendered.append(out)
+    answer = {
+        "model_name": protocol.model_name,
+        "model_version": protocol.model_version,
+        "id": result.response_id,
+        "outputs": rendered,
+    }
+    if not chunks:
+        return JSONResponse(answer, headers=headers)
+    header = JSONResponse(answer).body
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={**headers, HEADER_LENGTH: str(len(header))},
+    )
+
+
+def v2_routes(
+    get_protocol: Callable[[], InferenceProtocol], max_body_bytes: int
+) -> list[BaseRoute]:
+    """The v2 routes; ``get_protocol`` returns the worker's :class:`InferenceProtocol`."""
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(get_protocol().server_metadata(EXTENSIONS))
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if get_protocol().ready else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        protocol = get_protocol()
+        try:
+            protocol.check_model(*_model_of(request))
+        except RequestRejected as exc:
+            return v2_error(exc)
+        return JSONResponse(protocol.model_metadata())
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            is_ready = get_protocol().model_ready(*_model_of(request))
+        except RequestRejected as exc:
+            return v2_error(exc)
+        return Response(status_code=200 if is_ready else 503)
+
+    async def infer(request: Request) -> Response:
+        protocol = get_protocol()
+        name, version = _model_of(request)
+        ctx = RequestContext.start(
+            "http",
+            f"/v2/models/{protocol.model_name}/infer",
+            request.headers.get(REQUEST_ID_HEADER),
+        )
+        try:
+            body = await read_body(request, max_body_bytes)
+        except RequestRejected as exc:
+            protocol.predictor.reject(ctx, exc)
+            return v2_error(exc, ctx)
+        header_length = request.headers.get(HEADER_LENGTH)
+        try:
+            result = await protocol.infer(
+                ctx,
+                lambda: parse_rest_infer(body, header_length, name, version),
+                lambda: body,
+            )
+        except InferRejected as exc:
+            return v2_error(exc.rejection, exc.ctx)
+        except InferFailed as exc:
+            return JSONResponse(
+                {"error": str(exc), "request_id": exc.ctx.request_id},
+                status_code=500,
+                headers={REQUEST_ID_HEADER: exc.ctx.request_id},
+            )
+        return render_infer(protocol, result)
+
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        *(Route(path, model_metadata, methods=["GET"]) for path in (model, versioned)),
+        *(Route(f"{path}/ready", model_ready, methods=["GET"]) for path in (model, versioned)),
+        *(Route(f"{path}/infer", infer, methods=["POST"]) for path in (model, versioned)),
+    ]
+
+
+def _model_of(request: Request) -> tuple[str, str]:
+    return request.path_params["name"], request.path_params.get("version", "")

@@ -1,0 +1,140 @@
+"""The gRPC server that each BentoML worker runs beside its HTTP server.
+
+BentoML 1.4 cannot serve a new-style service over gRPC (``bentoml serve-grpc`` rejects it;
+bentoml/BentoML#5607, #4634), so every worker starts a ``grpc.aio`` server on its own event loop
+from the service's startup hook, next to the model it already loaded. All workers bind GRPC_PORT
+with SO_REUSEPORT and the kernel spreads incoming connections across them, as BentoML's shared
+socket does for HTTP. Because SO_REUSEPORT would also let a stale copy of the service share the
+port silently, :func:`check_port_free` runs once before any worker starts and refuses a port that
+anything is listening on.
+
+Besides ``inference.GRPCInferenceService`` the server answers the standard health checking
+protocol (``grpc.health.v1.Health``: "" and the inference service, NOT_SERVING once shutdown
+starts) and server reflection, and counts every call (see ``grpc_metrics.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from functools import cache
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from service.oip.generated import grpc_predict_v2_pb2 as pb
+from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.oip.grpc_metrics import MetricsInterceptor, grpc_metrics
+from service.oip.protocol import InferenceProtocol
+from service.oip.servicer import SERVICE_NAME, InferenceServicer
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+class GrpcPortUnavailable(RuntimeError):
+    """GRPC_PORT cannot be bound: the service must not start HTTP-only."""
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`GrpcPortUnavailable` if something listens on ``host:port``.
+
+    The probe binds without SO_REUSEPORT, so it fails on any listener, including one that would
+    share the port with our workers (another copy of this service). Port 0 (a free port per
+    worker, for tests) needs no check.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR, as servers set it: connections of a previous run in TIME_WAIT don't count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
+            raise GrpcPortUnavailable(
+                f"GRPC_PORT {address(host, port)} {reason}; free it, choose another GRPC_PORT, "
+                "or set GRPC_ENABLED=false to serve HTTP only"
+            ) from exc
+
+
+@cache
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every service the server offers, for reflection clients to describe.
+
+    Our messages live in a private pool (see codegen.py); reflection needs health and reflection
+    themselves beside them.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    for file in (pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        pool.AddSerializedFile(file.serialized_pb)
+    return pool
+
+
+class GrpcServer:
+    """One worker's gRPC server: :meth:`start` in the startup hook, :meth:`stop` at shutdown."""
+
+    def __init__(
+        self,
+        protocol: InferenceProtocol,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        grace_seconds: float,
+    ) -> None:
+        self.protocol = protocol
+        self.host = host
+        self.port = port
+        self._grace = grace_seconds
+        self._health = health.aio.HealthServicer()
+        metrics = grpc_metrics()
+        metrics.initialize([INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE])
+        self._server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(metrics)],
+            options=[
+                ("grpc.so_reuseport", 1),  # grpc's default on Linux; the design relies on it
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(protocol), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE.full_name, reflection.SERVICE_NAME),
+            self._server,
+            pool=_reflection_pool(),
+        )
+
+    async def start(self) -> None:
+        """Bind and serve; raises :class:`GrpcPortUnavailable` if the port cannot be bound."""
+        target = address(self.host, self.port)
+        try:
+            bound = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise GrpcPortUnavailable(f"cannot bind GRPC_PORT {target}: {exc}") from exc
+        if bound == 0:
+            raise GrpcPortUnavailable(f"cannot bind GRPC_PORT {target}")
+        self.port = bound
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC (Open Inference Protocol) listening on %s", address(self.host, bound))
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, refuse new calls, let calls in flight finish within the grace."""
+        self.protocol.ready = False
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace)
+        log.info("gRPC server stopped")

@@ -1,0 +1,227 @@
+"""``inference.GRPCInferenceService``: the gRPC transport of the Open Inference Protocol.
+
+A thin adapter: protobuf messages in and out, :class:`InferenceProtocol` for the semantics.
+Refused requests end with a gRPC status carrying the same one-line message as the HTTP error body
+(``RequestRejected.summary``) and, in the standard ``grpc-status-details-bin`` trailer, a
+``google.rpc.Status`` whose ``google.rpc.BadRequest`` lists the field errors (what grpcurl, and the
+Go and Java clients' ``status.FromError``/``StatusProto.fromThrowable``, decode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from service.inference import RequestContext
+from service.oip.generated import grpc_predict_v2_pb2 as pb
+from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.oip.protocol import (
+    InferenceProtocol,
+    InferFailed,
+    InferRejected,
+    InferRequest,
+    InferResult,
+)
+from service.oip.tensors import Tensor, encode_raw
+from service.validation import Reason, RequestRejected
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+REQUEST_ID_METADATA = "x-request-id"
+STATUS_DETAILS_METADATA = "grpc-status-details-bin"
+# Trailers share an 8 KiB default limit with the other headers: list violations up to this size.
+_MAX_DETAILS_BYTES = 4096
+_STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    # batch too large: the client must split it; RESOURCE_EXHAUSTED would suggest a retry later
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+# The typed-contents field of each datatype (the protocol's table).
+_CONTENTS_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    """Tensors from typed contents or from ``raw_input_contents`` (tritonclient's default)."""
+    raw = message.raw_input_contents
+    if raw:
+        if len(raw) != len(message.inputs):
+            raise RequestRejected.request_level(
+                Reason.INVALID_TENSOR,
+                f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: "
+                "give one per input, in the order of inputs",
+            )
+        if any(t.contents.ByteSize() for t in message.inputs):
+            raise RequestRejected.request_level(
+                Reason.INVALID_TENSOR,
+                "the request mixes raw_input_contents and typed contents: use one of them",
+            )
+        tensors = [
+            Tensor(t.name, t.datatype, list(t.shape), data)
+            for t, data in zip(message.inputs, raw, strict=True)
+        ]
+    else:
+        tensors = [
+            Tensor(t.name, t.datatype, list(t.shape), _typed_contents(t)) for t in message.inputs
+        ]
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        inputs=tensors,
+        outputs=[o.name for o in message.outputs],
+    )
+
+
+def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> Sequence[object]:
+    field = _CONTENTS_FIELDS.get(tensor.datatype)
+    return getattr(tensor.contents, field) if field else ()
+
+
+def describe_request(message: pb.ModelInferRequest) -> bytes:
+    """A readable line about a refused request for the log (the message itself is binary)."""
+    inputs = ", ".join(f"{t.name}:{t.datatype}{list(t.shape)}" for t in message.inputs[:40])
+    raw = " raw" if message.raw_input_contents else ""
+    return f"ModelInfer model={message.model_name!r} inputs{raw}=[{inputs}]".encode()
+
+
+def build_infer_response(
+    protocol: InferenceProtocol, result: InferResult, raw: bool
+) -> pb.ModelInferResponse:
+    """Raw output contents when the request came raw (as tritonclient expects), else typed."""
+    response = pb.ModelInferResponse(
+        model_name=protocol.model_name,
+        model_version=protocol.model_version,
+        id=result.response_id,
+    )
+    for tensor in result.outputs:
+        out = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if raw:
+            response.raw_output_contents.append(encode_raw(tensor.datatype, tensor.data))
+        elif tensor.datatype == "BYTES":
+            out.contents.bytes_contents.extend(str(v).encode() for v in tensor.data)
+        else:
+            getattr(out.contents, _CONTENTS_FIELDS[tensor.datatype]).extend(tensor.data)
+    return response
+
+
+def status_details(exc: RequestRejected, code: grpc.StatusCode) -> bytes:
+    """A serialized ``google.rpc.Status``, with a ``BadRequest`` for invalid arguments."""
+    status = status_pb2.Status(code=code.value[0], message=exc.summary)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        bad_request = error_details_pb2.BadRequest()
+        for error in exc.errors:
+            where = "" if error.instance is None else f"instances[{error.instance}]."
+            bad_request.field_violations.add(
+                field=f"{where}{error.field}", description=error.message, reason=error.reason
+            )
+            if bad_request.ByteSize() > _MAX_DETAILS_BYTES:
+                del bad_request.field_violations[-1]
+                break
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status.details.append(detail)
+    return status.SerializeToString()
+
+
+def _metadata_request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA and isinstance(value, str):
+            return value
+    return None
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, protocol: InferenceProtocol) -> None:
+        self._protocol = protocol
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._protocol.ready)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            return pb.ModelReadyResponse(
+                ready=self._protocol.model_ready(request.name, request.version)
+            )
+        except RequestRejected as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, exc.summary)
+            raise  # abort() raises; this tells readers and type checkers
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self._protocol.server_metadata(extensions=()))
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            self._protocol.check_model(request.name, request.version)
+        except RequestRejected as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, exc.summary)
+            raise  # abort() raises
+        metadata = self._protocol.model_metadata()
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+        )
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        ctx = RequestContext.start("grpc", "ModelInfer", _metadata_request_id(context))
+        try:
+            result = await self._protocol.infer(
+                ctx,
+                lambda: parse_infer_request(request),
+                lambda: describe_request(request),
+                request.ByteSize(),
+            )
+        except InferRejected as exc:
+            code = _STATUS_CODES.get(exc.rejection.status, grpc.StatusCode.INTERNAL)
+            await context.abort(
+                code,
+                exc.rejection.summary,
+                trailing_metadata=(
+                    (REQUEST_ID_METADATA, exc.ctx.request_id),
+                    (STATUS_DETAILS_METADATA, status_details(exc.rejection, code)),
+                ),
+            )
+            raise  # abort() raises
+        except InferFailed as exc:
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                str(exc),
+                trailing_metadata=((REQUEST_ID_METADATA, exc.ctx.request_id),),
+            )
+            raise  # abort() raises
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, result.ctx.request_id),))
+        return build_infer_response(self._protocol, result, raw=bool(request.raw_input_contents))

@@ -1,0 +1,567 @@
+"""The Open Inference Protocol against a real `bentoml serve` with 2 workers, through third-party
+clients: tritonclient (gRPC and HTTP, and its own protobuf stubs), grpcio-health-checking's and
+grpcio-reflection's clients. Answers must equal `POST /predict` for the same instances."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from google.protobuf import descriptor_pool
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from models.contract import CONTRACT
+from tests.oip_support import DATATYPES, rest_body, triton_inputs
+from tests.support import ROOT, ServedService, example_rows
+
+MODEL = CONTRACT.model_name
+SCORE = CONTRACT.score_name
+CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
+INTEGER = CONTRACT.of_kind("integer")[0].name
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+
+
+@pytest.fixture(scope="module")
+def grpc_client(served: ServedService) -> Iterator[triton_grpc.InferenceServerClient]:
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def http_client(served: ServedService) -> Iterator[triton_http.InferenceServerClient]:
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{served.port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def channel(served: ServedService) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as chan:
+        yield chan
+
+
+def http_predictions(served: ServedService, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = httpx.post(f"{served.url}/predict", json={"instances": rows}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def as_predictions(labels: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    return [
+        {"label": label.decode() if isinstance(label, bytes) else label, SCORE: float(score)}
+        for label, score in zip(labels.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+# -- answers equal POST /predict ----------------------------------------------------------------
+
+
+def test_grpc_infer_answers_what_predict_answers(
+    served: ServedService, grpc_client: triton_grpc.InferenceServerClient
+) -> None:
+    rows = example_rows()  # the whole data set, 1000 instances, in one call
+    result = grpc_client.infer(MODEL, triton_inputs(triton_grpc, rows))
+    got = as_predictions(result.as_numpy("label"), result.as_numpy(SCORE))
+    assert got == http_predictions(served, rows)  # bit for bit: raw FP64 both ways
+    assert {p["label"] for p in got} == set(CONTRACT.labels)
+    response = result.get_response()
+    assert (response.model_name, response.model_version) == (MODEL, served_version(served))
+
+
+def test_grpc_typed_contents_answer_typed_contents(
+    served: ServedService, channel: grpc.Channel
+) -> None:
+    """Not every client sends raw bytes: typed contents (here via tritonclient's own stubs)."""
+    rows = example_rows(7)
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    for feature in CONTRACT.features:
+        tensor = request.inputs.add(
+            name=feature.name, datatype=DATATYPES[feature.kind], shape=[len(rows)]
+        )
+        values = [row[feature.name] for row in rows]
+        if feature.kind == "categorical":
+            tensor.contents.bytes_contents.extend(v.encode() for v in values)
+        else:
+            tensor.contents.int64_contents.extend(values)
+    response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert not response.raw_output_contents
+    label, score = response.outputs
+    assert (label.name, label.datatype, list(label.shape)) == ("label", "BYTES", [7])
+    assert (score.name, score.datatype, list(score.shape)) == (SCORE, "FP64", [7])
+    got = [
+        {"label": lab.decode(), SCORE: s}
+        for lab, s in zip(label.contents.bytes_contents, score.contents.fp64_contents, strict=True)
+    ]
+    assert got == http_predictions(served, rows)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_v2_rest_infer_answers_what_predict_answers(
+    served: ServedService, http_client: triton_http.InferenceServerClient, binary: bool
+) -> None:
+    rows = example_rows(200)
+    outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("label", SCORE)]
+    result = http_client.infer(MODEL, triton_inputs(triton_http, rows, binary), outputs=outputs)
+    got = as_predictions(result.as_numpy("label"), result.as_numpy(SCORE))
+    assert got == http_predictions(served, rows)
+
+
+def test_v2_rest_plain_json(served: ServedService) -> None:
+    """What a client without tritonclient sends: JSON, here nested [batch, 1], one output."""
+    rows = example_rows(3)
+    body = {
+        "id": "my-request-1",
+        "inputs": [
+            {
+                "name": f.name,
+                "datatype": DATATYPES[f.kind],
+                "shape": [3, 1],
+                "data": [[row[f.name]] for row in rows],
+            }
+            for f in CONTRACT.features
+        ],
+        "outputs": [{"name": SCORE}],
+    }
+    response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["id"] == "my-request-1"
+    assert response.headers["x-request-id"] == "my-request-1"
+    assert answer["model_name"] == MODEL
+    (output,) = answer["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (SCORE, "FP64", [3])
+    assert output["data"] == [p[SCORE] for p in http_predictions(served, rows)]
+    version = answer["model_version"]
+    versioned = httpx.post(f"{served.url}/v2/models/{MODEL}/versions/{version}/infer", json=body)
+    assert versioned.json()["outputs"] == answer["outputs"]
+
+
+def test_request_id_is_the_protocol_id(channel: grpc.Channel) -> None:
+    request = raw_request(example_rows(1))
+    request.id = "order-42"
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    response, call = stub.ModelInfer.with_call(request)
+    assert response.id == "order-42"
+    assert ("x-request-id", "order-42") in call.trailing_metadata()
+    request.id = ""
+    response, call = stub.ModelInfer.with_call(request, metadata=[("x-request-id", "abc-7")])
+    assert response.id == "abc-7"
+
+
+# -- metadata, health, reflection ----------------------------------------------------------------
+
+
+def served_version(served: ServedService) -> str:
+    return httpx.get(f"{served.url}/model").json()["version"]
+
+
+def test_model_metadata_describes_the_contract(
+    served: ServedService,
+    grpc_client: triton_grpc.InferenceServerClient,
+    http_client: triton_http.InferenceServerClient,
+) -> None:
+    expected_inputs = [
+        {"name": f.name, "datatype": DATATYPES[f.kind], "shape": [-1]} for f in CONTRACT.features
+    ]
+    expected_outputs = [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": SCORE, "datatype": "FP64", "shape": [-1]},
+    ]
+    rest = http_client.get_model_metadata(MODEL)
+    assert rest["inputs"] == expected_inputs
+    assert rest["outputs"] == expected_outputs
+    assert rest["versions"] == [served_version(served)]
+    grpc_md = grpc_client.get_model_metadata(MODEL)
+    assert [(t.name, t.datatype, list(t.shape)) for t in grpc_md.inputs] == [
+        (t["name"], t["datatype"], t["shape"]) for t in expected_inputs
+    ]
+    assert grpc_md.platform == rest["platform"] == "sklearn"
+    assert grpc_client.get_server_metadata().name == http_client.get_server_metadata()["name"]
+
+
+def test_liveness_and_readiness(
+    served: ServedService,
+    grpc_client: triton_grpc.InferenceServerClient,
+    http_client: triton_http.InferenceServerClient,
+) -> None:
+    for client in (grpc_client, http_client):
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready(MODEL)
+        assert client.is_model_ready(MODEL, served_version(served))
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL}/ready"):
+        assert httpx.get(f"{served.url}{path}").status_code == 200
+
+
+def test_standard_grpc_health_checking(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", INFERENCE_SERVICE):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_and_describes_the_services(channel: grpc.Channel) -> None:
+    database = ProtoReflectionDescriptorDatabase(channel)
+    assert set(database.get_services()) == {
+        INFERENCE_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName(INFERENCE_SERVICE)
+    assert [m.name for m in service.methods] == [
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    ]
+    infer = service.FindMethodByName("ModelInfer")
+    assert "raw_input_contents" in infer.input_type.fields_by_name
+    assert pool.FindServiceByName("grpc.health.v1.Health").FindMethodByName("Check")
+
+
+# -- refused requests ----------------------------------------------------------------------------
+
+
+def with_input(rows: list[dict[str, Any]], name: str, tensor: Any | None) -> list[Any]:
+    """tritonclient gRPC inputs for ``rows`` with input ``name`` replaced (None: removed)."""
+    inputs = [t for t in triton_inputs(triton_grpc, rows) if t.name() != name]
+    return inputs if tensor is None else [*inputs, tensor]
+
+
+def grpc_input(name: str, datatype: str, data: np.ndarray) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def bad_category() -> list[Any]:
+    rows = example_rows(3)
+    rows[1] = {**rows[1], CATEGORICAL: "castle"}
+    return triton_inputs(triton_grpc, rows)
+
+
+GRPC_REFUSALS = {
+    "wrong datatype": (
+        lambda: with_input(
+            example_rows(3), INTEGER, grpc_input(INTEGER, "FP64", np.array([12.0, 24.0, 6.0]))
+        ),
+        f"request.{INTEGER}: datatype must be INT64 (integer feature), got 'FP64'",
+    ),
+    "unknown category": (bad_category, f"instances[1].{CATEGORICAL}: 'castle' is not one of: "),
+    "missing input": (
+        lambda: with_input(example_rows(3), INTEGER, None),
+        f"request.{INTEGER}: required input is missing",
+    ),
+    "ragged shapes": (
+        lambda: with_input(
+            example_rows(3), INTEGER, grpc_input(INTEGER, "INT64", np.array([12, 24]))
+        ),
+        f"request.{INTEGER}: has 2 elements but input ",
+    ),
+    "unknown input": (
+        lambda: [
+            *triton_inputs(triton_grpc, example_rows(3)),
+            grpc_input("colour", "INT64", np.array([1, 2, 3])),
+        ],
+        "request.colour: unknown field",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GRPC_REFUSALS))
+def test_invalid_tensors_are_invalid_argument_naming_the_field(
+    grpc_client: triton_grpc.InferenceServerClient, case: str
+) -> None:
+    make_inputs, message = GRPC_REFUSALS[case]
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.infer(MODEL, make_inputs())
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert info.value.message().startswith(message), info.value.message()
+    assert "Traceback" not in info.value.message()
+
+
+def raw_request(rows: list[dict[str, Any]]) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    for tensor in triton_inputs(triton_grpc, rows):
+        request.inputs.append(tensor._get_tensor())
+        request.raw_input_contents.append(tensor._get_content())
+    return request
+
+
+def test_status_details_list_every_field_error(channel: grpc.Channel) -> None:
+    rows = example_rows(4)
+    rows[2] = {**rows[2], CATEGORICAL: "castle", INTEGER: -5}
+    request = raw_request(rows)
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailers = dict(error.trailing_metadata())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == error.details()
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    violations = {(v.field, v.reason) for v in bad_request.field_violations}
+    assert violations == {
+        (f"instances[2].{CATEGORICAL}", "unknown_category"),
+        (f"instances[2].{INTEGER}", "out_of_range"),
+    }
+    assert trailers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda raw: raw[:-3], "raw BYTES element 2 claims"),
+        (lambda raw: raw + b"\x01", "end inside the length prefix"),
+    ],
+    ids=["truncated", "trailing bytes"],
+)
+def test_bad_raw_bytes(channel: grpc.Channel, corrupt: Any, message: str) -> None:
+    request = raw_request(example_rows(3))
+    index = [t.name for t in request.inputs].index(CATEGORICAL)
+    request.raw_input_contents[index] = corrupt(request.raw_input_contents[index])
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"request.{CATEGORICAL}: ")
+    assert message in info.value.details()
+
+
+def test_raw_contents_must_cover_every_input(channel: grpc.Channel) -> None:
+    request = raw_request(example_rows(2))
+    del request.raw_input_contents[-1]
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents has 17 entries for 18 inputs" in info.value.details()
+
+
+def test_unknown_model_or_version_is_not_found(
+    served: ServedService,
+    channel: grpc.Channel,
+    grpc_client: triton_grpc.InferenceServerClient,
+    http_client: triton_http.InferenceServerClient,
+) -> None:
+    for client, module in ((grpc_client, triton_grpc), (http_client, triton_http)):
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("fraud", triton_inputs(module, example_rows(1)))
+        assert info.value.message().endswith(f"unknown model 'fraud'; this server serves '{MODEL}'")
+    for path, message in [
+        ("/v2/models/fraud", "unknown model 'fraud'"),
+        ("/v2/models/fraud/ready", "unknown model 'fraud'"),
+        (f"/v2/models/{MODEL}/versions/9", f"version '9' of model '{MODEL}' is not served"),
+    ]:
+        response = httpx.get(f"{served.url}{path}")
+        assert response.status_code == 404
+        assert message in response.json()["error"]
+    with pytest.raises(grpc.RpcError) as grpc_info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            service_pb2.ModelMetadataRequest(name="fraud")
+        )
+    assert grpc_info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def rest_with(rows: list[dict[str, Any]], name: str, **changes: Any) -> dict[str, Any]:
+    body = rest_body(rows)
+    body["inputs"] = [{**t, **changes} if t["name"] == name else t for t in body["inputs"]]
+    return body
+
+
+REST_REFUSALS = {
+    "wrong datatype": (
+        lambda: rest_with(example_rows(2), INTEGER, datatype="FP64", data=[1.5, 2.5]),
+        (None, INTEGER, "wrong_type"),
+    ),
+    "unknown category": (
+        lambda: rest_with(
+            example_rows(2), CATEGORICAL, data=[example_rows(1)[0][CATEGORICAL], "castle"]
+        ),
+        (1, CATEGORICAL, "unknown_category"),
+    ),
+    "missing input": (
+        lambda: {
+            "inputs": [t for t in rest_body(example_rows(2))["inputs"] if t["name"] != INTEGER]
+        },
+        (None, INTEGER, "missing"),
+    ),
+    "ragged shapes": (
+        lambda: rest_with(example_rows(2), INTEGER, shape=[1], data=[12]),
+        (None, INTEGER, "invalid_tensor"),
+    ),
+    "ragged nested data": (
+        lambda: rest_with(example_rows(2), INTEGER, shape=[2, 1], data=[[12], [24, 36]]),
+        (None, "$request", "invalid_tensor"),
+    ),
+    "fraction for an integer": (
+        lambda: rest_with(example_rows(2), INTEGER, data=[12, 24.5]),
+        (1, INTEGER, "wrong_type"),
+    ),
+    "not json": (lambda: b"{", (None, "$request", "invalid_json")),
+}
+
+
+@pytest.mark.parametrize("case", list(REST_REFUSALS))
+def test_v2_rest_refusals_name_the_field(served: ServedService, case: str) -> None:
+    make_body, (instance, field, reason) = REST_REFUSALS[case]
+    body = make_body()
+    if isinstance(body, bytes):
+        response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", content=body)
+    else:
+        response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    first = answer["errors"][0]
+    assert (first["instance"], first["field"], first["reason"]) == (instance, field, reason)
+    # the protocol's "error" is the one-line message, as tritonclient shows it
+    assert answer["error"] == answer["message"]
+    assert answer["request_id"] == response.headers["x-request-id"]
+
+
+# -- several workers, and their metrics ---------------------------------------------------------
+
+
+def test_both_workers_answer_grpc(served: ServedService) -> None:
+    """The workers share GRPC_PORT (SO_REUSEPORT): connections spread over both; each answers."""
+    channels = [
+        grpc.insecure_channel(
+            f"127.0.0.1:{served.grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(24)  # each its own TCP connection; all on one worker: p = 2**-23
+    ]
+    try:
+        for chan in channels:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(chan)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
+        workers = [
+            proc
+            for proc in psutil.Process(served.pid).children(recursive=True)
+            if any(c.laddr.port == served.grpc_port for c in proc.net_connections("tcp"))
+        ]
+        assert len(workers) == 2
+        for worker in workers:
+            established = [
+                c
+                for c in worker.net_connections("tcp")
+                if c.laddr.port == served.grpc_port and c.status == psutil.CONN_ESTABLISHED
+            ]
+            assert established, f"worker {worker.pid} answered no connection"
+    finally:
+        for chan in channels:
+            chan.close()
+
+
+def scrape(served: ServedService) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(f"{served.url}/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("grpc_server_")
+        for sample in family.samples
+    }
+
+
+def delta(
+    before: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    after: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    name: str,
+    **labels: str,
+) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: ServedService) -> None:
+    before = scrape(served)
+    ok, refused = 9, 4
+    for _ in range(ok):  # a new client each time: a new connection, spread over both workers
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+        client.infer(MODEL, triton_inputs(triton_grpc, example_rows(2)))
+        client.close()
+    for _ in range(refused):
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
+        with pytest.raises(InferenceServerException):
+            client.infer(MODEL, with_input(example_rows(2), INTEGER, None))
+        client.close()
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as chan:
+        health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
+    after = scrape(served)
+
+    infer = {"grpc_type": "unary", "grpc_service": INFERENCE_SERVICE, "grpc_method": "ModelInfer"}
+    assert delta(before, after, "grpc_server_started_total", **infer) == ok + refused
+    assert delta(before, after, "grpc_server_handled_total", **infer, grpc_code="OK") == ok
+    assert (
+        delta(before, after, "grpc_server_handled_total", **infer, grpc_code="InvalidArgument")
+        == refused
+    )
+    assert delta(before, after, "grpc_server_handling_seconds_count", **infer) == ok + refused
+    fast = delta(before, after, "grpc_server_handling_seconds_bucket", **infer, le="10.0")
+    assert fast == ok + refused
+    health = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
+    assert delta(before, after, "grpc_server_handled_total", **health, grpc_code="OK") == 1
+    # every method's series exists from the start, at zero
+    assert (
+        "grpc_server_started_total",
+        frozenset({**infer, "grpc_method": "ServerReady"}.items()),
+    ) in after
+
+
+# -- the README's examples -----------------------------------------------------------------------
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## gRPC and the Open Inference Protocol")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_python_example_prints_what_it_shows(served: ServedService) -> None:
+    code = re.search(r"```python\n(.*?)```", readme_section(), re.DOTALL)
+    assert code is not None
+    source = code.group(1).replace("localhost:3001", f"127.0.0.1:{served.grpc_port}")
+    shown = re.search(r"^# (\[.*)$", source, re.MULTILINE)
+    assert shown is not None
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(source, "README.md", "exec"), {})
+    assert output.getvalue().strip() == shown.group(1)
+
+
+def test_readme_curl_example_answers_what_it_shows(served: ServedService) -> None:
+    example = re.search(
+        r"\$ curl -s localhost:3000/v2/models/credit_risk/infer .*?-d '(.*?)'\n(.*?)\n```",
+        readme_section(),
+        re.DOTALL,
+    )
+    assert example is not None
+    response = httpx.post(
+        f"{served.url}/v2/models/{MODEL}/infer", content=example.group(1).encode()
+    )
+    shown = json.loads(example.group(2))
+    assert response.json()["outputs"] == shown["outputs"]

@@ -1,0 +1,161 @@
+"""Every Open Inference Protocol call is recorded like an HTTP one: exactly one event per infer
+call, with transport, endpoint, request id and, when refused, the errors and a readable excerpt.
+
+In-process, over the real model: a real grpc.aio server called by tritonclient's asyncio client,
+and the v2 REST routes called through httpx's ASGI transport. The sink records what the side
+channels (prediction log, metrics) would receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton_aio
+from starlette.applications import Starlette
+from tritonclient.utils import InferenceServerException
+
+from models.contract import CONTRACT
+from service.events import Event, PredictionEvent, RejectionEvent
+from service.inference import Predictor
+from service.model import load_model
+from service.oip.protocol import InferenceProtocol
+from service.oip.rest import v2_routes
+from service.oip.server import GrpcServer
+from tests.oip_support import rest_body, triton_inputs
+from tests.support import example_rows
+
+MODEL = CONTRACT.model_name
+CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
+REST_ENDPOINT = f"/v2/models/{MODEL}/infer"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class BrokenEstimator:
+    """Fault injection: a model that fails on every call."""
+
+    classes_ = (0, 1)
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        raise RuntimeError("boom: internal detail that must not reach clients")
+
+
+@dataclass
+class Stack:
+    recorder: Recorder
+    grpc: triton_aio.InferenceServerClient
+    http: httpx.AsyncClient
+
+
+async def start_stack(model_tag: str, broken: bool = False) -> AsyncIterator[Stack]:
+    model = load_model(bentoml.models.get(model_tag))
+    if broken:
+        model = replace(model, estimator=BrokenEstimator())
+    recorder = Recorder()
+    predictor = Predictor(model, max_instances=1000, max_model_batch_rows=4000, sinks=[recorder])
+    protocol = InferenceProtocol(predictor, "test", "0")
+    server = GrpcServer(protocol, "127.0.0.1", 0, max_message_bytes=4 << 20, grace_seconds=1)
+    await server.start()
+    app = Starlette(routes=v2_routes(lambda: protocol, max_body_bytes=4 << 20))
+    grpc_client = triton_aio.InferenceServerClient(f"127.0.0.1:{server.port}")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        yield Stack(recorder, grpc_client, http)
+    await grpc_client.close()
+    await server.stop()
+    await predictor.aclose()
+
+
+@pytest.fixture
+async def stack(model_tag: str) -> AsyncIterator[Stack]:
+    async for item in start_stack(model_tag):
+        yield item
+
+
+@pytest.fixture
+async def broken_stack(model_tag: str) -> AsyncIterator[Stack]:
+    async for item in start_stack(model_tag, broken=True):
+        yield item
+
+
+async def test_grpc_infer_publishes_one_prediction_event(stack: Stack) -> None:
+    rows = example_rows(5)
+    await stack.grpc.infer(MODEL, triton_inputs(triton_aio, rows), request_id="req-1")
+    await stack.grpc.get_model_metadata(MODEL)  # not an inference: no event
+    (event,) = stack.recorder.events
+    assert isinstance(event, PredictionEvent)
+    assert (event.request.transport, event.request.endpoint) == ("grpc", "ModelInfer")
+    assert event.request.request_id == "req-1"
+    assert event.instances == rows
+    assert len(event.predictions) == 5
+
+
+async def test_refused_grpc_infer_publishes_one_rejection_event(stack: Stack) -> None:
+    rows = example_rows(3)
+    rows[2] = {**rows[2], CATEGORICAL: "castle"}
+    with pytest.raises(InferenceServerException):
+        await stack.grpc.infer(MODEL, triton_inputs(triton_aio, rows))
+    (event,) = stack.recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.request.transport, event.request.endpoint, event.status) == (
+        "grpc",
+        "ModelInfer",
+        400,
+    )
+    assert [(e.instance, e.field, e.reason.value) for e in event.errors] == [
+        (2, CATEGORICAL, "unknown_category")
+    ]
+    assert event.body_size > 1000  # the protobuf message's size
+    assert event.body_excerpt.startswith(f"ModelInfer model='{MODEL}' inputs raw=[")
+
+
+async def test_unknown_model_is_recorded_as_refused(stack: Stack) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        await stack.grpc.infer("fraud", triton_inputs(triton_aio, example_rows(1)))
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    (event,) = stack.recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.status, event.errors[0].reason.value) == (404, "unknown_model")
+
+
+async def test_rest_infer_events(stack: Stack) -> None:
+    rows = example_rows(2)
+    ok = await stack.http.post(REST_ENDPOINT, json=rest_body(rows))
+    assert ok.status_code == 200
+    bad_body = rest_body(rows)
+    del bad_body["inputs"][0]
+    refused = await stack.http.post(REST_ENDPOINT, json=bad_body)
+    assert refused.status_code == 400
+    accepted, rejected = stack.recorder.events
+    assert isinstance(accepted, PredictionEvent)
+    assert (accepted.request.transport, accepted.request.endpoint) == ("http", REST_ENDPOINT)
+    assert accepted.request.request_id == ok.headers["x-request-id"]
+    assert accepted.instances == rows
+    assert isinstance(rejected, RejectionEvent)
+    assert rejected.errors[0].reason.value == "missing"
+    assert rejected.body_excerpt.startswith('{"inputs"')
+
+
+async def test_a_failing_model_answers_internal_without_details(broken_stack: Stack) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        await broken_stack.grpc.infer(MODEL, triton_inputs(triton_aio, example_rows(1)))
+    assert info.value.status() == "StatusCode.INTERNAL"
+    assert info.value.message() == "the model failed to answer; the server log has the details"
+    response = await broken_stack.http.post(REST_ENDPOINT, json=rest_body(example_rows(1)))
+    assert response.status_code == 500
+    assert "boom" not in response.text
+    statuses = [e.status for e in broken_stack.recorder.events if isinstance(e, RejectionEvent)]
+    assert statuses == [500, 500]
