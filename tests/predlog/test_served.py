@@ -21,8 +21,11 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import tritonclient.grpc as triton_grpc
 
+from models.contract import CONTRACT
 from service.predlog.store import Store
+from tests.oip_support import rest_body, triton_inputs
 from tests.predlog.helpers import TcpProxy, row_keys, wait_until
 from tests.support import ServedService, example_rows
 
@@ -108,20 +111,35 @@ def test_every_answer_of_a_concurrent_load_is_recorded_by_sigterm(
         with httpx.Client(base_url=served.url, timeout=30) as client:
             answers = fire(client, payloads(200, 40))
         assert None not in answers
+        # The other transports go through the same predictor, hence the same log.
+        with triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}") as grpc_client:
+            for i in range(3):
+                inputs = triton_inputs(triton_grpc, ROWS[i : i + 5])
+                grpc_client.infer(CONTRACT.model_name, inputs, request_id=f"grpc-{i}")
+        v2 = httpx.post(
+            f"{served.url}/v2/models/{CONTRACT.model_name}/infer",
+            json={**rest_body(ROWS[:2]), "id": "v2-rest"},
+        )
+        assert v2.status_code == 200, v2.text
+        others = [Answer(200, f"grpc-{i}", 5) for i in range(3)] + [Answer(200, "v2-rest", 2)]
         store = Store(url)
         assert row_keys(store) == (set(), set())  # everything is still queued in the workers
         assert served.stop() == 0
     valid = [a for a in answers if a is not None and a.status == 200]
     assert len(valid) == 200
-    assert row_keys(store) == expected_keys([a for a in answers if a is not None])
+    assert row_keys(store) == expected_keys([a for a in answers if a is not None] + others)
     assert len(row_keys(store)[1]) == 40
+    (grpc_row, *_) = store.find("grpc-1")["predictions"]
+    assert (grpc_row["transport"], grpc_row["features"]) == ("grpc", ROWS[1])
+    assert store.find("v2-rest")["predictions"][0]["endpoint"].startswith("/v2/models/")
     store.close()
     summaries = closing_summaries(served.output)
     assert len(summaries) == 2  # both workers closed their log
-    assert sum(s["written"] for s in summaries) == sum(a.instances for a in valid) + 40
+    assert sum(s["written"] for s in summaries) == sum(a.instances for a in valid) + 40 + 17
     assert sum(s["spooled"] + s["dropped"] for s in summaries) == 0
     assert not list((tmp_path / "spool").glob("*.spool"))
-    assert access_lines(served.output) == {a.request_id: a.status for a in answers if a}
+    answered = [a for a in answers if a is not None] + others
+    assert access_lines(served.output) == {a.request_id: a.status for a in answered}
 
 
 @pytest.fixture
