@@ -23,11 +23,19 @@ metric::
     spool_bytes(size)               gauge    bytes in the spool directory (multiprocess: max)
     backlog_age(seconds)            gauge    age of the oldest unwritten record (multiprocess: max)
 
-``table`` is ``predictions`` or ``rejections``; every label set is bounded. Every accepted row
+``table`` is ``predictions`` or ``rejections`` (``unknown`` for a damaged spool line, whose
+content cannot be read); every label set is bounded. Every accepted row
 ends as exactly one of written, spooled or dropped(``spool_full``); every spooled row later as
 replayed (possibly by another process sharing the spool directory) or dropped(``corrupt``/
 ``refused``). :class:`CountingObserver` keeps these numbers in memory (tests, the shutdown
 summary); :class:`Observers` fans out to several.
+
+To plug one in, pass it where the service opens the log (``service/service.py``)::
+
+    PredictionLog.from_settings(settings, observer=MyObserver())
+
+It is called from the writer's first turn on, inside the worker process (after BentoML has set
+up its multiprocess metrics directory).
 """
 
 from __future__ import annotations
