@@ -34,8 +34,8 @@ To plug one in, pass it where the service opens the log (``service/service.py``)
 
     PredictionLog.from_settings(settings, observer=MyObserver())
 
-It is called from the writer's first turn on, inside the worker process (after BentoML has set
-up its multiprocess metrics directory).
+It is first called when the log starts, in the worker process (after BentoML has set up its
+multiprocess metrics directory).
 """
 
 from __future__ import annotations
