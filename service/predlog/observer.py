@@ -48,9 +48,10 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger(__name__)
 
 DropReason = Literal["spool_full", "corrupt", "refused"]
-"""``spool_full``: the spool was over its size cap. ``corrupt``: a spool line torn by a crash or
-damaged on disk. ``refused``: the store rejected the row itself (constraint or data error); the row
-is kept in the spool's ``quarantine/`` directory for inspection, not replayed."""
+"""``spool_full``: the spool was over its size cap, or its disk refused the write. ``corrupt``: a
+spool line torn by a crash or damaged on disk. ``refused``: the store rejected the row itself
+(constraint or data error); the row is kept in the spool's ``quarantine/`` directory for
+inspection, not replayed."""
 
 Operation = Literal["write", "replay", "prune", "connect"]
 

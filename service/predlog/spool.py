@@ -23,7 +23,8 @@ a power loss can lose at most that interval. A line torn by a crash fails its ch
 counted as dropped (``corrupt``) at replay.
 
 Size cap: when the directory holds ``max_bytes`` or more, further entries are refused and
-returned to the caller, which counts them as dropped. The size is rescanned by the writer every
+returned to the caller, which counts them as dropped; so are entries the disk cannot take (full,
+unwritable), after the partial write is cut off. The size is rescanned by the writer every
 loop and tracked between scans, so it is approximate by what other processes appended meanwhile.
 """
 
@@ -61,20 +62,27 @@ class _Active:
     """This process's segment being appended to."""
 
     def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)  # an operator may have removed it
         stem = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         tmp = directory / f".{stem}.tmp"
         self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         self.path = directory / f"{stem}{SUFFIX}"
         os.rename(tmp, self.path)
+        self.size = 0
         self.oldest: datetime | None = None
         self.dirty = False
 
     def write(self, data: bytes) -> None:
+        """Append whole lines, or nothing: a failed write (disk full) is cut off again."""
         view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            os.ftruncate(self.fd, self.size)
+            raise
+        self.size += len(data)
         self.dirty = True
 
     def sync(self) -> None:
@@ -156,9 +164,13 @@ class Spool:
                     data.append(line)
                     size += len(line)
             if data:
-                if self._active is None:
-                    self._active = _Active(self.directory)
-                self._active.write(b"".join(data))
+                try:
+                    if self._active is None:
+                        self._active = _Active(self.directory)
+                    self._active.write(b"".join(data))
+                except OSError as exc:  # disk full, directory unwritable: refused like a full spool
+                    log.error("cannot write to the spool %s: %s", self.directory, exc)
+                    return [], entries
                 if self._active.oldest is None:
                     self._active.oldest = min(e.received_at for e in kept)
                 self._size = size
@@ -221,10 +233,12 @@ class Spool:
     def scan(self) -> int:
         """Bytes in the directory now (all processes' segments and the quarantine)."""
         total = 0
-        for path in (*self.directory.iterdir(), *(self.directory / QUARANTINE).iterdir()):
+        for directory in (self.directory, self.directory / QUARANTINE):
             with contextlib.suppress(FileNotFoundError):
-                if path.is_file():
-                    total += path.stat().st_size
+                for path in directory.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        if path.is_file():
+                            total += path.stat().st_size
         with self._lock:
             self._size = total
         return total
@@ -252,5 +266,8 @@ class Spool:
             "error": f"{type(error).__name__}: {error}"[:2000],
             "line": encode_line(entry).decode(),
         }
-        with self._lock, open(path, "ab") as file:
-            file.write(orjson.dumps(record) + b"\n")
+        try:
+            with self._lock, open(path, "ab") as file:
+                file.write(orjson.dumps(record) + b"\n")
+        except OSError as exc:  # the row is counted as dropped either way
+            log.error("cannot write to the spool's quarantine %s: %s", path, exc)

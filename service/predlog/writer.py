@@ -222,6 +222,8 @@ class Writer:
                 self._turn(closing)
             except Exception:  # a bug here must not kill the thread and lose the queue
                 log.exception("prediction log writer turn failed")
+                leftover, self._inflight = self._inflight, []
+                self._spool(leftover)
             with self._turn_done:
                 self._turns += 1
                 self._turn_done.notify_all()

@@ -137,3 +137,38 @@ def test_entries_beyond_the_size_cap_are_refused_not_lost_silently(tmp_path: Pat
     replay_all(spool)
     assert spool.scan() == 0
     assert spool.append(batch[:1]) == (batch[:1], [])  # replayed segments free the space
+
+
+DISK_FULL_WRITER = """
+import resource, signal, sys
+from service.predlog.records import to_entry
+from service.predlog.spool import Spool
+from tests.predlog.helpers import prediction_event
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+spool = Spool(sys.argv[1], 10**9)
+entries = [to_entry(prediction_event(3)) for _ in range(40)]
+resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # the disk is full at 30 kB
+kept = refused = 0
+for i in range(0, 40, 3):
+    k, r = spool.append(entries[i : i + 3])
+    kept, refused = kept + len(k), refused + len(r)
+print(kept, refused)
+"""
+
+
+def test_a_full_disk_refuses_whole_entries_and_leaves_no_torn_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_WRITER, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    kept, refused = map(int, result.stdout.split())
+    assert kept > 0
+    assert refused > 0
+    assert kept + refused == 40
+    assert "cannot write to the spool" in result.stderr
+    found, corrupt = replay_all(Spool(tmp_path, 10**9))
+    assert (len(found), corrupt) == (kept, 0)
