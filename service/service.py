@@ -7,16 +7,19 @@ Each worker also runs the gRPC (Open Inference Protocol) server on GRPC_PORT: se
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import bentoml
 
+from service.events import EventSink
 from service.http import build_http_app
 from service.inference import Predictor
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import v2_routes
 from service.oip.server import GrpcServer, check_port_free
+from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,20 @@ class CreditRiskService:
 
     def __init__(self) -> None:
         model = load_model(self.model_ref)
+        sinks: list[EventSink] = []
+        self.prediction_log: PredictionLog | None = None
+        if settings.prediction_log_enabled:
+            self.prediction_log = PredictionLog.from_settings(settings)
+            sinks.append(self.prediction_log)
+        self.access_log: AccessLog | None = None
+        if settings.access_log:
+            self.access_log = AccessLog(include_features=settings.access_log_features)
+            sinks.append(self.access_log)
         self.predictor = Predictor(
             model,
             max_instances=settings.max_batch_size,
             max_model_batch_rows=settings.max_model_batch_rows,
+            sinks=sinks,
         )
         self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
         self.grpc_server: GrpcServer | None = None
@@ -90,4 +103,11 @@ class CreditRiskService:
         self.oip.ready = False
         if self.grpc_server is not None:  # before the predictor: calls in flight still need it
             await self.grpc_server.stop()
+        # Answer the requests already accepted first: their events must reach the logs.
         await self.predictor.aclose()
+        if self.prediction_log is not None:
+            # Blocking (commits, fsync): off the event loop. Bounded by
+            # PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS; what the store cannot take is spooled.
+            await asyncio.to_thread(self.prediction_log.close)
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)

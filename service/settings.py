@@ -65,6 +65,79 @@ class Settings(BaseSettings):
         30, ge=1, description="BentoML's per-request timeout (answered 504)."
     )
 
+    # Prediction log (service/predlog): every request and prediction, recorded off the request path.
+    prediction_log_enabled: bool = Field(
+        True,
+        description="Record every accepted instance and every refused request in the prediction "
+        "log. Off only for benchmarks and experiments: nothing is recorded.",
+    )
+    prediction_log_url: str = Field(
+        "sqlite:///var/predictions.db",
+        description="SQLAlchemy URL of the prediction log store: `sqlite:///relative/path.db`, "
+        "`sqlite:////absolute/path.db` (WAL mode; the directory is created) or "
+        "`postgresql://user:password@host:5432/db` (several replicas).",
+    )
+    prediction_log_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Most rows (instances plus rejections) held in memory per worker waiting for "
+        "the writer; beyond it, records go straight to the spool.",
+    )
+    prediction_log_batch_size: int = Field(
+        500, ge=1, description="Rows committed to the store per transaction (about)."
+    )
+    prediction_log_flush_interval_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest a record waits in memory before the writer commits it (or spools "
+        "it); also how often the spool is fsynced.",
+    )
+    prediction_log_spool_dir: str = Field(
+        "var/predlog-spool",
+        description="Directory of the local spool holding records the store could not take yet; "
+        "replayed when the store is back, also by the next process after a crash. Shared by the "
+        "workers; put it on a persistent volume to survive a container restart.",
+    )
+    prediction_log_spool_max_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        description="Size cap of the spool directory; records beyond it are dropped and counted.",
+    )
+    prediction_log_retry_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait between attempts to reach a store that is down (the wait "
+        "doubles from 0.5 s up to this).",
+    )
+    prediction_log_shutdown_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="At shutdown, how long the writer keeps trying the store before it spools "
+        "what is left. Keep it below the orchestrator's grace period.",
+    )
+    prediction_log_retention_days: float = Field(
+        90,
+        ge=0,
+        description="Rows older than this many days are deleted by a periodic prune; 0 keeps "
+        "them forever.",
+    )
+    prediction_log_max_rows: int = Field(
+        0,
+        ge=0,
+        description="Most rows kept per table (the oldest are pruned first); 0 = no cap.",
+    )
+    prediction_log_prune_interval_seconds: float = Field(
+        3600, gt=0, description="How often each worker runs the retention prune."
+    )
+    access_log: bool = Field(
+        True, description="Write one JSON line per request to stdout (the access log)."
+    )
+    access_log_features: bool = Field(
+        False,
+        description="Include the request's feature values in the access log line. Off by "
+        "default: feature values are personal data in most models; the prediction log has them.",
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -16,6 +16,9 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # In-process services (TestClient) start their gRPC server on a free port (served ones get their
 # own), never on `make`'s exported 3001, which other runs on the machine would share.
 os.environ["GRPC_PORT"] = "0"
+# The prediction log of in-process and served tests goes to a throwaway directory, not ./var.
+os.environ.setdefault("PREDICTION_LOG_URL", f"sqlite:///{tempfile.mkdtemp()}/predictions.db")
+os.environ.setdefault("PREDICTION_LOG_SPOOL_DIR", tempfile.mkdtemp(prefix="predlog-spool-"))
 
 from tests.support import ServedService
 

@@ -1,0 +1,110 @@
+"""The access log: one JSON line per answered request on stdout, for container log collectors.
+
+Line format (keys always present; ``null`` when not applicable)::
+
+    {"time": "2025-01-31T12:00:00.123Z", "type": "access", "request_id": "...",
+     "trace_id": null, "transport": "http", "endpoint": "/predict", "status": 200,
+     "latency_ms": 8.41, "model": "credit_risk:...", "instances": 3,
+     "error_count": 0, "reason": null, "field": null}
+
+``time`` is when the request arrived (UTC); ``instances`` is null for a refused request, whose
+first problem is in ``reason``/``field`` (``error_count`` has their number). Feature values are
+not logged unless ``ACCESS_LOG_FEATURES`` is on, which adds ``"features": [{...}, ...]``.
+
+Writing to stdout can block (a slow log collector fills the pipe), so lines are queued and written
+by a thread of their own. If that queue is full, lines are dropped and counted (``dropped``), and
+a warning says how many: the prediction log, not this one, is the durable record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import orjson
+
+from service.events import Event, PredictionEvent
+
+log = logging.getLogger(__name__)
+
+QUEUE_LINES = 10_000
+_STOP = object()
+
+
+def access_record(event: Event, include_features: bool = False) -> dict[str, Any]:
+    req = event.request
+    accepted = isinstance(event, PredictionEvent)
+    first = None if accepted or not event.errors else event.errors[0]
+    record: dict[str, Any] = {
+        "time": req.received_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "type": "access",
+        "request_id": req.request_id,
+        "trace_id": req.trace_id,
+        "transport": req.transport,
+        "endpoint": req.endpoint,
+        "status": 200 if accepted else event.status,
+        "latency_ms": round(req.latency_seconds * 1000, 3),
+        "model": req.model_tag,
+        "instances": len(event.instances) if accepted else None,
+        "error_count": 0 if accepted else len(event.errors),
+        "reason": first.reason.value if first else None,
+        "field": first.field if first else None,
+    }
+    if include_features and accepted:
+        record["features"] = event.instances
+    return record
+
+
+class AccessLog:
+    """An EventSink that prints :func:`access_record` lines from a background thread."""
+
+    def __init__(self, stream: IO[str] | None = None, include_features: bool = False) -> None:
+        self._stream = stream  # None: sys.stdout at write time
+        self.include_features = include_features
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_LINES)
+        self._last_warning = 0.0
+        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self._thread.start()
+
+    def publish(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write the lines still queued, then stop."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=timeout)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            stream = self._stream or sys.stdout
+            try:
+                while item is not _STOP:
+                    line = orjson.dumps(access_record(item, self.include_features)).decode()
+                    stream.write(line + "\n")
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                stream.flush()  # stdout to a pipe is block-buffered: lines must not wait
+            except Exception:
+                log.exception("access log write failed")
+            self._warn_about_drops()
+            if item is _STOP:
+                return
+
+    def _warn_about_drops(self) -> None:
+        now = time.monotonic()
+        if self.dropped and now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning("access log: %d line(s) dropped so far (stdout too slow)", self.dropped)

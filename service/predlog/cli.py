@@ -1,0 +1,181 @@
+"""``python -m service.predlog``: the prediction log for operators and data scientists.
+
+    export   --since T [--until T] --out FILE.parquet|FILE.csv [--table predictions|rejections]
+    show     REQUEST_ID                 every row of one request, as JSON
+    status                              schema version, rows and time range per table, spool
+    prune    [--retention-days N] [--max-rows N]   apply retention now
+    replay                              replay the spool now (e.g. a stopped replica's)
+    init                                create the tables (e.g. ahead of the first deployment)
+
+The store and spool come from the same settings as the service (``PREDICTION_LOG_URL``,
+``PREDICTION_LOG_SPOOL_DIR``...), or ``--url``. Times are ISO 8601 (``2025-01-31``,
+``2025-01-31T12:00``, UTC unless an offset is given) or relative to now (``90m``, ``2h``, ``7d``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from service.predlog.schema import DATA_TABLES, predictions
+from service.predlog.spool import QUARANTINE, Spool
+from service.predlog.store import Store
+from service.predlog.writer import Writer, WriterConfig
+from service.settings import Settings
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_time(value: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (UTC unless it has an offset) or ``<number><s|m|h|d>`` before now."""
+    relative = _RELATIVE.match(value.strip())
+    if relative:
+        amount, unit = relative.groups()
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: float(amount)})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither an ISO 8601 time (2025-01-31T12:00) nor relative (2h, 7d)"
+        ) from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def export_frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
+    """Rows as a flat frame: for predictions, one column per feature (a feature whose name is
+    taken by a log column becomes ``feature_<name>``); JSON columns of rejections as text."""
+    frame = pd.DataFrame(rows, columns=[c.name for c in DATA_TABLES[table].columns])
+    if table == predictions.name:
+        features = pd.DataFrame(list(frame.pop("features")), index=frame.index)
+        features.columns = [
+            f"feature_{c}" if c in frame.columns else str(c) for c in features.columns
+        ]
+        frame = pd.concat([frame, features], axis=1)
+    else:
+        frame["errors"] = [orjson.dumps(e).decode() for e in frame["errors"]]
+    frame["received_at"] = pd.to_datetime(frame["received_at"], utc=True)
+    return frame
+
+
+def export(store: Store, table: str, since: datetime, until: datetime, out: Path) -> int:
+    """Write the rows of ``[since, until)`` to ``out`` (.parquet or .csv); returns the row count.
+
+    The range is held in memory while it is written: export a long history in slices.
+    """
+    parts = [export_frame(rows, table) for rows in store.iter_rows(table, since, until)]
+    frame = pd.concat(parts, ignore_index=True) if parts else export_frame([], table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    return len(frame)
+
+
+def _dumps(value: Any) -> str:
+    # Column and table names are SQLAlchemy `quoted_name`s, str subclasses.
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _spool_status(directory: Path) -> dict[str, Any]:
+    segments = sorted(directory.glob("*.spool")) if directory.exists() else []
+    quarantined = sorted((directory / QUARANTINE).glob("*.jsonl")) if directory.exists() else []
+    return {
+        "directory": str(directory),
+        "segments": len(segments),
+        "segment_bytes": sum(p.stat().st_size for p in segments),
+        "quarantined_entries": sum(p.read_bytes().count(b"\n") for p in quarantined),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.predlog",
+        description="Query and maintain the prediction log (README: 'Prediction log').",
+    )
+    parser.add_argument("--url", help="store URL (default: PREDICTION_LOG_URL)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ex = commands.add_parser("export", help="export a time range to Parquet or CSV")
+    ex.add_argument("--since", type=parse_time, required=True, help="start (inclusive)")
+    ex.add_argument("--until", type=parse_time, help="end (exclusive; default: now)")
+    ex.add_argument("--out", type=Path, required=True, help="FILE.parquet or FILE.csv")
+    ex.add_argument("--table", choices=sorted(DATA_TABLES), default=predictions.name)
+
+    show = commands.add_parser("show", help="every row of one request, as JSON")
+    show.add_argument("request_id")
+
+    commands.add_parser("status", help="schema version, row counts and time ranges, spool")
+
+    prune = commands.add_parser("prune", help="delete rows beyond retention now")
+    prune.add_argument(
+        "--retention-days", type=float, help="default: PREDICTION_LOG_RETENTION_DAYS"
+    )
+    prune.add_argument("--max-rows", type=int, help="default: PREDICTION_LOG_MAX_ROWS")
+
+    commands.add_parser("replay", help="replay spooled records into the store now")
+    commands.add_parser("init", help="create the tables if the store has none")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    store = Store(args.url or settings.prediction_log_url)
+    try:
+        return _run(args, settings, store)
+    finally:
+        store.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    if args.command == "init":
+        store.ensure_schema()
+        print(f"{store.display_url}: schema version {store.version()}")
+        return 0
+    if args.command == "replay":
+        spool = Spool(settings.prediction_log_spool_dir, settings.prediction_log_spool_max_bytes)
+        writer = Writer(store, spool, WriterConfig(batch_rows=settings.prediction_log_batch_size))
+        writer.replay_spool()
+        print(_dumps({**writer.stats.summary(), "spool": _spool_status(spool.directory)}))
+        return 0 if writer.stats.total("dropped") == 0 and not spool.segments() else 1
+    version = store.version()
+    if version is None:
+        print(f"{store.display_url} has no prediction log tables", file=sys.stderr)
+        return 1
+    if args.command == "export":
+        until = args.until or datetime.now(UTC)
+        count = export(store, args.table, args.since, until, args.out)
+        span = f"{args.since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ}"
+        print(f"{count} {args.table} rows from {span} written to {args.out}", file=sys.stderr)
+        return 0
+    if args.command == "show":
+        found = store.find(args.request_id)
+        print(_dumps(found))
+        return 0 if any(found.values()) else 1
+    if args.command == "status":
+        status = {
+            "store": store.display_url,
+            "schema_version": version,
+            "tables": store.summary(),
+            "spool": _spool_status(Path(settings.prediction_log_spool_dir)),
+        }
+        print(_dumps(status))
+        return 0
+    if args.command == "prune":
+        days = args.retention_days
+        days = settings.prediction_log_retention_days if days is None else days
+        max_rows = settings.prediction_log_max_rows if args.max_rows is None else args.max_rows
+        deleted = store.prune(days or None, max_rows or None)
+        print(_dumps({"deleted": deleted}))
+        return 0
+    raise AssertionError(args.command)

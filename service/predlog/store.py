@@ -1,0 +1,310 @@
+"""The SQL store of the prediction log: connect, create or check the schema, write, prune, read.
+
+One code path for SQLite and PostgreSQL (SQLAlchemy Core). The dialect differences live here and
+nowhere else:
+
+- SQLite runs in WAL mode with a busy timeout, so several worker processes can write the same
+  file (one writer at a time, readers never blocked); write transactions start with
+  ``BEGIN IMMEDIATE`` so that a read-then-write transaction (the prune) cannot fail on a lock
+  upgrade. ``synchronous=NORMAL``: a committed row survives a process crash; a power loss may lose
+  the last commits.
+- PostgreSQL takes plain inserts from any number of processes and replicas; schema creation is
+  serialised with an advisory lock. ``postgresql://`` URLs use psycopg 3. Tables go into the first
+  schema of the search path: add ``?options=-csearch_path%3Dmy_schema`` to the URL to choose one.
+
+Inserts use ``ON CONFLICT DO NOTHING`` on the primary key, so replaying an entry that was in fact
+committed (e.g. the connection dropped during COMMIT) does not duplicate it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DataError, IntegrityError
+
+from service.predlog.records import Entry, Row
+from service.predlog.schema import (
+    DATA_TABLES,
+    SCHEMA_VERSION,
+    metadata,
+    predictions,
+    schema_version,
+)
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+PRUNE_CHUNK_ROWS = 5000
+# pg_advisory_xact_lock key serialising schema creation across processes and replicas.
+_SCHEMA_LOCK_KEY = 0x7072_6564_6C6F_67  # "predlog"
+_READONLY = "predlog_readonly"
+
+
+class SchemaMismatch(RuntimeError):
+    """The store holds tables this version of the service must not write to."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Did the store refuse the rows themselves (retrying cannot help), not fail to take them?"""
+    return isinstance(exc, IntegrityError | DataError)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from the sqlite3 module (it would not BEGIN before DDL and cannot
+    # BEGIN IMMEDIATE); the "begin" listener emits BEGIN itself.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    readonly = conn.get_execution_options().get(_READONLY, False)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def parse_url(url: str) -> URL:
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"PREDICTION_LOG_URL {parsed.render_as_string()!r}: only sqlite:///path and "
+            "postgresql://... stores are supported"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValueError("PREDICTION_LOG_URL: an in-memory SQLite store would lose every row")
+    return parsed
+
+
+def make_engine(url: str) -> Engine:
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, Any] = (
+            {} if "timeout" in parsed.query else {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+        )
+        engine = create_engine(parsed, connect_args=connect_args, json_serializer=_json_dumps)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args = (
+        {}
+        if "connect_timeout" in parsed.query
+        else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+    )
+    return create_engine(
+        parsed,
+        connect_args=connect_args,
+        json_serializer=_json_dumps,
+        # A pooled connection broken by a database restart is replaced before use, rather than
+        # failing a batch and sending the writer into its retry backoff.
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+    )
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands timestamps back naive (they are stored as UTC text).
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Store:
+    """The tables behind ``PREDICTION_LOG_URL``; safe to share between threads."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self.display_url = self.engine.url.render_as_string(hide_password=True)
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._inserts = {
+            name: dialect_insert(table).on_conflict_do_nothing()
+            for name, table in DATA_TABLES.items()
+        }
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(**{_READONLY: True})
+
+    # Schema
+
+    def ensure_schema(self) -> None:
+        """Create the tables if the store has none; refuse a store of another schema version."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            inspector = inspect(conn)
+            if inspector.has_table(schema_version.name):
+                found = conn.execute(select(schema_version.c.version)).scalars().all()
+                if found != [SCHEMA_VERSION]:
+                    raise SchemaMismatch(
+                        f"the prediction log at {self.display_url} has schema version "
+                        f"{', '.join(map(str, found)) or 'none'}; this service writes version "
+                        f"{SCHEMA_VERSION}. Migrate the tables (README, 'Prediction log') or "
+                        "point PREDICTION_LOG_URL at another database."
+                    )
+                metadata.create_all(conn, checkfirst=True)  # a table dropped by hand comes back
+                return
+            clashing = [name for name in DATA_TABLES if inspector.has_table(name)]
+            if clashing:
+                raise SchemaMismatch(
+                    f"{self.display_url} already has table(s) {', '.join(clashing)} without a "
+                    f"{schema_version.name} table: they were not created by this service. "
+                    "Point PREDICTION_LOG_URL at another database or schema."
+                )
+            metadata.create_all(conn, checkfirst=True)
+            conn.execute(
+                insert(schema_version), {"version": SCHEMA_VERSION, "created_at": datetime.now(UTC)}
+            )
+            log.info("created the prediction log tables (schema %d)", SCHEMA_VERSION)
+
+    def version(self) -> int | None:
+        with self._read() as conn:
+            if not inspect(conn).has_table(schema_version.name):
+                return None
+            return conn.execute(select(func.max(schema_version.c.version))).scalar()
+
+    # Writing
+
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Commit every row of ``entries`` in one transaction (rows already present are skipped)."""
+        by_table: dict[str, list[Row]] = defaultdict(list)
+        for entry in entries:
+            by_table[entry.table].extend(entry.rows)
+        with self.engine.begin() as conn:
+            for name, rows in by_table.items():
+                conn.execute(self._inserts[name], rows)
+
+    def probe(self) -> None:
+        """Raise unless the store answers."""
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # Retention
+
+    def prune(
+        self,
+        retention_days: float | None,
+        max_rows: int | None,
+        now: datetime | None = None,
+        chunk: int = PRUNE_CHUNK_ROWS,
+    ) -> dict[str, int]:
+        """Delete rows older than ``retention_days`` and beyond the newest ``max_rows`` of each
+        table; returns the rows deleted per table.
+
+        Deletes in chunks of about ``chunk`` rows, each its own short transaction, so that
+        writers are never held up for long. Safe to run from every worker at once: a row deleted
+        twice is deleted once.
+        """
+        now = now or datetime.now(UTC)
+        deleted: dict[str, int] = {}
+        for name, table in DATA_TABLES.items():
+            count = 0
+            if retention_days:
+                count += self._delete_older(table, now - timedelta(days=retention_days), chunk)
+            if max_rows:
+                with self._read() as conn:
+                    boundary = conn.execute(
+                        select(table.c.received_at)
+                        .order_by(table.c.received_at.desc())
+                        .offset(max_rows - 1)
+                        .limit(1)
+                    ).scalar()
+                if boundary is not None:
+                    # Strictly older than the max_rows-th newest row: the rows of one request
+                    # share a timestamp and are kept or deleted together.
+                    count += self._delete_older(table, _as_utc(boundary), chunk)
+            deleted[name] = count
+        return deleted
+
+    def _delete_older(self, table: Table, cutoff: datetime, chunk: int) -> int:
+        at = table.c.received_at
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                edge = conn.execute(
+                    select(at).where(at < cutoff).order_by(at).offset(chunk).limit(1)
+                ).scalar()
+                condition = at < cutoff if edge is None else at <= edge
+                total += conn.execute(delete(table).where(condition)).rowcount
+            if edge is None:
+                return total
+
+    # Reading (CLI)
+
+    def iter_rows(
+        self, table: str, since: datetime, until: datetime, batch: int = 10_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows of ``table`` received in ``[since, until)``, in time order, ``batch`` at a time."""
+        t = DATA_TABLES[table]
+        order = [t.c.received_at, t.c.event_id]
+        if table == predictions.name:
+            order.append(t.c.instance_index)
+        query = (
+            select(t)
+            .where(t.c.received_at >= since, t.c.received_at < until)
+            .order_by(*order)
+            .execution_options(yield_per=batch)
+        )
+        with self._read() as conn:
+            for part in conn.execute(query).mappings().partitions():
+                yield [{**row, "received_at": _as_utc(row["received_at"])} for row in part]
+
+    def find(self, request_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every row of the request ``request_id``, per table."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._read() as conn:
+            for name, t in DATA_TABLES.items():
+                query = select(t).where(t.c.request_id == request_id).order_by(t.c.received_at)
+                if t is predictions:
+                    query = query.order_by(t.c.instance_index)
+                found[name] = [
+                    {**row, "received_at": _as_utc(row["received_at"])}
+                    for row in conn.execute(query).mappings()
+                ]
+        return found
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Row count and time range per table."""
+        result: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for name, t in DATA_TABLES.items():
+                count, oldest, newest = conn.execute(
+                    select(func.count(), func.min(t.c.received_at), func.max(t.c.received_at))
+                ).one()
+                result[name] = {
+                    "rows": count,
+                    "oldest": oldest and _as_utc(oldest),
+                    "newest": newest and _as_utc(newest),
+                }
+        return result

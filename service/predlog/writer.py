@@ -1,0 +1,413 @@
+"""The background writer: a bounded queue in front of the store, with the spool behind it.
+
+Request path: :meth:`Writer.publish` appends the event to an in-memory queue bounded in rows and
+returns. Only when the queue is full does the request thread itself convert the event and append
+it to the spool (a buffered local write), so nothing is lost and nothing waits on the store.
+
+Writer thread, once per flush interval or as soon as a batch's worth of rows is queued:
+
+1. take the queued events, convert them to entries (records.to_entry) and commit them in batches
+   of about ``batch_rows`` rows, one transaction each;
+2. if the store fails, spool the batch, mark the store down and retry with exponential backoff
+   (``retry_initial`` doubling to ``retry_max``); meanwhile every batch goes straight to the spool.
+   A retry re-checks the schema, so a store that came back empty is recreated;
+3. while the store is up, replay spooled segments (its own and those of any process sharing the
+   spool directory) a batch per turn, interleaved with live batches;
+4. fsync the spool and report the gauges (queue depth, spool size, oldest unwritten record age).
+
+If the store refuses a batch as data (a constraint or type error: retrying cannot help), the batch
+is retried entry by entry and only the refused entries are set aside (spool quarantine, counted as
+dropped ``refused``), so one bad row never holds up the others.
+
+:meth:`Writer.close` (worker shutdown): the thread drains the queue to the store, or to the spool
+when the store is down or ``shutdown_timeout`` has passed, fsyncs and seals the spool. If the
+store hangs beyond the timeout, the closing thread spools whatever is still in memory itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.events import Event, PredictionEvent
+from service.predlog.observer import CountingObserver, LogObserver, Observers, Operation
+from service.predlog.records import Entry, event_rows, to_entry
+from service.predlog.spool import Claimed, Spool
+from service.predlog.store import SchemaMismatch, Store, is_refusal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    queue_rows: int = 10_000
+    batch_rows: int = 500
+    flush_interval: float = 0.5
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    shutdown_timeout: float = 10.0
+
+
+class _EventQueue:
+    """FIFO of events bounded by the rows they will become; wakes the writer at ``wake_rows``."""
+
+    def __init__(self, capacity_rows: int, wake_rows: int) -> None:
+        self._items: deque[tuple[Event, int]] = deque()
+        self._capacity = capacity_rows
+        self._wake_rows = wake_rows
+        self._rows = 0
+        self._woken = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def offer(self, event: Event, rows: int) -> bool:
+        with self._cond:
+            # An event larger than the whole queue is still taken when the queue is empty.
+            if self._items and self._rows + rows > self._capacity:
+                return False
+            self._items.append((event, rows))
+            self._rows += rows
+            if self._rows >= self._wake_rows and not self._woken:
+                self._woken = True
+                self._cond.notify()
+        return True
+
+    def take(self, max_rows: int) -> list[Event]:
+        """At least one event if any is queued, up to ``max_rows`` rows."""
+        taken: list[Event] = []
+        with self._cond:
+            rows = 0
+            while self._items and (not taken or rows + self._items[0][1] <= max_rows):
+                event, n = self._items.popleft()
+                taken.append(event)
+                rows += n
+            self._rows -= rows
+        return taken
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if not self._woken and timeout > 0:
+                self._cond.wait(timeout)
+            self._woken = False
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def oldest(self) -> datetime | None:
+        with self._cond:
+            return self._items[0][0].request.received_at if self._items else None
+
+
+def _by_table(entries: list[Entry]) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for entry in entries:
+        rows[entry.table] = rows.get(entry.table, 0) + len(entry)
+    return rows
+
+
+class Writer:
+    """Moves events from the request path to the store; one per process."""
+
+    def __init__(
+        self,
+        store: Store,
+        spool: Spool,
+        config: WriterConfig = WriterConfig(),
+        observer: LogObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.config = config
+        self.stats = CountingObserver()
+        self.observer: LogObserver = (
+            Observers(self.stats, observer) if observer is not None else self.stats
+        )
+        self._queue = _EventQueue(config.queue_rows, config.batch_rows)
+        self._up = False
+        self._retry_at = 0.0  # monotonic time of the next reconnection attempt
+        self._backoff = config.retry_initial
+        self._inflight: list[Entry] = []
+        self._replay: tuple[Claimed, Iterator[tuple[list[Entry], int]]] | None = None
+        self._replay_oldest: datetime | None = None
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._turns = 0
+        self._turn_done = threading.Condition()
+        self._last_drop_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
+
+    # Request path
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event``; when the queue is full, spool it from this thread. Never blocks on
+        the store, never raises."""
+        if self._queue.offer(event, event_rows(event)):
+            return
+        entries = self._convert([event])
+        if entries:
+            self._spool(entries)
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Connect (creating the tables if needed) and start the thread.
+
+        A store that is down is not an error here: entries are spooled until it answers. A store
+        of another schema version is: :class:`SchemaMismatch` is raised, loudly, at startup.
+        """
+        try:
+            self.store.ensure_schema()
+        except SchemaMismatch:
+            raise
+        except Exception as exc:
+            self._store_failed("connect", exc)
+        else:
+            self._set_up(True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event published before the call has been written or spooled."""
+        with self._turn_done:
+            target = self._turns + 2  # the turn in progress may have missed the latest events
+            self._queue.wake()
+            self._turn_done.wait_for(lambda: self._turns >= target or not self.running, timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        """Write (or spool) everything queued and stop; returns within about shutdown_timeout."""
+        self._deadline = time.monotonic() + self.config.shutdown_timeout
+        self._closing.set()
+        self._queue.wake()
+        if self._thread.is_alive():
+            self._thread.join(self.config.shutdown_timeout + 1.0)
+        if self._thread.is_alive():
+            log.error(
+                "the prediction log store did not answer within %.0fs of shutdown; spooling "
+                "what is still in memory",
+                self.config.shutdown_timeout,
+            )
+            self._spool(self._inflight + self._convert(self._queue.take(2**62)))
+        self.spool.close()
+        self.observer.queue_depth(self._queue.rows)
+        summary = self.stats.summary()
+        left = len(self.spool.segments())
+        log.info(
+            "prediction log closed: %s; %d spool segment(s) waiting in %s",
+            ", ".join(f"{k}={v}" for k, v in summary.items()),
+            left,
+            self.spool.directory,
+        )
+
+    # Writer thread
+
+    def _run(self) -> None:
+        while True:
+            timeout = 0.0 if self._replay is not None else self.config.flush_interval
+            self._queue.wait(timeout)
+            closing = self._closing.is_set()
+            try:
+                self._turn(closing)
+            except Exception:  # a bug here must not kill the thread and lose the queue
+                log.exception("prediction log writer turn failed")
+                leftover, self._inflight = self._inflight, []
+                self._spool(leftover)
+            with self._turn_done:
+                self._turns += 1
+                self._turn_done.notify_all()
+            if closing and self._queue.rows == 0:
+                break
+        if self._replay is not None:
+            self._replay[0].release()
+            self._replay = None
+
+    def _turn(self, closing: bool) -> None:
+        # Take what is queued now, not what keeps arriving: under sustained load the turn must
+        # still end, to replay and report.
+        budget = self._queue.rows
+        while budget > 0 and (events := self._queue.take(self.config.batch_rows)):
+            budget -= sum(event_rows(event) for event in events)
+            self._inflight = self._convert(events)
+            self._deliver(self._inflight)
+            self._inflight = []
+        if not self._up and time.monotonic() >= self._retry_at and not closing:
+            self._reconnect()
+        if self._up and not closing:
+            self._replay_batch()
+        self.spool.sync()
+        self._report()
+
+    def _convert(self, events: list[Event]) -> list[Entry]:
+        entries: list[Entry] = []
+        for event in events:
+            try:
+                entries.append(to_entry(event))
+            except Exception:
+                table = "predictions" if isinstance(event, PredictionEvent) else "rejections"
+                log.exception("could not turn request %s into a log row", event.request.request_id)
+                self.observer.dropped(table, event_rows(event), "corrupt")
+        return entries
+
+    def _deliver(self, entries: list[Entry]) -> None:
+        if time.monotonic() < self._deadline:
+            if not self._up and time.monotonic() >= self._retry_at:
+                self._reconnect()
+            if self._up and self._write(entries, "write"):
+                return
+        self._spool(entries)
+
+    def _write(self, entries: list[Entry], operation: Operation) -> bool:
+        """Commit ``entries``; False (store marked down) if the store failed to take them."""
+        try:
+            self.store.write(entries)
+        except Exception as exc:
+            if not is_refusal(exc):
+                self._store_failed(operation, exc)
+                return False
+            return self._write_one_by_one(entries, operation, exc)
+        count = self.observer.written if operation == "write" else self.observer.replayed
+        for table, rows in _by_table(entries).items():
+            count(table, rows)
+        return True
+
+    def _write_one_by_one(self, entries: list[Entry], operation: Operation, exc: Exception) -> bool:
+        log.warning("the store refused a batch (%s); retrying it entry by entry", exc)
+        for index, entry in enumerate(entries):
+            try:
+                self.store.write([entry])
+            except Exception as one_exc:
+                if not is_refusal(one_exc):
+                    self._store_failed(operation, one_exc)
+                    if operation == "write":  # a replay keeps its entries in the segment
+                        self._spool(entries[index:])
+                    return operation == "write"
+                self.observer.write_failed(operation)
+                self.observer.dropped(entry.table, len(entry), "refused")
+                self.spool.quarantine(entry, one_exc)
+                log.error(
+                    "the store refused %d %s row(s) of request %s: %s; kept in %s",
+                    len(entry),
+                    entry.table,
+                    entry.rows[0]["request_id"],
+                    one_exc,
+                    self.spool.directory / "quarantine",
+                )
+                continue
+            count = self.observer.written if operation == "write" else self.observer.replayed
+            count(entry.table, len(entry))
+        return True
+
+    def _spool(self, entries: list[Entry]) -> None:
+        kept, refused = self.spool.append(entries)
+        for table, rows in _by_table(kept).items():
+            self.observer.spooled(table, rows)
+        if refused:
+            for table, rows in _by_table(refused).items():
+                self.observer.dropped(table, rows, "spool_full")
+            now = time.monotonic()
+            if now - self._last_drop_log > 10:  # one line per 10 s, the counters have the rest
+                self._last_drop_log = now
+                log.error(
+                    "prediction log spool %s is full (%d bytes, cap %d): dropping rows; see the "
+                    "dropped counter",
+                    self.spool.directory,
+                    self.spool.size,
+                    self.spool.max_bytes,
+                )
+
+    # Store state
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self.observer.store_up(up)
+
+    def _store_failed(self, operation: Operation, exc: BaseException) -> None:
+        self.observer.write_failed(operation)
+        level = logging.ERROR if isinstance(exc, SchemaMismatch) else logging.WARNING
+        if self._up or operation == "connect":
+            log.log(
+                level,
+                "prediction log store %s unavailable (%s: %s); spooling to %s, retrying in %.1fs",
+                self.store.display_url,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                self.spool.directory,
+                self._backoff,
+            )
+        self._set_up(False)
+        if self._replay is not None:
+            self._replay[0].release()
+            self._replay = None
+            self._replay_oldest = None
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.config.retry_max)
+
+    def _reconnect(self) -> None:
+        try:
+            self.store.ensure_schema()
+        except Exception as exc:
+            self._store_failed("connect", exc)
+            return
+        self._backoff = self.config.retry_initial
+        self._set_up(True)
+        log.warning(
+            "prediction log store %s answers; %d spool segment(s) to replay",
+            self.store.display_url,
+            len(self.spool.segments()),
+        )
+
+    def replay_spool(self) -> None:
+        """Replay every segment nobody holds, now, on the calling thread (``predlog replay``)."""
+        self._reconnect()
+        while self._up and self._replay_batch():
+            pass
+
+    def _replay_batch(self) -> bool:
+        """Replay one batch of a spooled segment (claiming one if none is in progress); False if
+        there was nothing to replay."""
+        if self._replay is None:
+            if self.spool.has_active():
+                self.spool.seal()  # entries spooled while the queue was full: replay them too
+            claimed = self.spool.claim()
+            if claimed is None:
+                return False
+            self._replay = (claimed, claimed.batches(self.config.batch_rows))
+        claimed, batches = self._replay
+        try:
+            entries, corrupt = next(batches)
+        except StopIteration:
+            claimed.done()
+            self._replay = None
+            self._replay_oldest = None
+            return True
+        except OSError as exc:
+            log.error("cannot read spool segment %s: %s", claimed.path, exc)
+            claimed.release()
+            self._replay = None
+            return False
+        if corrupt:
+            self.observer.dropped("unknown", corrupt, "corrupt")
+        if entries:
+            self._replay_oldest = entries[0].received_at
+            self._write(entries, "replay")
+        return True
+
+    def _report(self) -> None:
+        self.observer.queue_depth(self._queue.rows)
+        self.observer.spool_bytes(self.spool.scan())
+        candidates = [self._queue.oldest(), self.spool.oldest(), self._replay_oldest]
+        oldest = min((t for t in candidates if t is not None), default=None)
+        age = 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+        self.observer.backlog_age(max(age, 0.0))

@@ -1,0 +1,156 @@
+"""``python -m service.predlog``: export to Parquet and CSV, show, status, prune, replay, init."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from models.contract import CONTRACT
+from service.predlog.cli import export_frame, main, parse_time
+from service.predlog.records import to_entry
+from service.predlog.spool import Spool
+from service.predlog.store import Store
+from tests.predlog.helpers import prediction_event, rejection_event, row_keys
+from tests.support import ROOT
+
+T0 = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def logged(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A store with predictions at 10:00, 11:00 and 12:00 and a rejection at 11:30 (UTC)."""
+    monkeypatch.setenv("PREDICTION_LOG_URL", sqlite_url)
+    monkeypatch.setenv("PREDICTION_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    store = Store(sqlite_url)
+    store.ensure_schema()
+    store.write(
+        [
+            to_entry(prediction_event(1, "at-10", T0)),
+            to_entry(prediction_event(3, "at-11", T0 + HOUR)),
+            to_entry(rejection_event("refused-1130", T0 + 1.5 * HOUR)),
+            to_entry(prediction_event(2, "at-12", T0 + 2 * HOUR)),
+        ]
+    )
+    return store
+
+
+def test_export_a_time_range_to_parquet(logged: Store, tmp_path: Path) -> None:
+    out = tmp_path / "export" / "range.parquet"
+    args = ["export", "--since", "2025-06-01T10:30", "--until", "2025-06-01T12:00", "--out"]
+    assert main([*args, str(out)]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame["request_id"]) == ["at-11"] * 3
+    assert list(frame["instance_index"]) == [0, 1, 2]
+    assert {*CONTRACT.feature_names, "label", "score", "model_tag"} <= set(frame.columns)
+    assert "features" not in frame.columns
+    assert str(frame["received_at"].dtype) == "datetime64[ns, UTC]"
+    assert frame["received_at"].iloc[0] == pd.Timestamp(T0 + HOUR)
+    expected = prediction_event(3)
+    assert frame[list(CONTRACT.feature_names)].to_dict("records") == expected.instances
+
+
+def test_export_to_csv_with_an_offset_and_rejections(logged: Store, tmp_path: Path) -> None:
+    out = tmp_path / "rejections.csv"
+    # 12:00+02:00 is 10:00 UTC
+    assert main(["export", "--since", "2025-06-01T12:00+02:00", "--table", "rejections",
+                 "--out", str(out)]) == 0  # fmt: skip
+    frame = pd.read_csv(out)
+    assert list(frame["request_id"]) == ["refused-1130"]
+    assert frame["received_at"].iloc[0] == "2025-06-01T11:30:00.000000Z"
+    assert orjson.loads(frame["errors"].iloc[0])[0]["reason"] == "out_of_range"
+
+    predictions = tmp_path / "predictions.csv"
+    assert main(["export", "--since", "2025-06-01", "--out", str(predictions)]) == 0
+    assert list(pd.read_csv(predictions)["request_id"]) == ["at-10"] + ["at-11"] * 3 + ["at-12"] * 2
+
+
+def test_an_empty_range_exports_an_empty_file_with_the_columns(
+    logged: Store, tmp_path: Path
+) -> None:
+    out = tmp_path / "none.parquet"
+    assert main(["export", "--since", "2030-01-01", "--out", str(out)]) == 0
+    assert len(pd.read_parquet(out)) == 0
+
+
+def test_a_feature_named_like_a_log_column_is_prefixed() -> None:
+    row = to_entry(prediction_event(1)).rows[0]
+    row["features"] = {"label": "x", "amount": 3}
+    frame = export_frame([row], "predictions")
+    assert frame.loc[0, "feature_label"] == "x"
+    assert frame.loc[0, "amount"] == 3
+    assert frame.loc[0, "label"] == row["label"]
+
+
+def test_show_prints_every_row_of_a_request(
+    logged: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "at-11"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert [r["instance_index"] for r in shown["predictions"]] == [0, 1, 2]
+    assert shown["predictions"][0]["received_at"] == "2025-06-01T11:00:00+00:00"
+    assert main(["show", "no-such-request"]) == 1
+
+
+def test_status_reports_tables_and_spool(logged: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 0
+    status = orjson.loads(capsys.readouterr().out)
+    assert status["schema_version"] == 1
+    assert status["tables"]["predictions"]["rows"] == 6
+    assert status["tables"]["rejections"]["newest"] == "2025-06-01T11:30:00+00:00"
+    assert status["spool"]["segments"] == 0
+
+
+def test_prune_applies_retention_now(logged: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    days = (datetime.now(UTC) - (T0 + 1.2 * HOUR)).total_seconds() / 86400
+    assert main(["prune", "--retention-days", str(days)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["deleted"] == {"predictions": 4, "rejections": 0}
+    assert row_keys(logged)[0] == {("at-12", 0), ("at-12", 1)}
+
+
+def test_replay_empties_a_spool_left_by_a_stopped_replica(
+    logged: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spool = Spool(tmp_path / "spool", 10**8)
+    spool.append([to_entry(prediction_event(2, "spooled")), to_entry(rejection_event("also"))])
+    spool.close()
+    assert main(["replay"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["replayed"] == 3
+    assert len(logged.find("spooled")["predictions"]) == 2
+    assert spool.segments() == []
+
+
+def test_init_creates_the_tables_and_commands_refuse_a_store_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    assert main(["--url", url, "status"]) == 1
+    assert "no prediction log tables" in capsys.readouterr().err
+    assert main(["--url", url, "init"]) == 0
+    assert main(["--url", url, "status"]) == 0
+
+
+def test_times_are_iso_or_relative() -> None:
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    assert parse_time("90m", now) == now - timedelta(minutes=90)
+    assert parse_time("7d", now) == now - timedelta(days=7)
+    assert parse_time("2025-06-01") == datetime(2025, 6, 1, tzinfo=UTC)
+    assert parse_time("2025-06-01T14:00+02:00") == now
+
+
+def test_the_module_runs_as_a_command(logged: Store) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.predlog", "show", "at-10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["predictions"][0]["request_id"] == "at-10"

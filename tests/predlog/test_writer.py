@@ -1,0 +1,308 @@
+"""The writer against real stores: batches, a full queue, a store that fails, hangs, refuses rows
+or comes back, the spool cap, and shutdown. Every row is accounted for by the counters."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+
+from service.events import Event
+from service.predlog.records import event_rows
+from service.predlog.spool import Spool
+from service.predlog.store import SchemaMismatch, Store
+from service.predlog.writer import Writer, WriterConfig
+from tests.predlog.helpers import (
+    TcpProxy,
+    concurrently,
+    prediction_event,
+    rejection_event,
+    row_count,
+    row_keys,
+    wait_until,
+)
+
+FAST = WriterConfig(
+    batch_rows=50, flush_interval=0.05, retry_initial=0.05, retry_max=0.2, shutdown_timeout=2
+)
+MakeWriter = Callable[..., Writer]
+
+
+@pytest.fixture
+def make_writer(tmp_path: Path) -> Iterator[MakeWriter]:
+    writers: list[Writer] = []
+
+    def make(url: str, spool_dir: Path | None = None, start: bool = True, **config: Any) -> Writer:
+        spool = Spool(spool_dir or tmp_path / "spool", config.pop("spool_max_bytes", 10**8))
+        writer = Writer(Store(url), spool, WriterConfig(**{**FAST.__dict__, **config}))
+        writers.append(writer)
+        if start:
+            writer.start()
+        return writer
+
+    yield make
+    for writer in writers:
+        if writer.running:
+            writer.close()
+        writer.store.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(("127.0.0.1", 5432)).start()
+    yield proxy
+    proxy.close()
+
+
+def events(n: int) -> list[Event]:
+    """A mix: mostly predictions of 1 to 3 instances, every fifth a rejection."""
+    return [rejection_event() if i % 5 == 4 else prediction_event(1 + i % 3) for i in range(n)]
+
+
+def rows_of(published: list[Event]) -> int:
+    return sum(event_rows(e) for e in published)
+
+
+def expected_keys(published: list[Event]) -> tuple[set[tuple[str, int]], set[str]]:
+    preds = {
+        (e.request.request_id, i)
+        for e in published
+        if hasattr(e, "instances")
+        for i in range(len(e.instances))
+    }
+    return preds, {e.request.request_id for e in published if not hasattr(e, "instances")}
+
+
+@contextmanager
+def sqlite_write_locked(url: str) -> Iterator[None]:
+    """Another connection holds the database's write lock (a backup, a long manual transaction)."""
+    conn = sqlite3.connect(make_url(url).database or "", isolation_level=None, timeout=0)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_events_are_committed_in_batches(store_url: str, make_writer: MakeWriter) -> None:
+    writer = make_writer(store_url, flush_interval=0.2)
+    commits = []
+    event.listen(writer.store.engine, "commit", lambda conn: commits.append(1))
+    published = events(250)
+    parts = [published[i::4] for i in range(4)]  # four request threads
+    concurrently(lambda part: [writer.publish(e) for e in part], parts)
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(published)
+    assert writer.stats.total("written") == rows_of(published) == 450
+    assert writer.stats.total("spooled") == 0
+    assert len(commits) <= 20  # 450 rows in batches of about 50, not 250 transactions
+
+
+def test_a_locked_sqlite_store_neither_blocks_nor_loses(
+    sqlite_url: str, make_writer: MakeWriter
+) -> None:
+    writer = make_writer(f"{sqlite_url}?timeout=0.3", queue_rows=40)
+    with sqlite_write_locked(sqlite_url):
+        # Publishing completes while the store cannot take a single row: the request path never
+        # waits for it (if it did, this loop would hang until the lock is released).
+        published = events(300)
+        for e in published:
+            writer.publish(e)
+        assert writer.stats.total("spooled") > 0  # the full queue spilled from this thread
+        writer.flush()
+        assert writer.stats.total("written") == 0
+        assert writer.stats.up is False
+    wait_until(lambda: writer.stats.total("replayed") == writer.stats.total("spooled"))
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(published)
+    stats = writer.stats
+    assert stats.total("written") + stats.total("spooled") == rows_of(published)
+    assert stats.total("dropped") == 0
+    assert stats.failures["write"] + stats.failures["connect"] > 0
+    assert stats.up is True
+    assert writer.spool.segments() == []
+
+
+class Transitions:
+    """An extra observer recording the store's ups and downs, as a metrics backend would."""
+
+    def __init__(self) -> None:
+        self.ups: list[bool] = []
+
+    def store_up(self, up: bool) -> None:
+        if not self.ups or self.ups[-1] != up:
+            self.ups.append(up)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: None
+
+
+def test_postgresql_cut_off_mid_load(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    transitions = Transitions()
+    store = Store(proxy.url_for(postgresql_url))
+    writer = Writer(store, Spool(tmp_path / "spool", 10**8), FAST, transitions)
+    writer.start()
+    published = events(600)
+    for i, e in enumerate(published):
+        writer.publish(e)
+        if i == 150:
+            proxy.cut()  # connection refused, open connections reset
+        if i == 450:
+            proxy.restore()
+        time.sleep(0.002)
+    wait_until(lambda: writer.stats.total("replayed") == writer.stats.total("spooled"))
+    writer.close()
+    store.close()
+    direct = Store(postgresql_url)
+    assert row_keys(direct) == expected_keys(published)
+    direct.close()
+    stats = writer.stats
+    assert stats.total("spooled") > 0
+    assert stats.total("written") + stats.total("spooled") == rows_of(published)
+    assert stats.total("dropped") == 0
+    assert sum(stats.failures.values()) > 0
+    assert transitions.ups == [True, False, True]
+
+
+def test_a_store_down_at_startup_is_not_fatal(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter
+) -> None:
+    proxy.cut()
+    writer = make_writer(proxy.url_for(postgresql_url))
+    assert writer.stats.up is False
+    published = events(40)
+    for e in published:
+        writer.publish(e)
+    writer.flush()
+    assert writer.stats.total("spooled") == rows_of(published)
+    assert writer.stats.age > 0  # the oldest unwritten record is waiting
+    assert writer.stats.spool_size > 0
+    proxy.restore()
+    wait_until(lambda: writer.stats.total("replayed") == rows_of(published))
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(published)
+    assert (writer.stats.age, writer.stats.depth) == (0, 0)
+
+
+def test_spool_over_its_cap_counts_every_drop(
+    sqlite_url: str, make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = make_writer(f"{sqlite_url}?timeout=0.1", spool_max_bytes=20_000)
+    published = [prediction_event(2) for _ in range(100)]  # about 2.5 kB per spool line
+    with sqlite_write_locked(sqlite_url), caplog.at_level(logging.ERROR):
+        for e in published:
+            writer.publish(e)
+        writer.flush()
+        stats = writer.stats
+        assert stats.drops["spool_full"] > 0
+        assert stats.total("spooled") + stats.total("dropped") == rows_of(published)
+        assert "is full" in caplog.text
+    wait_until(lambda: writer.stats.total("replayed") == writer.stats.total("spooled"))
+    writer.flush()
+    assert row_count(writer.store) == rows_of(published) - writer.stats.total("dropped")
+
+
+def test_a_row_the_store_refuses_is_set_aside_and_the_others_written(
+    sqlite_url: str, make_writer: MakeWriter
+) -> None:
+    writer = make_writer(sqlite_url)
+    with writer.store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON predictions WHEN NEW.request_id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a constraint'); END"
+            )
+        )
+    published = [*events(30), prediction_event(2, request_id="bad"), *events(30)]
+    for e in published:
+        writer.publish(e)
+    writer.flush()
+    good = [e for e in published if e.request.request_id != "bad"]
+    assert row_keys(writer.store) == expected_keys(good)
+    assert writer.stats.drops["refused"] == 2
+    (quarantined,) = (writer.spool.directory / "quarantine").iterdir()
+    assert "refused by a constraint" in quarantined.read_text()
+    assert writer.stats.up is True
+
+
+def test_shutdown_with_the_store_down_leaves_a_spool_the_next_process_replays(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    first = make_writer(proxy.url_for(postgresql_url), tmp_path / "spool")
+    proxy.cut()
+    published = events(50)
+    for e in published:
+        first.publish(e)
+    first.close()
+    assert first.stats.total("spooled") == rows_of(published)
+    assert len(first.spool.segments()) == 1
+    proxy.restore()
+    second = make_writer(proxy.url_for(postgresql_url), tmp_path / "spool")
+    wait_until(lambda: second.stats.total("replayed") == rows_of(published))
+    assert row_keys(second.store) == expected_keys(published)
+    assert second.spool.segments() == []
+
+
+def test_shutdown_with_a_hung_store_is_bounded_and_loses_nothing(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    writer = make_writer(proxy.url_for(postgresql_url), tmp_path / "spool", shutdown_timeout=1)
+    before = events(10)
+    for e in before:
+        writer.publish(e)
+    writer.flush()
+    proxy.pause()  # the server stops answering, connections stay open
+    after = events(10)
+    for e in after:
+        writer.publish(e)
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 10  # shutdown_timeout + 1 s join, plus slack
+    assert writer.running  # stuck in the store; its batch was spooled by close()
+    assert writer.spool.segments()
+    proxy.resume()
+    replayer = make_writer(postgresql_url, tmp_path / "spool")
+    wait_until(lambda: not replayer.spool.segments())
+    assert row_keys(replayer.store) == expected_keys(before + after)
+
+
+def test_a_store_of_another_schema_version_fails_startup_loudly(
+    store_url: str, make_writer: MakeWriter
+) -> None:
+    store = Store(store_url)
+    store.ensure_schema()
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE predlog_schema_version SET version = 999"))
+    store.close()
+    with pytest.raises(SchemaMismatch, match="999"):
+        make_writer(store_url)
+
+
+def test_an_observer_that_raises_breaks_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    class Broken:
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            def fail(*args: object) -> None:
+                raise RuntimeError("metrics backend bug")
+
+            return fail
+
+    writer = Writer(Store(sqlite_url), Spool(tmp_path / "spool", 10**8), FAST, Broken())
+    writer.start()
+    published = events(20)
+    for e in published:
+        writer.publish(e)
+    writer.close()
+    assert row_keys(writer.store) == expected_keys(published)
+    assert writer.stats.total("written") == rows_of(published)
+    writer.store.close()
