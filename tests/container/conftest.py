@@ -1,0 +1,83 @@
+"""Fixtures of the container tests: the image built the standard way, and containers of it.
+
+Every test here is marked ``container`` (deselected by default; ``make test-container`` runs them).
+They need root, buildah, podman, runc and debootstrap (``make container-tools`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.container.oci import Container, Oci, missing_tools
+from tests.support import ROOT, VENV_BIN, free_port
+
+BENTO_USER_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
+
+StartContainer = Callable[..., Container]
+
+
+@pytest.fixture(scope="session")
+def oci() -> Oci:
+    if missing := missing_tools():
+        pytest.fail(f"missing {', '.join(missing)}: run `make container-tools` (as root)")
+    if os.geteuid() != 0:
+        pytest.fail("the container tests run rootful buildah/podman and debootstrap: run as root")
+    oci = Oci()
+    oci.remove_exited_test_containers()
+    return oci
+
+
+@pytest.fixture(scope="session")
+def image(oci: Oci, model_tag: str) -> str:
+    """`bentoml build`, then `bentoml containerize credit_risk_service:latest`; the image name.
+
+    Keeps the image afterwards: it is the build cache of the next run.
+    """
+    build = subprocess.run(
+        [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    bento = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert bento.startswith("credit_risk_service:")
+    # `latest` is the bento just built: the test's BENTOML_HOME is its own.
+    oci.containerize("credit_risk_service:latest", bentoml=VENV_BIN / "bentoml")
+    image = f"localhost/{bento}"
+    assert oci.image_exists(image)
+    oci.remove_other_images(keep=image)
+    return image
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A host directory to mount as the image's data volume, writable by its `bentoml` user."""
+    path = tmp_path / "data"
+    path.mkdir()
+    os.chown(path, BENTO_USER_UID, BENTO_USER_UID)
+    return path
+
+
+@pytest.fixture
+def start_container(oci: Oci, image: str, data_dir: Path) -> Iterator[StartContainer]:
+    """Start containers of the image (ready on /readyz); removes them all whatever happens."""
+    started: list[Container] = []
+
+    def start(env: Mapping[str, str] | None = None) -> Container:
+        container = Container(
+            oci, image, data_dir=data_dir, http_port=free_port(), grpc_port=free_port(), env=env
+        )
+        started.append(container)
+        return container.start()
+
+    yield start
+    for container in started:
+        container.remove()
