@@ -7,18 +7,13 @@ They need root, buildah, podman, runc and debootstrap (``make container-tools`` 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.container.oci import Container, Oci, missing_tools
-from tests.support import ROOT, VENV_BIN, free_port
-
-BENTO_USER_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
-
-StartContainer = Callable[..., Container]
+from tests.container.oci import BENTO_USER_UID, Container, Oci, StartContainer, missing_tools
+from tests.support import VENV_BIN, build_bento, free_port
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +23,7 @@ def oci() -> Oci:
     if os.geteuid() != 0:
         pytest.fail("the container tests run rootful buildah/podman and debootstrap: run as root")
     oci = Oci()
-    oci.remove_exited_test_containers()
+    oci.remove_leftovers()
     return oci
 
 
@@ -38,16 +33,7 @@ def image(oci: Oci, model_tag: str) -> str:
 
     Keeps the image afterwards: it is the build cache of the next run.
     """
-    build = subprocess.run(
-        [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    bento = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento = build_bento()
     assert bento.startswith("credit_risk_service:")
     # `latest` is the bento just built: the test's BENTOML_HOME is its own.
     oci.containerize("credit_risk_service:latest", bentoml=VENV_BIN / "bentoml")

@@ -15,6 +15,7 @@ is used as it is.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ HOST_CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certifi
 STAND_IN_LABEL = "credit-risk-service.stand-in-recipe"
 TEST_LABEL = "credit-risk-service.test"
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
+BENTO_USER_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 
 # What `podman run` needs on this kind of machine (a VM without systemd or a container engine):
 # runc rather than crun, rlimits it may set, and host networking (no CNI/netavark bridge here).
@@ -120,11 +122,16 @@ class Oci:
         self.driver = _storage_driver(self.state_dir)
         # One store per driver: a store cannot change driver once it holds images.
         conf = self.state_dir / f"storage-{self.driver}.conf"
+        # Run state in /run, one per store, short: podman's exit hook (`podman container
+        # cleanup`) refuses a runroot longer than 50 characters, and `podman wait` then hangs
+        # 20 s on every exit.
+        store_id = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]
+        runroot = Path("/run/credit-risk-service") / f"{store_id}-{self.driver}"
         conf.write_text(
             "[storage]\n"
             f'driver = "{self.driver}"\n'
             f'graphroot = "{self.state_dir / self.driver / "storage"}"\n'
-            f'runroot = "{self.state_dir / self.driver / "run"}"\n'
+            f'runroot = "{runroot}"\n'
         )
         self.env = {
             **os.environ,
@@ -224,20 +231,30 @@ class Oci:
         build cache under it) however many times the tests run."""
         repository = keep.rsplit(":", 1)[0]
         listed = self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository)
-        stale = [name for name in listed.split() if name != keep]
-        if stale:
-            self.podman("rmi", *stale)
+        for stale in (name for name in listed.split() if name != keep):
+            # Not fatal: an image another run is using right now is refused, and stays.
+            subprocess.run(["podman", "rmi", stale], env=self.env, capture_output=True)
 
-    def remove_exited_test_containers(self) -> None:
-        """Containers a crashed earlier run left behind (running ones belong to someone)."""
-        ids = self.podman(
-            "ps", "-aq", "--filter", f"label={TEST_LABEL}", "--filter", "status=exited"
-        ).split()
-        ids += self.podman(
-            "ps", "-aq", "--filter", f"label={TEST_LABEL}", "--filter", "status=created"
-        ).split()
-        if ids:
-            self.podman("rm", *ids)
+    def remove_leftovers(self, build_age_seconds: float = 3600) -> None:
+        """What interrupted earlier runs left in the store: stopped test containers, and buildah
+        working containers (each holds a mounted copy of a layer) older than any build takes.
+        Running containers and recent builds may be another run's: they stay."""
+        listed = json.loads(self.podman("ps", "--all", "--external", "--format", "json") or "[]")
+        now = time.time()
+        tests = [
+            c["Id"]
+            for c in listed
+            if TEST_LABEL in (c.get("Labels") or {}) and c["State"] in {"exited", "created"}
+        ]
+        builds = [
+            c["Id"]
+            for c in listed
+            if c["State"] == "storage" and now - c["Created"] > build_age_seconds
+        ]
+        if tests:
+            self.podman("rm", *tests)
+        if builds:
+            _run(["buildah", "rm", *builds], self.env, timeout=300)
 
 
 def _stand_in_recipe() -> str:
@@ -366,3 +383,6 @@ class Container:
             capture_output=True,
             timeout=120,
         )
+
+
+StartContainer = Callable[..., Container]

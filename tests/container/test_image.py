@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 
-from models.contract import CONTRACT
-from tests.container.conftest import BENTO_USER_UID, StartContainer
-from tests.container.oci import Container, Oci
+from service.model import load_model
+from tests.container.oci import BENTO_USER_UID, Container, Oci, StartContainer
 from tests.support import example_rows
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
@@ -37,17 +36,18 @@ def test_image_runs_bentoml_entrypoint_as_non_root_with_data_volume(oci: Oci, im
     assert env["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"
 
 
-def _assert_predicts(container: Container) -> None:
-    rows = example_rows(3)
+def _assert_predicts(container: Container, model_tag: str) -> None:
+    """The image's answers are the registered model's, to the last bit: same model version, same
+    locked scikit-learn as the training environment."""
+    rows = example_rows(20)
     response = httpx.post(f"{container.url}/predict", json={"instances": rows}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"].startswith("credit_risk:")
-    predictions = body["predictions"]
-    assert len(predictions) == len(rows)
-    for prediction in predictions:
-        assert prediction["label"] in CONTRACT.labels
-        assert 0.0 <= prediction[CONTRACT.score_name] <= 1.0
+    assert body["model"] == model_tag
+    model = load_model(bentoml.models.get(model_tag))
+    expected = model.score(model.contract.frame(rows))
+    assert [p[model.contract.score_name] for p in body["predictions"]] == expected.tolist()
+    assert [p["label"] for p in body["predictions"]] == model.labels(expected)
 
 
 def _assert_metrics(container: Container) -> None:
@@ -73,11 +73,11 @@ def _assert_data_volume_writable(container: Container) -> None:
 
 
 def test_container_serves_then_stops_gracefully_on_sigterm(
-    start_container: StartContainer, data_dir: Path
+    start_container: StartContainer, model_tag: str
 ) -> None:
     container = start_container({"WORKERS": "2"})  # returns once /readyz answers 200
     assert httpx.get(f"{container.url}/readyz", timeout=5).status_code == 200
-    _assert_predicts(container)
+    _assert_predicts(container, model_tag)
     _assert_metrics(container)
     _assert_runs_as_bentoml(container)
     _assert_data_volume_writable(container)
