@@ -35,11 +35,11 @@ def example_rows(n: int | None = None) -> list[dict[str, Any]]:
     return rows if n is None else rows[:n]
 
 
-def build_bento() -> str:
-    """`bentoml build` of the project into the current BENTOML_HOME; the new bento's tag."""
+def build_bento(context: Path = ROOT) -> str:
+    """`bentoml build` of the project (in ``context``) into the current BENTOML_HOME; the tag."""
     result = subprocess.run(
         [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
-        cwd=ROOT,
+        cwd=context,
         env=os.environ,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.container.oci import BENTO_USER_UID, Container, Oci, StartContainer, missing_tools
-from tests.support import VENV_BIN, build_bento, free_port
+from tests.support import ROOT, VENV_BIN, build_bento, free_port
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +33,11 @@ def image(oci: Oci, model_tag: str) -> str:
 
     Keeps the image afterwards: it is the build cache of the next run.
     """
-    bento = build_bento()
-    assert bento.startswith("credit_risk_service:")
-    # `latest` is the bento just built: the test's BENTOML_HOME is its own.
-    oci.containerize("credit_risk_service:latest", bentoml=VENV_BIN / "bentoml")
+    with oci.build_context(ROOT) as context:
+        bento = build_bento(context)
+        assert bento.startswith("credit_risk_service:")
+        # `latest` is the bento just built: the test's BENTOML_HOME is its own.
+        oci.containerize("credit_risk_service:latest", bentoml=VENV_BIN / "bentoml")
     image = f"localhost/{bento}"
     assert oci.image_exists(image)
     oci.remove_other_images(keep=image)

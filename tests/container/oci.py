@@ -2,7 +2,7 @@
 
 Used by the container tests; nothing here is part of the image. All image and container state
 lives in one store outside the repository, ``CONTAINER_STATE_DIR`` (default
-``~/.cache/credit-risk-service/containers``), shared by buildah and podman through
+``/var/tmp/credit-risk-service/containers``), shared by buildah and podman through
 ``CONTAINERS_STORAGE_CONF``, so the base image and the build cache survive between runs.
 
 BentoML's generated Dockerfile starts ``FROM python:3.11-slim``. Where no registry can be reached,
@@ -14,6 +14,7 @@ is used as it is.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -23,8 +24,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,10 @@ BENTO_USER_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 
 # What `podman run` needs on this kind of machine (a VM without systemd or a container engine):
 # runc rather than crun, rlimits it may set, and host networking (no CNI/netavark bridge here).
+_NOT_BUILD_INPUT = shutil.ignore_patterns(
+    ".git", ".venv", "var", "__pycache__", ".*_cache", "*.egg-info", "*.bento"
+)
+
 PODMAN_RUN_FLAGS = (
     "--runtime",
     "runc",
@@ -59,10 +64,8 @@ PODMAN_RUN_FLAGS = (
 
 
 def default_state_dir() -> Path:
-    if configured := os.environ.get("CONTAINER_STATE_DIR"):
-        return Path(configured)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "credit-risk-service" / "containers"
+    # Not under a hidden directory (~/.cache): `bentoml build` refuses paths with one.
+    return Path(os.environ.get("CONTAINER_STATE_DIR", "/var/tmp/credit-risk-service/containers"))
 
 
 def missing_tools() -> list[str]:
@@ -215,6 +218,21 @@ class Oci:
         return BASE_IMAGE
 
     # -- the project's image --------------------------------------------------------------------
+
+    @contextmanager
+    def build_context(self, project: Path) -> Iterator[Path]:
+        """A copy of the project at one fixed path, held under a lock while in use.
+
+        BentoML names the setup script in the generated Dockerfile after a hash of its absolute
+        path, so bentos built from two checkouts (a worktree, CI's fresh clone) share no build
+        cache. Built from this copy, they do.
+        """
+        context = self.state_dir / "build-context"
+        with (self.state_dir / "build.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            shutil.rmtree(context, ignore_errors=True)
+            shutil.copytree(project, context, ignore=_NOT_BUILD_INPUT)
+            yield context
 
     def containerize(self, bento: str, bentoml: Path) -> None:
         """``bentoml containerize --backend buildah BENTO``: image ``localhost/NAME:VERSION``."""
