@@ -43,12 +43,12 @@ TEST_LABEL = "credit-risk-service.test"
 TOOLS = ("buildah", "podman", "runc", "debootstrap")
 BENTO_USER_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 
-# What `podman run` needs on this kind of machine (a VM without systemd or a container engine):
-# runc rather than crun, rlimits it may set, and host networking (no CNI/netavark bridge here).
 _NOT_BUILD_INPUT = shutil.ignore_patterns(
     ".git", ".venv", "var", "__pycache__", ".*_cache", "*.egg-info", "*.bento"
 )
 
+# What `podman run` needs on this kind of machine (a VM without systemd or a container engine):
+# runc rather than crun, rlimits it may set, and host networking (no CNI/netavark bridge here).
 PODMAN_RUN_FLAGS = (
     "--runtime",
     "runc",
@@ -382,7 +382,15 @@ class Container:
         return [(row[0], row[1] if len(row) > 1 else "") for row in rows]
 
     def logs(self) -> str:
-        return self.oci.podman("logs", self.name)
+        """What the container wrote to stdout and stderr, interleaved."""
+        return subprocess.run(
+            ["podman", "logs", self.name],
+            env=self.oci.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=60,
+        ).stdout
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM the main process, wait for it to exit; its exit code (137: killed)."""

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from service.model import load_model
-from tests.container.oci import BENTO_USER_UID, Container, Oci, StartContainer
+from tests.container.oci import BENTO_USER_UID, PODMAN_RUN_FLAGS, Container, Oci, StartContainer
 from tests.support import example_rows
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
@@ -34,6 +34,16 @@ def test_image_runs_bentoml_entrypoint_as_non_root_with_data_volume(oci: Oci, im
     env = dict(item.split("=", 1) for item in config["Env"])
     # Stateful files default to the data volume, not the image's writable layer.
     assert env["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"
+
+
+def test_data_directory_belongs_to_the_service_user(oci: Oci, image: str) -> None:
+    # Docker gives a new named volume (`-v credit-risk-data:/data`) the ownership of the image's
+    # directory; a mount point the image lacks would be root's, and the service could not write.
+    # (Podman chowns new volumes to the container's user anyway, so look at the image itself.)
+    stat = oci.podman(
+        "run", "--rm", *PODMAN_RUN_FLAGS, "--entrypoint", "stat", image, "-c", "%U:%G %a", "/data"
+    )
+    assert stat.strip() == "bentoml:bentoml 755"
 
 
 def _assert_predicts(container: Container, model_tag: str) -> None:
