@@ -37,7 +37,7 @@ model: setup ## train and register the example model if the model store has none
 serve: model ## set up, register the model if absent, serve HTTP on PORT and gRPC on GRPC_PORT
 	$(BIN)/bentoml serve --port $(PORT)
 
-test: setup lint ## set up and run the whole test suite
+test: setup lint ## set up and run the test suite (the image's: make test-container)
 	$(BIN)/pytest
 
 CONTAINER_BACKEND ?= docker
