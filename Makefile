@@ -13,10 +13,10 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test lint format lock proto clean
+.PHONY: help setup model serve test lint format lock proto clean image container-tools test-container
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,20 @@ model: setup ## train and register the example model if the model store has none
 serve: model ## set up, register the model if absent, serve HTTP on PORT and gRPC on GRPC_PORT
 	$(BIN)/bentoml serve --port $(PORT)
 
-test: setup lint ## set up and run the whole test suite
+test: setup lint ## set up and run the test suite (the image's: make test-container)
 	$(BIN)/pytest
+
+CONTAINER_BACKEND ?= docker
+
+image: model ## build the bento and its OCI image (CONTAINER_BACKEND=docker|podman|buildah|...)
+	$(BIN)/bentoml build
+	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) credit_risk_service:latest
+
+container-tools: ## install buildah, podman, runc and debootstrap if missing (Debian, as root)
+	tests/container/install-tools.sh
+
+test-container: setup container-tools ## build the image with buildah, run it with podman, test it
+	$(BIN)/pytest -m container --durations=0
 
 lint: setup ## ruff: lint and formatting
 	$(BIN)/ruff check .

@@ -35,6 +35,20 @@ def example_rows(n: int | None = None) -> list[dict[str, Any]]:
     return rows if n is None else rows[:n]
 
 
+def build_bento(context: Path = ROOT) -> str:
+    """`bentoml build` of the project (in ``context``) into the current BENTOML_HOME; the tag."""
+    result = subprocess.run(
+        [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
+        cwd=context,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
 class ServedService:
     """A real ``bentoml serve`` of this project, started in a subprocess on free ports.
 

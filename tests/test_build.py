@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tarfile
 from pathlib import Path
 
 import bentoml
 
 from service.model import CONTRACT_FILE, MODEL_FILE, REFERENCE_FILE
-from tests.support import ROOT, VENV_BIN
+from tests.support import build_bento
 
 
 def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
-        cwd=ROOT,
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    tag = build_bento()
     bento = bentoml.get(tag)
     assert bento.tag.name == "credit_risk_service"
     # BentoML 1.4 references models in bento.yaml and copies them in on export/containerize.
