@@ -34,6 +34,7 @@ import resource
 import threading
 from collections import Counter as Tally
 from collections.abc import Sequence
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -291,6 +292,15 @@ class PredictionLogMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+
+        # Every series at zero from the start, so that rates and alerts see the first event.
+        for table in ("predictions", "rejections"):
+            for counter in (self._written, self._spooled, self._replayed, self._pruned):
+                counter.labels(table)
+            for reason in get_args(DropReason):
+                self._dropped.labels(table, reason)
+        for operation in get_args(Operation):
+            self._failures.labels(operation)
 
     def written(self, table: str, rows: int) -> None:
         self._written.labels(table).inc(rows)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from service.predlog.store import Store
 from tests.oip_support import triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows
+from tests.support import ROOT, ServedService, example_rows
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -57,8 +58,9 @@ def post_fresh(url: str, body: Any) -> httpx.Response:
 
 def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) -> None:
     rows = example_rows(40)
+    # /readyz answers as soon as one worker is up: wait for the second
+    wait_until(lambda: value(scrape(served.url), "service_workers") == 2, timeout=60)
     before = scrape(served.url)
-    assert value(before, "service_workers") == 2
 
     singles = [{"instances": [r]} for r in rows[:30]]
     old = dict(rows[30], age_in_years=100, duration_in_month=100)  # above what training saw
@@ -243,3 +245,20 @@ def test_without_an_exporter_rows_still_carry_the_callers_trace_id(served: Serve
     store = Store(served.env["PREDICTION_LOG_URL"])
     rows = wait_until(lambda: store.find("untraced-1")["predictions"], timeout=30)
     assert rows[0]["trace_id"] == trace_id
+
+
+def test_readme_documents_exactly_the_metrics_exported(served: ServedService) -> None:
+    post_fresh(served.url, {"instances": example_rows(1)})
+    post_fresh(served.url, {"instances": []})
+    text = httpx.get(f"{served.url}/metrics").text
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+        if not family.name.startswith(("bentoml_", "grpc_server_", "model_drift_"))
+    }
+    section = (ROOT / "README.md").read_text().split("## Metrics and traces", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    documented = set(
+        re.findall(r"^\| `([a-z_]+)` \| (?:counter|gauge|histogram) \|", section, re.M)
+    )
+    assert exported == documented
