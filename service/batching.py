@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 Row = TypeVar("Row")
@@ -23,6 +24,15 @@ Result = TypeVar("Result")
 log = logging.getLogger(__name__)
 
 BatchObserver = Callable[[int, int, float], None]  # (rows, requests, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Batched(Generic[Result]):
+    """A request's results and the model call that produced them."""
+
+    results: Sequence[Result]
+    rows: int  # rows of the merged call
+    requests: int  # requests merged into it
 
 
 class BatcherClosed(RuntimeError):
@@ -40,19 +50,19 @@ class MicroBatcher(Generic[Row, Result]):
         self._fn = fn
         self._max_rows = max_rows
         self._on_batch = on_batch
-        self._pending: deque[tuple[list[Row], asyncio.Future[Sequence[Result]]]] = deque()
+        self._pending: deque[tuple[list[Row], asyncio.Future[Batched[Result]]]] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def submit(self, rows: list[Row]) -> Sequence[Result]:
+    async def submit(self, rows: list[Row]) -> Batched[Result]:
         """Results for ``rows``, computed in a call shared with other concurrent requests."""
         if self._closed:
             raise BatcherClosed("the model is shutting down")
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
-        future: asyncio.Future[Sequence[Result]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Batched[Result]] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, future))
         self._wakeup.set()
         return await future
@@ -65,7 +75,7 @@ class MicroBatcher(Generic[Row, Result]):
             await self._loop_task
         self._executor.shutdown(wait=True)
 
-    def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[Sequence[Result]]]]:
+    def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[Batched[Result]]]]:
         batch = [self._pending.popleft()]
         rows = len(batch[0][0])
         while self._pending and rows + len(self._pending[0][0]) <= self._max_rows:
@@ -101,7 +111,9 @@ class MicroBatcher(Generic[Row, Result]):
                 offset = 0
                 for rows, future in batch:
                     if not future.done():  # the caller may have gone (client disconnect)
-                        future.set_result(results[offset : offset + len(rows)])
+                        future.set_result(
+                            Batched(results[offset : offset + len(rows)], len(merged), len(batch))
+                        )
                     offset += len(rows)
             if self._closed:
                 return

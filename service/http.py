@@ -17,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service import tracing
 from service.inference import Predictor, RequestContext
 from service.validation import Reason, RequestRejected
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_HTTP_SPAN = {"http.request.method": "POST", "http.route": "/predict"}
 
 
 class JSONResponse(Response):
@@ -98,12 +100,19 @@ def build_http_app(
     """
 
     async def predict(request: Request) -> Response:
+        with tracing.server_span("POST /predict", request.headers, _HTTP_SPAN) as span:
+            response = await _predict(request)
+            tracing.end_status(span, response.status_code)
+            return response
+
+    async def _predict(request: Request) -> Response:
         predictor = get_predictor()
         ctx = RequestContext.start("http", "/predict", request.headers.get(REQUEST_ID_HEADER))
         body = b""
         try:
-            body = await read_body(request, max_body_bytes)
-            instances = predictor.validator.validate_payload(decode_json(body))
+            with tracing.span("validate"):
+                body = await read_body(request, max_body_bytes)
+                instances = predictor.validator.validate_payload(decode_json(body))
         except RequestRejected as exc:
             predictor.reject(ctx, exc, body)
             return error_response(ctx, exc)

@@ -8,14 +8,19 @@ access log), so all transports are logged and counted the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
+
+from service import tracing
 from service.batching import BatcherClosed, BatchObserver, MicroBatcher
 from service.events import (
     EventSink,
@@ -29,6 +34,7 @@ from service.events import (
 from service.model import LoadedModel
 from service.validation import Instance, InstanceValidator, Reason, RequestRejected
 
+log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 BODY_EXCERPT_BYTES = 256
@@ -60,10 +66,18 @@ class RequestContext:
 
     @classmethod
     def start(cls, transport: Transport, endpoint: str, request_id: str | None) -> RequestContext:
-        """``request_id`` is the client's (header/metadata); an unusable one is replaced."""
+        """``request_id`` is the client's (header/metadata); an unusable one is replaced.
+
+        Call it inside the request's server span: the context keeps its trace id.
+        """
         if request_id is None or not usable_request_id(request_id):
             request_id = new_request_id()
-        return cls(request_id=request_id, transport=transport, endpoint=endpoint)
+        return cls(
+            request_id=request_id,
+            transport=transport,
+            endpoint=endpoint,
+            trace_id=tracing.current_trace_id(),
+        )
 
     def finish(self, model_tag: str) -> RequestInfo:
         return RequestInfo(
@@ -75,6 +89,13 @@ class RequestContext:
             trace_id=self.trace_id,
             endpoint=self.endpoint,
         )
+
+
+class ModelObserver(Protocol):
+    def observe_model_call(
+        self, frame: pd.DataFrame, scores: np.ndarray, labels: Sequence[str]
+    ) -> None:
+        """Called on the model thread after each model call; must be cheap and not raise."""
 
 
 def body_excerpt(body: bytes) -> str:
@@ -92,8 +113,10 @@ class Predictor:
         max_model_batch_rows: int,
         sinks: Sequence[EventSink] = (),
         on_batch: BatchObserver | None = None,
+        model_observer: ModelObserver | None = None,
     ) -> None:
         self.model = model
+        self._model_observer = model_observer
         self.contract = model.contract
         self.validator = InstanceValidator(model.contract, max_instances)
         self.sinks = Sinks(list(sinks))
@@ -103,16 +126,27 @@ class Predictor:
 
     def _predict_rows(self, rows: list[Instance]) -> list[Prediction]:
         # Runs on the batcher's model thread.
-        scores = self.model.score(self.contract.frame(rows))
+        frame = self.contract.frame(rows)
+        scores = self.model.score(frame)
         labels = self.model.labels(scores)
+        if self._model_observer is not None:
+            try:
+                self._model_observer.observe_model_call(frame, scores, labels)
+            except Exception:  # a side channel never fails a prediction
+                log.exception("model observer failed")
         return [
             Prediction(label, float(score)) for label, score in zip(labels, scores, strict=True)
         ]
 
     async def predict(self, ctx: RequestContext, instances: list[Instance]) -> list[Prediction]:
         """Predictions for validated ``instances``, in order; publishes the event."""
+        self._annotate(ctx, len(instances))
         try:
-            predictions = list(await self._batcher.submit(instances))
+            with tracing.span("model.predict", **{"model.version": self.model.version}) as current:
+                batched = await self._batcher.submit(instances)
+                current.set_attribute("model.batch.rows", batched.rows)
+                current.set_attribute("model.batch.requests", batched.requests)
+            predictions = list(batched.results)
         except BatcherClosed as exc:
             failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
             self.reject(ctx, failure)
@@ -121,7 +155,8 @@ class Predictor:
             # Logged with its traceback by the batcher; the caller answers a bare 500.
             self.reject(ctx, RequestRejected.request_level(Reason.INTERNAL_ERROR, "", 500))
             raise
-        self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))
+        with tracing.span("log.enqueue"):
+            self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))
         return predictions
 
     def reject(
@@ -136,12 +171,21 @@ class Predictor:
         ``body_size`` defaults to ``len(body)``; gRPC passes the message size with a readable
         description of the message as ``body``.
         """
+        self._annotate(ctx, None)
         size = len(body) if body_size is None else body_size
         self.sinks.publish(
             RejectionEvent(
                 ctx.finish(self.model.tag), exc.status, exc.errors, size, body_excerpt(body)
             )
         )
+
+    def _annotate(self, ctx: RequestContext, instances: int | None) -> None:
+        # On the request's server span, which is current wherever the transports call us.
+        current = tracing.trace.get_current_span()
+        current.set_attribute("request.id", ctx.request_id)
+        current.set_attribute("model.version", self.model.version)
+        if instances is not None:
+            current.set_attribute("request.instances", instances)
 
     def render(self, ctx: RequestContext, predictions: list[Prediction]) -> dict[str, Any]:
         """The JSON answer of ``POST /predict``."""

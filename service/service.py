@@ -12,9 +12,11 @@ import logging
 
 import bentoml
 
+from service import tracing
 from service.events import EventSink
 from service.http import build_http_app
 from service.inference import Predictor
+from service.metrics import LATENCY_BUCKETS, PredictionLogMetrics, ProcessMetrics, ServiceMetrics
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import v2_routes
@@ -25,6 +27,8 @@ from service.settings import get_settings
 log = logging.getLogger(__name__)
 settings = get_settings()
 SERVICE_NAME = "credit_risk_service"
+# Before BentoML builds its middleware: the prediction routes open their own server spans.
+tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"])
 
 
 def _current_predictor() -> Predictor:
@@ -46,6 +50,11 @@ http_app = build_http_app(
     name=SERVICE_NAME,
     workers=settings.workers,
     traffic={"timeout": settings.request_timeout_seconds},
+    # BentoML's request metrics with the same sub-millisecond buckets as ours.
+    metrics={
+        "enabled": settings.metrics_enabled,
+        "duration": {"buckets": list(LATENCY_BUCKETS)},
+    },
 )
 @bentoml.asgi_app(http_app, path="/")
 class CreditRiskService:
@@ -55,9 +64,19 @@ class CreditRiskService:
     def __init__(self) -> None:
         model = load_model(self.model_ref)
         sinks: list[EventSink] = []
+        # registry=None: in BentoML's multiprocess mode values go to per-process files whatever
+        # the registry, and an unregistered metric cannot clash with a second instance in tests.
+        self.metrics: ServiceMetrics | None = None
+        self.process_metrics: ProcessMetrics | None = None
+        if settings.metrics_enabled:
+            self.metrics = ServiceMetrics(model, registry=None)
+            sinks.append(self.metrics)
+            self.process_metrics = ProcessMetrics(registry=None)
+            self.process_metrics.start()
         self.prediction_log: PredictionLog | None = None
         if settings.prediction_log_enabled:
-            self.prediction_log = PredictionLog.from_settings(settings)
+            observer = PredictionLogMetrics(registry=None) if settings.metrics_enabled else None
+            self.prediction_log = PredictionLog.from_settings(settings, observer=observer)
             sinks.append(self.prediction_log)
         self.access_log: AccessLog | None = None
         if settings.access_log:
@@ -68,6 +87,8 @@ class CreditRiskService:
             max_instances=settings.max_batch_size,
             max_model_batch_rows=settings.max_model_batch_rows,
             sinks=sinks,
+            on_batch=self.metrics.observe_batch if self.metrics else None,
+            model_observer=self.metrics,
         )
         self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
         self.grpc_server: GrpcServer | None = None
@@ -111,3 +132,6 @@ class CreditRiskService:
             await asyncio.to_thread(self.prediction_log.close)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
+        if self.process_metrics is not None:
+            self.process_metrics.stop()
+        await asyncio.to_thread(tracer_provider.shutdown)  # exports the spans still buffered

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     request_timeout_seconds: int = Field(
         30, ge=1, description="BentoML's per-request timeout (answered 504)."
     )
+    metrics_enabled: bool = Field(
+        True,
+        description="Prometheus metrics of requests, the model, the prediction log and the "
+        "process, and BentoML's own request metrics. Off only for benchmarks: /metrics then "
+        "shows little.",
+    )
 
     # Prediction log (service/predlog): every request and prediction, recorded off the request path.
     prediction_log_enabled: bool = Field(

@@ -83,7 +83,7 @@ class ServedService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited early:\n{self._read_log()}")
+                raise RuntimeError(f"bentoml serve exited early:\n{self.read_log()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return self
@@ -103,7 +103,7 @@ class ServedService:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
-        self.output = self._read_log()
+        self.output = self.read_log()
         return self._proc.returncode
 
     @property
@@ -112,7 +112,7 @@ class ServedService:
         assert self._proc is not None
         return self._proc.pid
 
-    def _read_log(self) -> str:
+    def read_log(self) -> str:
         return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
 
     def __enter__(self) -> ServedService:

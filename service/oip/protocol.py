@@ -15,6 +15,7 @@ from typing import Any
 
 import bentoml
 
+from service import tracing
 from service.inference import Predictor, RequestContext, usable_request_id
 from service.oip.tensors import Tensor, TensorCodec
 from service.validation import Reason, RequestRejected
@@ -112,12 +113,13 @@ class InferenceProtocol:
         tritonclient's ``request_id`` argument sets it.
         """
         try:
-            request = parse()
-            if request.id and usable_request_id(request.id):
-                ctx = replace(ctx, request_id=request.id)
-            self.check_model(request.model_name, request.model_version)
-            outputs = self.codec.requested_outputs(request.outputs)
-            instances = self.codec.decode(request.inputs)
+            with tracing.span("validate"):
+                request = parse()
+                if request.id and usable_request_id(request.id):
+                    ctx = replace(ctx, request_id=request.id)
+                self.check_model(request.model_name, request.model_version)
+                outputs = self.codec.requested_outputs(request.outputs)
+                instances = self.codec.decode(request.inputs)
         except RequestRejected as exc:
             self.predictor.reject(ctx, exc, describe(), body_size)
             raise InferRejected(exc, ctx) from exc

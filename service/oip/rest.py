@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service import tracing
 from service.http import REQUEST_ID_HEADER, JSONResponse, decode_json, read_body
 from service.inference import RequestContext
 from service.oip.protocol import (
@@ -33,6 +34,7 @@ from service.validation import Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
+_INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
 def v2_error(exc: RequestRejected, ctx: RequestContext | None = None) -> JSONResponse:
@@ -223,6 +225,14 @@ def v2_routes(
         return Response(status_code=200 if is_ready else 503)
 
     async def infer(request: Request) -> Response:
+        with tracing.server_span(
+            "POST /v2/models/{name}/infer", request.headers, _INFER_SPAN
+        ) as span:
+            response = await _infer(request)
+            tracing.end_status(span, response.status_code)
+            return response
+
+    async def _infer(request: Request) -> Response:
         protocol = get_protocol()
         name, version = _model_of(request)
         ctx = RequestContext.start(

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from service import tracing
 from service.inference import RequestContext
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -33,6 +34,12 @@ REQUEST_ID_METADATA = "x-request-id"
 STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 # Trailers share an 8 KiB default limit with the other headers: list violations up to this size.
 _MAX_DETAILS_BYTES = 4096
+_INFER_SPAN = f"{SERVICE_NAME}/ModelInfer"
+_GRPC_SPAN = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "ModelInfer"}
+# Codes that report the caller's mistake: the span of such a call is not marked failed.
+_CALLER_ERRORS = frozenset(
+    {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+)
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     # batch too large: the client must split it; RESOURCE_EXHAUSTED would suggest a retry later
@@ -195,6 +202,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        metadata = context.invocation_metadata() or ()
+        carrier = {m.key: m.value for m in metadata if isinstance(m.value, str)}
+        with tracing.server_span(
+            _INFER_SPAN, carrier, _GRPC_SPAN, status_on_exception=False
+        ) as span:
+            try:
+                return await self._model_infer(request, context)
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code not in _CALLER_ERRORS:
+                    span.set_status(tracing.trace.StatusCode.ERROR)
+
+    async def _model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         ctx = RequestContext.start("grpc", "ModelInfer", _metadata_request_id(context))

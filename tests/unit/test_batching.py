@@ -31,8 +31,11 @@ async def test_requests_arriving_during_a_call_share_the_next_call() -> None:
     rest = [asyncio.create_task(batcher.submit([i, i + 100])) for i in range(2, 6)]
     await asyncio.sleep(0.05)
     model.release.set()
-    assert await first == [10]
-    assert [await t for t in rest] == [[i * 10, (i + 100) * 10] for i in range(2, 6)]
+    alone = await first
+    assert (alone.results, alone.rows, alone.requests) == ([10], 1, 1)
+    merged = [await t for t in rest]
+    assert [m.results for m in merged] == [[i * 10, (i + 100) * 10] for i in range(2, 6)]
+    assert {(m.rows, m.requests) for m in merged} == {(8, 4)}
     assert model.calls == [[1], [2, 102, 3, 103, 4, 104, 5, 105]]
     await batcher.aclose()
 
@@ -71,8 +74,8 @@ async def test_a_failing_call_fails_its_requests_only() -> None:
         batcher.submit([13]), batcher.submit([1]), return_exceptions=True
     )
     assert isinstance(results[0], ValueError)
-    assert results[1] == [1]
-    assert await batcher.submit([2]) == [2]  # the loop survives
+    assert results[1].results == [1]
+    assert (await batcher.submit([2])).results == [2]  # the loop survives
     await batcher.aclose()
 
 
@@ -93,7 +96,7 @@ async def test_close_answers_what_was_submitted_then_refuses() -> None:
     await asyncio.sleep(0.05)
     model.release.set()
     await closing
-    assert [await t for t in pending] == [[0], [10], [20]]
+    assert [(await t).results for t in pending] == [[0], [10], [20]]
     with pytest.raises(BatcherClosed):
         await batcher.submit([4])
 
@@ -109,6 +112,6 @@ async def test_a_cancelled_caller_does_not_break_the_others() -> None:
     await asyncio.sleep(0.05)
     gone.cancel()
     model.release.set()
-    assert await first == [10]
-    assert await kept == [30]
+    assert (await first).results == [10]
+    assert (await kept).results == [30]
     await batcher.aclose()

@@ -1,0 +1,418 @@
+"""Prometheus metrics of the service: requests, model health, the prediction log, the process.
+
+Names and labels are a public interface (dashboards and alert rules are built on them); the README
+table "Metrics" lists them. All label values are bounded: transports, endpoints and status codes
+of our own routes, contract feature names, the ``Reason`` vocabulary, the model's two labels.
+
+BentoML serves ``/metrics`` from whichever worker gets the scrape and merges every worker's values
+through prometheus_client's multiprocess mode, in which only values written when they change are
+exported. Everything here is therefore push-style and created inside the worker
+(:class:`ServiceMetrics` is built by the service's ``__init__``): counters and histograms sum over
+workers; each gauge declares how workers combine (``livesum``, ``livemax``...). Tests pass a fresh
+``CollectorRegistry``.
+
+Where the numbers come from:
+
+- request metrics from the one event per answered request (:meth:`ServiceMetrics.publish`, an
+  ``EventSink``), for every transport alike;
+- model-health metrics from each merged model call, on the model thread, vectorised over the
+  call's DataFrame and scores (:meth:`observe_model_call`), so a 1000-instance request costs a few
+  numpy operations, not 1000 metric updates;
+- prediction-log metrics from its observer interface (:class:`PredictionLogMetrics`);
+- process metrics (CPU, memory, file descriptors) from a sampler thread, because the default
+  process collector does not work in multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import platform
+import resource
+import threading
+from collections import Counter as Tally
+from collections.abc import Sequence
+from typing import get_args
+
+import numpy as np
+import pandas as pd
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from service.contract import FeatureContract
+from service.events import Event, PredictionEvent
+from service.model import LoadedModel
+from service.predlog.observer import DropReason, Operation
+
+log = logging.getLogger(__name__)
+
+# Sub-millisecond to seconds: a rejected request takes ~0.1 ms, a 1000-row call ~10 ms, a
+# request queued behind a busy model under overload can take seconds.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+INSTANCE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+CALL_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+CALL_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+BUILD_PACKAGES = ("bentoml", "scikit-learn", "pandas", "numpy", "evidently", "grpcio")
+PROCESS_SAMPLE_SECONDS = 5.0
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, as one update per touched bucket.
+
+    prometheus_client has no bulk observe; this uses its (stable since 0.4) internals: a list of
+    per-bucket values, non-cumulative, and a sum. The served metrics test checks the result.
+    """
+    if values.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for index in np.flatnonzero(counts):
+        histogram._buckets[index].inc(int(counts[index]))
+    histogram._sum.inc(float(values.sum()))
+
+
+class ServiceMetrics:
+    """One worker's metrics: an ``EventSink``, a model-call observer, and the info gauges."""
+
+    def __init__(self, model: LoadedModel, registry: CollectorRegistry = REGISTRY) -> None:
+        self.contract: FeatureContract = model.contract
+        version = model.version
+        r = registry
+        self.requests = Counter(
+            "inference_requests",
+            "Answered inference requests, by transport, endpoint and HTTP status code "
+            "(gRPC calls carry the equivalent HTTP status; grpc_server_handled_total has "
+            "their gRPC codes).",
+            ["transport", "endpoint", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "inference_request_duration_seconds",
+            "Time from a request's arrival to its answer being ready, by transport and endpoint.",
+            ["transport", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.instances = Histogram(
+            "inference_request_instances",
+            "Instances per accepted request.",
+            ["transport"],
+            buckets=INSTANCE_BUCKETS,
+            registry=r,
+        )
+        self.validation_failures = Counter(
+            "inference_validation_failures",
+            "Problems found in refused requests, one per field error; field is a contract "
+            "feature, $request (request level) or $unknown (a field the contract lacks).",
+            ["transport", "field", "reason"],
+            registry=r,
+        )
+        self.call_rows = Histogram(
+            "model_call_rows",
+            "Rows per model call (concurrent requests are merged into one call).",
+            buckets=CALL_ROW_BUCKETS,
+            registry=r,
+        )
+        self.call_requests = Histogram(
+            "model_call_requests",
+            "Requests merged into one model call.",
+            buckets=CALL_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.call_latency = Histogram(
+            "model_call_duration_seconds",
+            "Duration of one model call (DataFrame construction and scoring).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "model_predictions",
+            "Predicted instances, by label.",
+            ["model_version", "label"],
+            registry=r,
+        )
+        self.scores = Histogram(
+            "model_prediction_score",
+            f"The model's score ({self.contract.score_name}) of each predicted instance.",
+            ["model_version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.out_of_range = Counter(
+            "model_out_of_training_range",
+            "Accepted values inside the contract's domain but outside the range seen in "
+            "training, by feature and side (below/above).",
+            ["model_version", "feature", "side"],
+            registry=r,
+        )
+        model_info = Gauge(
+            "model_info",
+            "The served model (always 1): tag, version, data set hash, git commit of training.",
+            ["model", "version", "tag", "dataset_sha256", "git_commit"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        build_info = Gauge(
+            "service_build_info",
+            "The service's build (always 1): its version and those of Python and key packages.",
+            ["version", "python_version", *(_label(p) for p in BUILD_PACKAGES)],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self._score_hist = self.scores.labels(version)
+        self._predicted = {
+            label: self.predictions.labels(version, label) for label in self.contract.labels
+        }
+        self._ranges = [
+            (
+                f.name,
+                f.training_min,
+                f.training_max,
+                self.out_of_range.labels(version, f.name, "below"),
+                self.out_of_range.labels(version, f.name, "above"),
+            )
+            for f in self.contract.numeric_features()
+            if f.training_min is not None and f.training_max is not None
+        ]
+        metadata = model.metadata
+        model_info.labels(
+            model=self.contract.model_name,
+            version=version,
+            tag=model.tag,
+            dataset_sha256=str(metadata.get("dataset", {}).get("sha256", "unknown")),
+            git_commit=str(metadata.get("git_commit", "unknown")),
+        ).set(1)
+        build_info.labels(
+            _version("credit-risk-service"),
+            platform.python_version(),
+            *(_version(p) for p in BUILD_PACKAGES),
+        ).set(1)
+
+    # EventSink: one event per answered request, on the request path (a few increments).
+    def publish(self, event: Event) -> None:
+        request = event.request
+        transport, endpoint = request.transport, request.endpoint
+        self.latency.labels(transport, endpoint).observe(request.latency_seconds)
+        if isinstance(event, PredictionEvent):
+            self.requests.labels(transport, endpoint, "200").inc()
+            self.instances.labels(transport).observe(len(event.instances))
+            return
+        self.requests.labels(transport, endpoint, str(event.status)).inc()
+        if event.status < 500:
+            tally = Tally((e.metric_field, e.reason.value) for e in event.errors)
+            for (field, reason), count in tally.items():
+                self.validation_failures.labels(transport, field, reason).inc(count)
+
+    # Batch observer: called by the batcher after each model call.
+    def observe_batch(self, rows: int, requests: int, seconds: float) -> None:
+        self.call_rows.observe(rows)
+        self.call_requests.observe(requests)
+        self.call_latency.observe(seconds)
+
+    # Model-call observer: on the model thread, with the call's frame, scores and labels.
+    def observe_model_call(
+        self, frame: pd.DataFrame, scores: np.ndarray, labels: Sequence[str]
+    ) -> None:
+        observe_many(self._score_hist, np.asarray(scores, dtype=float))
+        for label, count in Tally(labels).items():
+            self._predicted[label].inc(count)
+        for name, low, high, below, above in self._ranges:
+            column = frame[name].to_numpy()
+            if (n := int(np.count_nonzero(column < low))) > 0:
+                below.inc(n)
+            if (n := int(np.count_nonzero(column > high))) > 0:
+                above.inc(n)
+
+
+class PredictionLogMetrics:
+    """The prediction log's ``LogObserver`` (service/predlog/observer.py) as Prometheus metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = registry
+
+        def rows(name: str, what: str, extra: Sequence[str] = ()) -> Counter:
+            return Counter(f"prediction_log_rows_{name}", what, ["table", *extra], registry=r)
+
+        self._written = rows("written", "Rows committed to the store from the queue.")
+        self._spooled = rows(
+            "spooled", "Rows written to the local spool (store down or queue full)."
+        )
+        self._replayed = rows("replayed", "Rows committed to the store from the spool.")
+        self._dropped = rows(
+            "dropped",
+            "Rows lost, by reason: spool_full (spool over its cap or disk refusing), corrupt "
+            "(damaged spool line), refused (the store rejected the row; kept in quarantine).",
+            ["reason"],
+        )
+        self._pruned = rows("pruned", "Rows deleted by retention.")
+        self._failures = Counter(
+            "prediction_log_store_errors",
+            "Failed store operations, by operation (write, replay, prune, connect).",
+            ["operation"],
+            registry=r,
+        )
+        self._up = Gauge(
+            "prediction_log_store_up",
+            "1 while every worker's store connection takes writes, else 0.",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self._queue = Gauge(
+            "prediction_log_queue_rows",
+            "Rows waiting in memory to be written, summed over workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._spool = Gauge(
+            "prediction_log_spool_bytes",
+            "Bytes in the spool directory (records waiting for the store).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self._age = Gauge(
+            "prediction_log_backlog_age_seconds",
+            "Age of the oldest record not yet in the store (0 when all are written).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+
+        # Every series at zero from the start, so that rates and alerts see the first event.
+        for table in ("predictions", "rejections"):
+            for counter in (self._written, self._spooled, self._replayed, self._pruned):
+                counter.labels(table)
+            for reason in get_args(DropReason):
+                self._dropped.labels(table, reason)
+        for operation in get_args(Operation):
+            self._failures.labels(operation)
+
+    def written(self, table: str, rows: int) -> None:
+        self._written.labels(table).inc(rows)
+
+    def spooled(self, table: str, rows: int) -> None:
+        self._spooled.labels(table).inc(rows)
+
+    def replayed(self, table: str, rows: int) -> None:
+        self._replayed.labels(table).inc(rows)
+
+    def dropped(self, table: str, rows: int, reason: DropReason) -> None:
+        self._dropped.labels(table, reason).inc(rows)
+
+    def pruned(self, table: str, rows: int) -> None:
+        self._pruned.labels(table).inc(rows)
+
+    def write_failed(self, operation: Operation) -> None:
+        self._failures.labels(operation).inc()
+
+    def store_up(self, up: bool) -> None:
+        self._up.set(1 if up else 0)
+
+    def queue_depth(self, rows: int) -> None:
+        self._queue.set(rows)
+
+    def spool_bytes(self, size: int) -> None:
+        self._spool.set(size)
+
+    def backlog_age(self, seconds: float) -> None:
+        self._age.set(seconds)
+
+
+class ProcessMetrics:
+    """CPU, memory and file descriptors of this worker, sampled every few seconds.
+
+    prometheus_client's process collector is not available in multiprocess mode, so each worker
+    pushes its own: CPU as a counter of increments (sums over workers, dead ones included, as CPU
+    spent), the rest as live-summed gauges. ``service_workers`` counts the live workers.
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self._cpu = Counter(
+            "process_cpu_seconds", "CPU time of the worker processes.", registry=registry
+        )
+        self._rss = Gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the worker processes, summed.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._fds = Gauge(
+            "process_open_fds",
+            "Open file descriptors of the worker processes, summed.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._max_fds = Gauge(
+            "process_max_fds",
+            "File descriptor limit of a worker process.",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self._workers = Gauge(
+            "service_workers",
+            "Live worker processes serving this instance.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._workers.set(1)
+        self._max_fds.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self._cpu_seen = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-metrics", daemon=True)
+
+    def sample(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime
+        self._cpu.inc(max(cpu - self._cpu_seen, 0.0))
+        self._cpu_seen = cpu
+        self._rss.set(_rss_bytes())
+        with contextlib.suppress(OSError):  # /proc is Linux only
+            self._fds.set(len(os.listdir("/proc/self/fd")))
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROCESS_SAMPLE_SECONDS):
+            try:
+                self.sample()
+            except Exception:
+                log.exception("sampling process metrics failed")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _label(package: str) -> str:
+    return package.replace("-", "_") + "_version"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

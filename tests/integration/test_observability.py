@@ -1,0 +1,264 @@
+"""Metrics and traces of a real `bentoml serve` with 2 workers.
+
+- /metrics, parsed with prometheus_client's parser, counts exactly the traffic sent (summed over
+  both workers), and `promtool check metrics` finds nothing to report;
+- an OTLP/HTTP receiver on loopback gets one trace per request, parent-child linked, continuing
+  the caller's traceparent, with the trace id of the request's prediction-log row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.predlog.store import Store
+from tests.oip_support import triton_inputs
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.predlog.helpers import wait_until
+from tests.support import ROOT, ServedService, example_rows
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over every series of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def post_fresh(url: str, body: Any) -> httpx.Response:
+    # A new connection per request: the kernel hands connections to both workers.
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return client.post("/predict", json=body)
+
+
+def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) -> None:
+    rows = example_rows(40)
+    # /readyz answers as soon as one worker is up: wait for the second
+    wait_until(lambda: value(scrape(served.url), "service_workers") == 2, timeout=60)
+    before = scrape(served.url)
+
+    singles = [{"instances": [r]} for r in rows[:30]]
+    old = dict(rows[30], age_in_years=100, duration_in_month=100)  # above what training saw
+    batch = {"instances": [*rows[31:40], old]}
+    invalid = [
+        {"instances": [dict(rows[0], age_in_years=17)]},
+        {"instances": [dict(rows[1], age_in_years=17)]},
+        {"instances": [dict(rows[2], purpose="yacht", colour="red")]},
+        {"instances": []},
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: post_fresh(served.url, b), [*singles, batch, *invalid]))
+    assert [a.status_code for a in answers] == [200] * 31 + [400] * 4
+    predictions = [p for a in answers[:31] for p in a.json()["predictions"]]
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}") as grpc_client:
+        result = grpc_client.infer("credit_risk", triton_inputs(triton_grpc, rows[:3]))
+    grpc_labels = [label.decode() for label in result.as_numpy("label")]
+
+    after = scrape(served.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    http = {"transport": "http", "endpoint": "/predict"}
+    assert delta("inference_requests_total", **http, code="200") == 31
+    assert delta("inference_requests_total", **http, code="400") == 4
+    assert delta("inference_requests_total", transport="grpc", endpoint="ModelInfer") == 1
+    assert delta("inference_request_duration_seconds_count", **http) == 35
+    assert delta("inference_request_instances_count", transport="http") == 31
+    assert delta("inference_request_instances_sum", transport="http") == 40
+    failures = {
+        ("age_in_years", "out_of_range"): 2,
+        ("purpose", "unknown_category"): 1,
+        ("$unknown", "unknown_field"): 1,
+        ("$request", "empty_batch"): 1,
+    }
+    for (field, reason), count in failures.items():
+        assert delta("inference_validation_failures_total", field=field, reason=reason) == count
+    assert delta("inference_validation_failures_total") == sum(failures.values())
+
+    labels = [p["label"] for p in predictions] + grpc_labels  # 40 over HTTP, 3 over gRPC
+    for label in ("good", "bad"):
+        assert delta("model_predictions_total", label=label) == labels.count(label)
+    assert delta("model_prediction_score_count") == 43
+    assert delta("model_call_rows_sum") == 43
+    scores = np.array([p["probability_bad"] for p in predictions])
+    http_low = int(np.sum(scores <= 0.1))
+    assert delta("model_prediction_score_bucket", le="0.1") >= http_low
+    for feature in ("age_in_years", "duration_in_month"):
+        assert delta("model_out_of_training_range_total", feature=feature, side="above") == 1
+    assert delta("grpc_server_handled_total", grpc_method="ModelInfer", grpc_code="OK") == 1
+
+    # the prediction log commits off the request path, within its flush interval
+    def written() -> bool:
+        now = scrape(served.url)
+        got = total(now, "prediction_log_rows_written_total", table="predictions") - total(
+            before, "prediction_log_rows_written_total", table="predictions"
+        )
+        return got == 43
+
+    wait_until(written, timeout=30)
+    assert value(after, "prediction_log_store_up") == 1
+    (info,) = [ls for (n, ls), _ in after.items() if n == "model_info"]
+    assert dict(info)["tag"] == answers[0].json()["model"]
+
+
+def test_promtool_finds_nothing_to_report(served: ServedService) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make system-deps` (Debian package prometheus)"
+    post_fresh(served.url, {"instances": example_rows(2)})
+    text = httpx.get(f"{served.url}/metrics").text
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+@pytest.fixture(scope="module")
+def traced(model_tag: str) -> Iterator[tuple[ServedService, OtlpReceiver]]:
+    with (
+        OtlpReceiver() as receiver,
+        ServedService(
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_SERVICE_NAME": "credit-risk-test",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            }
+        ) as service,
+    ):
+        yield service, receiver
+
+
+def trace_of(spans: list[ReceivedSpan], trace_id: str) -> dict[str, ReceivedSpan]:
+    return {s.name: s for s in spans if s.trace_id == trace_id}
+
+
+def test_a_request_is_one_linked_trace_continuing_the_callers(
+    traced: tuple[ServedService, OtlpReceiver],
+) -> None:
+    service, receiver = traced
+    response = httpx.post(
+        f"{service.url}/predict",
+        json={"instances": example_rows(3)},
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "X-Request-ID": "traced-1"},
+    )
+    assert response.status_code == 200
+    names = {"POST /predict", "validate", "model.predict", "log.enqueue"}
+    spans = trace_of(receiver.wait_for(lambda s: names <= set(trace_of(s, TRACE_ID))), TRACE_ID)
+    server = spans["POST /predict"]
+    assert server.parent_span_id == PARENT_ID
+    assert server.kind == 2  # SERVER
+    assert server.attributes["request.id"] == "traced-1"
+    assert server.attributes["request.instances"] == 3
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.resource["service.name"] == "credit-risk-test"
+    for child in ("validate", "model.predict", "log.enqueue"):
+        assert spans[child].parent_span_id == server.span_id, child
+    model_span = spans["model.predict"]
+    assert model_span.attributes["model.version"] == response.json()["model"].split(":")[1]
+    assert model_span.attributes["model.batch.rows"] >= 3
+    # BentoML's own middleware did not trace the request a second time
+    assert set(spans) == names
+
+    store = Store(service.env["PREDICTION_LOG_URL"])
+    rows = wait_until(lambda: store.find("traced-1")["predictions"], timeout=30)
+    assert {r["trace_id"] for r in rows} == {TRACE_ID}
+    access = [json.loads(line) for line in service_output(service) if '"traced-1"' in line]
+    assert access
+    assert access[0]["trace_id"] == TRACE_ID
+
+
+def service_output(service: ServedService) -> list[str]:
+    return [line for line in service.read_log().splitlines() if line.startswith("{")]
+
+
+def test_grpc_infer_is_traced_too(traced: tuple[ServedService, OtlpReceiver]) -> None:
+    service, receiver = traced
+    trace_id = "1" * 32
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{service.grpc_port}") as client:
+        client.infer(
+            "credit_risk",
+            triton_inputs(triton_grpc, example_rows(2)),
+            headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01"},
+        )
+    name = "inference.GRPCInferenceService/ModelInfer"
+    spans = trace_of(receiver.wait_for(lambda s: name in trace_of(s, trace_id)), trace_id)
+    assert spans[name].parent_span_id == PARENT_ID
+    assert spans[name].attributes["rpc.grpc.status_code"] == 0
+    receiver.wait_for(lambda s: "model.predict" in trace_of(s, trace_id))
+
+
+def test_a_refused_request_is_traced_without_being_an_error(
+    traced: tuple[ServedService, OtlpReceiver],
+) -> None:
+    service, receiver = traced
+    trace_id = "2" * 32
+    response = httpx.post(
+        f"{service.url}/predict",
+        json={"instances": []},
+        headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01"},
+    )
+    assert response.status_code == 400
+    spans = trace_of(
+        receiver.wait_for(lambda s: "POST /predict" in trace_of(s, trace_id)), trace_id
+    )
+    assert spans["POST /predict"].attributes["http.response.status_code"] == 400
+    assert "model.predict" not in spans
+
+
+def test_without_an_exporter_rows_still_carry_the_callers_trace_id(served: ServedService) -> None:
+    trace_id = "3" * 32
+    response = httpx.post(
+        f"{served.url}/predict",
+        json={"instances": example_rows(1)},
+        headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01", "X-Request-ID": "untraced-1"},
+    )
+    assert response.status_code == 200
+    store = Store(served.env["PREDICTION_LOG_URL"])
+    rows = wait_until(lambda: store.find("untraced-1")["predictions"], timeout=30)
+    assert rows[0]["trace_id"] == trace_id
+
+
+def test_readme_documents_exactly_the_metrics_exported(served: ServedService) -> None:
+    post_fresh(served.url, {"instances": example_rows(1)})
+    post_fresh(served.url, {"instances": []})
+    text = httpx.get(f"{served.url}/metrics").text
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+        if not family.name.startswith(("bentoml_", "grpc_server_", "model_drift_"))
+    }
+    section = (ROOT / "README.md").read_text().split("## Metrics and traces", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    documented = set(
+        re.findall(r"^\| `([a-z_]+)` \| (?:counter|gauge|histogram) \|", section, re.M)
+    )
+    assert exported == documented

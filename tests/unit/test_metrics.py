@@ -1,0 +1,189 @@
+"""ServiceMetrics and its helpers, each test on a fresh registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import bentoml
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
+from service.metrics import (
+    PredictionLogMetrics,
+    ProcessMetrics,
+    ServiceMetrics,
+    observe_many,
+)
+from service.model import LoadedModel, load_model
+from service.validation import InstanceValidator, RequestRejected
+from tests.support import example_rows
+
+
+@pytest.fixture(scope="module")
+def model(model_tag: str) -> LoadedModel:
+    return load_model(bentoml.models.get(model_tag))
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def info(
+    transport: str = "http", endpoint: str = "/predict", latency: float = 0.003
+) -> RequestInfo:
+    return RequestInfo("r1", transport, datetime.now(UTC), latency, "m:v", None, endpoint)  # type: ignore[arg-type]
+
+
+def test_observe_many_equals_observing_one_by_one(registry: CollectorRegistry) -> None:
+    buckets = (0.1, 0.5, 1.0)
+    one = Histogram("one", "d", buckets=buckets, registry=registry)
+    many = Histogram("many", "d", buckets=buckets, registry=registry)
+    values = np.array([0.0, 0.1, 0.10001, 0.5, 0.7, 1.0, 3.0])
+    for v in values:
+        one.observe(float(v))
+    observe_many(many, values)
+    observe_many(many, np.array([]))
+    samples = {
+        name: [(s.labels.get("le"), s.value) for s in metric.samples if s.name != f"{name}_created"]
+        for metric in registry.collect()
+        for name in [metric.name]
+    }
+    assert samples["one"] == samples["many"]
+
+
+def test_requests_latency_and_validation_failures_by_transport(
+    registry: CollectorRegistry, model: LoadedModel
+) -> None:
+    metrics = ServiceMetrics(model, registry)
+    rows = example_rows(3)
+    metrics.publish(PredictionEvent(info(), rows, [Prediction("good", 0.1)] * 3))
+    bad = [{**rows[0], "age_in_years": 5, "purpose": "yacht"}, {**rows[1], "colour": "red"}]
+    with pytest.raises(RequestRejected) as refused:
+        InstanceValidator(model.contract, 10).validate_instances(bad)
+    metrics.publish(RejectionEvent(info("grpc", "ModelInfer"), 400, refused.value.errors, 10, ""))
+    metrics.publish(RejectionEvent(info(), 500, [], 0, ""))
+    value = registry.get_sample_value
+    assert (
+        value(
+            "inference_requests_total", {"transport": "http", "endpoint": "/predict", "code": "200"}
+        )
+        == 1
+    )
+    assert (
+        value(
+            "inference_requests_total",
+            {"transport": "grpc", "endpoint": "ModelInfer", "code": "400"},
+        )
+        == 1
+    )
+    assert (
+        value(
+            "inference_requests_total", {"transport": "http", "endpoint": "/predict", "code": "500"}
+        )
+        == 1
+    )
+    assert value("inference_request_instances_sum", {"transport": "http"}) == 3
+    latency = {"transport": "http", "endpoint": "/predict", "le": "0.005"}
+    assert value("inference_request_duration_seconds_bucket", latency) == 2
+    failures = {
+        labels: value(
+            "inference_validation_failures_total",
+            dict(zip(("transport", "field", "reason"), labels, strict=True)),
+        )
+        for labels in [
+            ("grpc", "age_in_years", "out_of_range"),
+            ("grpc", "purpose", "unknown_category"),
+            ("grpc", "$unknown", "unknown_field"),
+        ]
+    }
+    assert failures == dict.fromkeys(failures, 1.0)
+    # a 500 is not a validation failure
+    total = sum(
+        s.value
+        for m in registry.collect()
+        if m.name == "inference_validation_failures"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    assert total == 3
+
+
+def test_model_calls_count_labels_scores_and_out_of_training_range(
+    registry: CollectorRegistry, model: LoadedModel
+) -> None:
+    metrics = ServiceMetrics(model, registry)
+    age = model.contract.feature("age_in_years")
+    rows = example_rows(4)
+    rows[0]["age_in_years"] = age.training_max + 1
+    rows[1]["age_in_years"] = age.training_min - 1
+    rows[2]["age_in_years"] = age.training_max  # inside: the range is inclusive
+    frame = model.contract.frame(rows)
+    scores = np.array([0.05, 0.2, 0.2, 0.99])
+    metrics.observe_model_call(frame, scores, model.labels(scores))
+    metrics.observe_batch(rows=4, requests=2, seconds=0.008)
+
+    version = model.version
+    value = registry.get_sample_value
+    assert value("model_predictions_total", {"model_version": version, "label": "good"}) == 1
+    assert value("model_predictions_total", {"model_version": version, "label": "bad"}) == 3
+    assert value("model_prediction_score_count", {"model_version": version}) == 4
+    assert value("model_prediction_score_bucket", {"model_version": version, "le": "0.2"}) == 3
+    side = {"model_version": version, "feature": "age_in_years"}
+    assert value("model_out_of_training_range_total", {**side, "side": "above"}) == 1
+    assert value("model_out_of_training_range_total", {**side, "side": "below"}) == 1
+    assert value("model_call_rows_sum") == 4
+    assert value("model_call_requests_sum") == 2
+    assert value("model_call_duration_seconds_bucket", {"le": "0.01"}) == 1
+
+
+def test_info_gauges_name_the_model_and_the_build(
+    registry: CollectorRegistry, model: LoadedModel
+) -> None:
+    ServiceMetrics(model, registry)
+    (sample,) = next(m for m in registry.collect() if m.name == "model_info").samples
+    assert sample.labels == {
+        "model": "credit_risk",
+        "version": model.version,
+        "tag": model.tag,
+        "dataset_sha256": model.metadata["dataset"]["sha256"],
+        "git_commit": model.metadata["git_commit"],
+    }
+    (build,) = next(m for m in registry.collect() if m.name == "service_build_info").samples
+    assert build.labels["scikit_learn_version"] == model.metadata["packages"]["scikit-learn"]
+
+
+def test_prediction_log_observer(registry: CollectorRegistry) -> None:
+    observer = PredictionLogMetrics(registry)
+    observer.written("predictions", 5)
+    observer.spooled("predictions", 2)
+    observer.replayed("predictions", 2)
+    observer.dropped("rejections", 1, "spool_full")
+    observer.write_failed("write")
+    observer.store_up(False)
+    observer.queue_depth(7)
+    observer.backlog_age(1.5)
+    value = registry.get_sample_value
+    assert value("prediction_log_rows_written_total", {"table": "predictions"}) == 5
+    assert value("prediction_log_rows_replayed_total", {"table": "predictions"}) == 2
+    assert (
+        value("prediction_log_rows_dropped_total", {"table": "rejections", "reason": "spool_full"})
+        == 1
+    )
+    assert value("prediction_log_store_errors_total", {"operation": "write"}) == 1
+    assert value("prediction_log_store_up") == 0
+    assert value("prediction_log_queue_rows") == 7
+    assert value("prediction_log_backlog_age_seconds") == 1.5
+
+
+def test_process_metrics_sample_this_process(registry: CollectorRegistry) -> None:
+    metrics = ProcessMetrics(registry)
+    sum(i * i for i in range(200_000))  # spend some CPU
+    metrics.sample()
+    value = registry.get_sample_value
+    assert value("process_cpu_seconds_total") > 0
+    assert value("process_resident_memory_bytes") > 10_000_000
+    assert value("process_open_fds") > 2
+    assert value("service_workers") == 1
