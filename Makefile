@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test lint format lock proto clean image container-tools test-container
+.PHONY: help setup model serve test system-deps lint format lock proto clean image container-tools test-container
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ model: setup ## train and register the example model if the model store has none
 serve: model ## set up, register the model if absent, serve HTTP on PORT and gRPC on GRPC_PORT
 	$(BIN)/bentoml serve --port $(PORT)
 
-test: setup lint ## set up and run the test suite (the image's: make test-container)
+test: setup lint system-deps ## set up and run the test suite (the image's: make test-container)
 	$(BIN)/pytest
+
+system-deps: ## install Prometheus' promtool and Alertmanager's amtool if missing (Debian, as root)
+	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager
 
 CONTAINER_BACKEND ?= docker
 
@@ -47,7 +50,7 @@ image: model ## build the bento and its OCI image (CONTAINER_BACKEND=docker|podm
 	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) credit_risk_service:latest
 
 container-tools: ## install buildah, podman, runc and debootstrap if missing (Debian, as root)
-	tests/container/install-tools.sh
+	tests/apt-ensure.sh buildah:buildah podman:podman runc:runc debootstrap:debootstrap
 
 test-container: setup container-tools ## build the image with buildah, run it with podman, test it
 	$(BIN)/pytest -m container --durations=0

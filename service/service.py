@@ -90,6 +90,7 @@ class CreditRiskService:
             on_batch=self.metrics.observe_batch if self.metrics else None,
             model_observer=self.metrics,
         )
+        self.predictor.warm_up()
         self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
         self.grpc_server: GrpcServer | None = None
         log.info("loaded %s", model.tag)

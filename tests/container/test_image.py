@@ -8,14 +8,17 @@ non-root `bentoml` user, settings from the environment, a host directory as the 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import bentoml
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from service.model import load_model
 from tests.container.oci import BENTO_USER_UID, PODMAN_RUN_FLAGS, Container, Oci, StartContainer
+from tests.oip_support import triton_inputs
 from tests.support import example_rows
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
@@ -34,6 +37,7 @@ def test_image_runs_bentoml_entrypoint_as_non_root_with_data_volume(oci: Oci, im
     env = dict(item.split("=", 1) for item in config["Env"])
     # Stateful files default to the data volume, not the image's writable layer.
     assert env["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"
+    assert env["PREDICTION_LOG_SPOOL_DIR"] == "/data/predlog-spool"
 
 
 def test_data_directory_belongs_to_the_service_user(oci: Oci, image: str) -> None:
@@ -46,9 +50,9 @@ def test_data_directory_belongs_to_the_service_user(oci: Oci, image: str) -> Non
     assert stat.strip() == "bentoml:bentoml 755"
 
 
-def _assert_predicts(container: Container, model_tag: str) -> None:
+def _assert_predicts(container: Container, model_tag: str) -> str:
     """The image's answers are the registered model's, to the last bit: same model version, same
-    locked scikit-learn as the training environment."""
+    locked scikit-learn as the training environment. Returns the request id."""
     rows = example_rows(20)
     response = httpx.post(f"{container.url}/predict", json={"instances": rows}, timeout=30)
     assert response.status_code == 200, response.text
@@ -58,13 +62,33 @@ def _assert_predicts(container: Container, model_tag: str) -> None:
     expected = model.score(model.contract.frame(rows))
     assert [p[model.contract.score_name] for p in body["predictions"]] == expected.tolist()
     assert [p["label"] for p in body["predictions"]] == model.labels(expected)
+    return body["request_id"]
+
+
+def _assert_grpc_predicts(container: Container, model_tag: str) -> str:
+    """The Open Inference Protocol over gRPC on 3001 answers like /predict. Returns the id."""
+    rows = example_rows(5)
+    model = load_model(bentoml.models.get(model_tag))
+    with triton_grpc.InferenceServerClient(container.grpc_target) as client:
+        assert client.is_server_ready()
+        result = client.infer(
+            model.contract.model_name,
+            triton_inputs(triton_grpc, rows),
+            request_id="container-grpc-1",
+        )
+    expected = model.score(model.contract.frame(rows))
+    assert result.as_numpy(model.contract.score_name).tolist() == expected.tolist()
+    return "container-grpc-1"
 
 
 def _assert_metrics(container: Container) -> None:
     response = httpx.get(f"{container.url}/metrics", timeout=10)
     assert response.status_code == 200
-    # The request just answered is counted (BentoML's request metrics, merged across workers).
-    assert 'endpoint="/predict"' in response.text
+    # The requests just answered are counted, merged across workers.
+    assert 'inference_requests_total{code="200",endpoint="/predict",transport="http"} 1.0' in (
+        response.text
+    )
+    assert "model_predictions_total{" in response.text
     assert "bentoml_service_request_total" in response.text
 
 
@@ -87,7 +111,8 @@ def test_container_serves_then_stops_gracefully_on_sigterm(
 ) -> None:
     container = start_container({"WORKERS": "2"})  # returns once /readyz answers 200
     assert httpx.get(f"{container.url}/readyz", timeout=5).status_code == 200
-    _assert_predicts(container, model_tag)
+    http_id = _assert_predicts(container, model_tag)
+    grpc_id = _assert_grpc_predicts(container, model_tag)
     _assert_metrics(container)
     _assert_runs_as_bentoml(container)
     _assert_data_volume_writable(container)
@@ -98,6 +123,12 @@ def test_container_serves_then_stops_gracefully_on_sigterm(
     logs = container.logs()
     # Each worker ran the service's shutdown hook (the Predictor drains) before exiting.
     assert logs.count("Completed async cleanup hook: shutdown") == 2, logs
+    # ... and the prediction log reached the mounted volume: every instance, by request id.
+    with sqlite3.connect(container.data_dir / "predictions.db") as db:
+        rows = db.execute(
+            "select request_id, transport, count(*) from predictions group by 1, 2"
+        ).fetchall()
+    assert sorted(rows) == sorted([(http_id, "http", 20), (grpc_id, "grpc", 5)])
 
 
 def test_settings_come_from_the_environment(start_container: StartContainer) -> None:
