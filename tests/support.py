@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,14 +55,21 @@ class ServedService:
 
     Stopped with SIGTERM (as an orchestrator would); ``stop()`` returns the exit code and keeps the
     output in ``self.output`` for assertions about logs.
+
+    Each one gets a BENTOML_HOME of its own that shares the session's model store: `bentoml serve`
+    empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would silently blank
+    the metrics of every other service running from the same home.
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:
         self.port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        home = Path(tempfile.mkdtemp(prefix="bentoml-serve-home-"))
+        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
         self.env = {
             **os.environ,
+            "BENTOML_HOME": str(home),
             "WORKERS": str(workers),
             "GRPC_PORT": str(self.grpc_port),
             **(env or {}),
