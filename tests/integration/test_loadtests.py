@@ -1,0 +1,131 @@
+"""The locust scenarios run headless against the served process, so the harness cannot rot:
+every user class answers correctly, reports are written and the SLO check decides the exit code."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.slo import SLO_MISSED_EXIT_CODE
+from tests.support import ROOT, VENV_BIN, ServedService
+
+HTTP_CLASSES = ("SteadyUser", "BatchUser", "DriftedUser", "InvalidUser")
+
+
+def run_locust(
+    served: ServedService, reports: Path, *args: str, locustfile: str = "locustfile.py"
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(VENV_BIN / "locust"),
+        "-f",
+        f"loadtests/{locustfile}",
+        "--host",
+        served.url,
+        "--headless",
+        "--users",
+        "8",
+        "--spawn-rate",
+        "8",
+        "--run-time",
+        "4s",
+        "--stop-timeout",
+        "10",
+        "--user-rps",
+        "0",
+        "--batch-size",
+        "20",
+        "--csv",
+        str(reports / "run"),
+        "--html",
+        str(reports / "run.html"),
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120
+    )
+
+
+def stats_by_name(reports: Path) -> dict[str, dict[str, str]]:
+    with (reports / "run_stats.csv").open() as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def test_mixed_scenario_meets_a_loose_slo(served: ServedService, tmp_path: Path) -> None:
+    # Error budget 0: every valid request answered, every invalid one refused exactly as expected.
+    result = run_locust(served, tmp_path, "--slo-p99-ms", "10000", "--slo-error-rate", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SLO met" in result.stderr
+    assert "payloads from the reference data" in result.stderr
+    stats = stats_by_name(tmp_path)
+    for name in ("/predict [1]", "/predict [20]", "/predict [1] drifted", "Aggregated"):
+        assert int(stats[name]["Request Count"]) > 0, name
+        assert stats[name]["Failure Count"] == "0", name
+    assert any(name.startswith("/predict invalid:") for name in stats)
+    verdict = json.loads((tmp_path / "run_slo.json").read_text())
+    assert verdict["passed"] is True
+    # Requests that finish during the graceful stop count in the verdict, not in the CSV.
+    assert verdict["requests"] >= int(stats["Aggregated"]["Request Count"])
+    assert "<html" in (tmp_path / "run.html").read_text()[:1000].lower()
+
+
+def test_an_impossible_slo_fails_the_run(served: ServedService, tmp_path: Path) -> None:
+    result = run_locust(served, tmp_path, "--slo-p99-ms", "0.001", "SteadyUser")
+    assert result.returncode == SLO_MISSED_EXIT_CODE, result.stderr[-3000:]
+    assert "SLO MISSED (p99 latency" in result.stderr
+    verdict = json.loads((tmp_path / "run_slo.json").read_text())
+    assert verdict["passed"] is False
+    assert verdict["requests"] > 0
+    assert verdict["failures"] == 0
+
+
+def test_refused_requests_miss_the_error_budget(served: ServedService, tmp_path: Path) -> None:
+    # Batches over MAX_BATCH_SIZE (1000) are refused with 413: the SLO must catch the errors
+    # even though the latency objective is met.
+    result = run_locust(
+        served, tmp_path, "--slo-p99-ms", "10000", "--batch-size", "1001", "BatchUser", "SteadyUser"
+    )
+    assert result.returncode == SLO_MISSED_EXIT_CODE, result.stderr[-3000:]
+    assert "SLO MISSED (error rate" in result.stderr
+    stats = stats_by_name(tmp_path)
+    assert stats["/predict [1001]"]["Failure Count"] == stats["/predict [1001]"]["Request Count"]
+    assert stats["/predict [1]"]["Failure Count"] == "0"
+
+
+# The Open Inference Protocol server (v2 REST and gRPC) is another module's work: these run as
+# soon as the served process answers its routes.
+def test_v2_rest_scenario(served: ServedService, tmp_path: Path, model_tag: str) -> None:
+    name = model_tag.split(":")[0]
+    if httpx.get(f"{served.url}/v2/models/{name}", timeout=10).status_code == 404:
+        pytest.skip("the service has no v2 REST routes yet")
+    result = run_locust(
+        served, tmp_path, "--slo-error-rate", "0", "V2RestUser", locustfile="locustfile_v2.py"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(stats_by_name(tmp_path)["Aggregated"]["Request Count"]) > 0
+
+
+def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", served.grpc_port), timeout=2).close()
+    except OSError:
+        pytest.skip("the service has no gRPC server yet")
+    result = run_locust(
+        served,
+        tmp_path,
+        "--slo-error-rate",
+        "0",
+        "--grpc-target",
+        f"127.0.0.1:{served.grpc_port}",
+        "GrpcUser",
+        locustfile="locustfile_v2.py",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = stats_by_name(tmp_path)
+    assert int(stats["ModelInfer [20]"]["Request Count"]) > 0
