@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test lint format lock clean
+.PHONY: help setup model serve test lint format lock clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,23 @@ format: setup ## apply ruff's fixes and formatting
 lock: | $(UV) ## re-resolve requirements/*.txt from pyproject.toml
 	$(UV) pip compile --quiet -p 3.11 --custom-compile-command "make lock" pyproject.toml -o requirements/runtime.txt
 	$(UV) pip compile --quiet -p 3.11 --custom-compile-command "make lock" pyproject.toml --extra dev -o requirements/dev.txt
+
+# The benchmark (minutes; not part of `make test` or CI). MLServer lives in its own virtualenv,
+# with the model's libraries pinned to the service's lock so that it loads the same model.joblib.
+MLSERVER_VENV := var/mlserver-venv
+MODEL_LIBS := '^(scikit-learn|numpy|scipy|pandas|joblib)=='
+BENCH_ARGS ?=
+
+$(MLSERVER_VENV)/.installed: loadtests/mlserver-requirements.txt requirements/runtime.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	grep -E $(MODEL_LIBS) requirements/runtime.txt > $(MLSERVER_VENV)/constraints.txt
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		-r loadtests/mlserver-requirements.txt -c $(MLSERVER_VENV)/constraints.txt
+	touch $@
+
+bench: model $(MLSERVER_VENV)/.installed ## side-by-side benchmark into loadtests/results/ (BENCH_ARGS=...)
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends wrk; }
+	$(BIN)/python -m loadtests.bench --mlserver $(MLSERVER_VENV)/bin/mlserver $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and local state (not the model store)
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
