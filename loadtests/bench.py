@@ -336,6 +336,10 @@ def in_process(model: LoadedModel, payloads: PayloadFactory, seconds: float) -> 
     return results
 
 
+def progress(message: str) -> None:
+    print(message, flush=True)
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -343,7 +347,7 @@ def loadavg() -> list[float]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(args: argparse.Namespace, log: Callable[[str], None] = progress) -> dict[str, Any]:
     import bentoml
 
     specs = server_specs()

@@ -135,3 +135,35 @@ def test_observability_off_turns_off_bentomls_metrics_and_access_log() -> None:
 )
 def test_scores_are_read_from_every_servers_answer(protocol: str, answer: Any) -> None:
     assert scores_of(protocol, answer, 2, "probability_bad") == pytest.approx([0.1, 0.1])
+
+
+def test_profile_summary_charges_library_frames_to_their_caller() -> None:
+    from loadtests.profile_summary import render, summarize
+
+    loop = "thread (1): MainThread;Handle._run (asyncio/events.py:80)"
+    model = "thread (2): model_0;_worker (concurrent/futures/thread.py:83)"
+    lines = [
+        f"{loop};AccessLogMiddleware.wrapped_send (bentoml/_internal/server/http/access.py:133);"
+        "Logger.info (logging/__init__.py:1489) 30",
+        f"{loop};predict (service/http.py:98);InstanceValidator._validate_one "
+        "(service/validation.py:250) 10",
+        f"{loop};BaseEventLoop._run_once (asyncio/base_events.py:1900) 10",
+        f"{model};FeatureContract.frame (service/contract.py:210);"
+        "DataFrame.__init__ (pandas/core/frame.py:700) 5",
+        f"{model};Pipeline.predict_proba (sklearn/pipeline.py:925);"
+        "DataFrame.__getitem__ (pandas/core/frame.py:3000) 15",
+    ]
+    result = summarize(lines)
+    assert result["event loop (main thread)"] == {
+        "BentoML access log middleware": 30,
+        "validation": 10,
+        "asyncio event loop": 10,
+    }
+    assert result["model thread"] == {
+        "DataFrame construction": 5,
+        "model: predict_proba (sklearn)": 15,
+    }
+    assert "  30  60.0%  BentoML access log middleware" in render(result).replace("     ", "")
+    assert summarize(lines, only="sklearn") == {
+        "model thread": {"model: predict_proba (sklearn)": 15}
+    }
