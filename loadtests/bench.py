@@ -316,6 +316,50 @@ def measurement(wrk: dict[str, Any], rows: int) -> dict[str, float]:
     }
 
 
+def measure(
+    server: RunningServer,
+    scenario: Scenario,
+    bodies: Path,
+    duration: float,
+    half_rate: float | None,
+) -> dict[str, Any]:
+    """One scenario against a server; a paced one is first calibrated to ``half_rate``.
+
+    wrk paces each connection with a fixed delay between a response and the next request, so
+    the rate is ``connections / (delay + latency)``: short probes measure the latency at that
+    load and correct the delay until the rate is within 5% of the target (the same for every
+    server, whatever its latency).
+    """
+    url = server.url + server.path
+    if not scenario.half_saturation or half_rate is None:
+        return measurement(run_wrk(url, bodies, scenario.connections, duration), scenario.rows)
+    cycle_ms = scenario.connections * 1000 / half_rate
+    delay_ms = max(1, round(cycle_ms))
+    for _ in range(3):
+        probe = measurement(run_wrk(url, bodies, scenario.connections, 3, delay_ms), 1)
+        rate = probe["requests_per_second"]
+        if rate and abs(rate - half_rate) <= 0.05 * half_rate:
+            break
+        latency_ms = scenario.connections * 1000 / rate - delay_ms if rate else 0
+        delay_ms = max(1, round(cycle_ms - max(0, latency_ms)))
+    result = measurement(run_wrk(url, bodies, scenario.connections, duration, delay_ms), 1)
+    return {**result, "target_rate": round(half_rate, 1), "paced_delay_ms": delay_ms}
+
+
+def median_in_process(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per row count: the median over rounds, and the fastest round (the model's best case)."""
+    result = {}
+    for key in rounds[0]:
+        per_call = statistics.median(r[key]["ms_per_call"] for r in rounds)
+        rows = int(key.removeprefix("rows_"))
+        result[key] = {
+            "ms_per_call": round(per_call, 3),
+            "rows_per_second": round(rows / per_call * 1000, 1),
+            "best_ms_per_call": min(r[key]["ms_per_call"] for r in rounds),
+        }
+    return result
+
+
 def in_process(model: LoadedModel, payloads: PayloadFactory, seconds: float) -> dict[str, Any]:
     """The model's own ``predict_proba`` on a ready DataFrame: the ceiling for any server."""
     results = {}
@@ -365,16 +409,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = progress) -> dict
     bodies = write_bodies(work, model, payloads, {s.protocol for s in chosen})
     started_at = datetime.now(UTC)
     load_before = loadavg()
-    log(f"model {model.tag}; load average {load_before}; in-process predict_proba...")
-    baseline_in_process = in_process(model, payloads, args.in_process_seconds)
-    log(json.dumps(baseline_in_process))
+    log(f"model {model.tag}; load average {load_before}")
 
     # The baseline runs first in each round: its saturation sets that round's half-saturation
     # rate, the same for every server.
     baseline = BASELINE if BASELINE in args.servers else chosen[0].name
     order = sorted(chosen, key=lambda s: s.name != baseline)
     runs: list[dict[str, Any]] = []
+    in_process_rounds: list[dict[str, Any]] = []
     for round_no in range(1, args.rounds + 1):
+        # In process too, every round: on a shared machine one measurement is one moment's load.
+        in_process_rounds.append(in_process(model, payloads, args.in_process_seconds))
+        log(f"round {round_no}/{args.rounds}: in process {json.dumps(in_process_rounds[-1])}")
         half_rate: float | None = None
         for spec in order:
             log(f"round {round_no}/{args.rounds}: {spec.name}")
@@ -386,28 +432,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = progress) -> dict
                 check_answers(server, model, payloads)
                 run_wrk(server.url + server.path, bodies[spec.protocol, 1], 16, args.warmup)
                 for scenario in SCENARIOS:
-                    delay_ms = 0
-                    if scenario.half_saturation:
-                        if half_rate is None:
-                            continue
-                        # wrk paces each connection: rate ~ connections / (delay + latency).
-                        delay_ms = max(1, round(scenario.connections * 1000 / half_rate))
+                    if scenario.half_saturation and half_rate is None:
+                        continue
                     load = loadavg()
-                    wrk = run_wrk(
-                        server.url + server.path,
-                        bodies[spec.protocol, scenario.rows],
-                        scenario.connections,
-                        args.duration,
-                        delay_ms,
-                    )
-                    result = measurement(wrk, scenario.rows)
+                    result = measure(server, scenario, bodies[spec.protocol, scenario.rows],
+                                     args.duration, half_rate)  # fmt: skip
                     runs.append(
                         {
                             "round": round_no,
                             "server": spec.name,
                             "scenario": scenario.name,
                             "loadavg_1m": load[0],
-                            "paced_delay_ms": delay_ms or None,
                             **result,
                         }
                     )
@@ -435,7 +470,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = progress) -> dict
             "servers": {s.name: s.description for s in chosen},
             "observability_off_env": read_env_file(OFF_ENV_FILE),
         },
-        "in_process_predict_proba": baseline_in_process,
+        "in_process_predict_proba": median_in_process(in_process_rounds),
+        "in_process_rounds": in_process_rounds,
         "runs": runs,
     }
     results["summary"] = summarize(runs)
@@ -453,6 +489,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
         for scenario in scenarios:
             mine = [r for r in runs if r["server"] == server and r["scenario"] == scenario]
             scenarios[scenario] = {k: statistics.median(r[k] for r in mine) for k in keys}
+            if all("target_rate" in r for r in mine):
+                scenarios[scenario]["target_rate"] = statistics.median(
+                    r["target_rate"] for r in mine
+                )
             scenarios[scenario]["rounds"] = len(mine)
     for scenarios in summary.values():
         for scenario, figures in scenarios.items():
