@@ -16,7 +16,7 @@ from typing import Any
 import bentoml
 import pandas as pd
 import requests
-from locust import events
+from locust import User, constant_throughput, events
 from locust.env import Environment
 
 from loadtests.payloads import (
@@ -135,6 +135,13 @@ def target(environment: Environment) -> Target:
     if _target is None:
         raise RuntimeError("give the service's URL with --host, e.g. --host http://127.0.0.1:3000")
     return _target
+
+
+def pace(user: User) -> None:
+    """Pace the user at --user-rps requests per second (0: no pause between requests)."""
+    rps = user.environment.parsed_options.user_rps
+    if rps > 0:
+        user.wait_time = constant_throughput(rps).__get__(user)
 
 
 def _discover(environment: Environment) -> Target:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from locust import FastHttpUser, constant, constant_throughput, task
+from locust import FastHttpUser, constant, task
 from locust.contrib.fasthttp import ResponseContextManager
 
-from loadtests.common import JSON_HEADERS, Target, target
+from loadtests.common import JSON_HEADERS, Target, pace, target
 
 
 class PredictUser(FastHttpUser):
@@ -27,9 +27,7 @@ class PredictUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.target: Target = target(self.environment)
-        rps = self.environment.parsed_options.user_rps
-        if rps > 0:
-            self.wait_time = constant_throughput(rps).__get__(self)
+        pace(self)
 
     def predict(self, instances: list[dict[str, Any]], name: str) -> None:
         """POST the instances; anything but 200 with one prediction per instance fails."""

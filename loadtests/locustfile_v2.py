@@ -20,9 +20,9 @@ from typing import Any
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 import orjson
-from locust import FastHttpUser, User, constant, constant_throughput, events, task
+from locust import FastHttpUser, User, constant, events, task
 
-from loadtests.common import JSON_HEADERS, Target, target
+from loadtests.common import JSON_HEADERS, Target, pace, target
 from loadtests.payloads import v2_inputs
 
 # gRPC's own threads would block gevent's loop: let gRPC cooperate with gevent instead.
@@ -44,12 +44,6 @@ def _options(parser: Any) -> None:
     )
 
 
-def _pace(user: User) -> None:
-    rps = user.environment.parsed_options.user_rps
-    if rps > 0:
-        user.wait_time = constant_throughput(rps).__get__(user)
-
-
 class V2RestUser(FastHttpUser):
     """Batches of --batch-size instances to ``POST /v2/models/<model>/infer``."""
 
@@ -58,7 +52,7 @@ class V2RestUser(FastHttpUser):
     def on_start(self) -> None:
         self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
-        _pace(self)
+        pace(self)
         metadata = self.client.get(f"/v2/models/{self.model}", name="/v2/models/[model]")
         self.shapes = _shapes(orjson.loads(metadata.content)) if metadata.status_code == 200 else {}
 
@@ -90,7 +84,7 @@ class GrpcUser(User):
     def on_start(self) -> None:
         self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
-        _pace(self)
+        pace(self)
         self.client = triton_grpc.InferenceServerClient(self.environment.parsed_options.grpc_target)
         metadata = self.client.get_model_metadata(self.model, as_json=True)
         self.shapes = _shapes(metadata)

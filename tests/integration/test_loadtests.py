@@ -52,6 +52,13 @@ def run_locust(
     )
 
 
+def diagnostics(reports: Path, result: subprocess.CompletedProcess[str]) -> str:
+    """What to read when a run fails: locust's failure table and the end of its log."""
+    failures = reports / "run_failures.csv"
+    table = failures.read_text() if failures.exists() else "(no failures file)"
+    return f"exit {result.returncode}\n{table}\n{result.stderr[-3000:]}"
+
+
 def stats_by_name(reports: Path) -> dict[str, dict[str, str]]:
     with (reports / "run_stats.csv").open() as f:
         return {row["Name"]: row for row in csv.DictReader(f)}
@@ -60,13 +67,14 @@ def stats_by_name(reports: Path) -> dict[str, dict[str, str]]:
 def test_mixed_scenario_meets_a_loose_slo(served: ServedService, tmp_path: Path) -> None:
     # Error budget 0: every valid request answered, every invalid one refused exactly as expected.
     result = run_locust(served, tmp_path, "--slo-p99-ms", "10000", "--slo-error-rate", "0")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "SLO met" in result.stderr
-    assert "payloads from the reference data" in result.stderr
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == 0, why
+    assert "SLO met" in result.stderr, why
+    assert "payloads from the reference data" in result.stderr, why
     stats = stats_by_name(tmp_path)
     for name in ("/predict [1]", "/predict [20]", "/predict [1] drifted", "Aggregated"):
-        assert int(stats[name]["Request Count"]) > 0, name
-        assert stats[name]["Failure Count"] == "0", name
+        assert int(stats[name]["Request Count"]) > 0, (name, why)
+        assert stats[name]["Failure Count"] == "0", (name, why)
     assert any(name.startswith("/predict invalid:") for name in stats)
     verdict = json.loads((tmp_path / "run_slo.json").read_text())
     assert verdict["passed"] is True
@@ -77,7 +85,7 @@ def test_mixed_scenario_meets_a_loose_slo(served: ServedService, tmp_path: Path)
 
 def test_an_impossible_slo_fails_the_run(served: ServedService, tmp_path: Path) -> None:
     result = run_locust(served, tmp_path, "--slo-p99-ms", "0.001", "SteadyUser")
-    assert result.returncode == SLO_MISSED_EXIT_CODE, result.stderr[-3000:]
+    assert result.returncode == SLO_MISSED_EXIT_CODE, diagnostics(tmp_path, result)
     assert "SLO MISSED (p99 latency" in result.stderr
     verdict = json.loads((tmp_path / "run_slo.json").read_text())
     assert verdict["passed"] is False
@@ -91,7 +99,7 @@ def test_refused_requests_miss_the_error_budget(served: ServedService, tmp_path:
     result = run_locust(
         served, tmp_path, "--slo-p99-ms", "10000", "--batch-size", "1001", "BatchUser", "SteadyUser"
     )
-    assert result.returncode == SLO_MISSED_EXIT_CODE, result.stderr[-3000:]
+    assert result.returncode == SLO_MISSED_EXIT_CODE, diagnostics(tmp_path, result)
     assert "SLO MISSED (error rate" in result.stderr
     stats = stats_by_name(tmp_path)
     assert stats["/predict [1001]"]["Failure Count"] == stats["/predict [1001]"]["Request Count"]
@@ -107,7 +115,7 @@ def test_v2_rest_scenario(served: ServedService, tmp_path: Path, model_tag: str)
     result = run_locust(
         served, tmp_path, "--slo-error-rate", "0", "V2RestUser", locustfile="locustfile_v2.py"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, diagnostics(tmp_path, result)
     assert int(stats_by_name(tmp_path)["Aggregated"]["Request Count"]) > 0
 
 
@@ -126,6 +134,6 @@ def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
         "GrpcUser",
         locustfile="locustfile_v2.py",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, diagnostics(tmp_path, result)
     stats = stats_by_name(tmp_path)
     assert int(stats["ModelInfer [20]"]["Request Count"]) > 0
