@@ -335,13 +335,17 @@ def measure(
         return measurement(run_wrk(url, bodies, scenario.connections, duration), scenario.rows)
     cycle_ms = scenario.connections * 1000 / half_rate
     delay_ms = max(1, round(cycle_ms))
-    for _ in range(3):
+    tried: list[tuple[float, int]] = []  # (distance to the target rate, delay)
+    for _ in range(4):
         probe = measurement(run_wrk(url, bodies, scenario.connections, 3, delay_ms), 1)
         rate = probe["requests_per_second"]
+        tried.append((abs(rate - half_rate), delay_ms))
         if rate and abs(rate - half_rate) <= 0.05 * half_rate:
             break
         latency_ms = scenario.connections * 1000 / rate - delay_ms if rate else 0
         delay_ms = max(1, round(cycle_ms - max(0, latency_ms)))
+    else:
+        delay_ms = min(tried)[1]  # not converged (the load moved): the closest probe's delay
     result = measurement(run_wrk(url, bodies, scenario.connections, duration, delay_ms), 1)
     return {**result, "target_rate": round(half_rate, 1), "paced_delay_ms": delay_ms}
 
