@@ -16,7 +16,8 @@ import pytest
 from loadtests.slo import SLO_MISSED_EXIT_CODE
 from tests.support import ROOT, VENV_BIN, ServedService, example_rows
 
-HTTP_CLASSES = ("SteadyUser", "BatchUser", "DriftedUser", "InvalidUser")
+# Latency is the machine's business here (CI shares its cores); correctness is not: no error.
+LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
 
 
 def run_locust(
@@ -77,7 +78,7 @@ def stats_by_name(reports: Path) -> dict[str, dict[str, Any]]:
 
 def test_mixed_scenario_meets_a_loose_slo(served: ServedService, tmp_path: Path) -> None:
     # Error budget 0: every valid request answered, every invalid one refused exactly as expected.
-    result = run_locust(served, tmp_path, "--slo-p99-ms", "10000", "--slo-error-rate", "0")
+    result = run_locust(served, tmp_path, *LOOSE_SLO)
     why = diagnostics(tmp_path, result)
     assert result.returncode == 0, why
     assert "SLO met" in result.stderr, why
@@ -124,7 +125,11 @@ def test_v2_rest_scenario(served: ServedService, tmp_path: Path, model_tag: str)
     if httpx.get(f"{served.url}/v2/models/{name}", timeout=10).status_code == 404:
         pytest.skip("the service has no v2 REST routes yet")
     result = run_locust(
-        served, tmp_path, "--slo-error-rate", "0", "V2RestUser", locustfile="locustfile_v2.py"
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "V2RestUser",
+        locustfile="locustfile_v2.py",
     )
     assert result.returncode == 0, diagnostics(tmp_path, result)
     assert stats_by_name(tmp_path)["Aggregated"]["num_requests"] > 0
@@ -138,8 +143,7 @@ def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
     result = run_locust(
         served,
         tmp_path,
-        "--slo-error-rate",
-        "0",
+        *LOOSE_SLO,
         "--grpc-target",
         f"127.0.0.1:{served.grpc_port}",
         "GrpcUser",
