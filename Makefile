@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test system-deps lint format lock proto clean image container-tools test-container
+.PHONY: help setup model serve test system-deps lint format lock proto clean image container-tools test-container bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -69,6 +69,23 @@ lock: | $(UV) ## re-resolve requirements/*.txt from pyproject.toml
 
 proto: setup ## regenerate the gRPC stubs in service/oip/generated from service/oip/proto
 	$(BIN)/python -m service.oip.codegen
+
+# The benchmark (minutes; not part of `make test` or CI). MLServer lives in its own virtualenv,
+# with the model's libraries pinned to the service's lock so that it loads the same model.joblib.
+MLSERVER_VENV := var/mlserver-venv
+MODEL_LIBS := '^(scikit-learn|numpy|scipy|pandas|joblib)=='
+BENCH_ARGS ?=
+
+$(MLSERVER_VENV)/.installed: loadtests/mlserver-requirements.txt requirements/runtime.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	grep -E $(MODEL_LIBS) requirements/runtime.txt > $(MLSERVER_VENV)/constraints.txt
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		-r loadtests/mlserver-requirements.txt -c $(MLSERVER_VENV)/constraints.txt
+	touch $@
+
+bench: model $(MLSERVER_VENV)/.installed ## side-by-side benchmark into loadtests/results/ (BENCH_ARGS=...)
+	tests/apt-ensure.sh wrk:wrk
+	$(BIN)/python -m loadtests.bench --mlserver $(MLSERVER_VENV)/bin/mlserver $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and local state (not the model store)
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

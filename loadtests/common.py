@@ -1,0 +1,220 @@
+"""Locust glue shared by the locustfiles: options, the target's contract and payloads, the SLO.
+
+Importing this module registers the listeners; both locustfiles import it, so a run that loads
+both registers them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pandas as pd
+import requests
+from locust import User, constant_throughput, events
+from locust.env import Environment
+
+from loadtests.payloads import (
+    Drift,
+    InvalidCase,
+    PayloadFactory,
+    default_shifts,
+    invalid_cases,
+    parse_shifts,
+)
+from loadtests.slo import SLO_MISSED_EXIT_CODE, Slo, judge
+from service.contract import FeatureContract
+from service.model import CONTRACT_FILE, REFERENCE_FILE
+
+log = logging.getLogger("loadtests")
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("credit-risk-service load tests")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        env_var="LOCUST_BATCH_SIZE",
+        help="instances per request of BatchUser, V2RestUser and GrpcUser",
+    )
+    group.add_argument(
+        "--user-rps",
+        type=float,
+        default=1.0,
+        env_var="LOCUST_USER_RPS",
+        help="requests per second of each user (0: as fast as the server answers)",
+    )
+    group.add_argument(
+        "--payloads",
+        choices=("auto", "reference", "synthetic"),
+        default="auto",
+        env_var="LOCUST_PAYLOADS",
+        help="where valid instances come from: the served model's reference data in the local "
+        "model store, or synthesized from its contract; auto: reference when the store has it",
+    )
+    group.add_argument(
+        "--drift",
+        default="",
+        env_var="LOCUST_DRIFT",
+        help="DriftedUser's shift, e.g. 'duration_in_month*1.5; credit_amount+2000; "
+        "purpose=car (new); housing' (a bare name: x1.5 or the next category); "
+        "default: the contract's first numeric and first categorical feature",
+    )
+    group.add_argument(
+        "--drift-fraction",
+        type=float,
+        default=1.0,
+        env_var="LOCUST_DRIFT_FRACTION",
+        help="share of DriftedUser's instances that are shifted",
+    )
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=int(os.environ.get("MAX_BATCH_SIZE", "1000")),
+        env_var="LOCUST_MAX_BATCH_SIZE",
+        help="the service's MAX_BATCH_SIZE, for InvalidUser's too-large batch (0: skip that case)",
+    )
+    group.add_argument(
+        "--model-tag",
+        default=os.environ.get("MODEL_TAG", "credit_risk:latest"),
+        env_var="LOCUST_MODEL_TAG",
+        help="model store tag whose contract to use when the host has no GET /model (MLServer)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, env_var="LOCUST_SEED", help="seed of payload sampling"
+    )
+    group.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        default=500.0,
+        env_var="LOCUST_SLO_P99_MS",
+        help="SLO: the run fails (exit code 3) when the p99 latency of all requests exceeds this",
+    )
+    group.add_argument(
+        "--slo-error-rate",
+        type=float,
+        default=0.01,
+        env_var="LOCUST_SLO_ERROR_RATE",
+        help="SLO: the run fails (exit code 3) when the share of failed requests exceeds this",
+    )
+
+
+@dataclass
+class Target:
+    """What the users need to know about the served model, fetched once per run."""
+
+    model_tag: str
+    contract: FeatureContract
+    payloads: PayloadFactory
+    payload_source: str
+    invalid: list[InvalidCase]
+    drift: Drift
+
+
+_target: Target | None = None
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    # Before the run's clock starts: reading the model store takes a moment.
+    global _target
+    if environment.parsed_options is not None and environment.host:
+        _target = _discover(environment)
+
+
+def target(environment: Environment) -> Target:
+    """The served model's contract and payloads, discovered when locust starts."""
+    if _target is None:
+        raise RuntimeError("give the service's URL with --host, e.g. --host http://127.0.0.1:3000")
+    return _target
+
+
+def pace(user: User) -> None:
+    """Pace the user at --user-rps requests per second (0: no pause between requests)."""
+    rps = user.environment.parsed_options.user_rps
+    if rps > 0:
+        user.wait_time = constant_throughput(rps).__get__(user)
+
+
+def _discover(environment: Environment) -> Target:
+    options = environment.parsed_options
+    host = (environment.host or "").rstrip("/")
+    tag, contract = _describe(host, options.model_tag)
+    payloads, source = _payloads(tag, contract, options.payloads, options.seed)
+    shifts = parse_shifts(options.drift, contract) if options.drift else default_shifts(contract)
+    log.info(
+        "target %s: payloads from %s (%d rows); drift: %s",
+        tag,
+        source,
+        len(payloads.rows),
+        "; ".join(f"{s}" for s in shifts),
+    )
+    return Target(
+        model_tag=tag,
+        contract=contract,
+        payloads=payloads,
+        payload_source=source,
+        invalid=invalid_cases(payloads, max_instances=options.max_batch_size or None),
+        drift=Drift(contract, shifts, options.drift_fraction),
+    )
+
+
+def _describe(host: str, model_tag: str) -> tuple[str, FeatureContract]:
+    """The served model's tag and contract; from the local store when the host cannot say."""
+    answer = requests.get(f"{host}/model", timeout=30)
+    if answer.status_code == 404:
+        stored = bentoml.models.get(model_tag)
+        contract = FeatureContract.from_json((Path(stored.path) / CONTRACT_FILE).read_text())
+        return str(stored.tag), contract
+    answer.raise_for_status()
+    described = answer.json()
+    return described["model"], FeatureContract.from_dict(described["contract"])
+
+
+def _payloads(
+    tag: str, contract: FeatureContract, wanted: str, seed: int
+) -> tuple[PayloadFactory, str]:
+    if wanted != "synthetic":
+        try:
+            # Only the reference file: unpickling the estimator would cost seconds for nothing.
+            reference = pd.read_parquet(Path(bentoml.models.get(tag).path) / REFERENCE_FILE)
+            factory = PayloadFactory.from_reference(contract, reference, seed)
+            return factory, f"the reference data of {tag}"
+        except Exception as exc:
+            if wanted == "reference":
+                raise RuntimeError(f"cannot read the reference data of {tag}: {exc}") from exc
+            log.info("no reference data for %s in the local model store (%s)", tag, exc)
+    return PayloadFactory.synthetic(contract, seed=seed), "the contract (synthetic)"
+
+
+@events.quitting.add_listener
+def _check_slo(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None or environment.runner is None:
+        return
+    total = environment.stats.total
+    verdict = judge(
+        Slo(options.slo_p99_ms, options.slo_error_rate),
+        requests=total.num_requests,
+        failures=total.num_failures,
+        p99_ms=total.get_response_time_percentile(0.99) or 0.0,
+        requests_per_second=total.total_rps,
+    )
+    (log.info if verdict.passed else log.error)("%s", verdict.summary())
+    if options.csv_prefix:
+        path = Path(f"{options.csv_prefix}_slo.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
+    if not verdict.passed:
+        environment.process_exit_code = SLO_MISSED_EXIT_CODE
+    elif not environment.runner.exceptions:
+        # Failures within the error budget do not fail the run: the SLO is the verdict.
+        environment.process_exit_code = 0

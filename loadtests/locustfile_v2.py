@@ -1,0 +1,131 @@
+"""Locust scenarios over the Open Inference Protocol (KServe v2): REST ``/v2/.../infer`` and gRPC.
+
+    locust -f loadtests/locustfile_v2.py --host http://127.0.0.1:3000 \
+        --grpc-target 127.0.0.1:3001 --headless -u 16 -r 16 -t 1m --batch-size 1 \
+        --csv loadtests/reports/grpc --html loadtests/reports/grpc.html GrpcUser
+
+Both send one tensor per contract feature (BYTES for categories, INT64/FP64 for numbers), shaped
+as the server's model metadata says. Any KServe v2 server serving the model works (MLServer too:
+``--host`` is then only used for the v2 REST routes, and the contract comes from the local model
+store). gRPC calls are measured with ``events.request.fire``, so they appear in the same stats,
+reports and SLO check as HTTP requests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+import orjson
+from locust import FastHttpUser, User, constant, events, task
+
+from loadtests.common import JSON_HEADERS, Target, pace, target
+from loadtests.payloads import v2_inputs
+
+# gRPC's own threads would block gevent's loop: let gRPC cooperate with gevent instead.
+grpc_gevent.init_gevent()
+
+import tritonclient.grpc as triton_grpc  # noqa: E402  (after init_gevent)
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+_NUMPY_TYPES = {"BYTES": np.object_, "INT64": np.int64, "FP64": np.float64}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    parser.add_argument(
+        "--grpc-target",
+        default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '3001')}",
+        env_var="LOCUST_GRPC_TARGET",
+        help="host:port of the v2 gRPC server (GrpcUser)",
+    )
+
+
+class V2RestUser(FastHttpUser):
+    """Batches of --batch-size instances to ``POST /v2/models/<model>/infer``."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.target: Target = target(self.environment)
+        self.model = self.target.contract.model_name
+        pace(self)
+        metadata = self.client.get(f"/v2/models/{self.model}", name="/v2/models/[model]")
+        self.shapes = _shapes(orjson.loads(metadata.content)) if metadata.status_code == 200 else {}
+
+    @task
+    def infer(self) -> None:
+        size = self.environment.parsed_options.batch_size
+        instances = self.target.payloads.instances(size)
+        body = orjson.dumps({"inputs": v2_inputs(self.target.contract, instances, self.shapes)})
+        with self.client.post(
+            f"/v2/models/{self.model}/infer",
+            data=body,
+            headers=JSON_HEADERS,
+            name=f"/v2/models/[model]/infer [{size}]",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+                return
+            outputs = orjson.loads(response.content).get("outputs") or []
+            if not outputs or outputs[0].get("shape", [0])[0] != size:
+                response.failure(f"expected outputs for {size} instances: {response.text[:200]}")
+
+
+class GrpcUser(User):
+    """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.target: Target = target(self.environment)
+        self.model = self.target.contract.model_name
+        pace(self)
+        self.client = triton_grpc.InferenceServerClient(self.environment.parsed_options.grpc_target)
+        metadata = self.client.get_model_metadata(self.model, as_json=True)
+        self.shapes = _shapes(metadata)
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def infer(self) -> None:
+        size = self.environment.parsed_options.batch_size
+        instances = self.target.payloads.instances(size)
+        inputs = []
+        for tensor in v2_inputs(self.target.contract, instances, self.shapes):
+            value = triton_grpc.InferInput(tensor["name"], tensor["shape"], tensor["datatype"])
+            array = np.array(tensor["data"], dtype=_NUMPY_TYPES[tensor["datatype"]])
+            value.set_data_from_numpy(array.reshape(tensor["shape"]))
+            inputs.append(value)
+        started = time.perf_counter()
+        exception: Exception | None = None
+        length = 0
+        try:
+            result = self.client.infer(self.model, inputs)
+            response = result.get_response()
+            length = response.ByteSize()
+            if not response.outputs or response.outputs[0].shape[0] != size:
+                raise AssertionError(f"expected outputs for {size} instances")
+        except (InferenceServerException, AssertionError) as exc:
+            exception = exc
+        events.request.fire(
+            request_type="grpc",
+            name=f"ModelInfer [{size}]",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+
+def _shapes(metadata: dict[str, Any]) -> dict[str, list[int]]:
+    """Per-input shapes of a v2 model metadata answer (``-1`` = batch dimension)."""
+    shapes = {}
+    for tensor in metadata.get("inputs", []):
+        shapes[tensor["name"]] = [int(d) for d in tensor.get("shape", [-1])]
+    return shapes

@@ -1,0 +1,154 @@
+"""The locust scenarios run headless against the served process, so the harness cannot rot:
+every user class answers correctly, reports are written and the SLO check decides the exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests.slo import SLO_MISSED_EXIT_CODE
+from tests.support import ROOT, VENV_BIN, ServedService, example_rows
+
+# Latency is the machine's business here (CI shares its cores); correctness is not: no error.
+LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
+
+
+def run_locust(
+    served: ServedService, reports: Path, *args: str, locustfile: str = "locustfile.py"
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(VENV_BIN / "locust"),
+        "-f",
+        f"loadtests/{locustfile}",
+        "--host",
+        served.url,
+        "--headless",
+        "--users",
+        "8",
+        "--spawn-rate",
+        "8",
+        "--run-time",
+        "5s",
+        "--stop-timeout",
+        "10",
+        "--user-rps",
+        "0",
+        "--batch-size",
+        "20",
+        "--csv",
+        str(reports / "run"),
+        "--html",
+        str(reports / "run.html"),
+        "--json-file",
+        str(reports / "run"),  # locust appends .json
+        *args,
+    ]
+    # The first prediction of a fresh process pays for lazy imports: not the load test's business.
+    httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=60)
+    return subprocess.run(
+        command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120
+    )
+
+
+def diagnostics(reports: Path, result: subprocess.CompletedProcess[str]) -> str:
+    """What to read when a run fails: locust's failure table and the end of its log."""
+    failures = reports / "run_failures.csv"
+    table = failures.read_text() if failures.exists() else "(no failures file)"
+    return f"exit {result.returncode}\n{table}\n{result.stderr[-3000:]}"
+
+
+def stats_by_name(reports: Path) -> dict[str, dict[str, Any]]:
+    """Final per-name stats (the JSON file is written after in-flight requests finished;
+    the CSV can miss requests that complete during the graceful stop)."""
+    entries = json.loads((reports / "run.json").read_text())
+    stats = {e["name"]: e for e in entries}
+    stats["Aggregated"] = {
+        "num_requests": sum(e["num_requests"] for e in entries),
+        "num_failures": sum(e["num_failures"] for e in entries),
+    }
+    return stats
+
+
+def test_mixed_scenario_meets_a_loose_slo(served: ServedService, tmp_path: Path) -> None:
+    # Error budget 0: every valid request answered, every invalid one refused exactly as expected.
+    result = run_locust(served, tmp_path, *LOOSE_SLO)
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == 0, why
+    assert "SLO met" in result.stderr, why
+    assert "payloads from the reference data" in result.stderr, why
+    stats = stats_by_name(tmp_path)
+    for name in ("/predict [1]", "/predict [20]", "/predict [1] drifted", "Aggregated"):
+        assert stats[name]["num_requests"] > 0, (name, why)
+        assert stats[name]["num_failures"] == 0, (name, why)
+    assert any(name.startswith("/predict invalid:") for name in stats)
+    verdict = json.loads((tmp_path / "run_slo.json").read_text())
+    assert verdict["passed"] is True
+    assert 0 < verdict["requests"] <= stats["Aggregated"]["num_requests"]
+    assert (tmp_path / "run_stats.csv").read_text().startswith("Type,Name,Request Count")
+    assert "<html" in (tmp_path / "run.html").read_text()[:1000].lower()
+
+
+def test_an_impossible_slo_fails_the_run(served: ServedService, tmp_path: Path) -> None:
+    result = run_locust(served, tmp_path, "--slo-p99-ms", "0.001", "SteadyUser")
+    assert result.returncode == SLO_MISSED_EXIT_CODE, diagnostics(tmp_path, result)
+    assert "SLO MISSED (p99 latency" in result.stderr
+    verdict = json.loads((tmp_path / "run_slo.json").read_text())
+    assert verdict["passed"] is False
+    assert verdict["requests"] > 0
+    assert verdict["failures"] == 0
+
+
+def test_refused_requests_miss_the_error_budget(served: ServedService, tmp_path: Path) -> None:
+    # Batches over MAX_BATCH_SIZE (1000) are refused with 413: the SLO must catch the errors
+    # even though the latency objective is met.
+    result = run_locust(
+        served, tmp_path, "--slo-p99-ms", "10000", "--batch-size", "1001", "BatchUser", "SteadyUser"
+    )
+    assert result.returncode == SLO_MISSED_EXIT_CODE, diagnostics(tmp_path, result)
+    assert "SLO MISSED (error rate" in result.stderr
+    stats = stats_by_name(tmp_path)
+    assert stats["/predict [1001]"]["num_failures"] == stats["/predict [1001]"]["num_requests"]
+    assert stats["/predict [1]"]["num_failures"] == 0
+
+
+# The Open Inference Protocol server (v2 REST and gRPC) is another module's work: these run as
+# soon as the served process answers its routes.
+def test_v2_rest_scenario(served: ServedService, tmp_path: Path, model_tag: str) -> None:
+    name = model_tag.split(":")[0]
+    if httpx.get(f"{served.url}/v2/models/{name}", timeout=10).status_code == 404:
+        pytest.skip("the service has no v2 REST routes yet")
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "V2RestUser",
+        locustfile="locustfile_v2.py",
+    )
+    assert result.returncode == 0, diagnostics(tmp_path, result)
+    assert stats_by_name(tmp_path)["Aggregated"]["num_requests"] > 0
+
+
+def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", served.grpc_port), timeout=2).close()
+    except OSError:
+        pytest.skip("the service has no gRPC server yet")
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "--grpc-target",
+        f"127.0.0.1:{served.grpc_port}",
+        "GrpcUser",
+        locustfile="locustfile_v2.py",
+    )
+    assert result.returncode == 0, diagnostics(tmp_path, result)
+    stats = stats_by_name(tmp_path)
+    assert stats["ModelInfer [20]"]["num_requests"] > 0

@@ -1,0 +1,187 @@
+"""Load-test payloads: valid ones pass validation, invalid ones get the refusal they expect,
+drift moves exactly the named features and stays valid, v2 tensors follow the contract."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from loadtests.payloads import (
+    Drift,
+    PayloadFactory,
+    Shift,
+    default_shifts,
+    invalid_cases,
+    parse_shifts,
+    v2_inputs,
+)
+from loadtests.slo import Slo, judge
+from models.contract import CONTRACT
+from service.contract import CategoricalFeature, IntegerFeature
+from service.http import decode_json
+from service.validation import InstanceValidator, Reason, RequestRejected
+from tests.support import DATA_PATH, example_rows
+
+MAX_INSTANCES = 50
+CATEGORIES = CONTRACT.of_kind("categorical")
+
+
+@pytest.fixture(scope="module")
+def factory() -> PayloadFactory:
+    return PayloadFactory(CONTRACT, example_rows(), seed=1)
+
+
+@pytest.fixture(scope="module")
+def validator() -> InstanceValidator:
+    return InstanceValidator(CONTRACT, MAX_INSTANCES)
+
+
+def answer_of(validator: InstanceValidator, body: bytes) -> tuple[int, dict[str, Any]]:
+    """What the service's validation answers for ``body``: (status, error body) or 200."""
+    try:
+        validator.validate_payload(decode_json(body))
+    except RequestRejected as exc:
+        return exc.status, exc.to_dict()
+    return 200, {}
+
+
+def test_sampled_and_synthetic_instances_are_valid(
+    factory: PayloadFactory, validator: InstanceValidator
+) -> None:
+    trained = CONTRACT.with_training_ranges(pd.read_csv(DATA_PATH))
+    synthetic = PayloadFactory.synthetic(trained, rows=200, seed=3)
+    for source in (factory, synthetic):
+        instances = source.instances(MAX_INSTANCES)
+        assert validator.validate_instances(instances) == instances
+    # Synthetic numbers stay within what the model saw in training.
+    for feat in trained.numeric_features():
+        values = [row[feat.name] for row in synthetic.rows]
+        assert feat.training_min <= min(values) <= max(values) <= feat.training_max
+
+
+def test_sampling_is_seeded_and_returns_copies(factory: PayloadFactory) -> None:
+    a = PayloadFactory(CONTRACT, example_rows(), seed=7).instances(5)
+    b = PayloadFactory(CONTRACT, example_rows(), seed=7).instances(5)
+    assert a == b
+    a[0]["duration_in_month"] = -1
+    assert all(row["duration_in_month"] != -1 for row in factory.rows)
+
+
+def test_every_invalid_case_gets_exactly_its_expected_refusal(
+    factory: PayloadFactory, validator: InstanceValidator
+) -> None:
+    cases = invalid_cases(factory, max_instances=MAX_INSTANCES)
+    for case in cases:
+        status, answer = answer_of(validator, case.body)
+        assert case.matches(status, answer), (case.reason, case.field, status, answer)
+        assert 400 <= status < 500
+    reasons = {case.reason for case in cases}
+    server_side = {Reason.INTERNAL_ERROR, Reason.UNAVAILABLE, Reason.BODY_TOO_LARGE}
+    assert reasons == {r.value for r in Reason} - server_side
+    broken = {case.field for case in cases if case.reason == Reason.MISSING}
+    assert broken == set(CONTRACT.feature_names)
+    assert {c.field for c in cases if c.reason == Reason.EXCLUDED_FIELD} == set(CONTRACT.excluded)
+    # The broken instance is not always the first one: answers must name the right index.
+    assert len({case.instance for case in cases if case.instance is not None}) > 1
+
+
+def test_an_invalid_case_does_not_match_other_answers(factory: PayloadFactory) -> None:
+    case = next(c for c in invalid_cases(factory) if c.reason == Reason.OUT_OF_RANGE)
+    error = {"instance": case.instance, "field": case.field, "reason": case.reason}
+    assert case.matches(400, {"errors": [error]})
+    assert not case.matches(200, {"predictions": []})
+    assert not case.matches(500, {"errors": [error]})
+    assert not case.matches(400, {"errors": [{**error, "field": "other"}]})
+    assert not case.matches(400, {"errors": [{**error, "instance": (case.instance or 0) + 1}]})
+
+
+def test_parse_shifts() -> None:
+    spec = "duration_in_month*2; credit_amount+500; age_in_years-3; purpose=car (new); housing"
+    assert parse_shifts(spec, CONTRACT) == (
+        Shift("duration_in_month", scale=2.0),
+        Shift("credit_amount", offset=500.0),
+        Shift("age_in_years", offset=-3.0),
+        Shift("purpose", category="car (new)"),
+        Shift("housing"),
+    )
+    # A category holding a comma, and a bare numeric name (the default x1.5).
+    spec = "property=car or other, not in attribute Savings account/bonds; credit_amount"
+    assert parse_shifts(spec, CONTRACT)[1] == Shift("credit_amount", scale=1.5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("salary*2", "no such feature"),
+        ("purpose=holiday", "one of"),
+        ("purpose*2", "categorical"),
+        ("duration_in_month*x", "not a number"),
+        ("duration_in_month=3", "numeric"),
+    ],
+)
+def test_parse_shifts_refuses_what_it_cannot_apply(spec: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse_shifts(spec, CONTRACT)
+
+
+def test_drift_moves_the_named_features_and_stays_valid(
+    factory: PayloadFactory, validator: InstanceValidator
+) -> None:
+    shifts = parse_shifts("duration_in_month*1.5; credit_amount+1000000; housing", CONTRACT)
+    drift = Drift(CONTRACT, shifts)
+    rng = random.Random(0)
+    housing = CONTRACT.feature("housing")
+    assert isinstance(housing, CategoricalFeature)
+    amount = CONTRACT.feature("credit_amount")
+    assert isinstance(amount, IntegerFeature)
+    for row in factory.instances(MAX_INSTANCES):
+        moved = drift.apply(row, rng)
+        validator.validate_instances([moved])
+        assert moved["duration_in_month"] == min(round(row["duration_in_month"] * 1.5), 120)
+        assert moved["credit_amount"] == amount.maximum  # clipped into the domain
+        position = housing.categories.index(row["housing"])
+        assert moved["housing"] == housing.categories[(position + 1) % len(housing.categories)]
+        untouched = set(CONTRACT.feature_names) - {"duration_in_month", "credit_amount", "housing"}
+        assert {k: moved[k] for k in untouched} == {k: row[k] for k in untouched}
+
+
+def test_drift_fraction_and_defaults(factory: PayloadFactory) -> None:
+    rows = factory.instances(200)
+    rng = random.Random(0)
+    none = Drift(CONTRACT, default_shifts(CONTRACT), fraction=0.0)
+    assert [none.apply(r, rng) for r in rows] == rows
+    half = Drift(CONTRACT, default_shifts(CONTRACT), fraction=0.5)
+    changed = sum(half.apply(r, rng) != r for r in rows)
+    assert 60 < changed < 140
+    numeric, categorical = default_shifts(CONTRACT)
+    assert numeric.feature == CONTRACT.numeric_features()[0].name
+    assert numeric.scale == 1.5
+    assert categorical.feature == CATEGORIES[0].name
+
+
+def test_v2_inputs_are_one_typed_tensor_per_feature(factory: PayloadFactory) -> None:
+    rows = factory.instances(3)
+    tensors = v2_inputs(CONTRACT, rows)
+    assert [t["name"] for t in tensors] == list(CONTRACT.feature_names)
+    for tensor, feat in zip(tensors, CONTRACT.features, strict=True):
+        assert tensor["datatype"] == ("BYTES" if feat.kind == "categorical" else "INT64")
+        assert tensor["shape"] == [3]
+        assert tensor["data"] == [row[feat.name] for row in rows]
+    shaped = v2_inputs(CONTRACT, rows, {name: [-1, 1] for name in CONTRACT.feature_names})
+    assert {tuple(t["shape"]) for t in shaped} == {(3, 1)}
+
+
+def test_slo_verdicts() -> None:
+    slo = Slo(p99_ms=100, max_error_rate=0.01)
+    assert judge(slo, requests=1000, failures=10, p99_ms=100, requests_per_second=50).passed
+    slow = judge(slo, requests=1000, failures=0, p99_ms=101, requests_per_second=50)
+    assert slow.violations == ["p99 latency 101 ms > 100 ms"]
+    failing = judge(slo, requests=1000, failures=11, p99_ms=5, requests_per_second=50)
+    assert not failing.passed
+    assert "error rate 1.10%" in failing.violations[0]
+    assert not judge(slo, requests=0, failures=0, p99_ms=0, requests_per_second=0).passed
+    assert "SLO MISSED" in slow.summary()
+    assert slow.to_dict()["passed"] is False
