@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from service import tracing
 from service.inference import Predictor, RequestContext
@@ -129,10 +130,22 @@ def build_http_app(
     async def model(request: Request) -> Response:
         return JSONResponse(get_predictor().describe())
 
-    return Starlette(
+    return MountedRoutes(
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/model", model, methods=["GET"]),
             *extra_routes,
         ]
     )
+
+
+class MountedRoutes(Starlette):
+    """Routes mounted inside BentoML's own Starlette app, without a middleware stack of their own.
+
+    A plain Starlette app wraps every request in its error and exception middleware a second
+    time; BentoML's outer app already does both. It stays a Starlette subclass because BentoML's
+    mount only delegates route matching (and lifespan) to Starlette apps.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.router

@@ -8,8 +8,10 @@ access log), so all transports are logged and counted the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -41,9 +43,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 BODY_EXCERPT_BYTES = 256
 
 
+# Request ids must be unique, not secret: a generator seeded once per process from the OS is
+# enough, and costs a tenth of a system call per request.
+_random = random.Random(os.urandom(16))
+
+
 def new_request_id() -> str:
     """A UUIDv7 in hex: unique, and time-ordered so that log rows cluster by arrival."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     return f"{value:032x}"
@@ -157,6 +164,16 @@ class Predictor:
                 current.set_attribute("model.batch.rows", batched.rows)
                 current.set_attribute("model.batch.requests", batched.requests)
             predictions = list(batched.results)
+        except asyncio.CancelledError:
+            # BentoML's request timeout (answered 504 by its middleware) or a gRPC client's
+            # deadline: the request still gets its record before the cancellation goes on.
+            self.reject(
+                ctx,
+                RequestRejected.request_level(
+                    Reason.TIMEOUT, "no answer within the request timeout", status=504
+                ),
+            )
+            raise
         except BatcherClosed as exc:
             failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
             self.reject(ctx, failure)

@@ -55,6 +55,7 @@ class Reason(StrEnum):
     # server side: the request was valid but could not be answered
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,69 @@
+"""The Predictor records every request exactly once, even one cut short by a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from typing import Any
+
+import bentoml
+import numpy as np
+import pytest
+
+from service.events import Event, PredictionEvent, RejectionEvent
+from service.inference import Predictor, RequestContext, new_request_id
+from service.model import load_model
+from tests.support import example_rows
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class HeldEstimator:
+    """Fault injection: a model call that blocks until released (a stuck model)."""
+
+    classes_ = (0, 1)
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        self.release.wait(10)
+        return np.tile([0.5, 0.5], (len(frame), 1))
+
+
+async def test_a_request_cancelled_by_the_timeout_is_recorded_as_504(model_tag: str) -> None:
+    estimator = HeldEstimator()
+    model = replace(load_model(bentoml.models.get(model_tag)), estimator=estimator)
+    recorder = Recorder()
+    predictor = Predictor(model, 10, 100, sinks=[recorder])
+    ctx = RequestContext.start("http", "/predict", "slow-1")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(predictor.predict(ctx, example_rows(2)), timeout=0.2)
+    (event,) = recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.status, event.errors[0].reason.value) == (504, "timeout")
+    assert event.request.request_id == "slow-1"
+
+    estimator.release.set()
+    answered = await predictor.predict(
+        RequestContext.start("http", "/predict", "next"), example_rows(1)
+    )
+    assert len(answered) == 1
+    assert isinstance(recorder.events[-1], PredictionEvent)
+    await predictor.aclose()
+
+
+def test_generated_request_ids_are_unique_time_ordered_uuid7() -> None:
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and i[12] == "7" and i[16] in "89ab" for i in ids)
+    assert [i[:12] for i in ids] == sorted(
+        i[:12] for i in ids
+    )  # millisecond prefix never goes back
