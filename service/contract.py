@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Literal, TypeAlias
 
+import numpy as np
 import pandas as pd
 
 FeatureKind: TypeAlias = Literal["categorical", "integer", "number"]
@@ -206,15 +207,19 @@ class FeatureContract:
         }
 
     def frame(self, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
-        """Validated instances as a DataFrame in the contract's column order.
+        """Validated instances as a DataFrame in the contract's column order and dtypes.
 
-        ``from_records`` infers int64/object from validated values, several times faster than
-        building typed Series; number features are cast so that all-integer input stays float.
+        Built column by column from typed arrays: no dtype inference, about twice as fast as
+        ``DataFrame.from_records`` (the model thread pays it for every merged call).
         """
-        frame = pd.DataFrame.from_records(rows, columns=self.feature_names)
-        for feat in self.of_kind("number"):
-            frame[feat.name] = frame[feat.name].astype("float64")
-        return frame
+        columns = {
+            f.name: np.array([row[f.name] for row in rows], dtype=_DTYPES[f.kind])
+            for f in self.features
+        }
+        return pd.DataFrame(columns, copy=False)
+
+
+_DTYPES = {"categorical": object, "integer": np.int64, "number": np.float64}
 
 
 def _feature_fields(feat: Feature) -> dict[str, Any]:

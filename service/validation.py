@@ -178,6 +178,40 @@ def _number_check(feat: NumberFeature) -> Check:
     return check
 
 
+# A column check says whether every value of one feature across a batch is valid, using
+# C-level builtins (set, min, max) instead of one Python call per value. It must never accept
+# what the per-value check refuses; when it says no, the per-value checks find the errors.
+ColumnCheck = Callable[[list[Any]], bool]
+# Below this many instances the per-value checks are as fast (measured).
+_COLUMNAR_FROM = 16
+
+
+def make_column_check(feat: Feature) -> ColumnCheck:
+    if isinstance(feat, CategoricalFeature):
+        allowed = frozenset(feat.categories)
+
+        def categorical(column: list[Any]) -> bool:
+            # Only a str equals a str category (JSON decoders give exact types), and an
+            # unhashable value (a list, an object) cannot be a member.
+            try:
+                return allowed.issuperset(column)
+            except TypeError:
+                return False
+
+        return categorical
+    lo, hi = feat.minimum, feat.maximum
+    if isinstance(feat, IntegerFeature):
+        return lambda column: (
+            set(map(type, column)) == {int} and lo <= min(column) and max(column) <= hi
+        )
+    return lambda column: (
+        set(map(type, column)) <= {int, float}
+        and all(map(math.isfinite, column))
+        and lo <= min(column)
+        and max(column) <= hi
+    )
+
+
 def make_check(feat: Feature) -> Check:
     if isinstance(feat, CategoricalFeature):
         return _categorical_check(feat)
@@ -195,7 +229,11 @@ class InstanceValidator:
         self._checks: tuple[tuple[str, Check], ...] = tuple(
             (f.name, make_check(f)) for f in contract.features
         )
+        self._column_checks: tuple[tuple[str, ColumnCheck], ...] = tuple(
+            (f.name, make_column_check(f)) for f in contract.features
+        )
         self._names = frozenset(contract.feature_names)
+        self._width = len(self._names)
         self._excluded = frozenset(contract.excluded)
 
     def validate_payload(self, payload: Any) -> list[Instance]:
@@ -222,12 +260,28 @@ class InstanceValidator:
 
     def validate_instances(self, instances: list[Any]) -> list[Instance]:
         self.check_batch_size(len(instances))
+        if len(instances) >= _COLUMNAR_FROM and self._all_valid(instances):
+            return instances
         errors: list[FieldError] = []
         for index, instance in enumerate(instances):
             self._validate_one(index, instance, errors)
         if errors:
             raise RequestRejected(errors)
         return instances
+
+    def _all_valid(self, instances: list[Any]) -> bool:
+        """The fast path, column by column: True only if every instance is valid."""
+        # Objects with exactly as many keys as features, each feature present (a KeyError
+        # otherwise): exactly the contract's keys.
+        if set(map(type, instances)) != {dict} or set(map(len, instances)) != {self._width}:
+            return False
+        try:
+            return all(
+                check([instance[name] for instance in instances])
+                for name, check in self._column_checks
+            )
+        except KeyError:
+            return False
 
     def check_batch_size(self, size: int) -> None:
         if size == 0:

@@ -42,37 +42,37 @@ def test_every_row_of_the_data_set_is_valid() -> None:
     assert InstanceValidator(CONTRACT, len(rows)).validate_instances(rows) == rows
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "reason"),
-    [
-        ("duration_in_month", "12", Reason.WRONG_TYPE),
-        ("duration_in_month", 12.5, Reason.WRONG_TYPE),
-        ("duration_in_month", 12.0, Reason.WRONG_TYPE),  # a JSON fraction, even if integral
-        ("duration_in_month", True, Reason.WRONG_TYPE),  # bool is not an integer
-        ("duration_in_month", None, Reason.WRONG_TYPE),
-        ("duration_in_month", math.nan, Reason.WRONG_TYPE),
-        ("duration_in_month", math.inf, Reason.WRONG_TYPE),
-        ("duration_in_month", [12], Reason.WRONG_TYPE),
-        ("duration_in_month", 0, Reason.OUT_OF_RANGE),
-        ("duration_in_month", 121, Reason.OUT_OF_RANGE),
-        ("credit_amount", 1_000_001, Reason.OUT_OF_RANGE),
-        ("credit_amount", 0, Reason.OUT_OF_RANGE),
-        ("age_in_years", 17, Reason.OUT_OF_RANGE),
-        ("age_in_years", 121, Reason.OUT_OF_RANGE),
-        ("age_in_years", 10**30, Reason.OUT_OF_RANGE),
-        ("installment_rate_in_percentage_of_disposable_income", 5, Reason.OUT_OF_RANGE),
-        ("present_residence_since", 0, Reason.OUT_OF_RANGE),
-        ("number_of_existing_credits_at_this_bank", 21, Reason.OUT_OF_RANGE),
-        ("number_of_people_being_liable_to_provide_maintenance_for", -1, Reason.OUT_OF_RANGE),
-        ("purpose", "vacation", Reason.UNKNOWN_CATEGORY),
-        ("purpose", "Business", Reason.UNKNOWN_CATEGORY),  # exact match, case included
-        ("purpose", " business", Reason.UNKNOWN_CATEGORY),
-        ("purpose", 3, Reason.WRONG_TYPE),
-        ("purpose", None, Reason.WRONG_TYPE),
-        ("purpose", {"a": 1}, Reason.WRONG_TYPE),
-        ("housing", ["own"], Reason.WRONG_TYPE),
-    ],
-)
+INVALID_VALUES = [
+    ("duration_in_month", "12", Reason.WRONG_TYPE),
+    ("duration_in_month", 12.5, Reason.WRONG_TYPE),
+    ("duration_in_month", 12.0, Reason.WRONG_TYPE),  # a JSON fraction, even if integral
+    ("duration_in_month", True, Reason.WRONG_TYPE),  # bool is not an integer
+    ("duration_in_month", None, Reason.WRONG_TYPE),
+    ("duration_in_month", math.nan, Reason.WRONG_TYPE),
+    ("duration_in_month", math.inf, Reason.WRONG_TYPE),
+    ("duration_in_month", [12], Reason.WRONG_TYPE),
+    ("duration_in_month", 0, Reason.OUT_OF_RANGE),
+    ("duration_in_month", 121, Reason.OUT_OF_RANGE),
+    ("credit_amount", 1_000_001, Reason.OUT_OF_RANGE),
+    ("credit_amount", 0, Reason.OUT_OF_RANGE),
+    ("age_in_years", 17, Reason.OUT_OF_RANGE),
+    ("age_in_years", 121, Reason.OUT_OF_RANGE),
+    ("age_in_years", 10**30, Reason.OUT_OF_RANGE),
+    ("installment_rate_in_percentage_of_disposable_income", 5, Reason.OUT_OF_RANGE),
+    ("present_residence_since", 0, Reason.OUT_OF_RANGE),
+    ("number_of_existing_credits_at_this_bank", 21, Reason.OUT_OF_RANGE),
+    ("number_of_people_being_liable_to_provide_maintenance_for", -1, Reason.OUT_OF_RANGE),
+    ("purpose", "vacation", Reason.UNKNOWN_CATEGORY),
+    ("purpose", "Business", Reason.UNKNOWN_CATEGORY),  # exact match, case included
+    ("purpose", " business", Reason.UNKNOWN_CATEGORY),
+    ("purpose", 3, Reason.WRONG_TYPE),
+    ("purpose", None, Reason.WRONG_TYPE),
+    ("purpose", {"a": 1}, Reason.WRONG_TYPE),
+    ("housing", ["own"], Reason.WRONG_TYPE),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), INVALID_VALUES)
 def test_invalid_values_name_instance_field_and_reason(
     field: str, value: Any, reason: Reason
 ) -> None:
@@ -212,3 +212,29 @@ def test_long_unknown_names_and_values_are_truncated_in_messages() -> None:
     row["purpose"] = "y" * 1000
     exc = rejection({"instances": [row]})
     assert all(len(e.field) <= 64 and len(e.message) < 1000 for e in exc.errors)
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), INVALID_VALUES)
+def test_large_batches_take_the_columnar_path_and_refuse_the_same(
+    field: str, value: Any, reason: Reason
+) -> None:
+    rows = example_rows(40)
+    assert VALIDATOR.validate_payload({"instances": rows}) == rows  # the fast path accepts
+    rows[37] = {**rows[37], field: value}
+    assert only_error({"instances": rows}) == (37, field, reason)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda row: row.pop("housing"),
+        lambda row: row.update(colour="red"),
+        lambda row: row.update(foreign_worker="yes"),
+        lambda row: (row.pop("housing"), row.update(colour="red")),  # same width, wrong keys
+    ],
+)
+def test_large_batches_refuse_wrong_keys(change: Any) -> None:
+    rows = example_rows(40)
+    change(rows[5])
+    exc = rejection({"instances": rows})
+    assert {e.instance for e in exc.errors} == {5}
