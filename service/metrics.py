@@ -19,6 +19,8 @@ Where the numbers come from:
   call's DataFrame and scores (:meth:`observe_model_call`), so a 1000-instance request costs a few
   numpy operations, not 1000 metric updates;
 - prediction-log metrics from its observer interface (:class:`PredictionLogMetrics`);
+- drift metrics from the latest drift run in the store, which every worker reads
+  (:class:`DriftMetrics`): the same values in every worker and replica;
 - process metrics (CPU, memory, file descriptors) from a sampler thread, because the default
   process collector does not work in multiprocess mode.
 """
@@ -41,6 +43,7 @@ import pandas as pd
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from service.contract import FeatureContract
+from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Event, PredictionEvent
 from service.model import LoadedModel
 from service.predlog.observer import DropReason, Operation
@@ -71,6 +74,7 @@ CALL_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 BUILD_PACKAGES = ("bentoml", "scikit-learn", "pandas", "numpy", "evidently", "grpcio")
 PROCESS_SAMPLE_SECONDS = 5.0
+NAN = float("nan")
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
@@ -331,6 +335,139 @@ class PredictionLogMetrics:
 
     def backlog_age(self, seconds: float) -> None:
         self._age.set(seconds)
+
+
+class DriftMetrics:
+    """The latest drift run, as gauges; the runs this worker did, as a counter.
+
+    Every worker sets the gauges from the same run (the newest completed row of ``drift_runs``),
+    so they use ``livemostrecent``: one scrape shows one value per series, whichever worker
+    answers it. Without a verdict (before the first run, or a run with insufficient data) the
+    verdict gauges are NaN: prometheus_client's multiprocess files cannot remove a series, and
+    NaN makes comparisons such as ``== 1`` false, so no drift alert fires on missing data.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        interval_seconds: float,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        def gauge(name: str, what: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(
+                f"model_drift_{name}",
+                what,
+                labels,
+                multiprocess_mode="livemostrecent",
+                registry=registry,
+            )
+
+        self._score = gauge(
+            "feature_score",
+            "Drift score of the feature in the last run: a p-value for statistical tests, a "
+            "distance for distance metrics (model_drift_feature_method_info names it).",
+            ["feature"],
+        )
+        self._threshold = gauge(
+            "feature_threshold",
+            "Threshold the feature's drift score is compared with.",
+            ["feature"],
+        )
+        self._drifted = gauge("feature_drifted", "1 if the feature drifted, else 0.", ["feature"])
+        self._method = gauge(
+            "feature_method_info",
+            "1 for the drift method (Evidently's test) used for the feature; 0 for a method used "
+            "before.",
+            ["feature", "method"],
+        )
+        self._ratio = gauge("drifted_features_ratio", "Share of the features that drifted, 0..1.")
+        self._dataset = gauge(
+            "dataset_drifted", "1 if the dataset drifted (Evidently's verdict), else 0."
+        )
+        self._prediction_score = gauge(
+            "prediction_score", "Drift score of the model's score column."
+        )
+        self._prediction_threshold = gauge(
+            "prediction_threshold", "Threshold the score column's drift score is compared with."
+        )
+        self._prediction_drifted = gauge(
+            "prediction_drifted", "1 if the model's score drifted, else 0."
+        )
+        self._window = gauge("window_instances", "Instances in the last run's window.")
+        self._insufficient = gauge(
+            "insufficient_data",
+            "1 when the last run had fewer instances than DRIFT_MIN_SAMPLES (no verdict).",
+        )
+        self._last_run = gauge(
+            "last_run_timestamp_seconds",
+            "Unix time of the last completed run (ok or insufficient_data); 0 before any.",
+        )
+        self._duration = gauge("last_run_duration_seconds", "Duration of the last completed run.")
+        interval = gauge("interval_seconds", "DRIFT_INTERVAL_SECONDS: how often drift runs.")
+        self._runs = Counter(
+            "model_drift_runs",
+            "Drift runs, by outcome: ok, insufficient_data, failed (counted by the process that "
+            "ran them).",
+            ["status"],
+            registry=registry,
+        )
+        for status in ("ok", "insufficient_data", "failed"):
+            self._runs.labels(status)
+        interval.set(interval_seconds)
+        self._methods: dict[str, str] = {}
+        # The contract's features, so that their series exist (NaN) before the first verdict.
+        self._features = set(features)
+        self._clear_verdict()
+
+    def count(self, status: str) -> None:
+        self._runs.labels(status).inc()
+
+    def show(self, summary: DriftSummary) -> None:
+        """Export the run ``summary`` (a completed run)."""
+        self._window.set(summary.window_size)
+        self._last_run.set(summary.computed_at.timestamp())
+        self._duration.set(summary.duration_seconds)
+        if summary.status != "ok" or summary.prediction is None:
+            self._insufficient.set(1)
+            self._clear_verdict()
+            return
+        self._insufficient.set(0)
+        self._ratio.set(summary.drifted_share if summary.drifted_share is not None else NAN)
+        self._dataset.set(1 if summary.dataset_drift else 0)
+        self._set_column(
+            summary.prediction,
+            self._prediction_score,
+            self._prediction_threshold,
+            self._prediction_drifted,
+        )
+        for name, column in summary.features.items():
+            self._features.add(name)
+            self._set_column(
+                column,
+                self._score.labels(name),
+                self._threshold.labels(name),
+                self._drifted.labels(name),
+            )
+            previous = self._methods.get(name)
+            if previous is not None and previous != column.method:
+                self._method.labels(name, previous).set(0)
+            self._method.labels(name, column.method).set(1)
+            self._methods[name] = column.method
+
+    def _clear_verdict(self) -> None:
+        for gauge in (self._ratio, self._dataset):
+            gauge.set(NAN)
+        for gauge in (self._prediction_score, self._prediction_threshold, self._prediction_drifted):
+            gauge.set(NAN)
+        for name in self._features:
+            for family in (self._score, self._threshold, self._drifted):
+                family.labels(name).set(NAN)
+
+    @staticmethod
+    def _set_column(column: ColumnDrift, score: Gauge, threshold: Gauge, drifted: Gauge) -> None:
+        score.set(column.score)
+        threshold.set(column.threshold)
+        drifted.set(1 if column.drifted else 0)
 
 
 class ProcessMetrics:

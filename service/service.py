@@ -13,10 +13,18 @@ import logging
 import bentoml
 
 from service import tracing
+from service.drift.monitor import DriftConfig, DriftMonitor
+from service.drift.routes import drift_routes
 from service.events import EventSink
 from service.http import build_http_app
 from service.inference import Predictor
-from service.metrics import LATENCY_BUCKETS, PredictionLogMetrics, ProcessMetrics, ServiceMetrics
+from service.metrics import (
+    LATENCY_BUCKETS,
+    DriftMetrics,
+    PredictionLogMetrics,
+    ProcessMetrics,
+    ServiceMetrics,
+)
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import v2_routes
@@ -39,10 +47,17 @@ def _current_protocol() -> InferenceProtocol:
     return bentoml.get_current_service().oip
 
 
+def _current_drift() -> DriftMonitor | None:
+    return bentoml.get_current_service().drift
+
+
 http_app = build_http_app(
     _current_predictor,
     settings.max_body_bytes,
-    extra_routes=v2_routes(_current_protocol, settings.max_body_bytes),
+    extra_routes=[
+        *v2_routes(_current_protocol, settings.max_body_bytes),
+        *drift_routes(_current_drift),
+    ],
 )
 
 
@@ -94,6 +109,24 @@ class CreditRiskService:
             model_observer=self.metrics,
         )
         self.predictor.warm_up()
+        # Drift reads its window from the prediction log: without the log there is nothing to
+        # compare. The monitor's thread starts here; its runs happen in a child process.
+        self.drift: DriftMonitor | None = None
+        if settings.drift_enabled and settings.prediction_log_enabled:
+            drift_metrics = (
+                DriftMetrics(
+                    model.contract.feature_names, settings.drift_interval_seconds, registry=None
+                )
+                if settings.metrics_enabled
+                else None
+            )
+            self.drift = DriftMonitor(
+                DriftConfig.from_settings(settings),
+                settings.prediction_log_url,
+                model,
+                drift_metrics,
+            )
+            self.drift.start()
         self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
         self.grpc_server: GrpcServer | None = None
         log.info("loaded %s", model.tag)
@@ -130,6 +163,8 @@ class CreditRiskService:
             await self.grpc_server.stop()
         # Answer the requests already accepted first: their events must reach the logs.
         await self.predictor.aclose()
+        if self.drift is not None:  # kills a run in progress: it must not hold up the shutdown
+            await asyncio.to_thread(self.drift.stop)
         if self.prediction_log is not None:
             # Blocking (commits, fsync): off the event loop. Bounded by
             # PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS; what the store cannot take is spooled.

@@ -144,6 +144,56 @@ class Settings(BaseSettings):
         "default: feature values are personal data in most models; the prediction log has them.",
     )
 
+    # Drift (service/drift): the recent logged traffic compared with the model's reference data.
+    drift_enabled: bool = Field(
+        True,
+        description="Compute data and prediction drift every DRIFT_INTERVAL_SECONDS. Drift reads "
+        "its window from the prediction log, so it is off when PREDICTION_LOG_ENABLED is false.",
+    )
+    drift_interval_seconds: int = Field(
+        60,
+        ge=1,
+        description="How often drift is computed: once per interval across all workers and "
+        "replicas sharing the prediction log (the interval slot is claimed in the store).",
+    )
+    drift_window_size: int = Field(
+        1000,
+        ge=1,
+        description="Most recent logged instances of the served model compared with the "
+        "reference data.",
+    )
+    drift_window_max_age_seconds: int = Field(
+        0,
+        ge=0,
+        description="Only instances received within this many seconds enter the window; "
+        "0 = no age bound (the window is the last DRIFT_WINDOW_SIZE instances).",
+    )
+    drift_min_samples: int = Field(
+        100,
+        ge=1,
+        description="Fewer instances in the window than this: the run reports insufficient_data "
+        "and no drift verdict.",
+    )
+    drift_snapshot_dir: str = Field(
+        "var/drift",
+        description="Directory of the Evidently snapshots (JSON) and HTML reports of the runs; "
+        "GET /drift/report serves the latest. Share it between replicas (or accept that a "
+        "replica serves only the reports it computed).",
+    )
+    drift_snapshot_keep: int = Field(
+        168,
+        ge=1,
+        description="Runs whose snapshot and report files are kept (the oldest are deleted); "
+        "also the runs kept in the drift_runs table.",
+    )
+    drift_run_timeout_seconds: int = Field(
+        120,
+        ge=1,
+        description="Longest a drift run may take (its child process is then killed and the "
+        "run counted as failed). Starting the child process (importing Evidently) is not counted: "
+        "it has 5 minutes of its own.",
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

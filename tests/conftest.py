@@ -19,6 +19,10 @@ os.environ["GRPC_PORT"] = "0"
 # The prediction log of in-process and served tests goes to a throwaway directory, not ./var.
 os.environ.setdefault("PREDICTION_LOG_URL", f"sqlite:///{tempfile.mkdtemp()}/predictions.db")
 os.environ.setdefault("PREDICTION_LOG_SPOOL_DIR", tempfile.mkdtemp(prefix="predlog-spool-"))
+# Drift runs a child process importing Evidently (seconds of CPU): off for the suite, on in the
+# drift tests (tests/drift), which set it for the services they start.
+os.environ.setdefault("DRIFT_ENABLED", "false")
+os.environ.setdefault("DRIFT_SNAPSHOT_DIR", tempfile.mkdtemp(prefix="drift-snapshots-"))
 
 from tests.support import ServedService
 

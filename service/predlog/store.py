@@ -153,7 +153,8 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _read(self) -> Connection:
+    def read(self) -> Connection:
+        """A connection for reads only (SQLite: a plain BEGIN, which never waits for writers)."""
         return self.engine.connect().execution_options(**{_READONLY: True})
 
     # Schema
@@ -189,7 +190,7 @@ class Store:
             log.info("created the prediction log tables (schema %d)", SCHEMA_VERSION)
 
     def version(self) -> int | None:
-        with self._read() as conn:
+        with self.read() as conn:
             if not inspect(conn).has_table(schema_version.name):
                 return None
             return conn.execute(select(func.max(schema_version.c.version))).scalar()
@@ -207,7 +208,7 @@ class Store:
 
     def probe(self) -> None:
         """Raise unless the store answers."""
-        with self._read() as conn:
+        with self.read() as conn:
             conn.execute(text("SELECT 1"))
 
     # Retention
@@ -233,7 +234,7 @@ class Store:
             if retention_days:
                 count += self._delete_older(table, now - timedelta(days=retention_days), chunk)
             if max_rows:
-                with self._read() as conn:
+                with self.read() as conn:
                     boundary = conn.execute(
                         select(table.c.received_at)
                         .order_by(table.c.received_at.desc())
@@ -276,14 +277,14 @@ class Store:
             .order_by(*order)
             .execution_options(yield_per=batch)
         )
-        with self._read() as conn:
+        with self.read() as conn:
             for part in conn.execute(query).mappings().partitions():
                 yield [{**row, "received_at": _as_utc(row["received_at"])} for row in part]
 
     def find(self, request_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every row of the request ``request_id``, per table."""
         found: dict[str, list[dict[str, Any]]] = {}
-        with self._read() as conn:
+        with self.read() as conn:
             for name, t in DATA_TABLES.items():
                 query = select(t).where(t.c.request_id == request_id).order_by(t.c.received_at)
                 if t is predictions:
@@ -297,7 +298,7 @@ class Store:
     def summary(self) -> dict[str, dict[str, Any]]:
         """Row count and time range per table."""
         result: dict[str, dict[str, Any]] = {}
-        with self._read() as conn:
+        with self.read() as conn:
             for name, t in DATA_TABLES.items():
                 count, oldest, newest = conn.execute(
                     select(func.count(), func.min(t.c.received_at), func.max(t.c.received_at))

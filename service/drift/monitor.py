@@ -1,0 +1,245 @@
+"""The drift monitor: a thread in every worker; one run per interval across workers and replicas.
+
+Each interval (``DRIFT_INTERVAL_SECONDS``) every worker tries to claim the interval's slot in the
+``drift_runs`` table; exactly one succeeds (the slot is the primary key) and has the run done by
+its child process (``process.DriftProcess``), then records the outcome in the row. A worker
+whose child process is not started yet waits a moment before trying, so the worker that already
+paid Evidently's import usually wins again; a slot is skipped while an earlier run is still going,
+so slow runs do not pile up. Every worker, the winner or not, reads the newest run back from the
+store every few seconds and exports it (metrics, ``GET /drift``), so all workers and replicas
+answer the same.
+
+Nothing here is on the request path: the routes read what the thread cached. A store that is
+down only delays the runs (logged); a run that fails is recorded as failed and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.drift import snapshots
+from service.drift.process import START_TIMEOUT_SECONDS, DriftProcess, RunFailed
+from service.drift.runs import DriftRuns, Run, utc_ago
+from service.drift.summary import COMPLETED, DriftSummary, Status
+from service.metrics import DriftMetrics
+from service.model import CONTRACT_FILE, REFERENCE_FILE, LoadedModel
+from service.predlog.store import Store
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+# Longest wait between two reads of the newest run (shorter for short intervals).
+MAX_POLL_SECONDS = 5.0
+# How long a worker without a warm child process lets the others claim a slot first.
+MAX_COLD_DELAY_SECONDS = 1.0
+ERROR_LOG_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    interval_seconds: int
+    window_size: int
+    window_max_age_seconds: int
+    min_samples: int
+    snapshot_dir: Path
+    snapshot_keep: int
+    run_timeout_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftConfig:
+        return cls(
+            interval_seconds=settings.drift_interval_seconds,
+            window_size=settings.drift_window_size,
+            window_max_age_seconds=settings.drift_window_max_age_seconds,
+            min_samples=settings.drift_min_samples,
+            snapshot_dir=Path(settings.drift_snapshot_dir).resolve(),
+            snapshot_keep=settings.drift_snapshot_keep,
+            run_timeout_seconds=settings.drift_run_timeout_seconds,
+        )
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        config: DriftConfig,
+        store_url: str,
+        model: LoadedModel,
+        metrics: DriftMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.store_url = store_url
+        self.model = model
+        self.metrics = metrics
+        self.store = Store(store_url)
+        self.runs = DriftRuns(self.store)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.process = DriftProcess()
+        interval = config.interval_seconds
+        self._poll = min(max(interval / 2, 0.5), MAX_POLL_SECONDS)
+        self._cold_delay = min(interval / 4, MAX_COLD_DELAY_SECONDS)
+        # The longest a run can be going on: its child's start, then the run itself.
+        self._longest_run = START_TIMEOUT_SECONDS + config.run_timeout_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="drift-monitor", daemon=True)
+        self._latest: Run | None = None
+        self._completed: Run | None = None
+        self._report: Run | None = None
+        self._shown_slot: int | None = None
+        self._last_error_log = 0.0
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; a run in progress is killed (and recorded as failed)."""
+        self._stop.set()
+        self.process.stop()
+        self._thread.join(timeout)
+        self.store.close()
+
+    # What the routes serve (cached by the thread: no store access on a request)
+
+    def state(self) -> dict[str, Any]:
+        """The latest run in the shape of ``GET /drift``."""
+        latest, completed = self._latest, self._completed
+        base: dict[str, Any] = {
+            "status": "pending",
+            "computed_at": None,
+            "window_size": None,
+            "dataset_drift": None,
+            "drifted_share": None,
+            "features": {},
+            "prediction": None,
+            "interval_seconds": self.config.interval_seconds,
+            "min_samples": self.config.min_samples,
+            "run_id": None,
+            "duration_seconds": None,
+            "error": None,
+        }
+        if latest is None:
+            return base
+        base["run_id"] = snapshots.run_name(latest.slot)
+        if latest.summary is not None:
+            return {**base, **latest.summary.to_dict()}
+        return {
+            **base,
+            "status": latest.status,
+            "computed_at": latest.finished_at.isoformat() if latest.finished_at else None,
+            "error": latest.error,
+            "last_completed": completed.summary.to_dict()
+            if completed and completed.summary
+            else None,
+        }
+
+    def report_path(self) -> tuple[Path | None, str]:
+        """The latest HTML report in DRIFT_SNAPSHOT_DIR, or None and why there is none."""
+        report = self._report
+        if report is None or report.summary is None or report.summary.report is None:
+            return None, (
+                "no drift report yet: a report is written by the first run with at least "
+                f"DRIFT_MIN_SAMPLES={self.config.min_samples} logged instances; runs happen "
+                f"every DRIFT_INTERVAL_SECONDS={self.config.interval_seconds}s (GET /drift "
+                "shows the status)"
+            )
+        path = self.config.snapshot_dir / report.summary.report
+        if not path.is_file():
+            return None, (
+                f"the latest drift report, {report.summary.report}, was written by "
+                f"{report.claimed_by} and is not in this replica's DRIFT_SNAPSHOT_DIR "
+                f"({self.config.snapshot_dir}): share that directory between replicas, or it "
+                "was deleted by retention"
+            )
+        return path, ""
+
+    # The thread
+
+    def current_slot(self, now: float | None = None) -> int:
+        interval = self.config.interval_seconds
+        return int((time.time() if now is None else now) // interval) * interval
+
+    def _loop(self) -> None:
+        schema_ready = False
+        attempted: int | None = None
+        while not self._stop.is_set():
+            try:
+                if not schema_ready:
+                    self.runs.ensure_schema()
+                    schema_ready = True
+                slot = self.current_slot()
+                if slot != attempted:
+                    attempted = slot
+                    self._maybe_run(slot)
+                self.refresh()
+            except Exception as exc:  # the store is down: try again next poll
+                self._log_error(exc)
+            next_slot = self.current_slot() + self.config.interval_seconds
+            self._stop.wait(min(self._poll, max(next_slot - time.time(), 0.01)))
+
+    def _maybe_run(self, slot: int) -> None:
+        # A worker whose child still has to import Evidently lets a warm one win the slot.
+        if not self.process.warm and self._stop.wait(self._cold_delay):
+            return
+        if self.runs.running_since(utc_ago(self._longest_run)):
+            return  # the previous run is still going; do not pile runs up
+        if self.runs.claim(slot, self.config.interval_seconds, self.identity):
+            self.run(slot)
+
+    def run(self, slot: int) -> Status:
+        """Run drift for the claimed ``slot`` and record the outcome."""
+        summary: DriftSummary | None = None
+        error: str | None = None
+        try:
+            summary = DriftSummary.from_dict(
+                self.process.run(self.job(slot), self.config.run_timeout_seconds)
+            )
+            status: Status = summary.status
+        except RunFailed as exc:
+            status, error = "failed", str(exc)
+            log.warning("drift run %s failed: %s", snapshots.run_name(slot), error)
+        if self.metrics is not None:
+            self.metrics.count(status)
+        self.runs.finish(slot, status, summary, error)
+        self.runs.prune(self.config.snapshot_keep)
+        # A run left 'running' by a worker that died is closed once it cannot be going on.
+        self.runs.stale_before(utc_ago(self._longest_run))
+        return status
+
+    def job(self, slot: int) -> dict[str, Any]:
+        """What the child process needs for a run (plain JSON)."""
+        return {
+            "slot": slot,
+            "store_url": self.store_url,
+            "model_tag": self.model.tag,
+            "contract_path": str(self.model.path / CONTRACT_FILE),
+            "reference_path": str(self.model.path / REFERENCE_FILE),
+            "window_size": self.config.window_size,
+            "max_age_seconds": self.config.window_max_age_seconds,
+            "min_samples": self.config.min_samples,
+            "snapshot_dir": str(self.config.snapshot_dir),
+            "keep": self.config.snapshot_keep,
+        }
+
+    def refresh(self) -> None:
+        """Read the newest runs back from the store; export a newly completed one."""
+        latest = self.runs.latest()
+        completed = latest if latest and latest.status in COMPLETED else self.runs.latest(True)
+        report = completed if completed and completed.status == "ok" else self.runs.latest_report()
+        if completed is not None and completed.summary is not None:
+            if completed.slot != self._shown_slot and self.metrics is not None:
+                self.metrics.show(completed.summary)
+            self._shown_slot = completed.slot
+        self._latest, self._completed, self._report = latest, completed, report
+
+    def _log_error(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_SECONDS:
+            self._last_error_log = now
+            log.warning("drift monitor: the store at %s failed: %s", self.store.display_url, exc)

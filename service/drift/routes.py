@@ -1,0 +1,43 @@
+"""``GET /drift`` (the latest run's summary, JSON) and ``GET /drift/report`` (its HTML report).
+
+Thin: both answer from what the worker's monitor thread cached, never from the store, and the
+report is streamed from DRIFT_SNAPSHOT_DIR by Starlette off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from service.drift.monitor import DriftMonitor
+from service.http import JSONResponse
+
+OFF = (
+    "drift monitoring is off: set DRIFT_ENABLED=true (it also needs the prediction log, "
+    "PREDICTION_LOG_ENABLED=true)"
+)
+
+
+def drift_routes(get_monitor: Callable[[], DriftMonitor | None]) -> list[BaseRoute]:
+    async def drift(request: Request) -> Response:
+        monitor = get_monitor()
+        if monitor is None:
+            return JSONResponse({"status": "disabled", "error": OFF}, status_code=404)
+        return JSONResponse(monitor.state())
+
+    async def report(request: Request) -> Response:
+        monitor = get_monitor()
+        if monitor is None:
+            return JSONResponse({"error": "not_found", "message": OFF}, status_code=404)
+        path, why = monitor.report_path()
+        if path is None:
+            return JSONResponse({"error": "not_found", "message": why}, status_code=404)
+        return FileResponse(path, media_type="text/html")
+
+    return [
+        Route("/drift", drift, methods=["GET"]),
+        Route("/drift/report", report, methods=["GET"]),
+    ]

@@ -1,0 +1,119 @@
+"""The drift child process: ``python -m service.drift.runner``, started by ``process.DriftProcess``.
+
+It reads one job per line on stdin (JSON: the window to read, the model's files, where to keep the
+snapshot) and answers one line on stdout: ``{"summary": {...}}`` or ``{"error": "..."}``. It
+lowers its own priority first, so that the serving workers keep the CPU when both want it, and
+imports Evidently once (seconds of CPU), then says ``{"ready": true}``. The store connection, the
+contract and the reference data are kept between jobs. It exits when stdin closes (its worker
+stopped or died).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from service.contract import FeatureContract
+from service.drift import snapshots
+from service.drift.summary import DriftSummary
+from service.drift.window import read_window
+from service.predlog.store import Store
+
+NICENESS = 10
+
+
+@functools.cache
+def _store(url: str) -> Store:
+    return Store(url)
+
+
+@functools.cache
+def _contract(path: str) -> FeatureContract:
+    return FeatureContract.from_json(Path(path).read_text())
+
+
+@functools.cache
+def _reference(path: str) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def run_job(job: dict[str, Any]) -> DriftSummary:
+    """One drift run, as described by ``job`` (see ``process.Job``)."""
+    from service.drift.compute import DRIFT_SHARE, compute_drift  # imported by main() already
+
+    started = time.perf_counter()
+    computed_at = datetime.now(UTC)
+    contract = _contract(job["contract_path"])
+    window = read_window(
+        _store(job["store_url"]),
+        contract,
+        job["model_tag"],
+        job["window_size"],
+        job["max_age_seconds"],
+    )
+    common = {
+        "computed_at": computed_at,
+        "window_size": len(window),
+        "min_samples": job["min_samples"],
+        "model": job["model_tag"],
+    }
+    if len(window) < job["min_samples"]:
+        return DriftSummary(
+            "insufficient_data", duration_seconds=time.perf_counter() - started, **common
+        )
+    result = compute_drift(_reference(job["reference_path"]), window, contract)
+    directory = Path(job["snapshot_dir"])
+    directory.mkdir(parents=True, exist_ok=True)
+    name = snapshots.run_name(job["slot"])
+    snapshots.write_atomically(directory / f"{name}.json", result.snapshot.save_json)
+    snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
+    snapshots.prune(directory, job["keep"])
+    return DriftSummary(
+        "ok",
+        duration_seconds=time.perf_counter() - started,
+        dataset_drift=result.dataset_drift,
+        drifted_share=result.drifted_share,
+        drift_share_threshold=DRIFT_SHARE,
+        features=result.features,
+        prediction=result.prediction,
+        report=f"{name}.html",
+        **common,
+    )
+
+
+def serve(jobs: IO[str], answers: IO[str]) -> None:
+    for line in jobs:
+        try:
+            answer: dict[str, Any] = {"summary": run_job(json.loads(line)).to_dict()}
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)  # into the service's log, with the worker's
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def main() -> None:
+    os.nice(NICENESS)
+    import service.drift.compute  # noqa: F401  (the slow import, before saying ready)
+
+    # The answers get the real stdout; anything a library prints goes to stderr instead of
+    # corrupting them.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    answers.write(json.dumps({"ready": True}) + "\n")
+    answers.flush()
+    serve(sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main()

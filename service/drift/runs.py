@@ -1,0 +1,191 @@
+"""The ``drift_runs`` table: which process runs drift in which interval slot, and what it found.
+
+It lives beside the prediction log, in the same store, so every worker and replica sharing the
+log also shares the claims. A slot is ``floor(now / interval) * interval`` (unix seconds) and is
+the table's primary key: the INSERT that claims it succeeds in exactly one process, the others
+find the row there (``ON CONFLICT DO NOTHING`` returns no row). The row then receives the run's
+status and summary, which every worker reads back to export the same metrics.
+
+The table has a MetaData of its own, created with ``checkfirst``: adding drift does not change
+the prediction log's tables, so its SCHEMA_VERSION stays as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.drift.summary import COMPLETED, DriftSummary, Status
+from service.predlog.schema import Json, Timestamp
+from service.predlog.store import Store
+
+metadata = MetaData()
+RUNNING = "running"
+# pg_advisory_xact_lock key serialising the creation of the table across processes.
+_SCHEMA_LOCK_KEY = 0x6472_6966_7472_756E  # "driftrun"
+
+drift_runs = Table(
+    "drift_runs",
+    metadata,
+    Column(
+        "slot",
+        BigInteger,
+        primary_key=True,
+        comment="start of the interval slot the run belongs to, unix seconds",
+    ),
+    Column("interval_seconds", Integer, nullable=False, comment="DRIFT_INTERVAL_SECONDS"),
+    Column("claimed_at", Timestamp, nullable=False, comment="when the slot was claimed, UTC"),
+    Column("claimed_by", String(200), nullable=False, comment="host:pid of the claiming worker"),
+    Column(
+        "status",
+        String(20),
+        nullable=False,
+        comment="running, ok, insufficient_data or failed",
+    ),
+    Column("finished_at", Timestamp, nullable=True, comment="when the run ended, UTC"),
+    Column("summary", Json, nullable=True, comment="the run's summary (GET /drift), if completed"),
+    Column("error", Text, nullable=True, comment="why the run failed"),
+    comment="one row per drift run: the slot claim, then its outcome",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    slot: int
+    claimed_by: str
+    status: str
+    finished_at: datetime | None
+    summary: DriftSummary | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Run:
+        finished = row.finished_at
+        if finished is not None and finished.tzinfo is None:  # SQLite hands back naive UTC
+            finished = finished.replace(tzinfo=UTC)
+        return cls(
+            slot=int(row.slot),
+            claimed_by=row.claimed_by,
+            status=row.status,
+            finished_at=finished,
+            summary=DriftSummary.from_dict(row.summary) if row.summary else None,
+            error=row.error,
+        )
+
+
+class DriftRuns:
+    """Claims and results of drift runs in the prediction log's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        dialect_insert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
+        # RETURNING tells whether the row went in: psycopg reports no rowcount for ON CONFLICT.
+        self._claim = (
+            dialect_insert(drift_runs).on_conflict_do_nothing().returning(drift_runs.c.slot)
+        )
+
+    def ensure_schema(self) -> None:
+        with self.store.engine.begin() as conn:
+            if self.store.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
+
+    def claim(self, slot: int, interval_seconds: int, claimed_by: str) -> bool:
+        """Claim the slot; True in exactly one of the processes trying."""
+        row = {
+            "slot": slot,
+            "interval_seconds": interval_seconds,
+            "claimed_at": datetime.now(UTC),
+            "claimed_by": claimed_by,
+            "status": RUNNING,
+        }
+        with self.store.engine.begin() as conn:
+            return conn.execute(self._claim, row).first() is not None
+
+    def running_since(self, since: datetime) -> bool:
+        """Is a run claimed after ``since`` still running (in any process)?"""
+        query = select(func.count()).where(
+            drift_runs.c.status == RUNNING, drift_runs.c.claimed_at >= since
+        )
+        with self.store.read() as conn:
+            return bool(conn.execute(query).scalar_one())
+
+    def finish(
+        self, slot: int, status: Status, summary: DriftSummary | None, error: str | None
+    ) -> None:
+        values = {
+            "status": status,
+            "finished_at": datetime.now(UTC),
+            "summary": summary.to_dict() if summary else None,
+            "error": error,
+        }
+        with self.store.engine.begin() as conn:
+            conn.execute(update(drift_runs).where(drift_runs.c.slot == slot).values(values))
+
+    def latest(self, completed: bool = False) -> Run | None:
+        """The newest finished run (``completed``: the newest with a summary)."""
+        return self._newest(COMPLETED if completed else (*COMPLETED, "failed"))
+
+    def latest_report(self) -> Run | None:
+        """The newest run that wrote an HTML report."""
+        return self._newest(("ok",))
+
+    def _newest(self, statuses: tuple[str, ...]) -> Run | None:
+        query = (
+            select(drift_runs)
+            .where(drift_runs.c.status.in_(statuses))
+            .order_by(drift_runs.c.slot.desc())
+            .limit(1)
+        )
+        with self.store.read() as conn:
+            row = conn.execute(query).first()
+        return Run.from_row(row) if row else None
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` rows; returns the rows deleted."""
+        with self.store.read() as conn:
+            boundary = conn.execute(
+                select(drift_runs.c.slot)
+                .order_by(drift_runs.c.slot.desc())
+                .offset(keep - 1)
+                .limit(1)
+            ).scalar()
+        if boundary is None:
+            return 0
+        with self.store.engine.begin() as conn:
+            return conn.execute(delete(drift_runs).where(drift_runs.c.slot < boundary)).rowcount
+
+    def stale_before(self, cutoff: datetime) -> int:
+        """Mark runs still 'running' that were claimed before ``cutoff`` as failed (their worker
+        died mid-run); returns how many."""
+        with self.store.engine.begin() as conn:
+            return conn.execute(
+                update(drift_runs)
+                .where(drift_runs.c.status == RUNNING, drift_runs.c.claimed_at < cutoff)
+                .values(
+                    status="failed",
+                    finished_at=datetime.now(UTC),
+                    error="the worker running it stopped before it finished",
+                )
+            ).rowcount
+
+
+def utc_ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)

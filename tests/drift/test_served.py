@@ -1,0 +1,290 @@
+"""Drift in a real `bentoml serve` with 2 workers, its runs every 2 s, fed by real traffic.
+
+One service for the module, the tests in order: no traffic (insufficient data, no verdict);
+traffic drawn from the data set unchanged (no drift); the same amount with three features
+shifted (those flagged, the prediction too); one run per slot between the two workers; a run
+that fails for real (the snapshot directory replaced by a file) is counted as failed while
+predictions are answered; the README's drift metric table against the scrape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from service.drift.runs import drift_runs
+from service.predlog.schema import predictions
+from service.predlog.store import Store
+from tests.drift.helpers import SHIFTED, SHIFTS, sample
+from tests.predlog.helpers import wait_until
+from tests.support import ROOT, ServedService
+
+WINDOW = 300
+FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features (test_compute.py)
+# The first run starts the drift child process, which imports Evidently: slow on a busy machine.
+FIRST_RUN_SECONDS = 240
+
+
+@pytest.fixture(scope="module")
+def drifting(model_tag: str) -> Iterator[ServedService]:
+    state = Path(tempfile.mkdtemp(prefix="drift-served-"))
+    env = {
+        "DRIFT_ENABLED": "true",
+        "DRIFT_INTERVAL_SECONDS": "2",
+        "DRIFT_WINDOW_SIZE": str(WINDOW),
+        "DRIFT_MIN_SAMPLES": "100",
+        "DRIFT_SNAPSHOT_DIR": str(state / "drift"),
+        "DRIFT_SNAPSHOT_KEEP": "5",
+        "PREDICTION_LOG_URL": f"sqlite:///{state}/predictions.db",
+        "PREDICTION_LOG_SPOOL_DIR": str(state / "spool"),
+        "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
+        "ACCESS_LOG": "false",
+    }
+    with ServedService(env=env, workers=2) as service:
+        yield service
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> tuple[str, Samples]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("model_drift_")
+    }
+    return text, samples
+
+
+def drift(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/drift", timeout=10).json()
+
+
+def post(url: str, instances: list[dict[str, Any]], batch: int = 50) -> None:
+    def send(start: int) -> None:
+        # A connection per request: the kernel spreads them over both workers.
+        with httpx.Client(base_url=url, timeout=30) as client:
+            answer = client.post("/predict", json={"instances": instances[start : start + batch]})
+            assert answer.status_code == 200, answer.text
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(send, range(0, len(instances), batch)))
+
+
+def logged(service: ServedService) -> int:
+    store = Store(service.env["PREDICTION_LOG_URL"])
+    try:
+        with store.read() as conn:
+            return conn.execute(select(func.count()).select_from(predictions)).scalar_one()
+    finally:
+        store.close()
+
+
+def run_after(service: ServedService, instances: int, timeout: float = 120) -> dict[str, Any]:
+    """The first completed run that started after ``instances`` rows were in the log."""
+    wait_until(lambda: logged(service) >= instances, timeout=30)
+    since = time.time()
+
+    def fresh() -> dict[str, Any] | None:
+        state = drift(service.url)
+        if state["status"] in ("ok", "insufficient_data"):
+            computed = _timestamp(state["computed_at"])
+            return state if computed > since else None
+        return None
+
+    return wait_until(fresh, timeout=timeout, interval=0.5)
+
+
+def _timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def verdict_gauges(samples: Samples) -> dict[str, float]:
+    names = (
+        "model_drift_dataset_drifted",
+        "model_drift_drifted_features_ratio",
+        "model_drift_prediction_drifted",
+        "model_drift_prediction_score",
+    )
+    return {name: samples[(name, frozenset())] for name in names}
+
+
+def test_without_traffic_there_is_no_verdict(drifting: ServedService) -> None:
+    answer = httpx.get(f"{drifting.url}/drift/report")
+    assert answer.status_code == 404
+    assert "no drift report yet" in answer.json()["message"]
+
+    state = run_after(drifting, 0, timeout=FIRST_RUN_SECONDS)
+
+    assert state["status"] == "insufficient_data"
+    assert state["window_size"] == 0
+    assert state["dataset_drift"] is None
+    assert state["features"] == {}
+    assert state["prediction"] is None
+    assert (state["interval_seconds"], state["min_samples"]) == (2, 100)
+    _, samples = scrape(drifting.url)
+    assert samples[("model_drift_insufficient_data", frozenset())] == 1
+    assert samples[("model_drift_window_instances", frozenset())] == 0
+    assert samples[("model_drift_interval_seconds", frozenset())] == 2
+    # No verdict: NaN, so that `== 1` alerts do not fire (a multiprocess scrape cannot drop them).
+    assert all(math.isnan(v) for v in verdict_gauges(samples).values())
+    drifted = [v for (n, _), v in samples.items() if n == "model_drift_feature_drifted"]
+    assert len(drifted) == 18
+    assert all(math.isnan(v) for v in drifted)
+
+
+def test_traffic_like_the_data_set_shows_no_drift(drifting: ServedService) -> None:
+    post(drifting.url, sample(WINDOW, seed=11))
+
+    state = run_after(drifting, WINDOW)
+
+    assert state["status"] == "ok"
+    assert state["window_size"] == WINDOW
+    flagged = [name for name, f in state["features"].items() if f["drifted"]]
+    assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
+    assert state["dataset_drift"] is False
+    assert state["prediction"]["drifted"] is False
+    _, samples = scrape(drifting.url)
+    assert_metrics_show(state, samples)
+    assert samples[("model_drift_dataset_drifted", frozenset())] == 0
+    report = httpx.get(f"{drifting.url}/drift/report")
+    assert report.status_code == 200
+    assert report.headers["content-type"].startswith("text/html")
+    assert "credit_amount" in report.text  # the report of this model's features
+
+
+def test_shifted_features_are_flagged_in_drift_and_metrics(drifting: ServedService) -> None:
+    post(drifting.url, sample(WINDOW, seed=12, shifts=SHIFTS))
+
+    state = run_after(drifting, 2 * WINDOW)  # the window: the shifted instances only
+
+    flagged = {name for name, f in state["features"].items() if f["drifted"]}
+    assert set(SHIFTED) <= flagged
+    assert len(flagged - set(SHIFTED)) <= FALSE_POSITIVES_ALLOWED, flagged
+    assert state["prediction"]["drifted"] is True
+    assert state["drifted_share"] == pytest.approx(len(flagged) / 18)
+    _, samples = scrape(drifting.url)
+    assert_metrics_show(state, samples)
+    for name in SHIFTED:
+        assert samples[("model_drift_feature_drifted", frozenset({("feature", name)}))] == 1
+    assert samples[("model_drift_prediction_drifted", frozenset())] == 1
+
+
+def assert_metrics_show(state: dict[str, Any], samples: Samples) -> None:
+    """One value per series (both workers agree) equal to the run ``GET /drift`` shows."""
+    assert samples[("model_drift_insufficient_data", frozenset())] == 0
+    assert samples[("model_drift_window_instances", frozenset())] == state["window_size"]
+    assert samples[("model_drift_drifted_features_ratio", frozenset())] == pytest.approx(
+        state["drifted_share"]
+    )
+    assert samples[("model_drift_last_run_timestamp_seconds", frozenset())] == pytest.approx(
+        _timestamp(state["computed_at"])
+    )
+    for name, feature in state["features"].items():
+        labels = frozenset({("feature", name)})
+        assert samples[("model_drift_feature_score", labels)] == pytest.approx(feature["score"])
+        assert samples[("model_drift_feature_threshold", labels)] == feature["threshold"]
+        assert samples[("model_drift_feature_drifted", labels)] == int(feature["drifted"])
+        method = frozenset({("feature", name), ("method", feature["method"])})
+        assert samples[("model_drift_feature_method_info", method)] == 1
+    prediction = state["prediction"]
+    assert samples[("model_drift_prediction_score", frozenset())] == pytest.approx(
+        prediction["score"]
+    )
+    assert samples[("model_drift_prediction_threshold", frozenset())] == prediction["threshold"]
+
+
+def finished_runs(service: ServedService) -> list[tuple[int, str, str]]:
+    store = Store(service.env["PREDICTION_LOG_URL"])
+    try:
+        with store.read() as conn:
+            query = select(drift_runs.c.slot, drift_runs.c.status, drift_runs.c.claimed_by)
+            return [tuple(r) for r in conn.execute(query.where(drift_runs.c.status != "running"))]
+    finally:
+        store.close()
+
+
+def runs_counted(samples: Samples) -> float:
+    return sum(v for (n, _), v in samples.items() if n == "model_drift_runs_total")
+
+
+def test_one_run_per_interval_slot_between_the_workers(drifting: ServedService) -> None:
+    # The counters (each run counted by the worker that did it) and the rows agree: no slot was
+    # run twice. Read until no run finished in between.
+    def agree() -> tuple[list[tuple[int, str, str]], float] | None:
+        before = finished_runs(drifting)
+        counted = runs_counted(scrape(drifting.url)[1])
+        return (before, counted) if finished_runs(drifting) == before else None
+
+    rows, counted = wait_until(agree, timeout=30)
+    slots = [slot for slot, _, _ in rows]
+    assert len(slots) == len(set(slots)) >= 3
+    assert counted == len(rows)
+    assert all(slot % 2 == 0 for slot in slots)  # slots are aligned on the 2 s interval
+
+
+def test_a_failing_run_is_counted_and_predictions_go_on(drifting: ServedService) -> None:
+    directory = Path(drifting.env["DRIFT_SNAPSHOT_DIR"])
+    failed_before = scrape(drifting.url)[1][
+        ("model_drift_runs_total", frozenset({("status", "failed")}))
+    ]
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")  # the snapshot cannot be written: the run fails
+    try:
+
+        def failed() -> dict[str, Any] | None:
+            post(drifting.url, sample(10, seed=13), batch=10)  # answered 200 meanwhile
+            state = drift(drifting.url)
+            return state if state["status"] == "failed" else None
+
+        state = wait_until(failed, timeout=120, interval=0.5)
+        assert "FileExistsError" in state["error"]
+        assert state["last_completed"]["status"] == "ok"
+        samples = scrape(drifting.url)[1]
+        failures = samples[("model_drift_runs_total", frozenset({("status", "failed")}))]
+        assert failures > failed_before
+    finally:
+        directory.unlink()
+    # Back to normal once the directory can be written again.
+    wait_until(lambda: drift(drifting.url)["status"] == "ok", timeout=120, interval=0.5)
+
+
+def test_promtool_finds_nothing_to_report(drifting: ServedService) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make system-deps` (Debian package prometheus)"
+    text, _ = scrape(drifting.url)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_readme_documents_exactly_the_drift_metrics_exported(drifting: ServedService) -> None:
+    text, _ = scrape(drifting.url)
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("model_drift_")
+    }
+    section = (ROOT / "README.md").read_text().split("## Metrics and traces", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    documented = set(
+        re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", section, re.M)
+    )
+    assert exported == documented
