@@ -203,6 +203,8 @@ class DriftMonitor:
             status: Status = summary.status
         except RunFailed as exc:
             status, error = "failed", str(exc)
+            if self._stop.is_set():  # stop() killed the child: say so rather than "exited"
+                error = "interrupted: the worker was shutting down"
             log.warning("drift run %s failed: %s", snapshots.run_name(slot), error)
         if self.metrics is not None:
             self.metrics.count(status)
