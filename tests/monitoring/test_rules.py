@@ -70,10 +70,12 @@ def runbook_anchors() -> set[str]:
 def test_alert_has_severity_summary_description_and_a_runbook_section(alert: dict) -> None:
     assert alert["labels"]["severity"] in {"page", "ticket"}
     annotations = alert["annotations"]
-    assert annotations["summary"].strip() and annotations["description"].strip()
+    assert annotations["summary"].strip()
+    assert annotations["description"].strip()
     path, _, anchor = annotations["runbook_url"].partition("#")
     assert path == "monitoring/RUNBOOK.md"
-    assert anchor == alert["alert"].lower() and anchor in runbook_anchors()
+    assert anchor == alert["alert"].lower()
+    assert anchor in runbook_anchors()
 
 
 def test_amtool_accepts_the_alertmanager_config() -> None:
