@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test system-deps lint format lock proto clean image container-tools test-container bench soak
+.PHONY: help setup model serve test system-deps lint format lock proto dashboards clean image container-tools test-container bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ SOAK_ARGS ?=
 soak: model ## zero log loss at saturation, memory over a 10-minute soak (SOAK_ARGS=...)
 	tests/apt-ensure.sh wrk:wrk
 	$(BIN)/python -m loadtests.soak $(SOAK_ARGS)
+
+dashboards: setup ## regenerate monitoring/grafana/dashboards/*.json from monitoring/dashboards
+	$(BIN)/python -m monitoring.dashboards
 
 clean: ## remove the virtualenv and local state (not the model store)
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
