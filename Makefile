@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test system-deps lint format lock proto clean image container-tools test-container bench
+.PHONY: help setup model serve test system-deps lint format lock proto dashboards clean image container-tools test-container bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -86,6 +86,14 @@ $(MLSERVER_VENV)/.installed: loadtests/mlserver-requirements.txt requirements/ru
 bench: model $(MLSERVER_VENV)/.installed ## side-by-side benchmark into loadtests/results/ (BENCH_ARGS=...)
 	tests/apt-ensure.sh wrk:wrk
 	$(BIN)/python -m loadtests.bench --mlserver $(MLSERVER_VENV)/bin/mlserver $(BENCH_ARGS)
+
+SOAK_ARGS ?=
+soak: model ## zero log loss at saturation, memory over a 10-minute soak (SOAK_ARGS=...)
+	tests/apt-ensure.sh wrk:wrk
+	$(BIN)/python -m loadtests.soak $(SOAK_ARGS)
+
+dashboards: setup ## regenerate monitoring/grafana/dashboards/*.json from monitoring/dashboards
+	$(BIN)/python -m monitoring.dashboards
 
 clean: ## remove the virtualenv and local state (not the model store)
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

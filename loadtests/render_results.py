@@ -1,5 +1,5 @@
-"""Render a benchmark result (``loadtests/results/bench.json``) as markdown; optionally put it
-into the README between the ``bench-results`` markers.
+"""Render a benchmark result (``loadtests/results/bench.json``, and ``soak.json`` when present)
+as markdown; optionally put it into the README between the ``bench-results`` markers.
 
     python -m loadtests.render_results                     # print the markdown
     python -m loadtests.render_results --readme README.md  # replace the README's table
@@ -93,6 +93,36 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def soak_markdown(results: dict[str, Any]) -> str:
+    """The two targets of ``make soak`` (loadtests/soak.py), with the run's own context."""
+    soak, loss = results["soak"], results["loss_at_saturation"]
+    flat = "yes" if soak["flat_within_5_percent"] else "**no**"
+    lossless = "yes" if loss["lossless"] else "**no**"
+    return (
+        "\n".join(
+            [
+                f"`make soak`, run of {results['date']}, load average before "
+                f"{results['loadavg_before']}, after {results['loadavg_after']}; saturation "
+                f"{results['saturation_requests_per_second']:,.0f} req/s (1 instance, c=64).",
+                "",
+                "| target (issue 9) | this run | met |",
+                "|---|---|---|",
+                f"| zero prediction-log loss at saturation | {loss['seconds']:g} s at c=64 then "
+                f"SIGTERM: {loss['instances_answered']:,.0f} instances answered, "
+                f"{loss['rows_in_log']:,} rows in the log, {loss['rows_dropped']:,.0f} dropped, "
+                f"{loss['rows_spooled']:,.0f} spooled | {lossless} |",
+                f"| memory flat (within 5%) over a {soak['minutes']:g}-minute soak at half of "
+                f"saturation | {soak['requests_per_second']:,.0f} req/s (target "
+                f"{soak['target_rate']:,.0f}), p99 {soak['p99_ms']:.0f} ms; resident memory of the "
+                f"serving processes {soak['rss_first_minute_mb']:,.0f} MB in the first minute, "
+                f"{soak['rss_last_minute_mb']:,.0f} MB in the last ({soak['rss_growth']:+.1%}) "
+                f"| {flat} |",
+            ]
+        )
+        + "\n"
+    )
+
+
 def replace_in_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), flags=re.DOTALL)
@@ -104,9 +134,12 @@ def replace_in_readme(readme: Path, table: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="?", default=DEFAULT_OUTPUT / "bench.json")
+    parser.add_argument("--soak", type=Path, default=DEFAULT_OUTPUT / "soak.json")
     parser.add_argument("--readme", type=Path, help="replace the table in this README")
     args = parser.parse_args(argv)
     table = markdown(json.loads(args.results.read_text()))
+    if args.soak.exists():
+        table += "\n" + soak_markdown(json.loads(args.soak.read_text()))
     if args.readme:
         replace_in_readme(args.readme, table)
     else:

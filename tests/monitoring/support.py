@@ -1,0 +1,52 @@
+"""Paths of monitoring/ and the Prometheus tools the monitoring tests run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import ROOT
+
+MONITORING = ROOT / "monitoring"
+PROMETHEUS_YML = MONITORING / "prometheus" / "prometheus.yml"
+RULES = sorted((MONITORING / "prometheus" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((MONITORING / "prometheus" / "tests").glob("*.yml"))
+ALERTMANAGER_YML = MONITORING / "alertmanager" / "alertmanager.yml"
+RUNBOOK = MONITORING / "RUNBOOK.md"
+DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
+
+
+def tool(name: str) -> str:
+    """Path of a Prometheus/Alertmanager command; ``make system-deps`` installs them."""
+    path = shutil.which(name)
+    assert path, f"{name} is installed by `make system-deps` (Debian prometheus/-alertmanager)"
+    return path
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def rules() -> list[dict[str, Any]]:
+    """Every rule of every rule file, recording and alerting."""
+    return [
+        rule for path in RULES for group in load_yaml(path)["groups"] for rule in group["rules"]
+    ]
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for rule in rules() if "alert" in rule]
+
+
+def recorded_names() -> set[str]:
+    return {rule["record"] for rule in rules() if "record" in rule}

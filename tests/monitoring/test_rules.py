@@ -1,0 +1,111 @@
+"""The Prometheus and Alertmanager configuration, checked offline by promtool and amtool.
+
+Every alert has a severity the routing knows, a summary, a description and a runbook section
+that exists, and unit tests (`promtool test rules`) that show it firing and staying quiet.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.monitoring.support import (
+    ALERTMANAGER_YML,
+    PROMETHEUS_YML,
+    RULE_TESTS,
+    RULES,
+    RUNBOOK,
+    alerts,
+    load_yaml,
+    run,
+    tool,
+)
+
+
+def test_promtool_accepts_the_prometheus_config_and_its_rule_files() -> None:
+    result = run(tool("promtool"), "check", "config", PROMETHEUS_YML)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(RULES)} rule files found" in result.stdout
+
+
+def test_promtool_accepts_the_rules() -> None:
+    result = run(tool("promtool"), "check", "rules", *RULES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alert_unit_tests_pass() -> None:
+    result = run(tool("promtool"), "test", "rules", *RULE_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in RULE_TESTS:
+        for case in load_yaml(path)["tests"]:
+            # a healthy neighbour (job="quiet") in the input is asserted quiet by every exact
+            # expectation of the case
+            neighbour = any('job="quiet"' in s["series"] for s in case["input_series"])
+            for check in case.get("alert_rule_test", []):
+                name = check["alertname"]
+                if check.get("exp_alerts"):
+                    firing.add(name)
+                    if neighbour:
+                        quiet.add(name)
+                else:
+                    quiet.add(name)
+    names = {a["alert"] for a in alerts()}
+    assert names - firing == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown quiet"
+
+
+def runbook_anchors() -> set[str]:
+    headings = re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.MULTILINE)
+    # GitHub's anchors: lower case, spaces to dashes, punctuation dropped
+    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_alert_has_severity_summary_description_and_a_runbook_section(alert: dict) -> None:
+    assert alert["labels"]["severity"] in {"page", "ticket"}
+    annotations = alert["annotations"]
+    assert annotations["summary"].strip()
+    assert annotations["description"].strip()
+    path, _, anchor = annotations["runbook_url"].partition("#")
+    assert path == "monitoring/RUNBOOK.md"
+    assert anchor == alert["alert"].lower()
+    assert anchor in runbook_anchors()
+
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    result = run(tool("amtool"), "check-config", ALERTMANAGER_YML)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["severity=page", "alertname=ServiceDown"], "page"),
+        (["severity=ticket", "alertname=DatasetDriftSustained"], "ticket"),
+        (["alertname=Unlabelled"], "ticket"),
+    ],
+)
+def test_alerts_are_routed_by_severity(labels: list[str], receiver: str) -> None:
+    result = run(
+        tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, receiver), result.stderr
+
+
+def test_service_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> None:
+    (rule,) = load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
+    assert rule["source_matchers"] == ['alertname="ServiceDown"']
+    assert rule["equal"] == ["job"]
+    (matcher,) = rule["target_matchers"]
+    pattern = re.fullmatch(r'alertname=~"(.+)"', matcher)
+    assert pattern
+    names = {a["alert"] for a in alerts()}
+    inhibited = {n for n in names if re.fullmatch(pattern.group(1), n)}
+    # the service's own outage and the model's drift (read from a shared store) stay visible
+    assert inhibited == names - {"ServiceDown", "DatasetDriftSustained", "PredictionDrift"}
