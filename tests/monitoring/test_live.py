@@ -25,6 +25,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
 
+from models.contract import CONTRACT
+from tests.drift.helpers import sample
 from tests.monitoring.promql import expressions, metric_names
 from tests.monitoring.support import (
     ALERTMANAGER_YML,
@@ -209,8 +211,17 @@ def test_under_normal_traffic_every_dashboard_query_returns_data(stack: Stack) -
 
 @pytest.mark.skipif(DRIFT_PENDING, reason=DRIFT_SKIP)
 def test_drifted_traffic_makes_the_drift_alert_reach_the_webhook(stack: Stack) -> None:
-
-    pytest.fail("write the drifted-traffic step against the drift monitor on main")
+    # A whole window (DRIFT_WINDOW_SIZE, 1000) of instances with every feature moved by its
+    # default shift: dataset drift, and the scores drift with them.
+    drifted = sample(1000, seed=21, shifts="; ".join(CONTRACT.feature_names))
+    with httpx.Client(base_url=stack.service.url, timeout=30) as client:
+        for start in range(0, len(drifted), 100):
+            answer = client.post("/predict", json={"instances": drifted[start : start + 100]})
+            assert answer.status_code == 200
+    for name in ("DatasetDriftSustained", "PredictionDrift"):
+        alerts = wait_until(lambda n=name: stack.webhook.firing(n), timeout=120, interval=0.5)
+        assert alerts[0]["receiver"] == "ticket"
+        assert alerts[0]["labels"]["severity"] == "ticket"
 
 
 def test_stopping_the_service_makes_service_down_reach_the_webhook(stack: Stack) -> None:
