@@ -40,8 +40,8 @@ serve: model ## set up, register the model if absent, serve HTTP on PORT and gRP
 test: setup lint system-deps ## set up and run the test suite (the image's: make test-container)
 	$(BIN)/pytest
 
-system-deps: ## install Prometheus' promtool and Alertmanager's amtool if missing (Debian, as root)
-	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager
+system-deps: ## install Prometheus, Alertmanager (promtool, amtool) and docker-compose if missing (Debian, as root)
+	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
 
 CONTAINER_BACKEND ?= docker
 
