@@ -183,8 +183,15 @@ class Settings(BaseSettings):
     drift_snapshot_keep: int = Field(
         168,
         ge=1,
-        description="Runs whose snapshot and report files are kept (the oldest are deleted); "
-        "also the runs kept in the drift_runs table.",
+        description="Runs whose Evidently snapshot (JSON, ~20 KB) is kept (the oldest are "
+        "deleted); also the runs kept in the drift_runs table.",
+    )
+    drift_reports_keep: int = Field(
+        24,
+        ge=1,
+        description="Runs whose HTML report is kept (~4 MB each: Evidently embeds its "
+        "JavaScript); at most DRIFT_SNAPSHOT_KEEP. An older run's report can be rebuilt from its "
+        "snapshot.",
     )
     drift_run_timeout_seconds: int = Field(
         120,

@@ -49,6 +49,7 @@ class DriftConfig:
     min_samples: int
     snapshot_dir: Path
     snapshot_keep: int
+    reports_keep: int
     run_timeout_seconds: int
 
     @classmethod
@@ -60,6 +61,7 @@ class DriftConfig:
             min_samples=settings.drift_min_samples,
             snapshot_dir=Path(settings.drift_snapshot_dir).resolve(),
             snapshot_keep=settings.drift_snapshot_keep,
+            reports_keep=settings.drift_reports_keep,
             run_timeout_seconds=settings.drift_run_timeout_seconds,
         )
 
@@ -227,6 +229,7 @@ class DriftMonitor:
             "min_samples": self.config.min_samples,
             "snapshot_dir": str(self.config.snapshot_dir),
             "keep": self.config.snapshot_keep,
+            "keep_reports": self.config.reports_keep,
         }
 
     def refresh(self) -> None:

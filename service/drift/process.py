@@ -103,9 +103,7 @@ class DriftProcess:
             line = self._answers.get(timeout=max(deadline - time.monotonic(), 0))
         except queue.Empty:
             self.stop()
-            raise RunFailed(
-                "timed out (DRIFT_RUN_TIMEOUT_SECONDS); the process was killed"
-            ) from None
+            raise RunFailed(f"{timed_out}; the process was killed") from None
         if line is None:
             code = self._proc.wait() if self._proc else None
             self.stop()

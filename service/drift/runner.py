@@ -77,7 +77,7 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
     name = snapshots.run_name(job["slot"])
     snapshots.write_atomically(directory / f"{name}.json", result.snapshot.save_json)
     snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
-    snapshots.prune(directory, job["keep"])
+    snapshots.prune(directory, job["keep"], job["keep_reports"])
     return DriftSummary(
         "ok",
         duration_seconds=time.perf_counter() - started,

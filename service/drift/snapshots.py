@@ -2,7 +2,8 @@
 
 Named after the run's interval slot (``drift-20250131T120000Z.json`` / ``.html``), so names sort
 by time; written to a temporary name and renamed, so a reader never sees half a report. Only the
-newest ``keep`` runs' files are kept.
+newest ``keep`` runs' snapshots are kept, and the reports of fewer of them: a report is ~200 times
+the size of its snapshot, which holds all it shows (``Snapshot.load(path).save_html(...)``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,14 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
             temporary.unlink()
 
 
-def prune(directory: Path, keep: int) -> int:
-    """Delete the files of all but the newest ``keep`` runs; returns the files deleted."""
-    runs = sorted(
-        {p.stem for p in directory.glob(f"{PREFIX}*.*") if p.suffix in (".json", ".html")}
-    )
+def prune(directory: Path, keep: int, keep_reports: int | None = None) -> int:
+    """Delete the snapshots of all but the newest ``keep`` runs and the reports of all but the
+    newest ``keep_reports`` (default ``keep``); returns the files deleted."""
     deleted = 0
-    for stem in runs[: max(len(runs) - keep, 0)]:
-        for suffix in (".json", ".html"):
+    for suffix, kept in ((".json", keep), (".html", min(keep, keep_reports or keep))):
+        files = sorted(directory.glob(f"{PREFIX}*{suffix}"))
+        for path in files[: max(len(files) - kept, 0)]:
             with contextlib.suppress(FileNotFoundError):
-                (directory / f"{stem}{suffix}").unlink()
+                path.unlink()
                 deleted += 1
     return deleted
