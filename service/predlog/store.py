@@ -19,9 +19,12 @@ committed (e.g. the connection dropped during COMMIT) does not duplicate it.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.sql.dml import Insert
 
 from service.predlog.records import Entry, Row
 from service.predlog.schema import (
@@ -79,7 +83,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # BEGIN IMMEDIATE); the "begin" listener emits BEGIN itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching a new database file to WAL needs it to itself, and SQLite answers "database is
+    # locked" at once, without its busy timeout, while another process (a sibling worker
+    # starting at the same moment) holds it: wait like the busy timeout would.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
@@ -132,6 +147,54 @@ def make_engine(url: str) -> Engine:
     )
 
 
+class _BulkInsert:
+    """An INSERT compiled once, its rows converted by the dialect's own bind processors and
+    handed to the driver's ``executemany``.
+
+    ``conn.execute(insert, rows)`` does the same, but re-processes every parameter of every row
+    in Python: about 30 us of CPU per row here, a fifth of a core at tens of thousands of
+    logged instances per second, on the serving worker's GIL. Here rows become tuples in C
+    (``itemgetter``), and a column whose first two rows hold the same object (the request
+    columns, shared by the rows of one event) is converted once per run of equal values.
+    """
+
+    def __init__(self, statement: Insert, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names: list[str] = list(compiled.positiontup or compiled.params)
+        assert len(self.names) > 1  # itemgetter of one name would not give tuples
+        self._get = itemgetter(*self.names)
+        columns = statement.table.columns
+        processors = [
+            columns[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names
+        ]
+        self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def parameters(self, rows: Sequence[Row]) -> list[Any]:
+        columns: list[Sequence[Any]] = list(zip(*map(self._get, rows), strict=True))
+        for i, process in self._processors:
+            column = columns[i]
+            if len(column) > 1 and column[0] is column[1]:
+                converted: list[Any] = []
+                last: Any = object()
+                value_out: Any = None
+                for value in column:
+                    if value is not last:
+                        last, value_out = value, process(value)
+                    converted.append(value_out)
+                columns[i] = converted
+            else:
+                columns[i] = list(map(process, column))
+        tuples = zip(*columns, strict=True)
+        if self.positional:
+            return list(tuples)
+        return [dict(zip(self.names, values, strict=True)) for values in tuples]
+
+    def execute(self, conn: Connection, rows: Sequence[Row]) -> None:
+        conn.exec_driver_sql(self.sql, self.parameters(rows))
+
+
 def _as_utc(value: datetime) -> datetime:
     # SQLite hands timestamps back naive (they are stored as UTC text).
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -146,7 +209,7 @@ class Store:
         self.display_url = self.engine.url.render_as_string(hide_password=True)
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self._inserts = {
-            name: dialect_insert(table).on_conflict_do_nothing()
+            name: _BulkInsert(dialect_insert(table).on_conflict_do_nothing(), self.engine.dialect)
             for name, table in DATA_TABLES.items()
         }
 
@@ -204,7 +267,7 @@ class Store:
             by_table[entry.table].extend(entry.rows)
         with self.engine.begin() as conn:
             for name, rows in by_table.items():
-                conn.execute(self._inserts[name], rows)
+                self._inserts[name].execute(conn, rows)
 
     def probe(self) -> None:
         """Raise unless the store answers."""
