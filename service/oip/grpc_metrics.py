@@ -29,25 +29,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
+from service.metrics import LATENCY_BUCKETS
+
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
-HANDLING_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
 
@@ -94,7 +80,7 @@ def grpc_metrics() -> GrpcMetrics:
             "grpc_server_handling_seconds",
             "Time from the start of an RPC to its completion by the server, in seconds.",
             _LABELS,
-            buckets=HANDLING_BUCKETS,
+            buckets=LATENCY_BUCKETS,  # the same as the HTTP side's: comparable quantiles
         ),
     )
 
