@@ -11,7 +11,7 @@ defines the vocabulary. A template user swapping the model edits that file, not 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -217,6 +217,13 @@ class FeatureContract:
             for f in self.features
         }
         return pd.DataFrame(columns, copy=False)
+
+    def frame_of_columns(self, columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+        """Like :meth:`frame`, from one sequence of values per feature."""
+        return pd.DataFrame(
+            {f.name: np.array(columns[f.name], dtype=_DTYPES[f.kind]) for f in self.features},
+            copy=False,
+        )
 
 
 _DTYPES = {"categorical": object, "integer": np.int64, "number": np.float64}

@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     prediction_log_max_rows: int = Field(
         0,
         ge=0,
-        description="Most rows kept per table (the oldest are pruned first); 0 = no cap.",
+        description="Most records kept of each kind: instances (predictions) and refused "
+        "requests (rejections); the oldest are pruned first. 0 = no cap.",
     )
     prediction_log_prune_interval_seconds: float = Field(
         3600, gt=0, description="How often each worker runs the retention prune."

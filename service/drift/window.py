@@ -1,8 +1,8 @@
 """The drift window: the most recent logged instances of the served model, typed by its contract.
 
-Read from the prediction log's ``predictions`` table (SQLite or PostgreSQL, SQLAlchemy Core), so
-every worker's and every replica's traffic counts, whichever process computes the drift. Only
-rows of the served model version enter: the reference data belongs to that version.
+Read from the prediction log's ``prediction_requests`` table (SQLite or PostgreSQL, SQLAlchemy
+Core), so every worker's and every replica's traffic counts, whichever process computes the drift.
+Only instances of the served model version enter: the reference data belongs to that version.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from service.contract import FeatureContract
-from service.predlog.schema import predictions
+from service.predlog.schema import prediction_requests
 from service.predlog.store import Store
 
 
@@ -31,19 +31,29 @@ def read_window(
 
     ``max_age_seconds`` > 0 also leaves out instances received longer ago than that.
     """
-    p = predictions
+    r = prediction_requests
     query = (
-        select(p.c.features, p.c.score)
-        .where(p.c.model_tag == model_tag)
-        # received_at is indexed; rows of one request share it, instance_index keeps them stable.
-        .order_by(p.c.received_at.desc(), p.c.event_id.desc(), p.c.instance_index)
-        .limit(size)
+        select(r.c.feature_names, r.c.instances, r.c.scores)
+        .where(r.c.model_tag == model_tag)
+        # received_at is indexed; event_id orders the requests of one instant.
+        .order_by(r.c.received_at.desc(), r.c.event_id.desc())
+        .execution_options(yield_per=64)
     )
     if max_age_seconds > 0:
         cutoff = (now or datetime.now(UTC)) - timedelta(seconds=max_age_seconds)
-        query = query.where(p.c.received_at >= cutoff)
+        query = query.where(r.c.received_at >= cutoff)
+    columns: dict[str, list[object]] = {name: [] for name in contract.feature_names}
+    scores: list[float] = []
     with store.read() as conn:
-        rows = conn.execute(query).all()
-    frame = contract.frame([features for features, _ in rows])
-    frame[contract.score_name] = np.fromiter((score for _, score in rows), float, len(rows))
+        for names, values, request_scores in conn.execute(query):
+            take = size - len(scores)
+            values = values[:take]
+            for name, column in zip(names, zip(*values, strict=True), strict=True):
+                if name in columns:  # a served model's instances have exactly its features
+                    columns[name].extend(column)
+            scores.extend(request_scores[:take])
+            if len(scores) >= size:
+                break
+    frame = contract.frame_of_columns(columns)
+    frame[contract.score_name] = np.asarray(scores, dtype=float)
     return frame

@@ -6,6 +6,7 @@
     prune    [--retention-days N] [--max-rows N]   apply retention now
     replay                              replay the spool now (e.g. a stopped replica's)
     init                                create the tables (e.g. ahead of the first deployment)
+    migrate                             upgrade a store of an older schema version (service stopped)
 
 The store and spool come from the same settings as the service (``PREDICTION_LOG_URL``,
 ``PREDICTION_LOG_SPOOL_DIR``...), or ``--url``. Times are ISO 8601 (``2025-01-31``,
@@ -53,8 +54,9 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
 def export_frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
     """Rows as a flat frame: for predictions, one column per feature (a feature whose name is
     taken by a log column becomes ``feature_<name>``); JSON columns of rejections as text."""
-    frame = pd.DataFrame(rows, columns=[c.name for c in DATA_TABLES[table].columns])
-    if table == predictions.name:
+    columns = predictions.columns if table == "predictions" else DATA_TABLES[table].columns
+    frame = pd.DataFrame(rows, columns=[c.name for c in columns])
+    if table == "predictions":
         features = pd.DataFrame(list(frame.pop("features")), index=frame.index)
         features.columns = [
             f"feature_{c}" if c in frame.columns else str(c) for c in features.columns
@@ -109,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--since", type=parse_time, required=True, help="start (inclusive)")
     ex.add_argument("--until", type=parse_time, help="end (exclusive; default: now)")
     ex.add_argument("--out", type=Path, required=True, help="FILE.parquet or FILE.csv")
-    ex.add_argument("--table", choices=sorted(DATA_TABLES), default=predictions.name)
+    ex.add_argument("--table", choices=sorted(DATA_TABLES), default="predictions")
 
     show = commands.add_parser("show", help="every row of one request, as JSON")
     show.add_argument("request_id")
@@ -124,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("replay", help="replay spooled records into the store now")
     commands.add_parser("init", help="create the tables if the store has none")
+    commands.add_parser(
+        "migrate", help="upgrade the tables of an older schema version (stop the service first)"
+    )
     return parser
 
 
@@ -141,6 +146,10 @@ def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.command == "init":
         store.ensure_schema()
         print(f"{store.display_url}: schema version {store.version()}")
+        return 0
+    if args.command == "migrate":
+        moved = store.migrate()
+        print(f"{store.display_url}: schema version {store.version()} ({moved} instances moved)")
         return 0
     if args.command == "replay":
         spool = Spool(settings.prediction_log_spool_dir, settings.prediction_log_spool_max_bytes)

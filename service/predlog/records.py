@@ -1,9 +1,10 @@
 """Turn request events into table rows, and rows into spool lines and back.
 
-An :class:`Entry` is the unit the log moves around: the rows one event produces, all for one table
-(a :class:`PredictionEvent` gives one ``predictions`` row per instance, a :class:`RejectionEvent`
-one ``rejections`` row). An entry is written to the store in one transaction with others, or
-spooled as one line, or dropped, as a whole; counters count its rows.
+An :class:`Entry` is the unit the log moves around: the row one event produces (a
+:class:`PredictionEvent` gives one ``prediction_requests`` row holding all its instances, a
+:class:`RejectionEvent` one ``rejections`` row). An entry is written to the store in one
+transaction with others, or spooled as one line, or dropped, as a whole; counters count the
+records it stands for: instances for predictions, requests for rejections.
 
 Conversion runs on the writer thread, not the request path. It gives each event a fresh
 ``event_id`` that travels with the entry through the spool, so a replayed entry inserts the same
@@ -12,11 +13,14 @@ primary keys and a second copy is ignored by the store (``ON CONFLICT DO NOTHING
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -26,17 +30,18 @@ from service.predlog.schema import DATA_TABLES
 from service.validation import MAX_REPORTED_ERRORS
 
 Row = dict[str, Any]
-SPOOL_FORMAT = 1
+SPOOL_FORMAT = 2  # 1: one predictions row per instance (schema version 1); still read
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    table: str  # "predictions" | "rejections"
+    table: str  # a key of DATA_TABLES: "predictions" | "rejections"
     rows: list[Row]
     received_at: datetime  # UTC; the age of the oldest unwritten entry is measured from it
+    records: int  # instances (predictions) or requests (rejections) the rows hold
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.records
 
 
 def new_event_id() -> str:
@@ -74,20 +79,20 @@ def to_entry(event: Event) -> Entry:
     }
     if isinstance(event, PredictionEvent):
         count = len(event.instances)
-        rows = [
-            {
-                **common,
-                "instance_index": index,
-                "instance_count": count,
-                "features": instance,
-                "label": prediction.label,
-                "score": prediction.probability,
-            }
-            for index, (instance, prediction) in enumerate(
-                zip(event.instances, event.predictions, strict=True)
-            )
-        ]
-        return Entry("predictions", rows, req.received_at)
+        if len(event.predictions) != count:
+            raise ValueError(f"{len(event.predictions)} predictions for {count} instances")
+        names = tuple(event.instances[0]) if count else ()
+        row = {
+            **common,
+            "instance_count": count,
+            "feature_names": list(names),
+            # Values by name: every instance has the same features, in whatever order it came.
+            # Lists, not tuples: a row reads back from the spool as it went in.
+            "instances": list(map(list, map(_values_getter(names), event.instances))),
+            "labels": [p.label for p in event.predictions],
+            "scores": [p.probability for p in event.predictions],
+        }
+        return Entry("predictions", [row], req.received_at, count)
     errors = [
         {k: _clean(v) if isinstance(v, str) else v for k, v in e.to_dict().items()}
         for e in event.errors[:MAX_REPORTED_ERRORS]
@@ -100,7 +105,7 @@ def to_entry(event: Event) -> Entry:
         "body_size": event.body_size,
         "body_excerpt": _clean(event.body_excerpt),
     }
-    return Entry("rejections", [row], req.received_at)
+    return Entry("rejections", [row], req.received_at, 1)
 
 
 # Spool lines: b"<crc32 as 8 hex digits> <json>\n". The checksum tells a line torn by a crash (or
@@ -128,9 +133,69 @@ def decode_line(line: bytes) -> Entry:
         data = orjson.loads(body)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise CorruptLine(str(exc)) from exc
-    if data.get("v") != SPOOL_FORMAT or data.get("table") not in DATA_TABLES:
-        raise CorruptLine(f"unknown spool format {data.get('v')!r} or table {data.get('table')!r}")
+    version, table = data.get("v"), data.get("table")
+    if version not in (1, SPOOL_FORMAT) or table not in DATA_TABLES:
+        raise CorruptLine(f"unknown spool format {version!r} or table {table!r}")
     rows: list[Row] = data["rows"]
     for row in rows:
         row["received_at"] = datetime.fromisoformat(row["received_at"])
-    return Entry(data["table"], rows, rows[0]["received_at"] if rows else datetime.now(UTC))
+    if version == 1 and table == "predictions":
+        rows = requests_from_instance_rows(rows)
+    received_at = rows[0]["received_at"] if rows else datetime.now(UTC)
+    records = sum(r["instance_count"] for r in rows) if table == "predictions" else len(rows)
+    return Entry(table, rows, received_at, records)
+
+
+@functools.lru_cache(maxsize=64)
+def _values_getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Maps an instance to the tuple of its values in the order of ``names`` (in C)."""
+    if len(names) == 1:  # itemgetter of one name returns the value, not a tuple
+        (name,) = names
+        return lambda instance: (instance[name],)
+    return itemgetter(*names)
+
+
+def instance_rows(request: Row) -> list[Row]:
+    """A ``prediction_requests`` row as rows of the ``predictions`` view: one per instance."""
+    shared = {k: request[k] for k in _REQUEST_KEYS[1:]}
+    shared["instance_count"] = request["instance_count"]
+    names = request["feature_names"]
+    return [
+        {
+            "event_id": request["event_id"],
+            "instance_index": index,
+            **shared,
+            "features": dict(zip(names, values, strict=True)),
+            "label": label,
+            "score": score,
+        }
+        for index, (values, label, score) in enumerate(
+            zip(request["instances"], request["labels"], request["scores"], strict=True)
+        )
+    ]
+
+
+def requests_from_instance_rows(rows: list[Row]) -> list[Row]:
+    """Rows of one per instance (schema version 1 and its spool format 1) as request rows."""
+    by_event: dict[str, list[Row]] = {}
+    for row in rows:
+        by_event.setdefault(row["event_id"], []).append(row)
+    requests = []
+    for instances in by_event.values():
+        instances.sort(key=lambda r: r["instance_index"])
+        first = instances[0]
+        request = {k: first[k] for k in _REQUEST_KEYS}
+        request["instance_count"] = len(instances)
+        names = tuple(first["features"])
+        request["feature_names"] = list(names)
+        request["instances"] = [list(_values_getter(names)(r["features"])) for r in instances]
+        request["labels"] = [r["label"] for r in instances]
+        request["scores"] = [r["score"] for r in instances]
+        requests.append(request)
+    return requests
+
+
+_REQUEST_KEYS = (
+    "event_id", "request_id", "received_at", "model_tag", "transport", "endpoint",
+    "latency_seconds", "trace_id",
+)  # fmt: skip

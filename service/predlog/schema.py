@@ -1,8 +1,13 @@
 """The prediction log's tables: one definition for SQLite and PostgreSQL (SQLAlchemy Core).
 
-Every column carries its meaning as a ``comment``: PostgreSQL stores it (``\\d+ predictions``),
-and the README's schema table is checked against it by the tests, so the documentation cannot
-drift from the tables.
+Accepted requests are stored one row per request (``prediction_requests``: the feature names once,
+the instances as arrays of values, the labels and scores as JSON arrays); the ``predictions`` view
+gives SQL users one row per instance, with the features as an object. Against schema version 1 (a
+row per instance, features as an object) that cuts the writer's CPU and the bytes per instance
+several times over (README, "Prediction log", has the measurements). Every column carries its
+meaning as a ``comment``: PostgreSQL stores it (``\\d+ prediction_requests``), and the README's
+schema tables are checked against it by the tests, so the documentation cannot drift from the
+tables.
 
 The schema is versioned. ``SCHEMA_VERSION`` is written to ``predlog_schema_version`` when the
 tables are created; a store holding another version is refused (see ``store.SchemaMismatch``),
@@ -26,12 +31,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
-# JSONB on PostgreSQL so that `features->>'purpose'` is indexable; TEXT holding JSON on SQLite,
-# where json_extract() reads it.
+# Rejections' errors: JSONB on PostgreSQL (indexable); TEXT holding JSON on SQLite, where
+# json_extract() reads it. A request's instances, labels and scores are plain JSON on both: a
+# log is written far more than it is read, and PostgreSQL's json is only checked on insert while
+# jsonb is parsed into a tree (several times the server CPU for a 1000-instance array).
 Json = JSON().with_variant(JSONB(), "postgresql")
 # Timestamps are UTC. PostgreSQL: timestamptz. SQLite: text 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC),
 # which sorts and compares as time.
@@ -74,39 +81,46 @@ def _request_columns() -> list[Column]:
     ]
 
 
-predictions = Table(
-    "predictions",
+prediction_requests = Table(
+    "prediction_requests",
     metadata,
     Column(
         "event_id",
         String(32),
         primary_key=True,
-        comment="server-generated id of the request's log event, unique even when a client "
-        "reuses a request id; with instance_index the primary key",
-    ),
-    Column(
-        "instance_index",
-        Integer,
-        primary_key=True,
-        comment="position of the instance in the request, from 0",
+        comment="server-generated id of the request's log event (primary key), unique even when "
+        "a client reuses a request id",
     ),
     *_request_columns(),
     Column("instance_count", Integer, nullable=False, comment="number of instances in the request"),
     Column(
-        "features",
-        Json,
+        "feature_names",
+        JSON,
         nullable=False,
-        comment="the validated instance: a JSON object of feature name to value",
+        comment="the features of every instance: a JSON array of names, in the order of each "
+        "instance's values",
     ),
-    Column("label", String(200), nullable=False, comment="the predicted label"),
     Column(
-        "score",
-        Double,
+        "instances",
+        JSON,
         nullable=False,
-        comment="the model's score: the probability of the contract's positive label "
-        "(the answer's `probability_<positive label>`, e.g. `probability_bad`)",
+        comment="the validated instances, in request order: a JSON array of arrays of values, "
+        "each in the order of `feature_names` (the `predictions` view rebuilds the objects)",
     ),
-    comment="one row per accepted instance",
+    Column(
+        "labels",
+        JSON,
+        nullable=False,
+        comment="the predicted labels: a JSON array, index-aligned with `instances`",
+    ),
+    Column(
+        "scores",
+        JSON,
+        nullable=False,
+        comment="the model's scores (probability of the contract's positive label): a JSON "
+        "array of numbers, index-aligned with `instances`",
+    ),
+    comment="one row per accepted request; the `predictions` view has one row per instance",
 )
 
 rejections = Table(
@@ -156,10 +170,72 @@ schema_version = Table(
     comment="the schema version the tables follow; written once, when they are created",
 )
 
-Index("ix_predictions_request_id", predictions.c.request_id)
-Index("ix_predictions_received_at", predictions.c.received_at)
+Index("ix_prediction_requests_request_id", prediction_requests.c.request_id)
+Index("ix_prediction_requests_received_at", prediction_requests.c.received_at)
 Index("ix_rejections_request_id", rejections.c.request_id)
 Index("ix_rejections_received_at", rejections.c.received_at)
 
-# The tables records are written to, by name (the spool and the observer use these names).
-DATA_TABLES: dict[str, Table] = {t.name: t for t in (predictions, rejections)}
+# The view of one row per instance. Declared as a table of its own MetaData so that queries and
+# the README's column table can use it; created by VIEW_DDL, never by create_all().
+views = MetaData()
+predictions = Table(
+    "predictions",
+    views,
+    Column(
+        "event_id",
+        String(32),
+        comment="the request's log event (`prediction_requests.event_id`); with instance_index "
+        "it identifies the row",
+    ),
+    Column("instance_index", Integer, comment="position of the instance in the request, from 0"),
+    *_request_columns(),
+    Column("instance_count", Integer, comment="number of instances in the request"),
+    Column(
+        "features",
+        JSON,
+        comment="the validated instance: a JSON object of feature name to value",
+    ),
+    Column("label", String(200), comment="the predicted label"),
+    Column(
+        "score",
+        Double,
+        comment="the model's score: the probability of the contract's positive label "
+        "(the answer's `probability_<positive label>`, e.g. `probability_bad`)",
+    ),
+    comment="one row per accepted instance (a view over prediction_requests)",
+)
+
+_SHARED = ", ".join(
+    f"r.{name}"
+    for name in (
+        "request_id", "received_at", "model_tag", "transport", "endpoint", "latency_seconds",
+        "trace_id", "instance_count",
+    )
+)  # fmt: skip
+# SQLite: json_each walks the instances; labels and scores are picked by index (SQLite caches
+# the parsed arrays within a statement) and each instance's object is rebuilt from the names.
+# PostgreSQL: ROWS FROM zips the three arrays in one pass.
+VIEW_DDL = {
+    "sqlite": f"""CREATE VIEW IF NOT EXISTS predictions AS
+SELECT r.event_id, CAST(i.key AS INTEGER) AS instance_index, {_SHARED},
+       (SELECT json_group_object(n.value, json_extract(i.value, '$[' || n.key || ']'))
+          FROM json_each(r.feature_names) AS n) AS features,
+       json_extract(r.labels, '$[' || i.key || ']') AS label,
+       json_extract(r.scores, '$[' || i.key || ']') AS score
+  FROM prediction_requests AS r, json_each(r.instances) AS i""",
+    "postgresql": f"""CREATE OR REPLACE VIEW predictions AS
+SELECT r.event_id, (i.ordinality - 1)::integer AS instance_index, {_SHARED},
+       (SELECT json_object_agg(n.name, i.features -> (n.ordinality::integer - 1))
+          FROM json_array_elements_text(r.feature_names) WITH ORDINALITY AS n(name, ordinality)
+       ) AS features,
+       i.label, i.score::double precision AS score
+  FROM prediction_requests AS r
+ CROSS JOIN LATERAL ROWS FROM (
+       json_array_elements(r.instances), json_array_elements_text(r.labels),
+       json_array_elements_text(r.scores)
+     ) WITH ORDINALITY AS i(features, label, score, ordinality)""",
+}
+
+# Where each kind of record is written. The keys are the names the spool, the observer (metric
+# label `table`) and the command line use: `predictions` counts instances, `rejections` requests.
+DATA_TABLES: dict[str, Table] = {"predictions": prediction_requests, "rejections": rejections}

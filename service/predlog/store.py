@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,23 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert
 
-from service.predlog.records import Entry, Row
+from service.predlog.records import Entry, Row, instance_rows, requests_from_instance_rows
 from service.predlog.schema import (
     DATA_TABLES,
     SCHEMA_VERSION,
+    VIEW_DDL,
     metadata,
+    prediction_requests,
     predictions,
     schema_version,
 )
@@ -126,7 +131,12 @@ def make_engine(url: str) -> Engine:
         connect_args: dict[str, Any] = (
             {} if "timeout" in parsed.query else {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
         )
-        engine = create_engine(parsed, connect_args=connect_args, json_serializer=_json_dumps)
+        engine = create_engine(
+            parsed,
+            connect_args=connect_args,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -139,6 +149,7 @@ def make_engine(url: str) -> Engine:
         parsed,
         connect_args=connect_args,
         json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
         # A pooled connection broken by a database restart is replaced before use, rather than
         # failing a batch and sending the writer into its retry backoff.
         pool_pre_ping=True,
@@ -195,6 +206,21 @@ class _BulkInsert:
         conn.exec_driver_sql(self.sql, self.parameters(rows))
 
 
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _literal(text: str | None) -> str:
+    return "NULL" if text is None else "'" + text.replace("'", "''") + "'"
+
+
 def _as_utc(value: datetime) -> datetime:
     # SQLite hands timestamps back naive (they are stored as UTC text).
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -234,12 +260,15 @@ class Store:
                     raise SchemaMismatch(
                         f"the prediction log at {self.display_url} has schema version "
                         f"{', '.join(map(str, found)) or 'none'}; this service writes version "
-                        f"{SCHEMA_VERSION}. Migrate the tables (README, 'Prediction log') or "
-                        "point PREDICTION_LOG_URL at another database."
+                        f"{SCHEMA_VERSION}. Migrate the tables (`python -m service.predlog "
+                        "migrate`; README, 'Prediction log') or point PREDICTION_LOG_URL at "
+                        "another database."
                     )
                 metadata.create_all(conn, checkfirst=True)  # a table dropped by hand comes back
+                self._create_view(conn)
                 return
-            clashing = [name for name in DATA_TABLES if inspector.has_table(name)]
+            names = [t.name for t in DATA_TABLES.values()] + [predictions.name]
+            clashing = [name for name in names if inspector.has_table(name)]
             if clashing:
                 raise SchemaMismatch(
                     f"{self.display_url} already has table(s) {', '.join(clashing)} without a "
@@ -247,10 +276,81 @@ class Store:
                     "Point PREDICTION_LOG_URL at another database or schema."
                 )
             metadata.create_all(conn, checkfirst=True)
+            self._compress_with_lz4(conn)
+            self._create_view(conn)
             conn.execute(
                 insert(schema_version), {"version": SCHEMA_VERSION, "created_at": datetime.now(UTC)}
             )
             log.info("created the prediction log tables (schema %d)", SCHEMA_VERSION)
+
+    def _compress_with_lz4(self, conn: Connection) -> None:
+        """PostgreSQL 14+: compress the JSON arrays with lz4 rather than pglz (measured here:
+        half the server CPU per logged instance, 5.4 -> 2.7 us). Servers built without lz4 keep
+        pglz."""
+        if self.dialect != "postgresql":
+            return
+        try:
+            with conn.begin_nested():
+                for column in ("instances", "labels", "scores"):
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {prediction_requests.name} "
+                        f"ALTER COLUMN {column} SET COMPRESSION lz4"
+                    )
+        except DBAPIError as exc:
+            log.info("prediction log: lz4 compression not available (%s); using pglz", exc.orig)
+
+    def _create_view(self, conn: Connection) -> None:
+        conn.exec_driver_sql(VIEW_DDL[self.dialect])
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql(f"COMMENT ON VIEW predictions IS {_literal(predictions.comment)}")
+            for column in predictions.columns:
+                conn.exec_driver_sql(
+                    f"COMMENT ON COLUMN predictions.{column.name} IS {_literal(column.comment)}"
+                )
+
+    def migrate(self, batch: int = 1000) -> int:
+        """Upgrade a store of schema version 1 (a ``predictions`` table of one row per instance)
+        to this version, in one transaction; returns the instances moved (0 if already current).
+
+        Stop every writer first: a service of the old version would fail to find its table.
+        """
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            if not inspect(conn).has_table(schema_version.name):
+                raise SchemaMismatch(f"{self.display_url} has no prediction log to migrate")
+            found = conn.execute(select(schema_version.c.version)).scalars().all()
+            if found == [SCHEMA_VERSION]:
+                return 0
+            if found != [1]:
+                raise SchemaMismatch(
+                    f"{self.display_url} has schema version {found}: only 1 can be migrated"
+                )
+            metadata.create_all(conn, tables=[prediction_requests], checkfirst=True)
+            self._compress_with_lz4(conn)
+            old = predictions  # version 1's table had the view's columns
+            rows = conn.execute(
+                select(old)
+                .order_by(old.c.event_id, old.c.instance_index)
+                .execution_options(yield_per=batch * 10)
+            ).mappings()
+            moved = 0
+            insert_requests = self._inserts["predictions"]
+            # A group is only readable until groupby moves on: take its rows at once.
+            events = (
+                [dict(row) for row in group] for _, group in groupby(rows, itemgetter("event_id"))
+            )
+            for part in _chunks(events, batch):
+                requests = requests_from_instance_rows([row for event in part for row in event])
+                insert_requests.execute(conn, requests)
+                moved += sum(r["instance_count"] for r in requests)
+            conn.exec_driver_sql("DROP TABLE predictions")
+            self._create_view(conn)
+            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
+            log.info(
+                "migrated %s to schema %d: %d instances", self.display_url, SCHEMA_VERSION, moved
+            )
+            return moved
 
     def version(self) -> int | None:
         with self.read() as conn:
@@ -283,10 +383,11 @@ class Store:
         now: datetime | None = None,
         chunk: int = PRUNE_CHUNK_ROWS,
     ) -> dict[str, int]:
-        """Delete rows older than ``retention_days`` and beyond the newest ``max_rows`` of each
-        table; returns the rows deleted per table.
+        """Delete records older than ``retention_days`` and beyond the newest ``max_rows`` of
+        each kind (instances for predictions, requests for rejections); returns the records
+        deleted per kind.
 
-        Deletes in chunks of about ``chunk`` rows, each its own short transaction, so that
+        Deletes in chunks of about ``chunk`` table rows, each its own short transaction, so that
         writers are never held up for long. Safe to run from every worker at once: a row deleted
         twice is deleted once.
         """
@@ -297,19 +398,35 @@ class Store:
             if retention_days:
                 count += self._delete_older(table, now - timedelta(days=retention_days), chunk)
             if max_rows:
-                with self.read() as conn:
-                    boundary = conn.execute(
-                        select(table.c.received_at)
-                        .order_by(table.c.received_at.desc())
-                        .offset(max_rows - 1)
-                        .limit(1)
-                    ).scalar()
+                boundary = self._newest_boundary(table, max_rows)
                 if boundary is not None:
-                    # Strictly older than the max_rows-th newest row: the rows of one request
-                    # share a timestamp and are kept or deleted together.
+                    # Strictly older than the request holding the max_rows-th newest record:
+                    # records of one request are kept or deleted together.
                     count += self._delete_older(table, _as_utc(boundary), chunk)
             deleted[name] = count
         return deleted
+
+    @staticmethod
+    def _records(table: Table) -> Any:
+        """What one row of ``table`` counts for: its instances, or 1."""
+        return table.c.instance_count if table is prediction_requests else literal(1)
+
+    def _newest_boundary(self, table: Table, max_rows: int) -> datetime | None:
+        """received_at of the row at which the newest rows reach ``max_rows`` records."""
+        at = table.c.received_at
+        running = (
+            func.sum(self._records(table))
+            .over(order_by=(at.desc(), table.c.event_id.desc()))
+            .label("running")
+        )
+        newest = select(at, running).subquery()
+        with self.read() as conn:
+            return conn.execute(
+                select(newest.c.received_at)
+                .where(newest.c.running >= max_rows)
+                .order_by(newest.c.received_at.desc())
+                .limit(1)
+            ).scalar()
 
     def _delete_older(self, table: Table, cutoff: datetime, chunk: int) -> int:
         at = table.c.received_at
@@ -320,54 +437,72 @@ class Store:
                     select(at).where(at < cutoff).order_by(at).offset(chunk).limit(1)
                 ).scalar()
                 condition = at < cutoff if edge is None else at <= edge
-                total += conn.execute(delete(table).where(condition)).rowcount
+                if table is prediction_requests:
+                    # RETURNING, not a SELECT before: a concurrent pruner may delete rows first.
+                    deleted = delete(table).where(condition).returning(table.c.instance_count)
+                    total += sum(conn.execute(deleted).scalars())
+                else:
+                    total += conn.execute(delete(table).where(condition)).rowcount
             if edge is None:
                 return total
 
     # Reading (CLI)
 
     def iter_rows(
-        self, table: str, since: datetime, until: datetime, batch: int = 10_000
+        self, table: str, since: datetime, until: datetime, batch: int = 1000
     ) -> Iterator[list[dict[str, Any]]]:
-        """Rows of ``table`` received in ``[since, until)``, in time order, ``batch`` at a time."""
+        """Records of ``table`` received in ``[since, until)``, in time order, about ``batch``
+        table rows at a time; predictions one row per instance, as in the ``predictions`` view."""
         t = DATA_TABLES[table]
-        order = [t.c.received_at, t.c.event_id]
-        if table == predictions.name:
-            order.append(t.c.instance_index)
         query = (
             select(t)
             .where(t.c.received_at >= since, t.c.received_at < until)
-            .order_by(*order)
+            .order_by(t.c.received_at, t.c.event_id)
             .execution_options(yield_per=batch)
         )
         with self.read() as conn:
             for part in conn.execute(query).mappings().partitions():
-                yield [{**row, "received_at": _as_utc(row["received_at"])} for row in part]
+                yield self._public_rows(t, part)
 
     def find(self, request_id: str) -> dict[str, list[dict[str, Any]]]:
-        """Every row of the request ``request_id``, per table."""
+        """Every record of the request ``request_id``, per kind (predictions per instance)."""
         found: dict[str, list[dict[str, Any]]] = {}
         with self.read() as conn:
             for name, t in DATA_TABLES.items():
-                query = select(t).where(t.c.request_id == request_id).order_by(t.c.received_at)
-                if t is predictions:
-                    query = query.order_by(t.c.instance_index)
-                found[name] = [
-                    {**row, "received_at": _as_utc(row["received_at"])}
-                    for row in conn.execute(query).mappings()
-                ]
+                query = (
+                    select(t)
+                    .where(t.c.request_id == request_id)
+                    .order_by(t.c.received_at, t.c.event_id)
+                )
+                found[name] = self._public_rows(t, conn.execute(query).mappings().all())
         return found
 
+    @staticmethod
+    def _public_rows(table: Table, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        if table is prediction_requests:
+            return [
+                {**r, "received_at": _as_utc(r["received_at"])}
+                for row in rows
+                for r in instance_rows(row)
+            ]
+        return [{**row, "received_at": _as_utc(row["received_at"])} for row in rows]
+
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Row count and time range per table."""
+        """Records, table rows and time range per kind."""
         result: dict[str, dict[str, Any]] = {}
         with self.read() as conn:
             for name, t in DATA_TABLES.items():
-                count, oldest, newest = conn.execute(
-                    select(func.count(), func.min(t.c.received_at), func.max(t.c.received_at))
+                records, count, oldest, newest = conn.execute(
+                    select(
+                        func.coalesce(func.sum(self._records(t)), 0),
+                        func.count(),
+                        func.min(t.c.received_at),
+                        func.max(t.c.received_at),
+                    )
                 ).one()
                 result[name] = {
-                    "rows": count,
+                    "rows": int(records),
+                    "requests": count,
                     "oldest": oldest and _as_utc(oldest),
                     "newest": newest and _as_utc(newest),
                 }

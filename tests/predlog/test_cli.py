@@ -13,7 +13,8 @@ import pytest
 
 from models.contract import CONTRACT
 from service.predlog.cli import export_frame, main, parse_time
-from service.predlog.records import to_entry
+from service.predlog.records import instance_rows, to_entry
+from service.predlog.schema import SCHEMA_VERSION
 from service.predlog.spool import Spool
 from service.predlog.store import Store
 from tests.predlog.helpers import prediction_event, rejection_event, row_keys
@@ -80,7 +81,7 @@ def test_an_empty_range_exports_an_empty_file_with_the_columns(
 
 
 def test_a_feature_named_like_a_log_column_is_prefixed() -> None:
-    row = to_entry(prediction_event(1)).rows[0]
+    (row,) = instance_rows(to_entry(prediction_event(1)).rows[0])
     row["features"] = {"label": "x", "amount": 3}
     frame = export_frame([row], "predictions")
     assert frame.loc[0, "feature_label"] == "x"
@@ -101,8 +102,9 @@ def test_show_prints_every_row_of_a_request(
 def test_status_reports_tables_and_spool(logged: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status"]) == 0
     status = orjson.loads(capsys.readouterr().out)
-    assert status["schema_version"] == 1
-    assert status["tables"]["predictions"]["rows"] == 6
+    assert status["schema_version"] == SCHEMA_VERSION
+    assert status["tables"]["predictions"]["rows"] == 6  # instances
+    assert status["tables"]["predictions"]["requests"] == 3
     assert status["tables"]["rejections"]["newest"] == "2025-06-01T11:30:00+00:00"
     assert status["spool"]["segments"] == 0
 

@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+import zlib
+
+import orjson
 import pytest
 
-from service.predlog.records import CorruptLine, decode_line, encode_line, to_entry
+from service.predlog.records import CorruptLine, decode_line, encode_line, instance_rows, to_entry
+from service.predlog.schema import predictions
 from service.validation import MAX_REPORTED_ERRORS, FieldError, Reason
 from tests.predlog.helpers import prediction_event, rejection_event
 
 
-def test_a_prediction_event_becomes_one_row_per_instance() -> None:
+def test_a_prediction_event_becomes_one_row_holding_every_instance() -> None:
     event = prediction_event(3, request_id="req-1")
     entry = to_entry(event)
-    assert entry.table == "predictions"
-    assert [row["instance_index"] for row in entry.rows] == [0, 1, 2]
-    assert {row["event_id"] for row in entry.rows} == {entry.rows[0]["event_id"]}
-    for row, instance, answer in zip(entry.rows, event.instances, event.predictions, strict=True):
+    assert (entry.table, len(entry)) == ("predictions", 3)  # counted as its instances
+    (row,) = entry.rows
+    assert row["request_id"] == "req-1"
+    assert row["received_at"] == event.request.received_at
+    assert row["instance_count"] == 3
+    names = row["feature_names"]
+    assert sorted(names) == sorted(event.instances[0])
+    assert [dict(zip(names, values, strict=True)) for values in row["instances"]] == event.instances
+    assert row["labels"] == [p.label for p in event.predictions]
+    assert row["scores"] == [p.probability for p in event.predictions]
+
+
+def test_a_request_row_reads_as_one_row_per_instance() -> None:
+    event = prediction_event(3, request_id="req-1")
+    rows = instance_rows(to_entry(event).rows[0])
+    assert [row["instance_index"] for row in rows] == [0, 1, 2]
+    assert len({row["event_id"] for row in rows}) == 1
+    assert [c.name for c in predictions.columns] == list(rows[0])
+    for row, instance, answer in zip(rows, event.instances, event.predictions, strict=True):
         assert row["request_id"] == "req-1"
         assert row["features"] == instance
         assert (row["label"], row["score"]) == (answer.label, answer.probability)
         assert row["instance_count"] == 3
-        assert row["received_at"] == event.request.received_at
+
+
+def test_a_spool_line_of_the_previous_format_is_read_as_request_rows() -> None:
+    # Format 1 (schema version 1) spooled one row per instance; a spool left by the previous
+    # release must still replay.
+    event = prediction_event(3, request_id="old")
+    request = to_entry(event).rows[0]
+    old_rows = [{**r, "received_at": r["received_at"].isoformat()} for r in instance_rows(request)]
+    body = orjson.dumps({"v": 1, "table": "predictions", "rows": old_rows[::-1]})
+    entry = decode_line(b"%08x %s\n" % (zlib.crc32(body), body))
+    assert len(entry) == 3
+    (row,) = entry.rows
+    assert instance_rows(row) == instance_rows(request)
 
 
 def test_each_event_gets_its_own_event_id_even_with_a_reused_request_id() -> None:
@@ -61,7 +92,17 @@ def test_spool_lines_round_trip() -> None:
         line = encode_line(entry)
         assert line.endswith(b"\n")
         assert line.count(b"\n") == 1
-        assert decode_line(line) == entry
+        decoded = decode_line(line)
+        # JSON has arrays, not tuples: compare what the store is given.
+        as_json = orjson.OPT_NAIVE_UTC
+        assert orjson.dumps(decoded.rows, option=as_json) == orjson.dumps(
+            entry.rows, option=as_json
+        )
+        assert (decoded.table, decoded.received_at, len(decoded)) == (
+            entry.table,
+            entry.received_at,
+            len(entry),
+        )
 
 
 @pytest.mark.parametrize("damage", ["torn", "flipped", "garbage"])

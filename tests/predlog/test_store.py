@@ -7,13 +7,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import Column, MetaData, Table, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.predlog.observer import CountingObserver
-from service.predlog.records import to_entry
+from service.predlog.records import instance_rows, to_entry
 from service.predlog.retention import Pruner
-from service.predlog.schema import SCHEMA_VERSION, schema_version
+from service.predlog.schema import (
+    SCHEMA_VERSION,
+    prediction_requests,
+    predictions,
+    rejections,
+    schema_version,
+)
 from service.predlog.store import SchemaMismatch, Store, is_refusal
 from tests.predlog.helpers import (
     concurrently,
@@ -91,13 +97,14 @@ def test_find_returns_every_row_of_a_request(store: Store) -> None:
 
 def test_a_row_refused_as_data_is_told_apart_from_an_unavailable_store(store: Store) -> None:
     entry = to_entry(prediction_event(1))
-    entry.rows[0]["label"] = None  # NOT NULL
+    entry.rows[0]["instance_count"] = None  # NOT NULL
     with pytest.raises(IntegrityError) as refused:
         store.write([entry])
     assert is_refusal(refused.value)
     broken = Store(store.engine.url.render_as_string(hide_password=False))
     with broken.engine.begin() as conn:
-        conn.execute(text("DROP TABLE predictions"))
+        cascade = " CASCADE" if store.dialect == "postgresql" else ""  # the view depends on it
+        conn.execute(text(f"DROP TABLE prediction_requests{cascade}"))
     with pytest.raises(DBAPIError) as missing:
         broken.write([to_entry(prediction_event(1))])
     assert not is_refusal(missing.value)
@@ -186,7 +193,8 @@ def row_keys_of(entries: list) -> tuple[set[tuple[str, int]], set[str]]:  # type
         (r["request_id"], r["instance_index"])
         for e in entries
         if e.table == "predictions"
-        for r in e.rows
+        for request in e.rows
+        for r in instance_rows(request)
     }
     rejected = {r["request_id"] for e in entries if e.table == "rejections" for r in e.rows}
     return preds, rejected
@@ -212,3 +220,54 @@ def test_a_failing_prune_is_counted_and_retried() -> None:
     wait_until(lambda: observer.failures["prune"] >= 2)
     pruner.close()
     unreachable.close()
+
+
+def version_1_store(url: str) -> tuple[Store, list[dict], list[dict]]:  # type: ignore[type-arg]
+    """A store as schema version 1 left it: a `predictions` table of one row per instance."""
+    v1 = MetaData()
+    Table(
+        "predictions",
+        v1,
+        *(
+            Column(c.name, c.type, primary_key=c.name in ("event_id", "instance_index"))
+            for c in predictions.columns
+        ),
+    )
+    for table in (rejections, schema_version):
+        table.to_metadata(v1)
+    store = Store(url)
+    instances = [
+        row
+        for n in (1, 3, 2)
+        for row in instance_rows(to_entry(prediction_event(n, received_at=NOW)).rows[0])
+    ]
+    refused = to_entry(rejection_event(received_at=NOW)).rows
+    with store.engine.begin() as conn:
+        v1.create_all(conn)
+        conn.execute(insert(schema_version), {"version": 1, "created_at": NOW})
+        conn.execute(insert(v1.tables["predictions"]), instances[::-1])  # any physical order
+        conn.execute(insert(v1.tables["rejections"]), refused)
+    return store, instances, refused
+
+
+def test_a_version_1_store_is_migrated_in_place_and_reads_as_before(store_url: str) -> None:
+    store, instances, refused = version_1_store(store_url)
+    with pytest.raises(SchemaMismatch, match=r"service\.predlog migrate"):
+        store.ensure_schema()
+    assert store.migrate() == len(instances) == 6
+    assert store.version() == SCHEMA_VERSION
+    store.ensure_schema()  # the service starts on it
+    with store.read() as conn:
+        view = conn.execute(
+            select(predictions).order_by(predictions.c.event_id, predictions.c.instance_index)
+        ).mappings()
+        assert [{**r, "received_at": r["received_at"].replace(tzinfo=UTC)} for r in view] == sorted(
+            instances, key=lambda r: (r["event_id"], r["instance_index"])
+        )
+        (count,) = conn.execute(select(func.count()).select_from(prediction_requests)).one()
+    assert count == 3
+    assert [r["event_id"] for r in store.find(refused[0]["request_id"])["rejections"]] == [
+        refused[0]["event_id"]
+    ]
+    assert store.migrate() == 0  # already current
+    store.close()

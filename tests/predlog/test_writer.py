@@ -220,7 +220,8 @@ def test_a_row_the_store_refuses_is_set_aside_and_the_others_written(
     with writer.store.engine.begin() as conn:
         conn.execute(
             text(
-                "CREATE TRIGGER refuse BEFORE INSERT ON predictions WHEN NEW.request_id = 'bad' "
+                "CREATE TRIGGER refuse BEFORE INSERT ON prediction_requests "
+                "WHEN NEW.request_id = 'bad' "
                 "BEGIN SELECT RAISE(ABORT, 'refused by a constraint'); END"
             )
         )
