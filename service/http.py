@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from service import tracing
+from service.balance import ConnectionBalancer
 from service.inference import Predictor, RequestContext
 from service.validation import Reason, RequestRejected
 
@@ -94,7 +95,7 @@ def build_http_app(
     get_predictor: Callable[[], Predictor],
     max_body_bytes: int,
     extra_routes: Sequence[BaseRoute] = (),
-) -> Starlette:
+) -> MountedRoutes:
     """The routes; ``get_predictor`` returns the worker's :class:`Predictor` at request time.
 
     ``extra_routes`` are other APIs served on the same port (the Open Inference Protocol's v2).
@@ -144,8 +145,13 @@ class MountedRoutes(Starlette):
 
     A plain Starlette app wraps every request in its error and exception middleware a second
     time; BentoML's outer app already does both. It stays a Starlette subclass because BentoML's
-    mount only delegates route matching (and lifespan) to Starlette apps.
+    mount only delegates route matching (and lifespan) to Starlette apps. The one middleware is
+    the connection balancer (service/balance.py), idle until the worker starts it.
     """
 
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        super().__init__(routes=routes)
+        self.balancer = ConnectionBalancer(self.router)
+
     def build_middleware_stack(self) -> ASGIApp:
-        return self.router
+        return self.balancer

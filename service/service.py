@@ -8,11 +8,13 @@ Each worker also runs the gRPC (Open Inference Protocol) server on GRPC_PORT: se
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import bentoml
 
 from service import tracing
+from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
 from service.events import EventSink
@@ -130,6 +132,13 @@ class CreditRiskService:
         self.oip = InferenceProtocol(self.predictor, SERVICE_NAME, server_version())
         self.grpc_server: GrpcServer | None = None
         log.info("loaded %s", model.tag)
+        # Everything loaded so far (BentoML, pandas, scikit-learn, the model: ~250k objects)
+        # lives as long as the worker. Left to the collector, each full collection walks all of
+        # it: ~170 ms with the worker stopped, several times a minute under load (measured with
+        # 1000-instance requests: 8% of the worker's CPU and the whole p99). Frozen, a full
+        # collection walks only what requests created: ~2 ms.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_deployment
     def check_grpc_port() -> None:
@@ -137,6 +146,13 @@ class CreditRiskService:
         # stops the service with a clear message instead of serving HTTP only.
         if settings.grpc_enabled:
             check_port_free(settings.grpc_host, settings.grpc_port)
+
+    @bentoml.on_startup
+    async def start_balancer(self) -> None:
+        # worker_index is None outside `bentoml serve` (in-process tests): nothing to balance.
+        index = bentoml.server_context.worker_index
+        if settings.connection_balancing and index is not None:
+            http_app.balancer.start(Board.for_siblings(index - 1))
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -159,6 +175,7 @@ class CreditRiskService:
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
         self.oip.ready = False
+        await http_app.balancer.stop()
         if self.grpc_server is not None:  # before the predictor: calls in flight still need it
             await self.grpc_server.stop()
         # Answer the requests already accepted first: their events must reach the logs.

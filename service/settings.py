@@ -24,6 +24,14 @@ class Settings(BaseSettings):
         "cpu_count",
         description="HTTP worker processes (each loads the model); `cpu_count` = one per core.",
     )
+    connection_balancing: bool = Field(
+        True,
+        description="Spread keep-alive HTTP connections evenly over the workers: a worker "
+        "holding two or more connections more than a sibling answers one request with "
+        "`Connection: close` (at most 4 a second), and the client reconnects to a less busy "
+        "worker. Without it, a client with a few long-lived connections can land on one worker "
+        "and use one core.",
+    )
     grpc_enabled: bool = Field(
         True,
         description="Serve gRPC (Open Inference Protocol) on GRPC_PORT beside HTTP. When false, "

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from models.contract import CONTRACT
+from service.balance import Board
 from tests.support import ServedService, example_rows
 
 MAX_BODY = 4 * 1024 * 1024
@@ -182,3 +185,42 @@ def test_model_endpoint_describes_tag_metadata_and_contract(
 def test_health_endpoints(served: ServedService) -> None:
     assert httpx.get(f"{served.url}/livez").status_code == 200
     assert httpx.get(f"{served.url}/readyz").status_code == 200
+
+
+def test_keep_alive_connections_are_spread_over_the_workers(served: ServedService) -> None:
+    """Four clients that each keep one connection open end up two per worker, however the
+    workers first accepted them; answers stay correct when a connection is moved."""
+    board = (
+        Path(served.env["BENTOML_HOME"])
+        / "prometheus_multiproc_dir"
+        / f"workers-{served.pid}.board"
+    )
+    clients = [
+        httpx.Client(base_url=served.url, timeout=30, limits=httpx.Limits(max_connections=1))
+        for _ in range(4)
+    ]
+    payload = {"instances": example_rows(1)}
+    moved = 0
+
+    def spread() -> bool:
+        nonlocal moved
+        for http in clients:
+            response = predict(http, payload)
+            assert response.status_code == 200, response.text
+            moved += response.headers.get("connection") == "close"
+        live = [count for beat, _, count in Board.read(board) if time.time() - beat < 2]
+        return sorted(live) == [2, 2]
+
+    try:
+        deadline = time.monotonic() + 30
+        while not spread():
+            assert time.monotonic() < deadline, f"never balanced: {Board.read(board)}"
+        # balanced stays balanced: no more connections are closed
+        before = moved
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            spread()
+        assert moved == before
+    finally:
+        for http in clients:
+            http.close()

@@ -1,0 +1,100 @@
+"""The connection balancer's board and decisions, without a server (the served test is in
+tests/integration/test_http.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from starlette.types import Message, Receive, Scope, Send
+
+from service.balance import Board, ConnectionBalancer
+
+
+async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def request(balancer: ConnectionBalancer, client_port: int) -> list[tuple[bytes, bytes]]:
+    """The response headers of one request from 127.0.0.1:client_port."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "client": ("127.0.0.1", client_port), "headers": []}
+    asyncio.run(balancer(scope, receive, send))
+    return list(sent[0]["headers"])
+
+
+def test_the_board_shows_each_worker_its_live_siblings(tmp_path: Path) -> None:
+    path = tmp_path / "workers.board"
+    first, second, third = Board(path, 0), Board(path, 1), Board(path, 2)
+    first.publish(5, now=100.0)
+    second.publish(2, now=100.0)
+    third.publish(9, now=90.0)  # stopped publishing ten seconds ago
+    assert sorted(first.siblings(max_age=2.5, now=101.0)) == [2]
+    assert sorted(second.siblings(max_age=2.5, now=101.0)) == [5]
+    second.close()  # a worker that stops leaves the board
+    assert first.siblings(max_age=2.5, now=101.0) == []
+
+
+def test_a_worker_holding_two_connections_more_than_a_sibling_closes_one(tmp_path: Path) -> None:
+    path = tmp_path / "workers.board"
+    sibling = Board(path, 1)
+    sibling.publish(1)
+    balancer = ConnectionBalancer(answer, interval=60)
+    asyncio.run(_start(balancer, Board(path, 0)))
+    for port in (5001, 5002):
+        request(balancer, port)
+    balancer.refresh()
+    assert request(balancer, 5001) == []  # 2 against 1: a move would only swap the imbalance
+    sibling.publish(0)
+    balancer.refresh()  # 2 against 0
+    assert request(balancer, 5001) == [(b"connection", b"close")]
+    assert balancer.closed == 1
+    # the next close waits for the interval, whatever the board says
+    for port in (5003, 5004):
+        request(balancer, port)
+    balancer.refresh()
+    assert all(request(balancer, port) == [] for port in (5002, 5003, 5004))
+
+
+def test_a_new_connection_is_never_closed_and_a_balanced_worker_closes_none(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "workers.board"
+    sibling = Board(path, 1)
+    balancer = ConnectionBalancer(answer, interval=0)
+    asyncio.run(_start(balancer, Board(path, 0)))
+    for port in (5001, 5002, 5003):
+        request(balancer, port)
+    sibling.publish(0)
+    balancer.refresh()
+    assert request(balancer, 6000) == []  # first request of a connection
+    sibling.publish(3)
+    balancer.refresh()
+    assert all(request(balancer, port) == [] for port in (5001, 5002, 5003, 6000))
+    assert balancer.closed == 0
+
+
+def test_without_siblings_or_before_start_requests_pass_untouched(tmp_path: Path) -> None:
+    balancer = ConnectionBalancer(answer, interval=0)
+    assert request(balancer, 5001) == []  # not started: no board
+    asyncio.run(_start(balancer, Board(tmp_path / "workers.board", 0)))
+    for port in range(5001, 5010):
+        request(balancer, port)
+    balancer.refresh()
+    assert request(balancer, 5001) == []
+    assert balancer.closed == 0
+
+
+async def _start(balancer: ConnectionBalancer, board: Board) -> None:
+    # start() needs a running loop for its refresh task; the tests refresh by hand.
+    balancer.start(board)
+    assert balancer._task is not None
+    balancer._task.cancel()
