@@ -15,12 +15,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from service import tracing
-from service.http import REQUEST_ID_HEADER, JSONResponse, decode_json, read_body
+from service.http import (
+    JSON_CONTENT,
+    Header,
+    JSONResponse,
+    decode_json,
+    read_body,
+    request_headers,
+    send_response,
+)
 from service.inference import RequestContext
 from service.oip.protocol import (
     InferenceProtocol,
@@ -37,13 +47,13 @@ EXTENSIONS = ("binary_tensor_data",)
 _INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
-def v2_error(exc: RequestRejected, ctx: RequestContext | None = None) -> JSONResponse:
-    body: dict[str, Any] = {**exc.to_dict(), "error": exc.summary}
-    headers = {}
-    if ctx is not None:
-        body["request_id"] = ctx.request_id
-        headers[REQUEST_ID_HEADER] = ctx.request_id
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+def v2_error(exc: RequestRejected) -> JSONResponse:
+    """A refusal of a metadata or readiness route (not a logged request: no request id)."""
+    return JSONResponse({**exc.to_dict(), "error": exc.summary}, status_code=exc.status)
+
+
+def v2_error_body(exc: RequestRejected, ctx: RequestContext) -> bytes:
+    return orjson.dumps({**exc.to_dict(), "error": exc.summary, "request_id": ctx.request_id})
 
 
 def _invalid(message: str) -> RequestRejected:
@@ -160,9 +170,12 @@ def _requested_outputs(payload: Mapping[str, Any]) -> tuple[list[str], frozenset
     return names, frozenset(binary)
 
 
-def render_infer(protocol: InferenceProtocol, result: InferResult) -> Response:
-    """JSON, or JSON followed by the raw outputs that the request asked for in binary."""
-    headers = {REQUEST_ID_HEADER: result.ctx.request_id}
+_OCTETS = (b"content-type", b"application/octet-stream")
+
+
+def render_infer(protocol: InferenceProtocol, result: InferResult) -> tuple[bytes, list[Header]]:
+    """JSON, or JSON followed by the raw outputs that the request asked for in binary; with the
+    response headers."""
     binary = result.request.binary_outputs
     rendered: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -179,20 +192,68 @@ def render_infer(protocol: InferenceProtocol, result: InferResult) -> Response:
         else:
             out["data"] = list(tensor.data)
         rendered.append(out)
-    answer = {
-        "model_name": protocol.model_name,
-        "model_version": protocol.model_version,
-        "id": result.response_id,
-        "outputs": rendered,
-    }
-    if not chunks:
-        return JSONResponse(answer, headers=headers)
-    header = JSONResponse(answer).body
-    return Response(
-        b"".join([header, *chunks]),
-        media_type="application/octet-stream",
-        headers={**headers, HEADER_LENGTH: str(len(header))},
+    answer = orjson.dumps(
+        {
+            "model_name": protocol.model_name,
+            "model_version": protocol.model_version,
+            "id": result.response_id,
+            "outputs": rendered,
+        }
     )
+    if not chunks:
+        return answer, [JSON_CONTENT]
+    length = (HEADER_LENGTH.lower().encode(), b"%d" % len(answer))
+    return b"".join([answer, *chunks]), [_OCTETS, length]
+
+
+class InferEndpoint:
+    """``POST /v2/models/{name}[/versions/{version}]/infer`` as a bare ASGI app (see
+    ``service.http.PredictEndpoint`` for why)."""
+
+    def __init__(self, get_protocol: Callable[[], InferenceProtocol], max_body_bytes: int) -> None:
+        self._get_protocol = get_protocol
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope)
+        params = scope["path_params"]
+        with tracing.server_span("POST /v2/models/{name}/infer", headers, _INFER_SPAN) as span:
+            status, body, request_id, extra = await self._infer(params, headers, receive)
+            tracing.end_status(span, status)
+        await send_response(send, status, body, request_id, extra)
+
+    async def _infer(
+        self, params: Mapping[str, str], headers: Mapping[str, str], receive: Receive
+    ) -> tuple[int, bytes, str, list[Header]]:
+        protocol = self._get_protocol()
+        name, version = params["name"], params.get("version", "")
+        ctx = RequestContext.start(
+            "http", f"/v2/models/{protocol.model_name}/infer", headers.get("x-request-id")
+        )
+        try:
+            body = await read_body(receive, headers.get("content-length"), self._max_body_bytes)
+        except RequestRejected as exc:
+            protocol.predictor.reject(ctx, exc)
+            return exc.status, v2_error_body(exc, ctx), ctx.request_id, [JSON_CONTENT]
+        header_length = headers.get(HEADER_LENGTH.lower())
+        try:
+            result = await protocol.infer(
+                ctx,
+                lambda: parse_rest_infer(body, header_length, name, version),
+                lambda: body,
+            )
+        except InferRejected as exc:
+            return (
+                exc.rejection.status,
+                v2_error_body(exc.rejection, exc.ctx),
+                exc.ctx.request_id,
+                [JSON_CONTENT],
+            )
+        except InferFailed as exc:
+            failed = orjson.dumps({"error": str(exc), "request_id": exc.ctx.request_id})
+            return 500, failed, exc.ctx.request_id, [JSON_CONTENT]
+        answer, extra = render_infer(protocol, result)
+        return 200, answer, result.ctx.request_id, extra
 
 
 def v2_routes(
@@ -224,44 +285,7 @@ def v2_routes(
             return v2_error(exc)
         return Response(status_code=200 if is_ready else 503)
 
-    async def infer(request: Request) -> Response:
-        with tracing.server_span(
-            "POST /v2/models/{name}/infer", request.headers, _INFER_SPAN
-        ) as span:
-            response = await _infer(request)
-            tracing.end_status(span, response.status_code)
-            return response
-
-    async def _infer(request: Request) -> Response:
-        protocol = get_protocol()
-        name, version = _model_of(request)
-        ctx = RequestContext.start(
-            "http",
-            f"/v2/models/{protocol.model_name}/infer",
-            request.headers.get(REQUEST_ID_HEADER),
-        )
-        try:
-            body = await read_body(request, max_body_bytes)
-        except RequestRejected as exc:
-            protocol.predictor.reject(ctx, exc)
-            return v2_error(exc, ctx)
-        header_length = request.headers.get(HEADER_LENGTH)
-        try:
-            result = await protocol.infer(
-                ctx,
-                lambda: parse_rest_infer(body, header_length, name, version),
-                lambda: body,
-            )
-        except InferRejected as exc:
-            return v2_error(exc.rejection, exc.ctx)
-        except InferFailed as exc:
-            return JSONResponse(
-                {"error": str(exc), "request_id": exc.ctx.request_id},
-                status_code=500,
-                headers={REQUEST_ID_HEADER: exc.ctx.request_id},
-            )
-        return render_infer(protocol, result)
-
+    infer = InferEndpoint(get_protocol, max_body_bytes)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     return [
