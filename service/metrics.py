@@ -14,7 +14,10 @@ workers; each gauge declares how workers combine (``livesum``, ``livemax``...). 
 Where the numbers come from:
 
 - request metrics from the one event per answered request (:meth:`ServiceMetrics.publish`, an
-  ``EventSink``), for every transport alike;
+  ``EventSink``), for every transport alike: the request path only appends a tuple, and a thread
+  of the worker applies them every ``REQUEST_FLUSH_SECONDS``, grouped (a counter or histogram
+  update in multiprocess mode takes a lock and writes a memory-mapped file: six of them cost
+  about 8 us per request, a sixth of what the rest of a single-instance request costs);
 - model-health metrics from each merged model call, on the model thread, vectorised over the
   call's DataFrame and scores (:meth:`observe_model_call`), so a 1000-instance request costs a few
   numpy operations, not 1000 metric updates;
@@ -35,6 +38,7 @@ import platform
 import resource
 import threading
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Sequence
 from typing import get_args
 
@@ -47,6 +51,7 @@ from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Event, PredictionEvent
 from service.model import LoadedModel
 from service.predlog.observer import DropReason, Operation
+from service.validation import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,12 @@ CALL_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 BUILD_PACKAGES = ("bentoml", "scikit-learn", "pandas", "numpy", "evidently", "grpcio")
 PROCESS_SAMPLE_SECONDS = 5.0
+# How stale the request metrics may be: far below any scrape interval.
+REQUEST_FLUSH_SECONDS = 0.2
 NAN = float("nan")
+# One answered request, as the request path hands it over: transport, endpoint, status, latency,
+# instances (accepted requests) and field errors (refused ones).
+_Answered = tuple[str, str, int, float, int | None, Sequence[FieldError] | None]
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:
@@ -208,21 +218,71 @@ class ServiceMetrics:
             platform.python_version(),
             *(_version(p) for p in BUILD_PACKAGES),
         ).set(1)
+        self._answered: deque[_Answered] = deque()  # append and popleft are thread-safe
+        self._stopping = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name="request-metrics", daemon=True
+        )
 
-    # EventSink: one event per answered request, on the request path (a few increments).
+    # EventSink: one event per answered request, on the request path: one append.
     def publish(self, event: Event) -> None:
         request = event.request
-        transport, endpoint = request.transport, request.endpoint
-        self.latency.labels(transport, endpoint).observe(request.latency_seconds)
         if isinstance(event, PredictionEvent):
-            self.requests.labels(transport, endpoint, "200").inc()
-            self.instances.labels(transport).observe(len(event.instances))
+            answer: _Answered = (
+                request.transport, request.endpoint, 200, request.latency_seconds,
+                len(event.instances), None,
+            )  # fmt: skip
+        else:
+            errors = event.errors if event.status < 500 else None
+            answer = (
+                request.transport, request.endpoint, event.status, request.latency_seconds,
+                None, errors,
+            )  # fmt: skip
+        self._answered.append(answer)
+
+    def start(self) -> None:
+        """Apply published requests every REQUEST_FLUSH_SECONDS, from a thread of its own."""
+        self._flusher.start()
+
+    def stop(self) -> None:
+        """Stop the thread and apply what is left (call after the last request)."""
+        self._stopping.set()
+        if self._flusher.is_alive():
+            self._flusher.join(5)
+        self.flush()
+
+    def flush(self) -> None:
+        """Apply the requests published so far to the metrics, grouped."""
+        answered = [self._answered.popleft() for _ in range(len(self._answered))]
+        if not answered:
             return
-        self.requests.labels(transport, endpoint, str(event.status)).inc()
-        if event.status < 500:
-            tally = Tally((e.metric_field, e.reason.value) for e in event.errors)
-            for (field, reason), count in tally.items():
-                self.validation_failures.labels(transport, field, reason).inc(count)
+        codes: Tally[tuple[str, str, str]] = Tally()
+        latencies: dict[tuple[str, str], list[float]] = {}
+        instances: dict[str, list[int]] = {}
+        failures: Tally[tuple[str, str, str]] = Tally()
+        for transport, endpoint, status, latency, count, errors in answered:
+            codes[(transport, endpoint, str(status))] += 1
+            latencies.setdefault((transport, endpoint), []).append(latency)
+            if count is not None:
+                instances.setdefault(transport, []).append(count)
+            if errors:
+                for e in errors:
+                    failures[(transport, e.metric_field, e.reason.value)] += 1
+        for labels, n in codes.items():
+            self.requests.labels(*labels).inc(n)
+        for labels, values in latencies.items():
+            observe_many(self.latency.labels(*labels), np.asarray(values, dtype=float))
+        for transport, counts in instances.items():
+            observe_many(self.instances.labels(transport), np.asarray(counts, dtype=float))
+        for labels, n in failures.items():
+            self.validation_failures.labels(*labels).inc(n)
+
+    def _flush_periodically(self) -> None:
+        while not self._stopping.wait(REQUEST_FLUSH_SECONDS):
+            try:
+                self.flush()
+            except Exception:  # metrics never take the worker down
+                log.exception("applying request metrics failed")
 
     # Batch observer: called by the batcher after each model call.
     def observe_batch(self, rows: int, requests: int, seconds: float) -> None:

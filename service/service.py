@@ -90,6 +90,7 @@ class CreditRiskService:
         self.process_metrics: ProcessMetrics | None = None
         if settings.metrics_enabled:
             self.metrics = ServiceMetrics(model, registry=None)
+            self.metrics.start()
             sinks.append(self.metrics)
             self.process_metrics = ProcessMetrics(registry=None)
             self.process_metrics.start()
@@ -188,6 +189,8 @@ class CreditRiskService:
             await asyncio.to_thread(self.prediction_log.close)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if self.process_metrics is not None:
             self.process_metrics.stop()
         await asyncio.to_thread(tracer_provider.shutdown)  # exports the spans still buffered

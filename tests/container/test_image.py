@@ -19,6 +19,7 @@ import tritonclient.grpc as triton_grpc
 from service.model import load_model
 from tests.container.oci import BENTO_USER_UID, PODMAN_RUN_FLAGS, Container, Oci, StartContainer
 from tests.oip_support import triton_inputs
+from tests.predlog.helpers import wait_until
 from tests.support import example_rows
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
@@ -82,14 +83,18 @@ def _assert_grpc_predicts(container: Container, model_tag: str) -> str:
 
 
 def _assert_metrics(container: Container) -> None:
-    response = httpx.get(f"{container.url}/metrics", timeout=10)
-    assert response.status_code == 200
+    counted = 'inference_requests_total{code="200",endpoint="/predict",transport="http"} 1.0'
+
+    def scraped() -> str | None:
+        response = httpx.get(f"{container.url}/metrics", timeout=10)
+        assert response.status_code == 200
+        # Each worker applies its request metrics every fifth of a second.
+        return response.text if counted in response.text else None
+
     # The requests just answered are counted, merged across workers.
-    assert 'inference_requests_total{code="200",endpoint="/predict",transport="http"} 1.0' in (
-        response.text
-    )
-    assert "model_predictions_total{" in response.text
-    assert "bentoml_service_request_total" in response.text
+    text = wait_until(scraped, timeout=10)
+    assert "model_predictions_total{" in text
+    assert "bentoml_service_request_total" in text
 
 
 def _assert_runs_as_bentoml(container: Container) -> None:

@@ -18,6 +18,7 @@ from service.metrics import (
 )
 from service.model import LoadedModel, load_model
 from service.validation import InstanceValidator, RequestRejected
+from tests.predlog.helpers import wait_until
 from tests.support import example_rows
 
 
@@ -66,6 +67,14 @@ def test_requests_latency_and_validation_failures_by_transport(
     metrics.publish(RejectionEvent(info("grpc", "ModelInfer"), 400, refused.value.errors, 10, ""))
     metrics.publish(RejectionEvent(info(), 500, [], 0, ""))
     value = registry.get_sample_value
+    assert (
+        value(
+            "inference_request_duration_seconds_count",
+            {"transport": "http", "endpoint": "/predict"},
+        )
+        is None
+    )  # not yet: the worker's thread applies them
+    metrics.flush()
     assert (
         value(
             "inference_requests_total", {"transport": "http", "endpoint": "/predict", "code": "200"}
@@ -187,3 +196,18 @@ def test_process_metrics_sample_this_process(registry: CollectorRegistry) -> Non
     assert value("process_resident_memory_bytes") > 10_000_000
     assert value("process_open_fds") > 2
     assert value("service_workers") == 1
+
+
+def test_published_requests_reach_the_metrics_from_the_flusher_thread_and_on_stop(
+    registry: CollectorRegistry, model: LoadedModel
+) -> None:
+    metrics = ServiceMetrics(model, registry)
+    metrics.start()
+    count = {"transport": "http", "endpoint": "/predict", "code": "200"}
+    event = PredictionEvent(info(), example_rows(2), [Prediction("good", 0.1)] * 2)
+    metrics.publish(event)
+    wait_until(lambda: registry.get_sample_value("inference_requests_total", count) == 1)
+    metrics.publish(event)
+    metrics.stop()  # what was published before stop() is applied, however recently
+    assert registry.get_sample_value("inference_requests_total", count) == 2
+    assert registry.get_sample_value("inference_request_instances_sum", {"transport": "http"}) == 4
