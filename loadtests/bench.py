@@ -147,9 +147,20 @@ class RunningServer:
         env = {**os.environ, "MODEL_TAG": model.tag, "BENTOML_DO_NOT_TRACK": "true"}
         bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve"]
         address = ["--port", str(self.port), "--host", "127.0.0.1"]
+        self.state: Path | None = None
         if spec.kind == "ours":
             command = [*bentoml, "service.service:CreditRiskService", *address]
             env |= {"WORKERS": "2", "GRPC_PORT": str(free_port())}
+            # A fresh prediction log per run: results must not depend on what earlier runs
+            # left in the store (or on its schema version).
+            self.state = work / "state" / log.stem
+            shutil.rmtree(self.state, ignore_errors=True)
+            self.state.mkdir(parents=True)
+            env |= {
+                "PREDICTION_LOG_URL": f"sqlite:///{self.state}/predictions.db",
+                "PREDICTION_LOG_SPOOL_DIR": str(self.state / "spool"),
+                "DRIFT_SNAPSHOT_DIR": str(self.state / "drift"),
+            }
             self.ready = "/readyz"
         elif spec.kind == "bare":
             command = [*bentoml, "loadtests.bare_service:BareService", *address]
@@ -191,6 +202,8 @@ class RunningServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+        if self.state is not None:
+            shutil.rmtree(self.state, ignore_errors=True)
 
 
 def export_mlserver_model(model: LoadedModel, repo: Path, port: int, spec: ServerSpec) -> Path:

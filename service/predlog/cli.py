@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from service.predlog.schema import DATA_TABLES, predictions
+from service.predlog.schema import DATA_TABLES, SCHEMA_VERSION, predictions
 from service.predlog.spool import QUARANTINE, Spool
 from service.predlog.store import Store
 from service.predlog.writer import Writer, WriterConfig
@@ -160,6 +160,13 @@ def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     version = store.version()
     if version is None:
         print(f"{store.display_url} has no prediction log tables", file=sys.stderr)
+        return 1
+    if version != SCHEMA_VERSION:
+        print(
+            f"{store.display_url} has schema version {version}; this version reads "
+            f"{SCHEMA_VERSION}: stop the service and run `python -m service.predlog migrate`",
+            file=sys.stderr,
+        )
         return 1
     if args.command == "export":
         until = args.until or datetime.now(UTC)

@@ -271,3 +271,17 @@ def test_a_version_1_store_is_migrated_in_place_and_reads_as_before(store_url: s
     ]
     assert store.migrate() == 0  # already current
     store.close()
+
+
+def test_the_command_line_sends_a_version_1_store_to_migrate(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.predlog.cli import main
+
+    version_1_store(sqlite_url)[0].close()
+    monkeypatch.setenv("PREDICTION_LOG_URL", sqlite_url)
+    assert main(["status"]) == 1
+    assert "run `python -m service.predlog migrate`" in capsys.readouterr().err
+    assert main(["migrate"]) == 0
+    assert "schema version 2 (6 instances moved)" in capsys.readouterr().out
+    assert main(["status"]) == 0
