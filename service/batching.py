@@ -42,21 +42,24 @@ class BatcherClosed(RuntimeError):
 class MicroBatcher(Generic[Row, Result]):
     def __init__(
         self,
-        fn: Callable[[list[Row]], Sequence[Result]],
+        fn: Callable[[list[Sequence[Row]]], Sequence[Result]],
         max_rows: int,
         on_batch: BatchObserver | None = None,
     ) -> None:
-        """``fn`` maps a list of rows to one result per row, in order; it runs on one thread."""
+        """``fn`` maps the merged requests' rows (a list of the submitted sequences, in order) to
+        one result per row, in order; it runs on one thread. It gets the sequences as they were
+        submitted, not one list of rows, so that what a request carries beside its rows (the
+        validator's columns) reaches the model call."""
         self._fn = fn
         self._max_rows = max_rows
         self._on_batch = on_batch
-        self._pending: deque[tuple[list[Row], asyncio.Future[Batched[Result]]]] = deque()
+        self._pending: deque[tuple[Sequence[Row], asyncio.Future[Batched[Result]]]] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def submit(self, rows: list[Row]) -> Batched[Result]:
+    async def submit(self, rows: Sequence[Row]) -> Batched[Result]:
         """Results for ``rows``, computed in a call shared with other concurrent requests."""
         if self._closed:
             raise BatcherClosed("the model is shutting down")
@@ -75,7 +78,7 @@ class MicroBatcher(Generic[Row, Result]):
             await self._loop_task
         self._executor.shutdown(wait=True)
 
-    def _take_batch(self) -> list[tuple[list[Row], asyncio.Future[Batched[Result]]]]:
+    def _take_batch(self) -> list[tuple[Sequence[Row], asyncio.Future[Batched[Result]]]]:
         batch = [self._pending.popleft()]
         rows = len(batch[0][0])
         while self._pending and rows + len(self._pending[0][0]) <= self._max_rows:
@@ -91,28 +94,29 @@ class MicroBatcher(Generic[Row, Result]):
             self._wakeup.clear()
             while self._pending:
                 batch = self._take_batch()
-                merged = [row for rows, _ in batch for row in rows]
+                parts = [rows for rows, _ in batch]
+                total = sum(map(len, parts))
                 started = time.perf_counter()
                 try:
-                    results = await loop.run_in_executor(self._executor, self._fn, merged)
-                    if len(results) != len(merged):
-                        raise RuntimeError(f"model returned {len(results)} for {len(merged)} rows")
+                    results = await loop.run_in_executor(self._executor, self._fn, parts)
+                    if len(results) != total:
+                        raise RuntimeError(f"model returned {len(results)} for {total} rows")
                 except Exception as exc:
-                    log.exception("model call on %d rows failed", len(merged))
+                    log.exception("model call on %d rows failed", total)
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 if self._on_batch is not None:
                     try:
-                        self._on_batch(len(merged), len(batch), time.perf_counter() - started)
+                        self._on_batch(total, len(batch), time.perf_counter() - started)
                     except Exception:
                         log.exception("batch observer failed")
                 offset = 0
                 for rows, future in batch:
                     if not future.done():  # the caller may have gone (client disconnect)
                         future.set_result(
-                            Batched(results[offset : offset + len(rows)], len(merged), len(batch))
+                            Batched(results[offset : offset + len(rows)], total, len(batch))
                         )
                     offset += len(rows)
             if self._closed:

@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from itertools import chain
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from service.events import (
     Transport,
 )
 from service.model import LoadedModel
-from service.validation import Instance, InstanceValidator, Reason, RequestRejected
+from service.validation import Instance, Instances, InstanceValidator, Reason, RequestRejected
 
 log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
@@ -141,9 +142,9 @@ class Predictor:
         }
         self.model.score(self.contract.frame([row]))
 
-    def _predict_rows(self, rows: list[Instance]) -> list[Prediction]:
-        # Runs on the batcher's model thread.
-        frame = self.contract.frame(rows)
+    def _predict_rows(self, parts: list[Sequence[Instance]]) -> list[Prediction]:
+        # Runs on the batcher's model thread: one call for the merged requests' instances.
+        frame = self._frame(parts)
         scores = self.model.score(frame)
         labels = self.model.labels(scores)
         if self._model_observer is not None:
@@ -154,6 +155,19 @@ class Predictor:
         return [
             Prediction(label, float(score)) for label, score in zip(labels, scores, strict=True)
         ]
+
+    def _frame(self, parts: list[Sequence[Instance]]) -> pd.DataFrame:
+        """The merged requests' instances as the model's DataFrame, from the columns the
+        validator kept when every request has them."""
+        kept = [part.columns if isinstance(part, Instances) else None for part in parts]
+        if all(columns is not None for columns in kept):
+            columns = cast(list[dict[str, list[Any]]], kept)
+            if len(columns) == 1:
+                return self.contract.frame_of_columns(columns[0])
+            return self.contract.frame_of_columns(
+                {name: list(chain.from_iterable(c[name] for c in columns)) for name in columns[0]}
+            )
+        return self.contract.frame([row for part in parts for row in part])
 
     async def predict(self, ctx: RequestContext, instances: list[Instance]) -> list[Prediction]:
         """Predictions for validated ``instances``, in order; publishes the event."""

@@ -16,9 +16,10 @@ class Recorder:
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, rows: list[int]) -> list[int]:
+    def __call__(self, parts: list[list[int]]) -> list[int]:
         self.release.wait(5)
-        self.calls.append(list(rows))
+        rows = [r for part in parts for r in part]
+        self.calls.append(rows)
         return [r * 10 for r in rows]
 
 
@@ -64,7 +65,8 @@ async def test_observer_sees_rows_requests_and_duration() -> None:
 
 
 async def test_a_failing_call_fails_its_requests_only() -> None:
-    def model(rows: list[int]) -> list[int]:
+    def model(parts: list[list[int]]) -> list[int]:
+        rows = [r for part in parts for r in part]
         if 13 in rows:
             raise ValueError("unlucky")
         return rows
@@ -79,8 +81,26 @@ async def test_a_failing_call_fails_its_requests_only() -> None:
     await batcher.aclose()
 
 
+async def test_the_model_gets_each_request_as_it_was_submitted() -> None:
+    # What a request carries beside its rows (the validator's columns) must reach the call.
+    class Tagged(list[int]):
+        tag = "kept"
+
+    seen: list[list[object]] = []
+
+    def model(parts: list[list[int]]) -> list[int]:
+        seen.append([getattr(p, "tag", None) for p in parts])
+        return [r for part in parts for r in part]
+
+    batcher = MicroBatcher(model, max_rows=10)
+    first, second = await asyncio.gather(batcher.submit(Tagged([1, 2])), batcher.submit([3]))
+    assert (first.results, second.results) == ([1, 2], [3])
+    assert seen == [["kept", None]] or seen == [["kept"], [None]]
+    await batcher.aclose()
+
+
 async def test_a_wrong_length_answer_is_an_error_not_a_misalignment() -> None:
-    batcher = MicroBatcher(lambda rows: rows[:-1], max_rows=10)
+    batcher = MicroBatcher(lambda parts: parts[0][:-1], max_rows=10)
     with pytest.raises(RuntimeError, match="returned 1 for 2 rows"):
         await batcher.submit([1, 2])
     await batcher.aclose()

@@ -67,3 +67,28 @@ def test_generated_request_ids_are_unique_time_ordered_uuid7() -> None:
     assert [i[:12] for i in ids] == sorted(
         i[:12] for i in ids
     )  # millisecond prefix never goes back
+
+
+async def test_merged_requests_with_and_without_kept_columns_answer_as_the_model_does(
+    model_tag: str,
+) -> None:
+    model = load_model(bentoml.models.get(model_tag))
+    predictor = Predictor(model, 100, 1000)
+    rows = example_rows(60)
+    batch = predictor.validator.validate_instances(rows[:40])  # columnar check: columns kept
+    singles = [predictor.validator.validate_instances([row]) for row in rows[40:]]  # none kept
+    assert batch.columns is not None
+    assert all(s.columns is None for s in singles)
+    expected = model.score(model.contract.frame(rows))
+
+    def ctx() -> RequestContext:
+        return RequestContext.start("http", "/predict", None)
+
+    answers = await asyncio.gather(
+        predictor.predict(ctx(), batch), *(predictor.predict(ctx(), s) for s in singles)
+    )
+    got = [p.probability for answer in answers for p in answer]
+    assert got == expected.tolist()  # bit for bit, whichever way each frame was built
+    alone = await predictor.predict(ctx(), predictor.validator.validate_instances(rows[:40]))
+    assert [p.probability for p in alone] == expected[:40].tolist()
+    await predictor.aclose()
