@@ -108,7 +108,7 @@ class ConnectionBalancer:
         self.app = app
         self.interval = interval
         self.window = window
-        self.closed = 0  # connections this worker asked to close, for tests and logs
+        self.closed = 0  # connections this worker asked to close (tests read it)
         self._board: Board | None = None
         self._seen: dict[tuple[str, int], float] = {}
         self._excess = False  # this worker holds 2+ connections more than a live sibling

@@ -17,8 +17,8 @@ worker's event-loop time for single-instance requests, measured). We replace tha
 the worker builds its middleware, register it globally, and take the prediction routes out of
 BentoML's middleware: their handlers open one SERVER span themselves (continuing an incoming W3C
 ``traceparent``), with child spans for validation, the model call and the log enqueue. With export
-off the provider samples nothing: spans are not recorded, but still carry trace ids (the caller's,
-when it sent one), which the access log and the prediction log keep.
+off no span is created (see ``_exporting``): the request's context is the caller's, when it sent
+one, whose trace id the access log and the prediction log keep.
 """
 
 from __future__ import annotations
