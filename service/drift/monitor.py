@@ -104,7 +104,8 @@ class DriftMonitor:
         """Stop the thread; a run in progress is killed (and recorded as failed)."""
         self._stop.set()
         self.process.stop()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
         self.store.close()
 
     # What the routes serve (cached by the thread: no store access on a request)
@@ -151,11 +152,20 @@ class DriftMonitor:
                 f"every DRIFT_INTERVAL_SECONDS={self.config.interval_seconds}s (GET /drift "
                 "shows the status)"
             )
-        path = self.config.snapshot_dir / report.summary.report
+        name, owner = report.summary.report, report.claimed_by
+        if not (self.config.snapshot_dir / name).is_file():
+            # This worker's view may be a poll behind a run whose retention deleted that file.
+            try:
+                newer = self.runs.latest_report()
+            except Exception:  # the store is down: answer from what this worker saw
+                newer = None
+            if newer is not None and newer.summary is not None and newer.summary.report:
+                name, owner = newer.summary.report, newer.claimed_by
+        path = self.config.snapshot_dir / name
         if not path.is_file():
             return None, (
-                f"the latest drift report, {report.summary.report}, was written by "
-                f"{report.claimed_by} and is not in this replica's DRIFT_SNAPSHOT_DIR "
+                f"the latest drift report, {name}, was written by "
+                f"{owner} and is not in this replica's DRIFT_SNAPSHOT_DIR "
                 f"({self.config.snapshot_dir}): share that directory between replicas, or it "
                 "was deleted by retention"
             )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loadtests.payloads import Drift, PayloadFactory, parse_shifts
+from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Prediction, PredictionEvent, RequestInfo
 from service.model import LoadedModel
 from service.predlog.records import new_event_id, to_entry
@@ -61,3 +62,20 @@ def log_predictions(
         ]
         entries.append(to_entry(PredictionEvent(info, list(instances[part]), answers)))
     store.write(entries)
+
+
+def ok_summary(report: str = "drift-x.html", window_size: int = 500) -> DriftSummary:
+    """The summary of a completed run with no drift (as the child process returns it)."""
+    return DriftSummary(
+        "ok",
+        computed_at=datetime.now(UTC),
+        window_size=window_size,
+        min_samples=100,
+        model="credit_risk:v1",
+        duration_seconds=1.5,
+        dataset_drift=False,
+        drifted_share=0.0,
+        features={"age_in_years": ColumnDrift("K-S p_value", 0.4, 0.05, False)},
+        prediction=ColumnDrift("K-S p_value", 0.3, 0.05, False),
+        report=report,
+    )

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime
 
 from sqlalchemy import func, inspect, select
 
 from service.drift.runs import DriftRuns, drift_runs, utc_ago
-from service.drift.summary import ColumnDrift, DriftSummary
 from service.predlog.schema import SCHEMA_VERSION
 from service.predlog.store import Store
+from tests.drift.helpers import ok_summary
 from tests.predlog.helpers import concurrently
 from tests.support import ROOT
 
@@ -76,19 +75,7 @@ def test_runs_are_recorded_and_read_back_newest_first(store: Store) -> None:
     runs = DriftRuns(store)
     runs.ensure_schema()
     assert runs.latest() is None
-    summary = DriftSummary(
-        "ok",
-        computed_at=datetime.now(UTC),
-        window_size=500,
-        min_samples=100,
-        model="credit_risk:v1",
-        duration_seconds=1.5,
-        dataset_drift=False,
-        drifted_share=0.0,
-        features={"age_in_years": ColumnDrift("K-S p_value", 0.4, 0.05, False)},
-        prediction=ColumnDrift("K-S p_value", 0.3, 0.05, False),
-        report="drift-x.html",
-    )
+    summary = ok_summary()
     assert runs.claim(60, 60, "a")
     assert runs.running_since(utc_ago(60))
     runs.finish(60, "ok", summary, None)

@@ -48,7 +48,7 @@ def drifting(model_tag: str) -> Iterator[ServedService]:
         "DRIFT_WINDOW_SIZE": str(WINDOW),
         "DRIFT_MIN_SAMPLES": "100",
         "DRIFT_SNAPSHOT_DIR": str(state / "drift"),
-        "DRIFT_SNAPSHOT_KEEP": "5",
+        "DRIFT_SNAPSHOT_KEEP": "1000",  # no run pruned: the rows are every run there was
         "PREDICTION_LOG_URL": f"sqlite:///{state}/predictions.db",
         "PREDICTION_LOG_SPOOL_DIR": str(state / "spool"),
         "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
@@ -210,12 +210,12 @@ def assert_metrics_show(state: dict[str, Any], samples: Samples) -> None:
     assert samples[("model_drift_prediction_threshold", frozenset())] == prediction["threshold"]
 
 
-def finished_runs(service: ServedService) -> list[tuple[int, str, str]]:
+def all_runs(service: ServedService) -> list[tuple[int, str, str]]:
     store = Store(service.env["PREDICTION_LOG_URL"])
     try:
         with store.read() as conn:
             query = select(drift_runs.c.slot, drift_runs.c.status, drift_runs.c.claimed_by)
-            return [tuple(r) for r in conn.execute(query.where(drift_runs.c.status != "running"))]
+            return [tuple(r) for r in conn.execute(query.order_by(drift_runs.c.slot))]
     finally:
         store.close()
 
@@ -226,11 +226,13 @@ def runs_counted(samples: Samples) -> float:
 
 def test_one_run_per_interval_slot_between_the_workers(drifting: ServedService) -> None:
     # The counters (each run counted by the worker that did it) and the rows agree: no slot was
-    # run twice. Read until no run finished in between.
+    # run twice. A run is counted while its row still says 'running', so read between runs: no
+    # row running before or after the scrape, and no run claimed in between.
     def agree() -> tuple[list[tuple[int, str, str]], float] | None:
-        before = finished_runs(drifting)
+        before = all_runs(drifting)
         counted = runs_counted(scrape(drifting.url)[1])
-        return (before, counted) if finished_runs(drifting) == before else None
+        quiet = all(status != "running" for _, status, _ in before)
+        return (before, counted) if quiet and all_runs(drifting) == before else None
 
     rows, counted = wait_until(agree, timeout=30)
     slots = [slot for slot, _, _ in rows]

@@ -563,5 +563,10 @@ def test_readme_curl_example_answers_what_it_shows(served: ServedService) -> Non
     response = httpx.post(
         f"{served.url}/v2/models/{MODEL}/infer", content=example.group(1).encode()
     )
-    shown = json.loads(example.group(2))
-    assert response.json()["outputs"] == shown["outputs"]
+    shown = json.loads(example.group(2))["outputs"]
+    answered = response.json()["outputs"]
+    # The same tensors; the probability to the last few bits, which depend on the CPU's BLAS
+    # kernels that trained the model (the README's was trained on another machine).
+    assert [{**o, "data": None} for o in answered] == [{**o, "data": None} for o in shown]
+    assert answered[0]["data"] == shown[0]["data"]
+    assert answered[1]["data"] == pytest.approx(shown[1]["data"], rel=1e-9)

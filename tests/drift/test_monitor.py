@@ -1,0 +1,66 @@
+"""The drift monitor's answers from what it cached (no thread started, no child process)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.drift.monitor import DriftConfig, DriftMonitor
+from service.model import LoadedModel
+from tests.drift.helpers import ok_summary
+
+
+@pytest.fixture
+def monitor(store_url: str, model: LoadedModel, tmp_path: Path) -> Iterator[DriftMonitor]:
+    config = DriftConfig(
+        interval_seconds=60,
+        window_size=500,
+        window_max_age_seconds=3600,
+        min_samples=100,
+        snapshot_dir=tmp_path,
+        snapshot_keep=2,
+        reports_keep=1,
+        run_timeout_seconds=60,
+    )
+    monitor = DriftMonitor(config, store_url, model)
+    monitor.runs.ensure_schema()
+    yield monitor
+    monitor.stop()
+
+
+def _finished(monitor: DriftMonitor, slot: int, worker: str) -> None:
+    """A run of ``slot`` done by ``worker``, its report named after the slot."""
+    assert monitor.runs.claim(slot, 60, worker)
+    monitor.runs.finish(slot, "ok", ok_summary(f"drift-{slot}.html"), None)
+
+
+def test_a_report_deleted_since_the_last_poll_gives_way_to_the_newer_one(
+    monitor: DriftMonitor, tmp_path: Path
+) -> None:
+    _finished(monitor, 60, "a")
+    (tmp_path / "drift-60.html").write_text("<html>60</html>")
+    monitor.refresh()
+    assert monitor.report_path() == (tmp_path / "drift-60.html", "")
+
+    # Another worker's run replaces the report (retention keeps one) before this one polls.
+    _finished(monitor, 120, "b")
+    (tmp_path / "drift-120.html").write_text("<html>120</html>")
+    (tmp_path / "drift-60.html").unlink()
+
+    assert monitor.report_path() == (tmp_path / "drift-120.html", "")
+
+
+def test_a_report_missing_from_this_replica_says_where_it_was_written(
+    monitor: DriftMonitor, tmp_path: Path
+) -> None:
+    _finished(monitor, 60, "replica-b:7")
+    monitor.refresh()
+
+    path, why = monitor.report_path()
+
+    assert path is None
+    assert "drift-60.html" in why
+    assert "replica-b:7" in why
+    assert "DRIFT_SNAPSHOT_DIR" in why
