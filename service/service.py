@@ -12,6 +12,7 @@ import gc
 import logging
 
 import bentoml
+from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 
 from service import tracing
 from service.balance import Board
@@ -42,15 +43,15 @@ tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predic
 
 
 def _current_predictor() -> Predictor:
-    return bentoml.get_current_service().predictor
+    return get_current_service().predictor
 
 
 def _current_protocol() -> InferenceProtocol:
-    return bentoml.get_current_service().oip
+    return get_current_service().oip
 
 
 def _current_drift() -> DriftMonitor | None:
-    return bentoml.get_current_service().drift
+    return get_current_service().drift
 
 
 http_app = build_http_app(

@@ -154,7 +154,11 @@ def server_span(
     so that :func:`current_trace_id` finds the caller's trace id; without a caller's trace, none.
     """
     if not _exporting:
-        with trace.use_span(_caller_span(carrier.get("traceparent")), end_on_exit=False) as caller:
+        caller = _caller_span(carrier.get("traceparent"))
+        if caller is trace.INVALID_SPAN:  # no trace to continue: leave the context alone
+            yield caller
+            return
+        with trace.use_span(caller, end_on_exit=False):
             yield caller
         return
     parent = propagate.extract(carrier)
