@@ -1,5 +1,6 @@
-"""The Grafana dashboards: generated from monitoring/dashboards, laid out on Grafana's grid, every
-query valid PromQL (promtool) on metrics the service exports or the recording rules compute."""
+"""The Grafana dashboards: generated from monitoring/dashboards, valid against Grafana's published
+schema, laid out on Grafana's grid, every query valid PromQL (promtool) on metrics the service
+exports or the recording rules compute."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from jsonschema import Draft7Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.dashboards.build import DASHBOARDS as BUILDERS
@@ -25,6 +27,29 @@ def test_the_committed_json_is_what_the_code_generates() -> None:
     assert sorted(p.name for p in DASHBOARDS) == sorted(BUILDERS)
     for path in DASHBOARDS:
         assert path.read_text() == render(path.name), f"{path.name} is stale: `make dashboards`"
+
+
+# Grafana's published dashboard schema (v11.6, Apache-2.0, as Grafana publishes it). Its
+# Threshold.value is a plain number, but Grafana itself writes null for the base step.
+SCHEMA = json.loads((Path(__file__).parent / "grafana-dashboard-v11.6.schema.json").read_text())
+SCHEMA["definitions"]["Threshold"]["properties"]["value"] = {"type": ["number", "null"]}
+
+
+def _schema_errors(definition: str, instance: dict[str, object]) -> list[str]:
+    validator = Draft7Validator(
+        {"$ref": f"#/definitions/{definition}", "definitions": SCHEMA["definitions"]}
+    )
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_each_dashboard_and_panel_fits_grafanas_schema(path: Path) -> None:
+    dashboard = load(path)
+    errors = _schema_errors("Dashboard", {**dashboard, "panels": []})
+    for panel in dashboard["panels"]:
+        kind = "RowPanel" if panel.get("type") == "row" else "Panel"
+        errors += [f"{panel.get('title')}: {e}" for e in _schema_errors(kind, panel)]
+    assert errors == []
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
