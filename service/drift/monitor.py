@@ -15,6 +15,7 @@ down only delays the runs (logged); a run that fails is recorded as failed and c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -145,6 +146,11 @@ class DriftMonitor:
     def report_path(self) -> tuple[Path | None, str]:
         """The latest HTML report in DRIFT_SNAPSHOT_DIR, or None and why there is none."""
         report = self._report
+        if not self._report_file_exists(report):
+            # This worker's view is up to a poll behind the store: another worker's run may have
+            # written a report since, or its retention deleted the one seen.
+            with contextlib.suppress(Exception):  # the store is down: answer from what was seen
+                report = self.runs.latest_report() or report
         if report is None or report.summary is None or report.summary.report is None:
             return None, (
                 "no drift report yet: a report is written by the first run with at least "
@@ -152,24 +158,19 @@ class DriftMonitor:
                 f"every DRIFT_INTERVAL_SECONDS={self.config.interval_seconds}s (GET /drift "
                 "shows the status)"
             )
-        name, owner = report.summary.report, report.claimed_by
-        if not (self.config.snapshot_dir / name).is_file():
-            # This worker's view may be a poll behind a run whose retention deleted that file.
-            try:
-                newer = self.runs.latest_report()
-            except Exception:  # the store is down: answer from what this worker saw
-                newer = None
-            if newer is not None and newer.summary is not None and newer.summary.report:
-                name, owner = newer.summary.report, newer.claimed_by
-        path = self.config.snapshot_dir / name
+        path = self.config.snapshot_dir / report.summary.report
         if not path.is_file():
             return None, (
-                f"the latest drift report, {name}, was written by "
-                f"{owner} and is not in this replica's DRIFT_SNAPSHOT_DIR "
+                f"the latest drift report, {report.summary.report}, was written by "
+                f"{report.claimed_by} and is not in this replica's DRIFT_SNAPSHOT_DIR "
                 f"({self.config.snapshot_dir}): share that directory between replicas, or it "
                 "was deleted by retention"
             )
         return path, ""
+
+    def _report_file_exists(self, report: Run | None) -> bool:
+        name = report.summary.report if report and report.summary else None
+        return name is not None and (self.config.snapshot_dir / name).is_file()
 
     # The thread
 

@@ -52,6 +52,16 @@ def test_a_report_deleted_since_the_last_poll_gives_way_to_the_newer_one(
     assert monitor.report_path() == (tmp_path / "drift-120.html", "")
 
 
+def test_a_report_another_worker_wrote_is_served_before_this_one_polls(
+    monitor: DriftMonitor, tmp_path: Path
+) -> None:
+    monitor.refresh()  # nothing run yet
+    _finished(monitor, 60, "another-worker")
+    (tmp_path / "drift-60.html").write_text("<html>60</html>")
+
+    assert monitor.report_path() == (tmp_path / "drift-60.html", "")
+
+
 def test_a_report_missing_from_this_replica_says_where_it_was_written(
     monitor: DriftMonitor, tmp_path: Path
 ) -> None:
