@@ -121,6 +121,28 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
         assert delta("model_out_of_training_range_total", feature=feature, side="above") == 1
     assert delta("grpc_server_handled_total", grpc_method="ModelInfer", grpc_code="OK") == 1
 
+    # BentoML's own request metrics, applied by a thread of each worker too
+    # (service/bentoml_metrics.py): every HTTP request, by status, none left in progress.
+    bento = {"endpoint": "/predict"}
+
+    def bentoml_applied() -> Samples | None:
+        now = scrape(served.url)
+        counted = total(now, "bentoml_service_request_total", **bento) - total(
+            before, "bentoml_service_request_total", **bento
+        )
+        return now if counted >= 35 else None
+
+    bentoml_after = wait_until(bentoml_applied, timeout=10)
+
+    def bentoml_delta(name: str, **labels: str) -> float:
+        return total(bentoml_after, name, **labels) - total(before, name, **labels)
+
+    assert bentoml_delta("bentoml_service_request_total", **bento, http_response_code="200") == 31
+    assert bentoml_delta("bentoml_service_request_total", **bento, http_response_code="400") == 4
+    assert bentoml_delta("bentoml_service_request_duration_seconds_count", **bento) == 35
+    assert total(bentoml_after, "bentoml_service_request_in_progress", **bento) == 0
+    assert total(bentoml_after, "bentoml_service_last_request_timestamp_seconds") > 0
+
     # the prediction log commits off the request path, within its flush interval (replayed: a
     # batch that met a busy store went through the spool)
     def written() -> bool:

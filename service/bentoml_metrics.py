@@ -1,0 +1,146 @@
+"""BentoML's HTTP request metrics, recorded beside the event loop rather than on it.
+
+BentoML's ``RunnerTrafficMetricsMiddleware`` updates four multiprocess metrics on every request
+(``bentoml_service_request_total``, ``..._duration_seconds``, ``..._in_progress``,
+``bentoml_service_last_request_timestamp_seconds``): five label lookups and six locked writes to
+memory-mapped files, on the event loop that also parses requests and answers them. Profiled at
+saturation with single-instance requests, that was the largest part of what observability cost
+on the event loop.
+
+:class:`DeferredTrafficMetricsMiddleware` exports the same series, with the same labels, buckets
+and meaning. The request path only counts requests in flight and appends ``(endpoint, status,
+seconds)`` to a deque; a thread applies them every :data:`FLUSH_SECONDS`, grouped, and sets the
+in-progress gauge to the count in flight. Scrapes see values at most that stale. Websockets and
+anything that is not HTTP keep BentoML's own code.
+
+:func:`install` makes BentoML use it: BentoML's service app imports the middleware class from its
+module when it builds its middleware stack (``_bentoml_impl/server/app.py``), so replacing the
+module's attribute before the worker builds its app is enough. The unit tests check that both
+classes export identical series for the same requests; the served tests read them from
+``/metrics``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections import deque
+from timeit import default_timer
+
+import numpy as np
+from bentoml._internal.context import server_context
+from bentoml._internal.server.http import instruments
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import observe_many
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.2
+_BentoMLMiddleware = instruments.RunnerTrafficMetricsMiddleware
+
+
+class DeferredTrafficMetricsMiddleware(_BentoMLMiddleware):
+    """BentoML's request metrics middleware, its HTTP bookkeeping moved to a thread."""
+
+    def __init__(self, app: ASGIApp, *args: object, **kwargs: object) -> None:
+        super().__init__(app, *args, **kwargs)  # type: ignore[arg-type]
+        # endpoint -> requests in flight, only while there are any: written by the event loop only
+        self._in_flight: dict[str, int] = {}
+        self._done: deque[tuple[str, int, float]] = deque()  # thread-safe append and popleft
+        self._last_request = 0.0  # wall-clock time of the last request outside skip_paths
+        self._skip = tuple(self.skip_paths)
+        self._shown: set[str] = set()  # endpoints in flight at the last turn
+        self._flusher: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if self._flusher is None:
+            self._start()
+        endpoint: str = scope["path"]
+        if not endpoint.startswith(self._skip):
+            self._last_request = time.time()
+        started = default_timer()
+        status = 0
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                self._done.append((endpoint, status, max(default_timer() - started, 0.0)))
+            await send(message)
+
+        in_flight = self._in_flight
+        in_flight[endpoint] = in_flight.get(endpoint, 0) + 1
+        try:
+            await self.app(scope, receive, send_recorded)
+        finally:
+            left = in_flight[endpoint] - 1
+            if left:
+                in_flight[endpoint] = left
+            else:  # the dict holds only busy endpoints, however many paths clients try
+                del in_flight[endpoint]
+
+    def _start(self) -> None:
+        if not self._is_setup:
+            self._setup()  # BentoML's: creates the metrics, zero series for the service routes
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name="bentoml-metrics", daemon=True
+        )
+        self._flusher.start()
+        atexit.register(self.stop)  # the last requests' counts must reach the files
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.flush()
+
+    def flush(self) -> None:
+        """Apply the requests finished so far and the current in-flight counts."""
+        if not self._is_setup:
+            return
+        done = [self._done.popleft() for _ in range(len(self._done))]
+        service = {
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
+        durations: dict[tuple[str, int], list[float]] = {}
+        for endpoint, status, seconds in done:
+            durations.setdefault((endpoint, status), []).append(seconds)
+        for (endpoint, status), values in durations.items():
+            labels = {"endpoint": endpoint, "http_response_code": status, **service}
+            self.metrics_request_total.labels(**labels).inc(len(values))
+            observe_many(
+                self.metrics_request_duration.labels(**labels), np.asarray(values, dtype=float)
+            )
+        # A copy: the event loop changes the counts meanwhile (dict() of a dict is atomic). Every
+        # endpoint busy since the last turn is set, to 0 if idle now: as in BentoML's, a series
+        # exists for every endpoint that had a request.
+        in_flight = dict(self._in_flight)
+        for endpoint in in_flight.keys() | self._shown | {e for e, _ in durations}:
+            self.metrics_request_in_progress.labels(endpoint=endpoint, **service).set(
+                in_flight.get(endpoint, 0)
+            )
+        self._shown = set(in_flight)
+        if self._last_request:
+            self.metrics_last_request_timestamp.labels(**service).set(self._last_request)
+
+    def _flush_periodically(self) -> None:
+        while not self._stopping.wait(FLUSH_SECONDS):
+            try:
+                self.flush()
+            except Exception:  # metrics never take the worker down
+                log.exception("applying BentoML request metrics failed")
+
+
+def install() -> None:
+    """Make BentoML's service app use :class:`DeferredTrafficMetricsMiddleware` (call before the
+    worker builds its app, i.e. at import of the service module)."""
+    instruments.RunnerTrafficMetricsMiddleware = DeferredTrafficMetricsMiddleware  # type: ignore[misc]
