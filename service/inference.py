@@ -14,14 +14,13 @@ import os
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol, cast
 
 import numpy as np
-import pandas as pd
 
 from service import tracing
 from service.batching import BatcherClosed, BatchObserver, MicroBatcher
@@ -102,9 +101,10 @@ class RequestContext:
 
 class ModelObserver(Protocol):
     def observe_model_call(
-        self, frame: pd.DataFrame, scores: np.ndarray, labels: Sequence[str]
+        self, columns: Mapping[str, np.ndarray], scores: np.ndarray, labels: Sequence[str]
     ) -> None:
-        """Called on the model thread after each model call; must be cheap and not raise."""
+        """Called on the model thread after each model call, with the call's input (one array
+        per feature: the DataFrame's columns), scores and labels; must be cheap and not raise."""
 
 
 def body_excerpt(body: bytes) -> str:
@@ -144,30 +144,30 @@ class Predictor:
 
     def _predict_rows(self, parts: list[Sequence[Instance]]) -> list[Prediction]:
         # Runs on the batcher's model thread: one call for the merged requests' instances.
-        frame = self._frame(parts)
-        scores = self.model.score(frame)
+        arrays = self.contract.arrays_of_columns(self._columns(parts))
+        scores = self.model.score(self.contract.frame_of_arrays(arrays))
         labels = self.model.labels(scores)
         if self._model_observer is not None:
             try:
-                self._model_observer.observe_model_call(frame, scores, labels)
+                self._model_observer.observe_model_call(arrays, scores, labels)
             except Exception:  # a side channel never fails a prediction
                 log.exception("model observer failed")
         return [
             Prediction(label, float(score)) for label, score in zip(labels, scores, strict=True)
         ]
 
-    def _frame(self, parts: list[Sequence[Instance]]) -> pd.DataFrame:
-        """The merged requests' instances as the model's DataFrame, from the columns the
-        validator kept when every request has them."""
+    def _columns(self, parts: list[Sequence[Instance]]) -> Mapping[str, Sequence[Any]]:
+        """The merged requests' instances as one sequence of values per feature, from the
+        columns the validator kept when every request has them."""
         kept = [part.columns if isinstance(part, Instances) else None for part in parts]
         if all(columns is not None for columns in kept):
             columns = cast(list[dict[str, list[Any]]], kept)
             if len(columns) == 1:
-                return self.contract.frame_of_columns(columns[0])
-            return self.contract.frame_of_columns(
-                {name: list(chain.from_iterable(c[name] for c in columns)) for name in columns[0]}
-            )
-        return self.contract.frame([row for part in parts for row in part])
+                return columns[0]
+            return {
+                name: list(chain.from_iterable(c[name] for c in columns)) for name in columns[0]
+            }
+        return self.contract.columns_of_rows([row for part in parts for row in part])
 
     async def predict(self, ctx: RequestContext, instances: list[Instance]) -> list[Prediction]:
         """Predictions for validated ``instances``, in order; publishes the event."""
