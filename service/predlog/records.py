@@ -100,7 +100,7 @@ def to_entry(event: Event) -> Entry:
         row = {
             **common,
             "instance_count": count,
-            "feature_names": list(names),
+            "feature_names": _names_list(names),
             "instances": values,  # tuples: JSON arrays, read back from the spool as lists
             "labels": [p.label for p in event.predictions],
             "scores": [p.probability for p in event.predictions],
@@ -160,6 +160,14 @@ def decode_line(line: bytes) -> Entry:
     received_at = rows[0]["received_at"] if rows else datetime.now(UTC)
     records = sum(r["instance_count"] for r in rows) if table == "predictions" else len(rows)
     return Entry(table, rows, received_at, records)
+
+
+@functools.lru_cache(maxsize=64)
+def _names_list(names: tuple[str, ...]) -> list[str]:
+    """One list object per tuple of names, shared by the rows that have them: the store's
+    bulk insert converts a value once per run of identical objects (store._BulkInsert), so the
+    names are encoded as JSON once per batch instead of once per row. Never mutated."""
+    return list(names)
 
 
 @functools.lru_cache(maxsize=64)
