@@ -63,6 +63,7 @@ from service.predlog.schema import (
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
+SQLITE_PAGE_SIZE = 16384  # of a new store (see _sqlite_on_connect)
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 PRUNE_CHUNK_ROWS = 5000
 # pg_advisory_xact_lock key serialising schema creation across processes and replicas.
@@ -88,6 +89,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # BEGIN IMMEDIATE); the "begin" listener emits BEGIN itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # A new file's page size (an existing file keeps its own): a 100-instance row is ~26 KB of
+    # JSON, which 4 KB pages split over seven overflow pages. 16 KB pages cost 15-25% less CPU per
+    # insert (1, 100 and 1000 instances per row, measured in process) for 2-14% more bytes on disk.
+    cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     # Switching a new database file to WAL needs it to itself, and SQLite answers "database is
     # locked" at once, without its busy timeout, while another process (a sibling worker
     # starting at the same moment) holds it: wait like the busy timeout would.
