@@ -39,10 +39,11 @@ from service.metrics import observe_many
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.2
-_BentoMLMiddleware = instruments.RunnerTrafficMetricsMiddleware
+# BentoML's own class, kept before install() replaces it in its module.
+BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 
 
-class DeferredTrafficMetricsMiddleware(_BentoMLMiddleware):
+class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
     """BentoML's request metrics middleware, its HTTP bookkeeping moved to a thread."""
 
     def __init__(self, app: ASGIApp, *args: object, **kwargs: object) -> None:

@@ -91,7 +91,8 @@ def test_the_same_series_as_bentomls_middleware() -> None:
     async def scenario() -> None:
         app = App()
         ours, our_registry = middleware(DeferredTrafficMetricsMiddleware, app)
-        theirs, their_registry = middleware(instruments.RunnerTrafficMetricsMiddleware, app)
+        # BentoML's class even after an earlier test imported the service (which installs ours).
+        theirs, their_registry = middleware(bentoml_metrics.BentoMLTrafficMetricsMiddleware, app)
         paths = ["/predict"] * 3 + ["/status/400", "/status/404", "/livez", "/slow", "/metrics"]
         for path in paths:
             await request(ours, path)
