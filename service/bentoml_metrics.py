@@ -38,7 +38,7 @@ from service.metrics import observe_many
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 0.2
+FLUSH_SECONDS = 1.0
 # BentoML's own class, kept before install() replaces it in its module.
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 

@@ -80,7 +80,7 @@ SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 BUILD_PACKAGES = ("bentoml", "scikit-learn", "pandas", "numpy", "evidently", "grpcio")
 PROCESS_SAMPLE_SECONDS = 5.0
 # How stale the request and model-call metrics may be: far below any scrape interval.
-REQUEST_FLUSH_SECONDS = 0.2
+REQUEST_FLUSH_SECONDS = 1.0
 NAN = float("nan")
 # One answered request, as the request path hands it over: transport, endpoint, status, latency,
 # instances (accepted requests) and field errors (refused ones).

@@ -12,7 +12,7 @@ first problem is in ``reason``/``field`` (``error_count`` has their number). Fea
 not logged unless ``ACCESS_LOG_FEATURES`` is on, which adds ``"features": [{...}, ...]``.
 
 Writing to stdout can block (a slow log collector fills the pipe), so lines are queued and written
-by a thread of their own, every tenth of a second. If that queue is full, lines are dropped and
+by a thread of their own, once a second. If that queue is full, lines are dropped and
 counted (``dropped``), and a warning says how many: the prediction log, not this one, is the
 durable record.
 """
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_LINES = 10_000
 WRITE_CHUNK_LINES = 1000
-FLUSH_SECONDS = 0.1
+FLUSH_SECONDS = 1.0
 
 
 def access_record(event: Event, include_features: bool = False) -> dict[str, Any]:
@@ -67,7 +67,7 @@ class AccessLog:
     The thread wakes every ``flush_seconds`` and writes what has queued since, rather than being
     woken per request: a wake-up per request costs the worker a thread switch and a handover of
     the interpreter lock each time (about 15 us per request, measured at 2,400 requests/s per
-    worker), and a line a tenth of a second late costs a log collector nothing.
+    worker), and a line a second late costs a log collector nothing.
     """
 
     def __init__(

@@ -223,8 +223,11 @@ def test_a_request_is_one_linked_trace_continuing_the_callers(
     store = Store(service.env["PREDICTION_LOG_URL"])
     rows = wait_until(lambda: store.find("traced-1")["predictions"], timeout=30)
     assert {r["trace_id"] for r in rows} == {TRACE_ID}
-    access = [json.loads(line) for line in service_output(service) if '"traced-1"' in line]
-    assert access
+    # The access log's thread writes its lines once a second.
+    access = wait_until(
+        lambda: [json.loads(line) for line in service_output(service) if '"traced-1"' in line],
+        timeout=10,
+    )
     assert access[0]["trace_id"] == TRACE_ID
 
 
