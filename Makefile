@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup model serve test system-deps lint format lock proto dashboards clean image container-tools test-container bench soak
+.PHONY: help setup model serve test system-deps lint format lock proto dashboards clean image container-tools test-container bench overhead soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -86,6 +86,11 @@ $(MLSERVER_VENV)/.installed: loadtests/mlserver-requirements.txt requirements/ru
 bench: model $(MLSERVER_VENV)/.installed ## side-by-side benchmark into loadtests/results/ (BENCH_ARGS=...)
 	tests/apt-ensure.sh wrk:wrk
 	$(BIN)/python -m loadtests.bench --mlserver $(MLSERVER_VENV)/bin/mlserver $(BENCH_ARGS)
+
+OVERHEAD_ARGS ?=
+overhead: model ## what observability costs, side channel by side channel (OVERHEAD_ARGS=...)
+	tests/apt-ensure.sh wrk:wrk
+	$(BIN)/python -m loadtests.overhead $(OVERHEAD_ARGS)
 
 SOAK_ARGS ?=
 soak: model ## zero log loss at saturation, memory over a 10-minute soak (SOAK_ARGS=...)
