@@ -98,6 +98,11 @@ def soak_markdown(results: dict[str, Any]) -> str:
     soak, loss = results["soak"], results["loss_at_saturation"]
     flat = "yes" if soak["flat_within_5_percent"] else "**no**"
     lossless = "yes" if loss["lossless"] else "**no**"
+    warmup = (
+        f"after {soak['warmup_minutes']:g} min of warm-up at the same load, "
+        if soak.get("warmup_minutes")
+        else ""
+    )
     return (
         "\n".join(
             [
@@ -112,7 +117,7 @@ def soak_markdown(results: dict[str, Any]) -> str:
                 f"{loss['rows_in_log']:,} rows in the log, {loss['rows_dropped']:,.0f} dropped, "
                 f"{loss['rows_spooled']:,.0f} spooled | {lossless} |",
                 f"| memory flat (within 5%) over a {soak['minutes']:g}-minute soak at half of "
-                f"saturation | {soak['requests_per_second']:,.0f} req/s (target "
+                f"saturation | {warmup}{soak['requests_per_second']:,.0f} req/s (target "
                 f"{soak['target_rate']:,.0f}), p99 {soak['p99_ms']:.0f} ms; resident memory of the "
                 f"serving processes {soak['rss_first_minute_mb']:,.0f} MB in the first minute, "
                 f"{soak['rss_last_minute_mb']:,.0f} MB in the last ({soak['rss_growth']:+.1%}) "

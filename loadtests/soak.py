@@ -4,10 +4,13 @@
    SIGTERM; every instance the service counted as answered (``model_predictions_total``) must be
    a row of the prediction log, and ``prediction_log_rows_dropped_total`` must stay 0.
 2. Memory flat over a soak at half of saturation: the workers' resident memory, sampled every
-   10 s, compared between the first and the last minute (target: within 5 %).
+   10 s, compared between the first and the last minute (target: within 5 %). The soak follows
+   a warm-up at the same load (``--warmup-minutes``, sampled and reported too): a fresh worker's
+   memory grows for its first minutes (allocator arenas, caches reaching their working size)
+   and then stays put; a leak keeps growing through the soak.
 
-    python -m loadtests.soak                       # 10-minute soak, as the target says
-    python -m loadtests.soak --soak-minutes 2      # a quick look
+    python -m loadtests.soak                       # 3-minute warm-up, 10-minute soak
+    python -m loadtests.soak --soak-minutes 2 --warmup-minutes 1   # a quick look
 
 Results go to ``loadtests/results/soak.json``.
 """
@@ -42,6 +45,7 @@ from loadtests.bench import (
     write_bodies,
 )
 from loadtests.payloads import PayloadFactory
+from service.metrics import REQUEST_FLUSH_SECONDS
 from service.model import load_model
 from service.predlog.store import Store
 
@@ -58,6 +62,20 @@ def metric_total(url: str, name: str) -> float:
     )
 
 
+def settled_total(url: str, name: str, timeout: float = 30.0) -> float:
+    """The metric's total once it stops changing: each worker applies its counts every
+    REQUEST_FLUSH_SECONDS, so right after a load the last second's may not be in yet."""
+    deadline = time.monotonic() + timeout
+    last = metric_total(url, name)
+    while time.monotonic() < deadline:
+        time.sleep(REQUEST_FLUSH_SECONDS + 0.5)
+        now = metric_total(url, name)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def workers_rss(server: RunningServer) -> int:
     """Resident memory of the serving processes (BentoML's arbiter and its workers)."""
     root = psutil.Process(server.proc.pid)
@@ -68,9 +86,9 @@ def loss_at_saturation(
     server: RunningServer, bodies: Path, seconds: float, log_url: str
 ) -> dict[str, Any]:
     result = run_wrk(server.url + server.path, bodies, 64, seconds)
-    answered = metric_total(server.url, "model_predictions_total")
-    dropped = metric_total(server.url, "prediction_log_rows_dropped_total")
-    spooled = metric_total(server.url, "prediction_log_rows_spooled_total")
+    answered = settled_total(server.url, "model_predictions_total")
+    dropped = settled_total(server.url, "prediction_log_rows_dropped_total")
+    spooled = settled_total(server.url, "prediction_log_rows_spooled_total")
     server.stop()  # SIGTERM: answer what was accepted, flush the log
     store = Store(log_url)
     try:
@@ -88,31 +106,40 @@ def loss_at_saturation(
     }
 
 
-def soak(server: RunningServer, bodies: Path, minutes: float, half_rate: float) -> dict[str, Any]:
+def soak(
+    server: RunningServer, bodies: Path, minutes: float, warmup_minutes: float, half_rate: float
+) -> dict[str, Any]:
     samples: list[tuple[float, int]] = []
     done = threading.Event()
+    started = time.monotonic()
 
     def sample() -> None:
-        started = time.monotonic()
         while not done.wait(SAMPLE_SECONDS):
             samples.append((time.monotonic() - started, workers_rss(server)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    result = measure(server, Scenario("soak", 1, 32, half_saturation=True), bodies,
-                     minutes * 60, half_rate)  # fmt: skip
+    scenario = Scenario("soak", 1, 32, half_saturation=True)
+    if warmup_minutes > 0:
+        measure(server, scenario, bodies, warmup_minutes * 60, half_rate)
+    soak_started = time.monotonic() - started
+    result = measure(server, scenario, bodies, minutes * 60, half_rate)
     done.set()
     sampler.join()
     per_minute = int(60 / SAMPLE_SECONDS)
-    first = statistics.mean(rss for _, rss in samples[:per_minute])
-    last = statistics.mean(rss for _, rss in samples[-per_minute:])
+    soaked = [rss for t, rss in samples if t > soak_started]
+    first = statistics.mean(soaked[:per_minute])
+    last = statistics.mean(soaked[-per_minute:])
     return {
         "minutes": minutes,
+        "warmup_minutes": warmup_minutes,
         **result,
         "rss_first_minute_mb": round(first / 2**20, 1),
         "rss_last_minute_mb": round(last / 2**20, 1),
         "rss_growth": round(last / first - 1, 4),
         "flat_within_5_percent": abs(last / first - 1) <= 0.05,
+        # (seconds since the warm-up began, MB); the soak begins at soak_started_seconds
+        "soak_started_seconds": round(soak_started),
         "rss_samples_mb": [(round(t), round(rss / 2**20, 1)) for t, rss in samples],
     }
 
@@ -123,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-tag", default="credit_risk:latest")
     parser.add_argument("--soak-minutes", type=float, default=10)
+    parser.add_argument(
+        "--warmup-minutes", type=float, default=3, help="at the soak's load, before it"
+    )
     parser.add_argument("--saturation-seconds", type=float, default=60)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT / "soak.json")
     args = parser.parse_args(argv)
@@ -151,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             rate = (saturation["requests"] - saturation["errors"]["status"]) / (
                 saturation["duration_us"] / 1e6
             )
-            print(f"saturation {rate:.0f} req/s; soaking at half for {args.soak_minutes} min")
+            print(
+                f"saturation {rate:.0f} req/s; at half of it, {args.warmup_minutes} min of "
+                f"warm-up, then {args.soak_minutes} min of soak"
+            )
             results["saturation_requests_per_second"] = round(rate, 1)
-            results["soak"] = soak(server, bodies, args.soak_minutes, rate / 2)
+            results["soak"] = soak(server, bodies, args.soak_minutes, args.warmup_minutes, rate / 2)
             print(json.dumps({k: v for k, v in results["soak"].items() if k != "rss_samples_mb"}))
         finally:
             server.stop()

@@ -119,7 +119,7 @@ def test_markdown_and_readme_replacement(tmp_path: Path) -> None:
 def test_soak_verdicts_say_no_when_rows_were_lost_or_memory_grew() -> None:
     soak = {"minutes": 10, "requests_per_second": 150, "target_rate": 160, "p99_ms": 90.0,
             "rss_first_minute_mb": 800, "rss_last_minute_mb": 880, "rss_growth": 0.1,
-            "flat_within_5_percent": False}  # fmt: skip
+            "flat_within_5_percent": False, "warmup_minutes": 3}  # fmt: skip
     loss = {"seconds": 60, "instances_answered": 1000.0, "rows_in_log": 999,
             "rows_dropped": 1.0, "rows_spooled": 0.0, "lossless": False}  # fmt: skip
     results = {"date": "d", "loadavg_before": [1, 1, 1], "loadavg_after": [2, 2, 2],
@@ -128,6 +128,7 @@ def test_soak_verdicts_say_no_when_rows_were_lost_or_memory_grew() -> None:
     text = soak_markdown(results)
     assert "1,000 instances answered, 999 rows in the log, 1 dropped, 0 spooled | **no** |" in text
     assert "800 MB in the first minute, 880 MB in the last (+10.0%) | **no** |" in text
+    assert "after 3 min of warm-up at the same load, 150 req/s" in text
 
 
 def test_the_readme_has_the_results_table_markers() -> None:
