@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import REQUEST_FLUSH_SECONDS
 from service.predlog.store import Store
 from tests.oip_support import triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -38,6 +40,24 @@ def scrape(url: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+# Counters the workers' threads apply once per REQUEST_FLUSH_SECONDS, not at once.
+DEFERRED = ("inference_requests_total", "bentoml_service_request_total", "model_predictions_total")
+
+
+def settled_scrape(url: str, timeout: float = 30.0) -> Samples:
+    """A scrape the workers' metric threads have caught up with: what an earlier test sent is
+    in it, not applied after it (which would be counted as this test's)."""
+    deadline = time.monotonic() + timeout
+    last = scrape(url)
+    while True:
+        time.sleep(REQUEST_FLUSH_SECONDS + 0.3)
+        now = scrape(url)
+        if all(total(now, n) == total(last, n) for n in DEFERRED):
+            return now
+        assert time.monotonic() < deadline, "metrics kept changing with no traffic"
+        last = now
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -60,7 +80,7 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
     rows = example_rows(40)
     # /readyz answers as soon as one worker is up: wait for the second
     wait_until(lambda: value(scrape(served.url), "service_workers") == 2, timeout=60)
-    before = scrape(served.url)
+    before = settled_scrape(served.url)
 
     singles = [{"instances": [r]} for r in rows[:30]]
     old = dict(rows[30], age_in_years=100, duration_in_month=100)  # above what training saw
