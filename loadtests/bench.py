@@ -603,6 +603,15 @@ def wrk_version() -> str:
     return (out.stdout or out.stderr).split("[")[0].strip() or "wrk"
 
 
+def write_results(output: Path, stem: str, results: dict[str, Any], table: str) -> None:
+    """``<stem>.json`` (everything) and ``<stem>.md`` (the table) in ``output``; print the table."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"written: {output / f'{stem}.json'}, {output / f'{stem}.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -630,11 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests.render_results import markdown
 
     results = run(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "bench.md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"written: {args.output / 'bench.json'}, {args.output / 'bench.md'}")
+    write_results(args.output, "bench", results, markdown(results))
     return 0
 
 

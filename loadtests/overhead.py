@@ -28,7 +28,6 @@ Results go to ``loadtests/results/overhead.json`` and ``overhead.md``; ``make ov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -53,6 +52,7 @@ from loadtests.bench import (
     read_env_file,
     run_wrk,
     write_bodies,
+    write_results,
     wrk_version,
 )
 from loadtests.payloads import PayloadFactory
@@ -270,11 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         VARIANTS[name] = (", ".join(f"{k}={v}" for k, v in env.items()), env)
         args.variants.append(name)
     results = run(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "overhead.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "overhead.md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"written: {args.output / 'overhead.json'}, {args.output / 'overhead.md'}")
+    write_results(args.output, "overhead", results, markdown(results))
     return 0
 
 

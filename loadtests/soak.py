@@ -87,8 +87,9 @@ def loss_at_saturation(
 ) -> dict[str, Any]:
     result = run_wrk(server.url + server.path, bodies, 64, seconds)
     answered = settled_total(server.url, "model_predictions_total")
-    dropped = settled_total(server.url, "prediction_log_rows_dropped_total")
-    spooled = settled_total(server.url, "prediction_log_rows_spooled_total")
+    # The writer counts these itself, as it goes: no flush to wait for.
+    dropped = metric_total(server.url, "prediction_log_rows_dropped_total")
+    spooled = metric_total(server.url, "prediction_log_rows_spooled_total")
     server.stop()  # SIGTERM: answer what was accepted, flush the log
     store = Store(log_url)
     try:

@@ -23,7 +23,6 @@ classes export identical series for the same requests; the served tests read the
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 import time
 from collections import deque
@@ -34,11 +33,9 @@ from bentoml._internal.context import server_context
 from bentoml._internal.server.http import instruments
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import observe_many
+from service.metrics import REQUEST_FLUSH_SECONDS, flush_periodically, observe_many, take_all
 
-log = logging.getLogger(__name__)
-
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = REQUEST_FLUSH_SECONDS
 # BentoML's own class, kept before install() replaces it in its module.
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 
@@ -93,7 +90,10 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         if not self._is_setup:
             self._setup()  # BentoML's: creates the metrics, zero series for the service routes
         self._flusher = threading.Thread(
-            target=self._flush_periodically, name="bentoml-metrics", daemon=True
+            target=flush_periodically,
+            args=(self._stopping, FLUSH_SECONDS, self.flush, "BentoML request metrics"),
+            name="bentoml-metrics",
+            daemon=True,
         )
         self._flusher.start()
         atexit.register(self.stop)  # the last requests' counts must reach the files
@@ -106,7 +106,7 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         """Apply the requests finished so far and the current in-flight counts."""
         if not self._is_setup:
             return
-        done = [self._done.popleft() for _ in range(len(self._done))]
+        done = take_all(self._done)
         service = {
             "service_name": server_context.bento_name,
             "service_version": server_context.bento_version,
@@ -132,13 +132,6 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._shown = set(in_flight)
         if self._last_request:
             self.metrics_last_request_timestamp.labels(**service).set(self._last_request)
-
-    def _flush_periodically(self) -> None:
-        while not self._stopping.wait(FLUSH_SECONDS):
-            try:
-                self.flush()
-            except Exception:  # metrics never take the worker down
-                log.exception("applying BentoML request metrics failed")
 
 
 def install() -> None:

@@ -39,7 +39,7 @@ import resource
 import threading
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import TypeVar, get_args
 
@@ -229,7 +229,10 @@ class ServiceMetrics:
         self._calls: deque[_Call] = deque()
         self._stopping = threading.Event()
         self._flusher = threading.Thread(
-            target=self._flush_periodically, name="request-metrics", daemon=True
+            target=flush_periodically,
+            args=(self._stopping, REQUEST_FLUSH_SECONDS, self.flush, "request metrics"),
+            name="request-metrics",
+            daemon=True,
         )
 
     # EventSink: one event per answered request, on the request path: one append.
@@ -261,9 +264,9 @@ class ServiceMetrics:
 
     def flush(self) -> None:
         """Apply the requests and model calls seen so far to the metrics, grouped."""
-        self._apply_requests(_take_all(self._answered))
-        self._apply_batches(_take_all(self._batches))
-        self._apply_calls(_take_all(self._calls))
+        self._apply_requests(take_all(self._answered))
+        self._apply_batches(take_all(self._batches))
+        self._apply_calls(take_all(self._calls))
 
     def _apply_requests(self, answered: list[_Answered]) -> None:
         if not answered:
@@ -312,13 +315,6 @@ class ServiceMetrics:
             if (n := int(np.count_nonzero(column > high))) > 0:
                 above.inc(n)
 
-    def _flush_periodically(self) -> None:
-        while not self._stopping.wait(REQUEST_FLUSH_SECONDS):
-            try:
-                self.flush()
-            except Exception:  # metrics never take the worker down
-                log.exception("applying request metrics failed")
-
     # Batch observer: called by the batcher (on the event loop) after each model call.
     def observe_batch(self, rows: int, requests: int, seconds: float) -> None:
         self._batches.append((rows, requests, seconds))
@@ -330,7 +326,18 @@ class ServiceMetrics:
         self._calls.append((columns, scores, labels))
 
 
-def _take_all(queue: deque[T]) -> list[T]:
+def flush_periodically(
+    stopping: threading.Event, seconds: float, flush: Callable[[], None], what: str
+) -> None:
+    """Call ``flush`` every ``seconds`` until ``stopping`` is set (a thread's target)."""
+    while not stopping.wait(seconds):
+        try:
+            flush()
+        except Exception:  # metrics never take the worker down
+            log.exception("applying %s failed", what)
+
+
+def take_all(queue: deque[T]) -> list[T]:
     """What ``queue`` holds now (others may append meanwhile: they wait for the next turn)."""
     return [queue.popleft() for _ in range(len(queue))]
 
