@@ -15,6 +15,10 @@ Writer thread, once per flush interval or as soon as a batch's worth of rows is 
    spool directory) a batch per turn, interleaved with live batches;
 4. fsync the spool and report the gauges (queue depth, spool size, oldest unwritten record age).
 
+Looking for segments to replay and reporting the gauges read the spool directory. Under load the
+thread turns as often as a batch fills (tens of times a second per worker), so those two happen
+on a turn that a full batch started only once per flush interval; every other turn does them.
+
 If the store refuses a batch as data (a constraint or type error: retrying cannot help), the batch
 is retried entry by entry and only the refused entries are set aside (spool quarantine, counted as
 dropped ``refused``), so one bad row never holds up the others.
@@ -62,6 +66,7 @@ class _EventQueue:
         self._wake_rows = wake_rows
         self._rows = 0
         self._woken = False
+        self._by_rows = False  # the last wake-up was a full batch, not wake() or a timeout
         self._cond = threading.Condition(threading.Lock())
 
     def offer(self, event: Event, rows: int) -> bool:
@@ -72,7 +77,7 @@ class _EventQueue:
             self._items.append((event, rows))
             self._rows += rows
             if self._rows >= self._wake_rows and not self._woken:
-                self._woken = True
+                self._woken = self._by_rows = True
                 self._cond.notify()
         return True
 
@@ -88,15 +93,19 @@ class _EventQueue:
             self._rows -= rows
         return taken
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
+        """Until woken or ``timeout``; True if only a full batch woke it."""
         with self._cond:
             if not self._woken and timeout > 0:
                 self._cond.wait(timeout)
-            self._woken = False
+            by_rows = self._woken and self._by_rows
+            self._woken = self._by_rows = False
+        return by_rows
 
     def wake(self) -> None:
         with self._cond:
             self._woken = True
+            self._by_rows = False
             self._cond.notify()
 
     @property
@@ -135,6 +144,7 @@ class Writer:
         self._queue = _EventQueue(config.queue_rows, config.batch_rows)
         self._up = False
         self._retry_at = 0.0  # monotonic time of the next reconnection attempt
+        self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and report
         self._backoff = config.retry_initial
         self._inflight: list[Entry] = []
         self._replay: tuple[Claimed, Iterator[tuple[list[Entry], int]]] | None = None
@@ -216,10 +226,11 @@ class Writer:
     def _run(self) -> None:
         while True:
             timeout = 0.0 if self._replay is not None else self.config.flush_interval
-            self._queue.wait(timeout)
+            by_rows = self._queue.wait(timeout)
             closing = self._closing.is_set()
+            housekeeping = not by_rows or time.monotonic() >= self._housekeeping_at
             try:
-                self._turn(closing)
+                self._turn(closing, housekeeping)
             except Exception:  # a bug here must not kill the thread and lose the queue
                 log.exception("prediction log writer turn failed")
                 leftover, self._inflight = self._inflight, []
@@ -233,7 +244,7 @@ class Writer:
             self._replay[0].release()
             self._replay = None
 
-    def _turn(self, closing: bool) -> None:
+    def _turn(self, closing: bool, housekeeping: bool) -> None:
         # Take what is queued now, not what keeps arriving: under sustained load the turn must
         # still end, to replay and report.
         budget = self._queue.rows
@@ -244,10 +255,13 @@ class Writer:
             self._inflight = []
         if not self._up and time.monotonic() >= self._retry_at and not closing:
             self._reconnect()
-        if self._up and not closing:
+        # A replay in progress goes on every turn; a new one is looked for with the housekeeping.
+        if self._up and not closing and (housekeeping or self._replay is not None):
             self._replay_batch()
         self.spool.sync()
-        self._report()
+        if housekeeping:
+            self._report()
+            self._housekeeping_at = time.monotonic() + self.config.flush_interval
 
     def _convert(self, events: list[Event]) -> list[Entry]:
         entries: list[Entry] = []

@@ -16,7 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 from service.events import Event
-from service.predlog.records import event_rows
+from service.predlog.records import event_rows, to_entry
 from service.predlog.spool import Spool
 from service.predlog.store import SchemaMismatch, Store
 from service.predlog.writer import Writer, WriterConfig
@@ -307,3 +307,34 @@ def test_an_observer_that_raises_breaks_nothing(sqlite_url: str, tmp_path: Path)
     assert row_keys(writer.store) == expected_keys(published)
     assert writer.stats.total("written") == rows_of(published)
     writer.store.close()
+
+
+def test_under_sustained_load_the_spool_is_still_replayed_and_reported_once_per_interval(
+    sqlite_url: str, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    # A segment another process left behind.
+    left = Spool(tmp_path / "spool", 10**8)
+    backlog = events(40)
+    left.append([to_entry(e) for e in backlog])
+    left.close()
+    writer = make_writer(sqlite_url, tmp_path / "spool", batch_rows=20, flush_interval=0.2)
+    scans = []
+    scan = writer.spool.scan
+    writer.spool.scan = lambda: scans.append(1) or scan()  # type: ignore[method-assign]
+    writer.flush()
+    scans.clear()
+    turns_before = writer._turns
+    published: list[Event] = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # every event a full batch: each one wakes the writer
+        published.append(prediction_event(20))
+        writer.publish(published[-1])
+        time.sleep(0.005)
+    writer.flush()
+    turns = writer._turns - turns_before
+    assert writer.stats.total("replayed") == rows_of(backlog)
+    assert row_keys(writer.store) == expected_keys(backlog + published)
+    # The gauges (spool size, backlog age) were reported all along, about every 0.2 s, not on
+    # each of the turns a full batch started.
+    assert 4 <= len(scans) <= 1.5 / 0.2 + 4
+    assert turns >= 3 * len(scans)
