@@ -9,7 +9,8 @@ on the event loop.
 
 :class:`DeferredTrafficMetricsMiddleware` exports the same series, with the same labels, buckets
 and meaning. The request path only counts requests in flight and appends ``(endpoint, status,
-seconds)`` to a deque; a thread applies them every :data:`FLUSH_SECONDS`, grouped, and sets the
+seconds)`` to a deque; the worker's metrics thread (``service.metrics.FLUSHER``) applies them
+once a second, grouped, in the same turn as the service's own request metrics, and sets the
 in-progress gauge to the count in flight. Scrapes see values at most that stale. Websockets and
 anything that is not HTTP keep BentoML's own code.
 
@@ -23,7 +24,6 @@ classes export identical series for the same requests; the served tests read the
 from __future__ import annotations
 
 import atexit
-import threading
 import time
 from collections import deque
 from timeit import default_timer
@@ -33,9 +33,9 @@ from bentoml._internal.context import server_context
 from bentoml._internal.server.http import instruments
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import REQUEST_FLUSH_SECONDS, flush_periodically, observe_many, take_all
+from service import metrics
+from service.metrics import observe_many, take_all
 
-FLUSH_SECONDS = REQUEST_FLUSH_SECONDS
 # BentoML's own class, kept before install() replaces it in its module.
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 
@@ -51,8 +51,7 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._last_request = 0.0  # wall-clock time of the last request outside skip_paths
         self._skip = tuple(self.skip_paths)
         self._shown: set[str] = set()  # endpoints in flight at the last turn
-        self._flusher: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._flusher: metrics.Flusher | None = None  # the worker's, from the first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
@@ -89,17 +88,13 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
     def _start(self) -> None:
         if not self._is_setup:
             self._setup()  # BentoML's: creates the metrics, zero series for the service routes
-        self._flusher = threading.Thread(
-            target=flush_periodically,
-            args=(self._stopping, FLUSH_SECONDS, self.flush, "BentoML request metrics"),
-            name="bentoml-metrics",
-            daemon=True,
-        )
-        self._flusher.start()
+        self._flusher = metrics.FLUSHER
+        self._flusher.register(self.flush, "BentoML request metrics")
         atexit.register(self.stop)  # the last requests' counts must reach the files
 
     def stop(self) -> None:
-        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.unregister(self.flush)
         self.flush()
 
     def flush(self) -> None:

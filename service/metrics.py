@@ -16,8 +16,9 @@ Where the numbers come from:
 - request metrics from the one event per answered request (:meth:`ServiceMetrics.publish`, an
   ``EventSink``), for every transport alike, and model-health metrics from each merged model call
   (:meth:`observe_batch` on the event loop, :meth:`observe_model_call` on the model thread, with
-  the call's input columns and scores): the caller only appends a tuple, and a thread of the worker
-  applies them every ``REQUEST_FLUSH_SECONDS``, grouped and vectorised (a counter or histogram
+  the call's input columns and scores): the caller only appends a tuple, and the worker's
+  :data:`FLUSHER` thread applies them every ``REQUEST_FLUSH_SECONDS``, grouped and vectorised, in
+  the same turn as BentoML's request metrics (service/bentoml_metrics.py) (a counter or histogram
   update in multiprocess mode takes a lock and writes a memory-mapped file: six of them cost
   about 8 us per request, and the model-health updates 60 to 90 us per model call, which the
   model thread and the event loop then could not spend on requests);
@@ -37,6 +38,7 @@ import os
 import platform
 import resource
 import threading
+import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -227,13 +229,7 @@ class ServiceMetrics:
         self._answered: deque[_Answered] = deque()
         self._batches: deque[_Batch] = deque()
         self._calls: deque[_Call] = deque()
-        self._stopping = threading.Event()
-        self._flusher = threading.Thread(
-            target=flush_periodically,
-            args=(self._stopping, REQUEST_FLUSH_SECONDS, self.flush, "request metrics"),
-            name="request-metrics",
-            daemon=True,
-        )
+        self._flusher: Flusher | None = None
 
     # EventSink: one event per answered request, on the request path: one append.
     def publish(self, event: Event) -> None:
@@ -252,14 +248,14 @@ class ServiceMetrics:
         self._answered.append(answer)
 
     def start(self) -> None:
-        """Apply published requests every REQUEST_FLUSH_SECONDS, from a thread of its own."""
-        self._flusher.start()
+        """Apply published requests every REQUEST_FLUSH_SECONDS, on the worker's FLUSHER."""
+        self._flusher = FLUSHER
+        self._flusher.register(self.flush, "request metrics")
 
     def stop(self) -> None:
-        """Stop the thread and apply what is left (call after the last request)."""
-        self._stopping.set()
-        if self._flusher.is_alive():
-            self._flusher.join(5)
+        """Leave the flusher and apply what is left (call after the last request)."""
+        if self._flusher is not None:
+            self._flusher.unregister(self.flush)
         self.flush()
 
     def flush(self) -> None:
@@ -326,15 +322,56 @@ class ServiceMetrics:
         self._calls.append((columns, scores, labels))
 
 
-def flush_periodically(
-    stopping: threading.Event, seconds: float, flush: Callable[[], None], what: str
-) -> None:
-    """Call ``flush`` every ``seconds`` until ``stopping`` is set (a thread's target)."""
-    while not stopping.wait(seconds):
-        try:
-            flush()
-        except Exception:  # metrics never take the worker down
-            log.exception("applying %s failed", what)
+class Flusher:
+    """The worker's thread that applies buffered metric updates every ``seconds``.
+
+    Whatever buffers updates off the request path registers its ``flush`` here: one thread
+    wakes once per period for all of them (each wake-up takes the interpreter lock from the
+    requests), and the service's and BentoML's request metrics land in the same turn, so a scrape
+    never shows the one applied and not the other. The thread starts with the first
+    registration, inside the worker (a thread started before BentoML forks would not run there).
+    """
+
+    def __init__(self, seconds: float = REQUEST_FLUSH_SECONDS) -> None:
+        self.seconds = seconds
+        self._flushes: dict[Callable[[], None], str] = {}  # flush -> what it applies, for errors
+        self._lock = threading.Lock()  # guards _flushes and _thread
+        self._turn = threading.Lock()  # held while the flushes run
+        self._thread: threading.Thread | None = None
+
+    def register(self, flush: Callable[[], None], what: str) -> None:
+        with self._lock:
+            self._flushes[flush] = what
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="metrics-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def unregister(self, flush: Callable[[], None]) -> None:
+        """Stop calling ``flush``; returns after a turn in progress is done with it, so that the
+        caller's own last flush never runs beside the thread's."""
+        with self._turn, self._lock:
+            self._flushes.pop(flush, None)
+
+    def flush(self) -> None:
+        """Call every registered flush now; one that fails is logged and the others still run."""
+        with self._turn:
+            with self._lock:
+                flushes = list(self._flushes.items())
+            for flush, what in flushes:
+                try:
+                    flush()
+                except Exception:  # metrics never take the worker down
+                    log.exception("applying %s failed", what)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.seconds)
+            self.flush()
+
+
+FLUSHER = Flusher()
 
 
 def take_all(queue: deque[T]) -> list[T]:

@@ -19,7 +19,7 @@ from bentoml._internal.server.http import instruments
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
-from service import bentoml_metrics
+from service import bentoml_metrics, metrics
 from service.bentoml_metrics import DeferredTrafficMetricsMiddleware
 
 BUCKETS = (0.05, 1.0, 10.0)
@@ -83,8 +83,8 @@ def series(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, 
 
 @pytest.fixture(autouse=True)
 def flushed_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The middleware's thread would apply the requests every FLUSH_SECONDS: the tests do."""
-    monkeypatch.setattr(bentoml_metrics, "FLUSH_SECONDS", 3600.0)
+    """The worker's flusher would apply the requests once a second: the tests do."""
+    monkeypatch.setattr(metrics, "FLUSHER", metrics.Flusher(seconds=3600.0))
 
 
 def test_the_same_series_as_bentomls_middleware() -> None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
 from service.metrics import (
+    Flusher,
     PredictionLogMetrics,
     ProcessMetrics,
     ServiceMetrics,
@@ -221,3 +222,36 @@ def test_published_requests_reach_the_metrics_from_the_flusher_thread_and_on_sto
     metrics.stop()  # what was published before stop() is applied, however recently
     assert registry.get_sample_value("inference_requests_total", count) == 2
     assert registry.get_sample_value("inference_request_instances_sum", {"transport": "http"}) == 4
+
+
+def test_the_flusher_applies_every_registered_buffer_in_one_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flusher = Flusher(seconds=0.05)
+    turns: list[str] = []
+
+    def broken() -> None:
+        turns.append("broken")
+        raise RuntimeError("a metrics bug")
+
+    def service() -> None:
+        turns.append("service")
+
+    def bentoml_requests() -> None:
+        turns.append("bentoml")
+
+    flusher.register(broken, "broken metrics")
+    flusher.register(service, "request metrics")
+    flusher.register(bentoml_requests, "BentoML request metrics")
+    wait_until(lambda: turns.count("bentoml") >= 2)
+    # One thread calls them in turn: a turn that applied the one applied the other (the one that
+    # raised is logged and does not stop them).
+    assert turns[:6] == ["broken", "service", "bentoml"] * 2
+    assert "applying broken metrics failed" in caplog.text
+    flusher.unregister(broken)
+    flusher.unregister(service)
+    mark = len(turns)  # a turn in progress may still call them once
+    wait_until(lambda: turns[mark:].count("bentoml") >= 3)
+    later = turns[mark:]
+    assert set(later[later.index("bentoml") + 1 :]) == {"bentoml"}
+    flusher.unregister(bentoml_requests)
