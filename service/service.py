@@ -38,6 +38,7 @@ from service.settings import get_settings
 log = logging.getLogger(__name__)
 settings = get_settings()
 SERVICE_NAME = "credit_risk_service"
+GC_THRESHOLDS = (10_000, 20, 20)  # gc.set_threshold: generations 0, 1, 2 (see __init__)
 # Before BentoML builds its middleware: the prediction routes open their own server spans.
 tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"])
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
@@ -143,6 +144,11 @@ class CreditRiskService:
         # collection walks only what requests created: ~2 ms.
         gc.collect()
         gc.freeze()
+        # A young-generation collection every 10,000 container allocations rather than 700: a
+        # 100-instance request allocates hundreds, nearly all dead by the next collection.
+        # Measured in paired runs (make overhead, 2-vCPU Intel Xeon VM, 2026-12-06): 3-4% less
+        # server CPU per instance for 1 and 100 instances per request; 50,000 gained no more.
+        gc.set_threshold(*GC_THRESHOLDS)
 
     @bentoml.on_deployment
     def check_grpc_port() -> None:
