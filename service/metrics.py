@@ -212,6 +212,7 @@ class ServiceMetrics:
             for f in self.contract.numeric_features()
             if f.training_min is not None and f.training_max is not None
         ]
+        self._range_names = [name for name, *_ in self._ranges]
         metadata = model.metadata
         model_info.labels(
             model=self.contract.model_name,
@@ -319,7 +320,9 @@ class ServiceMetrics:
     def observe_model_call(
         self, columns: Mapping[str, np.ndarray], scores: np.ndarray, labels: Sequence[str]
     ) -> None:
-        self._calls.append((columns, scores, labels))
+        # Only the columns checked against their training range: the others (the categorical
+        # ones hold the request's strings) are let go with the call instead of a second later.
+        self._calls.append(({name: columns[name] for name in self._range_names}, scores, labels))
 
 
 class Flusher:
@@ -329,7 +332,8 @@ class Flusher:
     wakes once per period for all of them (each wake-up takes the interpreter lock from the
     requests), and the service's and BentoML's request metrics land in the same turn, so a scrape
     never shows the one applied and not the other. The thread starts with the first
-    registration, inside the worker (a thread started before BentoML forks would not run there).
+    registration, inside the worker, and again with a registration in a process forked from one
+    that had it (a fork copies no thread).
     """
 
     def __init__(self, seconds: float = REQUEST_FLUSH_SECONDS) -> None:
@@ -342,7 +346,7 @@ class Flusher:
     def register(self, flush: Callable[[], None], what: str) -> None:
         with self._lock:
             self._flushes[flush] = what
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="metrics-flusher", daemon=True
                 )

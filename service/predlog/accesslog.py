@@ -28,7 +28,8 @@ from typing import IO, Any
 
 import orjson
 
-from service.events import Event, PredictionEvent
+from service.events import Event, PredictionEvent, RequestInfo
+from service.validation import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,20 @@ WRITE_CHUNK_LINES = 1000
 FLUSH_SECONDS = 1.0
 
 
-def access_record(event: Event, include_features: bool = False) -> dict[str, Any]:
-    req = event.request
-    accepted = isinstance(event, PredictionEvent)
-    first = None if accepted or not event.errors else event.errors[0]
+# What a line needs of an event: request, status, instances, error count, first error, features.
+_Line = tuple[RequestInfo, int, int | None, int, FieldError | None, list[Any] | None]
+
+
+def _line_of(event: Event, include_features: bool) -> _Line:
+    if isinstance(event, PredictionEvent):
+        features = event.instances if include_features else None
+        return (event.request, 200, len(event.instances), 0, None, features)
+    first = event.errors[0] if event.errors else None
+    return (event.request, event.status, None, len(event.errors), first, None)
+
+
+def _record(line: _Line) -> dict[str, Any]:
+    req, status, instances, error_count, first, features = line
     record: dict[str, Any] = {
         "time": req.received_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "type": "access",
@@ -48,17 +59,21 @@ def access_record(event: Event, include_features: bool = False) -> dict[str, Any
         "trace_id": req.trace_id,
         "transport": req.transport,
         "endpoint": req.endpoint,
-        "status": 200 if accepted else event.status,
+        "status": status,
         "latency_ms": round(req.latency_seconds * 1000, 3),
         "model": req.model_tag,
-        "instances": len(event.instances) if accepted else None,
-        "error_count": 0 if accepted else len(event.errors),
+        "instances": instances,
+        "error_count": error_count,
         "reason": first.reason.value if first else None,
         "field": first.field if first else None,
     }
-    if include_features and accepted:
-        record["features"] = event.instances
+    if features is not None:
+        record["features"] = features
     return record
+
+
+def access_record(event: Event, include_features: bool = False) -> dict[str, Any]:
+    return _record(_line_of(event, include_features))
 
 
 class AccessLog:
@@ -80,7 +95,7 @@ class AccessLog:
         self.include_features = include_features
         self.dropped = 0
         self._flush_seconds = flush_seconds
-        self._queue: deque[Event] = deque()  # append and popleft are atomic: no lock needed
+        self._queue: deque[_Line] = deque()  # append and popleft are atomic: no lock needed
         self._stop = threading.Event()
         self._last_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
@@ -90,7 +105,9 @@ class AccessLog:
         if len(self._queue) >= QUEUE_LINES:
             self.dropped += 1
             return
-        self._queue.append(event)
+        # What the line needs, not the event: a queued event would keep the request's instances
+        # alive until the next write, up to a second of requests in memory.
+        self._queue.append(_line_of(event, self.include_features))
 
     def close(self, timeout: float = 5.0) -> None:
         """Write the lines still queued, then stop."""
@@ -115,7 +132,7 @@ class AccessLog:
             lines = []
             # In chunks: what a blocked stdout holds up stays bounded.
             while self._queue and len(lines) < WRITE_CHUNK_LINES:
-                record = access_record(self._queue.popleft(), self.include_features)
+                record = _record(self._queue.popleft())
                 lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             stream.write(b"".join(lines).decode())
             wrote = True
