@@ -16,8 +16,8 @@ Writer thread, once per flush interval or as soon as a batch's worth of rows is 
 4. fsync the spool and report the gauges (queue depth, spool size, oldest unwritten record age).
 
 Looking for segments to replay and reporting the gauges read the spool directory. Under load the
-thread turns as often as a batch fills (tens of times a second per worker), so those two happen
-on a turn that a full batch started only once per flush interval; every other turn does them.
+thread turns whenever a batch fills (tens of times a second per worker); such turns do those two
+at most once per flush interval. Turns started by the timer, ``flush()`` or ``close()`` always do.
 
 If the store refuses a batch as data (a constraint or type error: retrying cannot help), the batch
 is retried entry by entry and only the refused entries are set aside (spool quarantine, counted as

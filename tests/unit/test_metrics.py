@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import bentoml
@@ -255,3 +256,20 @@ def test_the_flusher_applies_every_registered_buffer_in_one_turn(
     later = turns[mark:]
     assert set(later[later.index("bentoml") + 1 :]) == {"bentoml"}
     flusher.unregister(bentoml_requests)
+
+
+def test_a_flusher_without_its_thread_starts_one_on_registration() -> None:
+    # As in a process forked from one whose flusher ran: the object is copied, the thread is not.
+    flusher = Flusher(seconds=0.05)
+    gone = threading.Thread(target=lambda: None)
+    gone.start()
+    gone.join()
+    flusher._thread = gone
+    calls: list[int] = []
+
+    def flush() -> None:
+        calls.append(1)
+
+    flusher.register(flush, "request metrics")
+    wait_until(lambda: len(calls) >= 2)
+    flusher.unregister(flush)
