@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
+import weakref
+from typing import Any
 
 import orjson
 
-from service.events import RejectionEvent
+from service.events import Prediction, PredictionEvent, RejectionEvent
 from service.predlog.accesslog import QUEUE_LINES, AccessLog, access_record
 from service.validation import FieldError, Reason
 from tests.predlog.helpers import prediction_event, rejection_event, request_info
@@ -90,3 +93,26 @@ def test_a_blocked_stdout_never_blocks_the_request_path_and_drops_are_counted() 
     stream.unblocked.set()
     access_log.close()
     assert len(stream.getvalue().splitlines()) == 1 + len(published) - access_log.dropped
+
+
+def test_a_queued_line_does_not_hold_the_request() -> None:
+    # Lines are written once a second: a queued event would keep a second of requests' instances
+    # in memory. Only with ACCESS_LOG_FEATURES does the line need them.
+    class Instance(dict[str, Any]):  # a dict that can be weakly referenced
+        pass
+
+    stream = io.StringIO()
+    for include_features, held in ((False, False), (True, True)):
+        access_log = AccessLog(stream, include_features=include_features, flush_seconds=3600)
+        instance = Instance(prediction_event(1).instances[0])
+        ref = weakref.ref(instance)
+        event = PredictionEvent(request_info("r"), [instance], [Prediction("good", 0.2)])
+        access_log.publish(event)
+        del instance, event
+        gc.collect()
+        assert (ref() is not None) is held
+        access_log.close()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["instances"] for line in lines] == [1, 1]
+    assert "features" not in lines[0]
+    assert len(lines[1]["features"]) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from datetime import UTC, datetime
 
 import bentoml
@@ -273,3 +275,23 @@ def test_a_flusher_without_its_thread_starts_one_on_registration() -> None:
     flusher.register(flush, "request metrics")
     wait_until(lambda: len(calls) >= 2)
     flusher.unregister(flush)
+
+
+def test_a_queued_model_call_holds_only_the_columns_it_checks(
+    registry: CollectorRegistry, model: LoadedModel
+) -> None:
+    # The call's other columns (the categorical ones hold the request's strings) are not kept
+    # until the next flush: a second of model calls would stay in memory.
+    metrics = ServiceMetrics(model, registry)
+    columns = model.contract.arrays_of_columns(model.contract.columns_of_rows(example_rows(3)))
+    kept = weakref.ref(columns["age_in_years"])
+    let_go = weakref.ref(columns["purpose"])
+    scores = np.array([0.1, 0.5, 0.9])
+    metrics.observe_model_call(columns, scores, model.labels(scores))
+    del columns
+    gc.collect()
+    assert let_go() is None
+    assert kept() is not None
+    metrics.flush()
+    side = {"model_version": model.version, "feature": "age_in_years", "side": "above"}
+    assert registry.get_sample_value("model_out_of_training_range_total", side) == 0
