@@ -88,8 +88,8 @@ def _assert_metrics(container: Container) -> None:
     def scraped() -> str | None:
         response = httpx.get(f"{container.url}/metrics", timeout=10)
         assert response.status_code == 200
-        # Each worker's threads apply the service's and BentoML's request metrics once a
-        # second, each on its own clock.
+        # Each worker's metrics thread applies the service's and BentoML's request metrics
+        # once a second: the requests just answered may not be in yet.
         applied = counted in response.text and "bentoml_service_request_total{" in response.text
         return response.text if applied else None
 
