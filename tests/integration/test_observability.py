@@ -99,15 +99,18 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
         result = grpc_client.infer("credit_risk", triton_inputs(triton_grpc, rows[:3]))
     grpc_labels = [label.decode() for label in result.as_numpy("label")]
 
-    def applied() -> Samples | None:
+    def applied() -> bool:
         # Each worker applies its request metrics every REQUEST_FLUSH_SECONDS.
         now = scrape(served.url)
         answered = total(now, "inference_requests_total") - total(
             before, "inference_requests_total"
         )
-        return now if answered >= 36 else None
+        return answered >= 36
 
-    after = wait_until(applied, timeout=10)
+    wait_until(applied, timeout=10)
+    # A scrape can land inside a flush turn (the request counters applied, the latency histogram
+    # not yet): read the values once the turn is over.
+    after = settled_scrape(served.url)
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
