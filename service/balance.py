@@ -11,13 +11,16 @@ throughput and twice its latency.
 Each worker publishes, a few times a second, how many connections sent it a request in the last
 ``window`` seconds on a small board shared by the workers of one server (a memory-mapped file
 named after the parent process, in BentoML's Prometheus directory). When a worker serves at least
-two connections more than the least busy live sibling, it answers one request with
-``Connection: close``: the client opens a new connection, which goes to whichever worker accepts
-it first, usually an idle one. A worker closes at most one connection per ``interval``, so that
-the board settles between moves; a balanced server closes none.
+two connections more than the least busy live sibling, and has for at least ``hold`` seconds,
+it answers one request with ``Connection: close``: the client opens a new connection, which goes
+to whichever worker accepts it first, usually an idle one. A worker closes at most one connection
+per ``interval``, so that the board settles between moves; a balanced server closes none.
 
-Reads and writes of a slot are not atomic across processes: a torn read gives a wrong count for
-one tick, which at worst closes one connection too many or too few.
+A sibling's count can be wrong for one of its ticks: reads and writes of a slot are not atomic
+across processes (a torn read), and a worker whose event loop was held up for longer than
+``window`` can publish before it has seen its pending requests, counting its connections as
+idle. Acting only on a difference that lasts ``hold`` (longer than a tick) keeps such a blip
+from moving a connection.
 """
 
 from __future__ import annotations
@@ -104,14 +107,18 @@ class ConnectionBalancer:
     share. ``start()`` (on the worker's event loop) joins the board; until then it passes
     requests through untouched."""
 
-    def __init__(self, app: ASGIApp, interval: float = 0.25, window: float = 1.0) -> None:
+    def __init__(
+        self, app: ASGIApp, interval: float = 0.25, window: float = 1.0, hold: float = 0.25
+    ) -> None:
         self.app = app
         self.interval = interval
         self.window = window
+        self.hold = hold
         self.closed = 0  # connections this worker asked to close (tests read it)
         self._board: Board | None = None
         self._seen: dict[tuple[str, int], float] = {}
-        self._excess = False  # this worker holds 2+ connections more than a live sibling
+        self._ahead_since: float | None = None  # holding 2+ more than a live sibling since
+        self._excess = False  # ... for at least `hold` seconds
         self._next_close = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -154,7 +161,11 @@ class ConnectionBalancer:
         mine = len(self._seen)
         self._board.publish(mine)
         others = self._board.siblings(max_age=10 * self.interval)
-        self._excess = bool(others) and mine - min(others) >= 2
+        if not others or mine - min(others) < 2:
+            self._ahead_since = None
+        elif self._ahead_since is None:
+            self._ahead_since = now
+        self._excess = self._ahead_since is not None and now - self._ahead_since >= self.hold
 
     async def _tick(self) -> None:
         while True:

@@ -4,6 +4,7 @@ tests/integration/test_http.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from starlette.types import Message, Receive, Scope, Send
@@ -47,7 +48,7 @@ def test_a_worker_holding_two_connections_more_than_a_sibling_closes_one(tmp_pat
     path = tmp_path / "workers.board"
     sibling = Board(path, 1)
     sibling.publish(1)
-    balancer = ConnectionBalancer(answer, interval=60)
+    balancer = ConnectionBalancer(answer, interval=60, hold=0)
     asyncio.run(_start(balancer, Board(path, 0)))
     for port in (5001, 5002):
         request(balancer, port)
@@ -64,15 +65,24 @@ def test_a_worker_holding_two_connections_more_than_a_sibling_closes_one(tmp_pat
     assert all(request(balancer, port) == [] for port in (5002, 5003, 5004))
 
 
+def test_only_a_difference_that_lasts_moves_a_connection(tmp_path: Path) -> None:
+    """A sibling that shows no connections for one tick (its event loop was held up, or the read
+    was torn) moves nothing; one that keeps showing none does, once ``hold`` has passed."""
+    balancer, sibling = serving(tmp_path, (5001, 5002, 5003), interval=0.1, hold=0.5)
+    start = time.monotonic()
+    for offset, theirs in ((0.0, 3), (0.1, 0), (0.2, 3), (0.3, 0), (0.6, 0)):
+        sibling.publish(theirs)
+        balancer.refresh(now=start + offset)
+        assert request(balancer, 5001) == [], offset  # the blip, then 0.3 s of a real difference
+    balancer.refresh(now=start + 0.85)  # 3 against 0 since 0.3
+    assert request(balancer, 5001) == [(b"connection", b"close")]
+    assert balancer.closed == 1
+
+
 def test_a_new_connection_is_never_closed_and_a_balanced_worker_closes_none(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "workers.board"
-    sibling = Board(path, 1)
-    balancer = ConnectionBalancer(answer, interval=0)
-    asyncio.run(_start(balancer, Board(path, 0)))
-    for port in (5001, 5002, 5003):
-        request(balancer, port)
+    balancer, sibling = serving(tmp_path, (5001, 5002, 5003), interval=0, hold=0)
     sibling.publish(0)
     balancer.refresh()
     assert request(balancer, 6000) == []  # first request of a connection
@@ -83,7 +93,7 @@ def test_a_new_connection_is_never_closed_and_a_balanced_worker_closes_none(
 
 
 def test_without_siblings_or_before_start_requests_pass_untouched(tmp_path: Path) -> None:
-    balancer = ConnectionBalancer(answer, interval=0)
+    balancer = ConnectionBalancer(answer, interval=0, hold=0)
     assert request(balancer, 5001) == []  # not started: no board
     asyncio.run(_start(balancer, Board(tmp_path / "workers.board", 0)))
     for port in range(5001, 5010):
@@ -91,6 +101,20 @@ def test_without_siblings_or_before_start_requests_pass_untouched(tmp_path: Path
     balancer.refresh()
     assert request(balancer, 5001) == []
     assert balancer.closed == 0
+
+
+def serving(
+    tmp_path: Path, ports: tuple[int, ...], interval: float, hold: float
+) -> tuple[ConnectionBalancer, Board]:
+    """A started worker's balancer that has seen a request from each of ``ports``, and the board
+    slot of its sibling."""
+    path = tmp_path / "workers.board"
+    sibling = Board(path, 1)
+    balancer = ConnectionBalancer(answer, interval=interval, hold=hold)
+    asyncio.run(_start(balancer, Board(path, 0)))
+    for port in ports:
+        request(balancer, port)
+    return balancer, sibling
 
 
 async def _start(balancer: ConnectionBalancer, board: Board) -> None:
