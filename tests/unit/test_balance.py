@@ -45,13 +45,8 @@ def test_the_board_shows_each_worker_its_live_siblings(tmp_path: Path) -> None:
 
 
 def test_a_worker_holding_two_connections_more_than_a_sibling_closes_one(tmp_path: Path) -> None:
-    path = tmp_path / "workers.board"
-    sibling = Board(path, 1)
+    balancer, sibling = serving(tmp_path, (5001, 5002), interval=60, hold=0)
     sibling.publish(1)
-    balancer = ConnectionBalancer(answer, interval=60, hold=0)
-    asyncio.run(_start(balancer, Board(path, 0)))
-    for port in (5001, 5002):
-        request(balancer, port)
     balancer.refresh()
     assert request(balancer, 5001) == []  # 2 against 1: a move would only swap the imbalance
     sibling.publish(0)
