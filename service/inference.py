@@ -39,7 +39,7 @@ from service.validation import Instance, Instances, InstanceValidator, Reason, R
 
 log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 BODY_EXCERPT_BYTES = 256
 
 
@@ -58,7 +58,8 @@ def new_request_id() -> str:
 
 def usable_request_id(value: str) -> bool:
     """Whether a client-supplied id may serve as the request id (else one is generated)."""
-    return _REQUEST_ID.match(value) is not None
+    # fullmatch: "$" would also match before a trailing newline, which then breaks the header.
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 @dataclass

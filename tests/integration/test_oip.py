@@ -167,6 +167,21 @@ def test_request_id_is_the_protocol_id(channel: grpc.Channel) -> None:
     assert response.id == "abc-7"
 
 
+def test_protocol_id_with_a_trailing_newline_is_replaced_and_answered(
+    served: ServedService, channel: grpc.Channel
+) -> None:
+    # Echoed into a header or trailer, the newline made the server drop the answer.
+    body = {**rest_body(example_rows(1)), "id": "loan-42\n"}
+    response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    request = raw_request(example_rows(1))
+    request.id = "loan-42\n"
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    _, call = stub.ModelInfer.with_call(request, timeout=30)
+    assert re.fullmatch(r"[0-9a-f]{32}", dict(call.trailing_metadata())["x-request-id"])
+
+
 # -- metadata, health, reflection ----------------------------------------------------------------
 
 
