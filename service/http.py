@@ -59,7 +59,9 @@ def request_headers(scope: Scope) -> dict[str, str]:
 
 async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    # isascii(): isdigit() alone accepts digits such as "²" that int() refuses.
+    declared = content_length is not None and content_length.isascii() and content_length.isdigit()
+    if declared and int(content_length) > limit:
         raise _too_large(int(content_length), limit)
     chunks: list[bytes] = []
     size = 0

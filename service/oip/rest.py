@@ -105,7 +105,9 @@ def parse_rest_infer(
     """An :class:`InferRequest` from a v2 JSON body, with binary tensor data if announced."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isdigit() alone accepts digits such as "²" that int() refuses.
+        valid = header_length.isascii() and header_length.isdigit()
+        if not valid or int(header_length) > len(body):
             raise _invalid(f"{HEADER_LENGTH} must be the JSON header's size, at most {len(body)}")
         body, binary = body[: int(header_length)], body[int(header_length) :]
     payload = _object(decode_json(body), "the body")

@@ -459,6 +459,21 @@ def test_v2_rest_refusals_name_the_field(served: ServedService, case: str) -> No
     assert answer["request_id"] == response.headers["x-request-id"]
 
 
+def test_v2_rest_header_length_of_non_ascii_digits_is_refused(served: ServedService) -> None:
+    # "²" passes str.isdigit() but not int(): the request hung 30 s and ended in a bare 500.
+    response = httpx.post(
+        f"{served.url}/v2/models/{MODEL}/infer",
+        json=rest_body(example_rows(1)),
+        headers={"Inference-Header-Content-Length": b"\xb2", "X-Request-ID": "hdr-sup-1"},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    first = response.json()["errors"][0]
+    assert (first["field"], first["reason"]) == ("$request", "invalid_body")
+    assert "Inference-Header-Content-Length" in first["message"]
+    assert response.headers["x-request-id"] == "hdr-sup-1"
+
+
 # -- several workers, and their metrics ---------------------------------------------------------
 
 
