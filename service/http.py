@@ -10,6 +10,7 @@ middleware (request metrics, tracing, timeouts) and serves ``/livez``, ``/readyz
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -21,8 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import tracing
 from service.balance import ConnectionBalancer
-from service.inference import Predictor, RequestContext
+from service.inference import (
+    MODEL_FAILED,
+    SERVER_FAILED,
+    Predictor,
+    RequestContext,
+    server_failure,
+)
 from service.validation import Reason, RequestRejected
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _HTTP_SPAN = {"http.request.method": "POST", "http.route": "/predict"}
@@ -122,11 +131,11 @@ def error_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
     return orjson.dumps({**exc.to_dict(), "request_id": ctx.request_id})
 
 
-def internal_error_body(ctx: RequestContext) -> bytes:
+def internal_error_body(ctx: RequestContext, message: str = MODEL_FAILED) -> bytes:
     return orjson.dumps(
         {
             "error": "internal_error",
-            "message": "the model failed to answer; the server log has the details",
+            "message": message,
             "request_id": ctx.request_id,
         }
     )
@@ -162,6 +171,14 @@ class PredictEndpoint:
         except RequestRejected as exc:
             predictor.reject(ctx, exc, body)
             return exc.status, error_body(ctx, exc), ctx.request_id
+        except ClientDisconnect:
+            raise
+        except Exception:
+            # A defect of ours: answered and recorded now, not left to BentoML's timeout
+            # middleware (30 s, then a bare text 500 without request id or log row).
+            log.exception("request %s failed before the model call", ctx.request_id)
+            predictor.reject(ctx, server_failure(), body)
+            return 500, internal_error_body(ctx, SERVER_FAILED), ctx.request_id
         try:
             predictions = await predictor.predict(ctx, instances)
         except RequestRejected as exc:  # e.g. 503 while shutting down; already recorded

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 BODY_EXCERPT_BYTES = 256
+MODEL_FAILED = "the model failed to answer; the server log has the details"
+SERVER_FAILED = "the server failed on this request; the server log has the details"
 
 
 # Request ids must be unique, not secret: a generator seeded once per process from the OS is
@@ -98,6 +100,11 @@ class RequestContext:
             trace_id=self.trace_id,
             endpoint=self.endpoint,
         )
+
+
+def server_failure() -> RequestRejected:
+    """How a request that failed on the server side (a defect, not the client's) is recorded."""
+    return RequestRejected.request_level(Reason.INTERNAL_ERROR, "", 500)
 
 
 class ModelObserver(Protocol):
@@ -195,7 +202,7 @@ class Predictor:
             raise failure from exc
         except Exception:
             # Logged with its traceback by the batcher; the caller answers a bare 500.
-            self.reject(ctx, RequestRejected.request_level(Reason.INTERNAL_ERROR, "", 500))
+            self.reject(ctx, server_failure())
             raise
         with tracing.span("log.enqueue"):
             self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))

@@ -9,6 +9,7 @@ call produces exactly one event through the :class:`Predictor`, like ``POST /pre
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,9 +17,18 @@ from typing import Any
 import bentoml
 
 from service import tracing
-from service.inference import Predictor, RequestContext, usable_request_id
+from service.inference import (
+    MODEL_FAILED,
+    SERVER_FAILED,
+    Predictor,
+    RequestContext,
+    server_failure,
+    usable_request_id,
+)
 from service.oip.tensors import Tensor, TensorCodec
 from service.validation import Reason, RequestRejected
+
+log = logging.getLogger(__name__)
 
 _DISTRIBUTION = "credit-risk-service"
 
@@ -123,6 +133,12 @@ class InferenceProtocol:
         except RequestRejected as exc:
             self.predictor.reject(ctx, exc, describe(), body_size)
             raise InferRejected(exc, ctx) from exc
+        except Exception as exc:
+            # A defect of ours: answered and recorded now, not left to BentoML's timeout
+            # middleware (30 s, then a bare text 500 without request id or log row).
+            log.exception("infer request %s failed before the model call", ctx.request_id)
+            self.predictor.reject(ctx, server_failure(), describe(), body_size)
+            raise InferFailed(ctx, SERVER_FAILED) from exc
         try:
             predictions = await self.predictor.predict(ctx, instances)
         except RequestRejected as exc:  # e.g. 503 while shutting down; recorded
@@ -154,8 +170,8 @@ class InferRejected(Exception):
 
 
 class InferFailed(Exception):
-    """The model failed on a valid request (recorded; logged with its traceback)."""
+    """The model, or the server before it, failed (recorded; logged with its traceback)."""
 
-    def __init__(self, ctx: RequestContext) -> None:
-        super().__init__("the model failed to answer; the server log has the details")
+    def __init__(self, ctx: RequestContext, message: str = MODEL_FAILED) -> None:
+        super().__init__(message)
         self.ctx = ctx

@@ -79,6 +79,13 @@ def _flatten(data: Any, shape: Any, name: str) -> list[Any]:
     if not any(isinstance(v, list) for v in data):
         return data
     dims = shape if isinstance(shape, list) else []
+    if len(dims) > 2:
+        # Checked before walking: data nested hundreds deep would exhaust the recursion limit.
+        raise RequestRejected.request_level(
+            Reason.INVALID_TENSOR,
+            f"input {name!r}: shape of {len(dims)} dimensions is not accepted: each input is "
+            "one feature, of shape [batch] or [batch, 1]",
+        )
 
     def walk(value: Any, depth: int) -> list[Any]:
         if depth == len(dims):

@@ -409,6 +409,12 @@ def rest_with(rows: list[dict[str, Any]], name: str, **changes: Any) -> dict[str
     return body
 
 
+def nested(value: Any, depth: int) -> Any:
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 REST_REFUSALS = {
     "wrong datatype": (
         lambda: rest_with(example_rows(2), INTEGER, datatype="FP64", data=[1.5, 2.5]),
@@ -432,6 +438,10 @@ REST_REFUSALS = {
     ),
     "ragged nested data": (
         lambda: rest_with(example_rows(2), INTEGER, shape=[2, 1], data=[[12], [24, 36]]),
+        (None, "$request", "invalid_tensor"),
+    ),
+    "data nested deeper than any accepted shape": (
+        lambda: rest_with(example_rows(1), INTEGER, shape=[1] * 600, data=nested(24, 600)),
         (None, "$request", "invalid_tensor"),
     ),
     "fraction for an integer": (

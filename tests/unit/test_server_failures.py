@@ -1,0 +1,74 @@
+"""A defect of the server before the model call is answered at once: a JSON 500 with the request
+id, recorded like a model failure, its traceback logged once (not BentoML's timeout 30 s later)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import bentoml
+import pytest
+from starlette.testclient import TestClient
+
+from models.contract import CONTRACT
+from service import http
+from service.events import RejectionEvent
+from service.inference import Predictor
+from service.model import load_model
+from service.oip import rest
+from service.oip.protocol import InferenceProtocol
+from tests.oip_support import rest_body
+from tests.support import example_rows
+from tests.unit.test_inference import Recorder
+
+MAX_BODY = 1 << 20
+
+
+@pytest.fixture
+def served(model_tag: str) -> Iterator[tuple[TestClient, Recorder]]:
+    recorder = Recorder()
+    predictor = Predictor(load_model(bentoml.models.get(model_tag)), 10, 100, sinks=[recorder])
+    protocol = InferenceProtocol(predictor, "test", "0")
+    app = http.build_http_app(
+        lambda: predictor, MAX_BODY, rest.v2_routes(lambda: protocol, MAX_BODY)
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, recorder
+
+
+def defect(*args: Any) -> NoReturn:
+    raise RuntimeError("a defect")
+
+
+@pytest.mark.parametrize(
+    ("patched", "path", "payload"),
+    [
+        ((http, "decode_json"), "/predict", {"instances": example_rows(1)}),
+        ((rest, "parse_rest_infer"), f"/v2/models/{CONTRACT.model_name}/infer", None),
+    ],
+)
+def test_a_defect_before_the_model_call_is_a_recorded_json_500(
+    served: tuple[TestClient, Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    patched: tuple[Any, str],
+    path: str,
+    payload: Any,
+) -> None:
+    client, recorder = served
+    monkeypatch.setattr(*patched, defect)
+    body = rest_body(example_rows(1)) if payload is None else payload
+    with caplog.at_level(logging.ERROR):
+        response = client.post(path, json=body, headers={"X-Request-ID": "defect-1"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "defect-1"
+    answer = response.json()
+    assert answer["request_id"] == "defect-1"
+    assert "server log" in (answer.get("message") or answer["error"])
+    (event,) = recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.status, event.errors[0].reason.value) == (500, "internal_error")
+    assert event.request.request_id == "defect-1"
+    tracebacks = [r for r in caplog.records if r.exc_info and "a defect" in str(r.exc_info[1])]
+    assert len(tracebacks) == 1
