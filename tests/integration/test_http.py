@@ -139,6 +139,15 @@ def test_integers_must_be_json_integers(client: httpx.Client) -> None:
     assert_refused(response, 400, 0, "age_in_years", "wrong_type")
 
 
+def test_integers_too_large_for_64_bits_are_out_of_range(client: httpx.Client) -> None:
+    # orjson decodes them as floats; they were reported as fractions.
+    payload = {"instances": [{**example_rows(1)[0], "credit_amount": 987654321987}]}
+    body = json.dumps(payload).replace("987654321987", "18446744073709551616")
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    answer = assert_refused(response, 400, 0, "credit_amount", "out_of_range")
+    assert "18446744073709551616 is outside" in answer["errors"][0]["message"]
+
+
 def test_protected_attribute_is_refused(client: httpx.Client) -> None:
     row = {**example_rows(1)[0], "foreign_worker": "yes"}
     body = assert_refused(

@@ -448,6 +448,10 @@ REST_REFUSALS = {
         lambda: rest_with(example_rows(2), INTEGER, data=[12, 24.5]),
         (1, INTEGER, "wrong_type"),
     ),
+    "integer beyond 64 bits": (
+        lambda: rest_with(example_rows(2), INTEGER, data=[12, 2**64]),
+        (1, INTEGER, "out_of_range"),
+    ),
     "not json": (lambda: b"{", (None, "$request", "invalid_json")),
 }
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
 import pytest
 
 from models.contract import CONTRACT
@@ -58,6 +59,9 @@ INVALID_VALUES = [
     ("age_in_years", 17, Reason.OUT_OF_RANGE),
     ("age_in_years", 121, Reason.OUT_OF_RANGE),
     ("age_in_years", 10**30, Reason.OUT_OF_RANGE),
+    # integers orjson decodes as floats (2**64 and beyond): too large, not fractions
+    ("credit_amount", orjson.loads(b"18446744073709551616"), Reason.OUT_OF_RANGE),
+    ("age_in_years", orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
     ("installment_rate_in_percentage_of_disposable_income", 5, Reason.OUT_OF_RANGE),
     ("present_residence_since", 0, Reason.OUT_OF_RANGE),
     ("number_of_existing_credits_at_this_bank", 21, Reason.OUT_OF_RANGE),
