@@ -23,13 +23,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import tracing
 from service.balance import ConnectionBalancer
 from service.inference import (
+    BODY_EXCERPT_BYTES,
     MODEL_FAILED,
     SERVER_FAILED,
     Predictor,
     RequestContext,
     server_failure,
 )
-from service.validation import Reason, RequestRejected
+from service.validation import REQUEST_FIELD, FieldError, Reason, RequestRejected
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise _too_large(size, limit, b"".join([*chunks, chunk])[:BODY_EXCERPT_BYTES])
         if not message.get("more_body", False):
             if not chunks:
                 return chunk
@@ -90,13 +91,31 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
         chunks.append(chunk)
 
 
-def _too_large(size: int, limit: int) -> RequestRejected:
-    return RequestRejected.request_level(
-        Reason.BODY_TOO_LARGE,
+class BodyTooLarge(RequestRejected):
+    """The 413 of :func:`read_body`, with what was seen of the body for the log: the size
+    declared or read so far, and the first bytes read (none when refused on Content-Length)."""
+
+    def __init__(self, errors: list[FieldError], size: int, head: bytes) -> None:
+        super().__init__(errors, status=413)
+        self.size = size
+        self.head = head
+
+
+def _too_large(size: int, limit: int, head: bytes = b"") -> BodyTooLarge:
+    message = (
         f"the body has {'at least ' if size > limit else ''}{size} bytes; at most {limit} are "
-        "accepted: send fewer instances per request",
-        status=413,
+        "accepted: send fewer instances per request"
     )
+    error = FieldError(None, REQUEST_FIELD, Reason.BODY_TOO_LARGE, message, REQUEST_FIELD)
+    return BodyTooLarge([error], size, head)
+
+
+def seen_body(exc: RequestRejected, body: bytes) -> tuple[bytes, int | None]:
+    """The body and size to record for a refusal: the read body, or what :func:`read_body`
+    saw of one it refused (``body`` is still empty then)."""
+    if isinstance(exc, BodyTooLarge):
+        return exc.head, exc.size
+    return body, None
 
 
 def decode_json(body: bytes) -> object:
@@ -169,7 +188,7 @@ class PredictEndpoint:
                 body = await read_body(receive, headers.get("content-length"), self._max_body_bytes)
                 instances = predictor.validator.validate_payload(decode_json(body))
         except RequestRejected as exc:
-            predictor.reject(ctx, exc, body)
+            predictor.reject(ctx, exc, *seen_body(exc, body))
             return exc.status, error_body(ctx, exc), ctx.request_id
         except ClientDisconnect:
             raise

@@ -29,6 +29,7 @@ from service.http import (
     decode_json,
     read_body,
     request_headers,
+    seen_body,
     send_response,
 )
 from service.inference import RequestContext
@@ -242,7 +243,7 @@ class InferEndpoint:
         try:
             body = await read_body(receive, headers.get("content-length"), self._max_body_bytes)
         except RequestRejected as exc:
-            protocol.predictor.reject(ctx, exc)
+            protocol.predictor.reject(ctx, exc, *seen_body(exc, b""))
             return exc.status, v2_error_body(exc, ctx), ctx.request_id, [JSON_CONTENT]
         header_length = headers.get(HEADER_LENGTH.lower())
         try:

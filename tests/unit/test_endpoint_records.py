@@ -1,5 +1,5 @@
-"""A defect of the server before the model call is answered at once: a JSON 500 with the request
-id, recorded like a model failure, its traceback logged once (not BentoML's timeout 30 s later)."""
+"""What the HTTP endpoints answer and record (through a recording sink, in process) when a request
+fails before the model call: a body too large, or a defect of the server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from models.contract import CONTRACT
 from service import http
 from service.events import RejectionEvent
-from service.inference import Predictor
+from service.inference import BODY_EXCERPT_BYTES, Predictor
 from service.model import load_model
 from service.oip import rest
 from service.oip.protocol import InferenceProtocol
@@ -72,3 +72,40 @@ def test_a_defect_before_the_model_call_is_a_recorded_json_500(
     assert event.request.request_id == "defect-1"
     tracebacks = [r for r in caplog.records if r.exc_info and "a defect" in str(r.exc_info[1])]
     assert len(tracebacks) == 1
+
+
+PATHS = ["/predict", f"/v2/models/{CONTRACT.model_name}/infer"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_body_refused_on_its_content_length_is_recorded_with_that_size(
+    served: tuple[TestClient, Recorder], path: str
+) -> None:
+    client, recorder = served
+    body = b'{"instances": [' + b" " * MAX_BODY + b"]}"
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    (event,) = recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.status, event.body_size, event.body_excerpt) == (413, len(body), "")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_body_cut_off_while_read_is_recorded_with_what_was_read(
+    served: tuple[TestClient, Recorder], path: str
+) -> None:
+    client, recorder = served
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size shows only while reading
+        yield b'{"instances": ['
+        for _ in range(MAX_BODY // 1000 + 1):
+            yield b" " * 1000
+
+    response = client.post(path, content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    (event,) = recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert event.status == 413
+    assert event.body_size > MAX_BODY
+    assert event.body_excerpt.startswith('{"instances": [')
+    assert len(event.body_excerpt) == BODY_EXCERPT_BYTES
