@@ -131,6 +131,8 @@ class InferenceProtocol:
                 outputs = self.codec.requested_outputs(request.outputs)
                 instances = self.codec.decode(request.inputs)
         except RequestRejected as exc:
+            if isinstance(exc, MalformedInferRequest) and usable_request_id(exc.request_id):
+                ctx = replace(ctx, request_id=exc.request_id)
             self.predictor.reject(ctx, exc, describe(), body_size)
             raise InferRejected(exc, ctx) from exc
         except Exception as exc:
@@ -158,6 +160,14 @@ class InferResult:
     def response_id(self) -> str:
         """The ``id`` of the answer: the request's own, else the request id."""
         return self.request.id or self.ctx.request_id
+
+
+class MalformedInferRequest(RequestRejected):
+    """A refusal raised while parsing a request whose protocol ``id`` was read already."""
+
+    def __init__(self, rejection: RequestRejected, request_id: str) -> None:
+        super().__init__(rejection.errors, rejection.status)
+        self.request_id = request_id
 
 
 class InferRejected(Exception):

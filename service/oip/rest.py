@@ -39,6 +39,7 @@ from service.oip.protocol import (
     InferRejected,
     InferRequest,
     InferResult,
+    MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, encode_raw
 from service.validation import Reason, RequestRejected
@@ -119,6 +120,23 @@ def parse_rest_infer(
             raise _invalid(f"{HEADER_LENGTH} must be the JSON header's size, at most {len(body)}")
         body, binary = body[: int(header_length)], body[int(header_length) :]
     payload = _object(decode_json(body), "the body")
+    # Read first, so that a refusal of the rest still answers and logs under the client's id.
+    request_id = payload.get("id", "")
+    if not isinstance(request_id, str):
+        raise _invalid('"id" must be a string')
+    try:
+        return _parse_payload(payload, binary, model_name, model_version, request_id)
+    except RequestRejected as exc:
+        raise MalformedInferRequest(exc, request_id) from exc
+
+
+def _parse_payload(
+    payload: Mapping[str, Any],
+    binary: bytes,
+    model_name: str,
+    model_version: str,
+    request_id: str,
+) -> InferRequest:
     inputs = payload.get("inputs")
     if not isinstance(inputs, list):
         raise _invalid('"inputs" must be an array of input tensors')
@@ -155,9 +173,6 @@ def parse_rest_infer(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input",
         )
     outputs, binary_outputs = _requested_outputs(payload)
-    request_id = payload.get("id", "")
-    if not isinstance(request_id, str):
-        raise _invalid('"id" must be a string')
     return InferRequest(model_name, model_version, request_id, tensors, outputs, binary_outputs)
 
 

@@ -25,6 +25,7 @@ from service.oip.protocol import (
     InferRejected,
     InferRequest,
     InferResult,
+    MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, encode_raw
 from service.validation import Reason, RequestRejected
@@ -66,6 +67,13 @@ _CONTENTS_FIELDS = {
 
 def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     """Tensors from typed contents or from ``raw_input_contents`` (tritonclient's default)."""
+    try:
+        return _parse_infer_request(message)
+    except RequestRejected as exc:  # answered and logged under the client's id all the same
+        raise MalformedInferRequest(exc, message.id) from exc
+
+
+def _parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     raw = message.raw_input_contents
     if raw:
         if len(raw) != len(message.inputs):

@@ -182,6 +182,23 @@ def test_protocol_id_with_a_trailing_newline_is_replaced_and_answered(
     assert re.fullmatch(r"[0-9a-f]{32}", dict(call.trailing_metadata())["x-request-id"])
 
 
+def test_structural_errors_keep_the_protocol_id(
+    served: ServedService, channel: grpc.Channel
+) -> None:
+    body = {**rest_body(example_rows(1)), "id": "loan-42"}
+    body["inputs"][0]["data"] = 24
+    response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.headers["x-request-id"] == response.json()["request_id"] == "loan-42"
+    request = raw_request(example_rows(1))
+    request.id = "loan-43"
+    del request.raw_input_contents[-1]
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(info.value.trailing_metadata())["x-request-id"] == "loan-43"
+
+
 # -- metadata, health, reflection ----------------------------------------------------------------
 
 

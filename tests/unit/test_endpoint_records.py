@@ -109,3 +109,25 @@ def test_a_body_cut_off_while_read_is_recorded_with_what_was_read(
     assert event.body_size > MAX_BODY
     assert event.body_excerpt.startswith('{"instances": [')
     assert len(event.body_excerpt) == BODY_EXCERPT_BYTES
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda body: body["inputs"][0].update(data=24),  # data not an array
+        lambda body: body["inputs"][0].update(shape=[1, 1, 1], data=[[[24]]]),
+        lambda body: body.update(outputs="label"),
+    ],
+)
+def test_v2_structural_errors_answer_and_record_the_client_id(
+    served: tuple[TestClient, Recorder], change: Any
+) -> None:
+    client, recorder = served
+    body = {**rest_body(example_rows(1)), "id": "loan-42"}
+    change(body)
+    response = client.post(PATHS[1], json=body, headers={"X-Request-ID": "header-id"})
+    assert response.status_code == 400
+    assert response.headers["x-request-id"] == "loan-42"
+    assert response.json()["request_id"] == "loan-42"
+    (event,) = recorder.events
+    assert event.request.request_id == "loan-42"
