@@ -12,7 +12,7 @@ the protocol specifies and as clients such as tritonclient display it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -42,10 +42,11 @@ from service.oip.protocol import (
     MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, encode_raw
-from service.validation import Reason, RequestRejected
+from service.validation import UNKNOWN_FIELD, FieldError, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
+_MAX_NAME_ECHO = 64
 _INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
@@ -72,46 +73,59 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return _object(value.get("parameters", {}), f"{where}.parameters")
 
 
-def _flatten(data: Any, shape: Any, name: str) -> list[Any]:
+def _tensor_error(name: str, message: str, known: Collection[str]) -> RequestRejected:
+    """An invalid input tensor, reported under the input's name as the codec reports its own
+    errors; a name the contract lacks is labelled UNKNOWN_FIELD in metrics."""
+    shown = name[:_MAX_NAME_ECHO]
+    metric = name if name in known else UNKNOWN_FIELD
+    return RequestRejected([FieldError(None, shown, Reason.INVALID_TENSOR, message, metric)])
+
+
+def _flatten(data: Any, shape: Any, name: str, known: Collection[str] = ()) -> list[Any]:
     """``data`` flat, or nested exactly as ``shape`` says (the protocol allows both)."""
     if not isinstance(data, list):
-        raise RequestRejected.request_level(
-            Reason.INVALID_TENSOR, f"input {name!r}: data must be an array"
-        )
+        raise _tensor_error(name, f"input {name!r}: data must be an array", known)
     if not any(isinstance(v, list) for v in data):
         return data
     dims = shape if isinstance(shape, list) else []
     if len(dims) > 2:
         # Checked before walking: data nested hundreds deep would exhaust the recursion limit.
-        raise RequestRejected.request_level(
-            Reason.INVALID_TENSOR,
+        raise _tensor_error(
+            name,
             f"input {name!r}: shape of {len(dims)} dimensions is not accepted: each input is "
             "one feature, of shape [batch] or [batch, 1]",
+            known,
         )
 
     def walk(value: Any, depth: int) -> list[Any]:
         if depth == len(dims):
             if isinstance(value, list):
-                raise _ragged(name)
+                raise _ragged(name, known)
             return [value]
         if not isinstance(value, list) or len(value) != dims[depth]:
-            raise _ragged(name)
+            raise _ragged(name, known)
         return [leaf for item in value for leaf in walk(item, depth + 1)]
 
     return walk(data, 0)
 
 
-def _ragged(name: str) -> RequestRejected:
-    return RequestRejected.request_level(
-        Reason.INVALID_TENSOR,
+def _ragged(name: str, known: Collection[str]) -> RequestRejected:
+    return _tensor_error(
+        name,
         f"input {name!r}: nested data does not match the shape (ragged or mis-shaped arrays)",
+        known,
     )
 
 
 def parse_rest_infer(
-    body: bytes, header_length: str | None, model_name: str, model_version: str
+    body: bytes,
+    header_length: str | None,
+    model_name: str,
+    model_version: str,
+    known: Collection[str] = (),
 ) -> InferRequest:
-    """An :class:`InferRequest` from a v2 JSON body, with binary tensor data if announced."""
+    """An :class:`InferRequest` from a v2 JSON body, with binary tensor data if announced;
+    ``known`` are the input names that may label metrics."""
     binary = b""
     if header_length is not None:
         # isdigit() alone accepts digits such as "²" that int() refuses.
@@ -125,7 +139,7 @@ def parse_rest_infer(
     if not isinstance(request_id, str):
         raise _invalid('"id" must be a string')
     try:
-        return _parse_payload(payload, binary, model_name, model_version, request_id)
+        return _parse_payload(payload, binary, model_name, model_version, request_id, known)
     except RequestRejected as exc:
         raise MalformedInferRequest(exc, request_id) from exc
 
@@ -136,6 +150,7 @@ def _parse_payload(
     model_name: str,
     model_version: str,
     request_id: str,
+    known: Collection[str],
 ) -> InferRequest:
     inputs = payload.get("inputs")
     if not isinstance(inputs, list):
@@ -151,17 +166,18 @@ def _parse_payload(
         size = _parameters(spec, where).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise RequestRejected.request_level(
-                    Reason.INVALID_TENSOR,
+                raise _tensor_error(
+                    name,
                     f"input {name!r}: binary_data_size {size!r} exceeds the binary data sent",
+                    known,
                 )
             data: Sequence[Any] | bytes = binary[offset : offset + size]
             offset += size
         elif "data" in spec:
-            data = _flatten(spec["data"], spec.get("shape"), name)
+            data = _flatten(spec["data"], spec.get("shape"), name, known)
         else:
-            raise RequestRejected.request_level(
-                Reason.INVALID_TENSOR, f"input {name!r} has neither data nor binary_data_size"
+            raise _tensor_error(
+                name, f"input {name!r} has neither data nor binary_data_size", known
             )
         shape = spec.get("shape")
         tensors.append(
@@ -264,7 +280,9 @@ class InferEndpoint:
         try:
             result = await protocol.infer(
                 ctx,
-                lambda: parse_rest_infer(body, header_length, name, version),
+                lambda: parse_rest_infer(
+                    body, header_length, name, version, protocol.codec.input_names
+                ),
                 lambda: body,
             )
         except InferRejected as exc:

@@ -149,6 +149,7 @@ class TensorCodec:
         )
         self._kinds = {f.name: f.kind for f in contract.features}
         self._datatypes = {t.name: t.datatype for t in self.inputs}
+        self.input_names = frozenset(self._datatypes)
         self._output_names = tuple(t.name for t in self.outputs)
 
     # -- inputs -------------------------------------------------------------------------------

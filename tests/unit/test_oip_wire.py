@@ -18,7 +18,7 @@ from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.rest import HEADER_LENGTH, parse_rest_infer
 from service.oip.servicer import parse_infer_request, status_details
 from service.oip.tensors import encode_raw
-from service.validation import FieldError, Reason, RequestRejected
+from service.validation import UNKNOWN_FIELD, FieldError, Reason, RequestRejected
 
 
 def test_committed_stubs_are_what_make_proto_generates(tmp_path: Path) -> None:
@@ -165,3 +165,25 @@ def test_rest_malformed_bodies(
     exc = rejected(lambda: parse(body, header_length, binary))
     assert exc.errors[0].reason is reason
     assert text in exc.summary
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"datatype": "INT64", "shape": [2, 1], "data": [[1], [2, 3]]},  # ragged
+        {"datatype": "INT64", "shape": [1], "data": 1},  # not an array
+        {"datatype": "INT64", "shape": [1, 1, 1], "data": [[[1]]]},  # too many dimensions
+        {"datatype": "INT64", "shape": [1]},  # neither data nor binary_data_size
+        {"datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}},
+    ],
+)
+def test_rest_tensor_errors_name_the_input(spec: dict[str, Any]) -> None:
+    def error(name: str) -> Any:
+        body = json.dumps({"inputs": [{"name": name, **spec}]}).encode()
+        exc = rejected(lambda: parse_rest_infer(body, None, "m", "", {"age_in_years"}))
+        (only,) = exc.errors
+        return only.field, only.reason, only.metric_field
+
+    assert error("age_in_years") == ("age_in_years", Reason.INVALID_TENSOR, "age_in_years")
+    # a name the contract lacks is echoed but never becomes a metric label
+    assert error("colour") == ("colour", Reason.INVALID_TENSOR, UNKNOWN_FIELD)
