@@ -26,10 +26,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service.oip.generated import grpc_predict_v2_pb2 as pb
-from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.oip.grpc_metrics import MetricsInterceptor, grpc_metrics
 from service.oip.protocol import InferenceProtocol
-from service.oip.servicer import SERVICE_NAME, InferenceServicer
+from service.oip.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +106,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(protocol), self._server
-        )
+        add_to_server(InferenceServicer(protocol), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE.full_name, reflection.SERVICE_NAME),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from service import tracing
@@ -102,6 +103,18 @@ def _parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         inputs=tensors,
         outputs=[o.name for o in message.outputs],
     )
+
+
+def decode_infer_request(data: bytes) -> pb.ModelInferRequest:
+    """The request message, decoded here rather than by grpc (see :func:`add_to_server`)."""
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        raise RequestRejected.request_level(
+            Reason.INVALID_BODY,
+            f"the message is not a valid ModelInferRequest ({exc}); "
+            "its string fields (model_name, id, names) must be UTF-8",
+        ) from exc
 
 
 def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> Sequence[object]:
@@ -210,7 +223,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         metadata = context.invocation_metadata() or ()
         carrier = {m.key: m.value for m in metadata if isinstance(m.value, str)}
@@ -226,15 +239,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     span.set_status(tracing.trace.StatusCode.ERROR)
 
     async def _model_infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, data: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         ctx = RequestContext.start("grpc", "ModelInfer", _metadata_request_id(context))
+        request: pb.ModelInferRequest | None = None
+
+        def parse() -> InferRequest:
+            nonlocal request
+            request = decode_infer_request(data)
+            return parse_infer_request(request)
+
         try:
             result = await self._protocol.infer(
                 ctx,
-                lambda: parse_infer_request(request),
-                lambda: describe_request(request),
-                request.ByteSize(),
+                parse,
+                lambda: data if request is None else describe_request(request),
+                len(data),
             )
         except InferRejected as exc:
             code = _STATUS_CODES.get(exc.rejection.status, grpc.StatusCode.INTERNAL)
@@ -255,4 +275,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             raise  # abort() raises
         context.set_trailing_metadata(((REQUEST_ID_METADATA, result.ctx.request_id),))
+        assert request is not None  # parsed, or infer() would have raised
         return build_infer_response(self._protocol, result, raw=bool(request.raw_input_contents))
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """``add_GRPCInferenceServiceServicer_to_server``, except that ModelInfer gets the message's
+    bytes: grpc's own decoding of an invalid message (a string field that is not UTF-8) fails
+    before any handler runs, answering UNKNOWN uncounted and unlogged, not INVALID_ARGUMENT."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=(
+                None
+                if method.name == "ModelInfer"
+                else getattr(pb, method.input_type.name).FromString
+            ),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -199,6 +199,28 @@ def test_structural_errors_keep_the_protocol_id(
     assert dict(info.value.trailing_metadata())["x-request-id"] == "loan-43"
 
 
+def test_a_message_with_a_non_utf8_string_is_invalid_argument(
+    served: ServedService, channel: grpc.Channel
+) -> None:
+    # grpc's own decoding refused it before our handler: UNKNOWN, uncounted, unlogged.
+    model_infer = channel.unary_unary(
+        f"/{INFERENCE_SERVICE}/ModelInfer",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    valid = raw_request(example_rows(1)).SerializeToString()
+    for field in (b"\x0a", b"\x1a"):  # model_name, id: strings that must be UTF-8
+        with pytest.raises(grpc.RpcError) as info:
+            model_infer(
+                valid + field + b"\x03\xff\xfe\xfd",
+                timeout=30,
+                metadata=[("x-request-id", "bad-utf8")],
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in info.value.details()
+        assert dict(info.value.trailing_metadata())["x-request-id"] == "bad-utf8"
+
+
 # -- metadata, health, reflection ----------------------------------------------------------------
 
 
