@@ -45,9 +45,14 @@ system-deps: ## install Prometheus, Alertmanager (promtool, amtool) and docker-c
 
 CONTAINER_BACKEND ?= docker
 
-image: model ## build the bento and its OCI image (CONTAINER_BACKEND=docker|podman|buildah|...)
-	$(BIN)/bentoml build
-	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) credit_risk_service:latest
+# The image is tagged credit_risk_service:<version> (the bento's tag) and credit_risk_service:latest
+# (what monitoring/compose.yaml runs); a -t replaces containerize's default tag, so both are given.
+image: model ## build the bento and its OCI image, tagged <version> and latest (CONTAINER_BACKEND=docker|podman|buildah|...)
+	set -eo pipefail; \
+	bento=$$($(BIN)/bentoml build --output tag | tail -n 1); bento=$${bento#__tag__:}; \
+	echo "built bento $$bento"; \
+	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) \
+	    -t "$$bento" -t credit_risk_service:latest "$$bento"
 
 container-tools: ## install buildah, podman, runc and debootstrap if missing (Debian, as root)
 	tests/apt-ensure.sh buildah:buildah podman:podman runc:runc debootstrap:debootstrap
