@@ -98,9 +98,11 @@ def test_alerts_are_routed_by_severity(labels: list[str], receiver: str) -> None
     assert (result.returncode, result.stdout.strip()) == (0, receiver), result.stderr
 
 
-def test_service_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> None:
+def test_service_job_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> None:
+    # the whole job down, not one instance (ServiceDown): that would hide the job-wide alerts
+    # of the healthy replicas
     (rule,) = load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
-    assert rule["source_matchers"] == ['alertname="ServiceDown"']
+    assert rule["source_matchers"] == ['alertname="ServiceJobDown"']
     assert rule["equal"] == ["job"]
     (matcher,) = rule["target_matchers"]
     pattern = re.fullmatch(r'alertname=~"(.+)"', matcher)
@@ -108,4 +110,9 @@ def test_service_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> 
     names = {a["alert"] for a in alerts()}
     inhibited = {n for n in names if re.fullmatch(pattern.group(1), n)}
     # the service's own outage and the model's drift (read from a shared store) stay visible
-    assert inhibited == names - {"ServiceDown", "DatasetDriftSustained", "PredictionDrift"}
+    assert inhibited == names - {
+        "ServiceDown",
+        "ServiceJobDown",
+        "DatasetDriftSustained",
+        "PredictionDrift",
+    }

@@ -1,0 +1,133 @@
+"""The committed Alertmanager configuration's inhibition, in a real Alertmanager on loopback.
+
+Alerts are posted to its API as Prometheus would send them: one replica down (ServiceDown) must
+not hide the job-wide alerts the healthy replicas raise; the whole job down (ServiceJobDown) does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.monitoring.support import ALERTMANAGER_YML, tool
+from tests.predlog.helpers import wait_until
+from tests.support import free_port
+
+JOB = "credit-risk-service"
+
+
+@pytest.fixture(scope="module")
+def alertmanager() -> Iterator[str]:
+    work = Path(tempfile.mkdtemp(prefix="alertmanager-inhibition-"))
+    port = free_port()
+    with (work / "alertmanager.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                tool("prometheus-alertmanager"),
+                f"--config.file={ALERTMANAGER_YML}",
+                f"--storage.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_until(ready, timeout=30, interval=0.2), (work / "alertmanager.log").read_text()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def post(url: str, *alerts: dict[str, str]) -> None:
+    now = datetime.now(UTC)
+    body = [
+        {
+            "labels": labels,
+            "startsAt": now.isoformat(),
+            "endsAt": (now + timedelta(minutes=5)).isoformat(),
+        }
+        for labels in alerts
+    ]
+    httpx.post(f"{url}/api/v2/alerts", json=body, timeout=5).raise_for_status()
+
+
+def inhibited(url: str, alertname: str, job: str) -> bool | None:
+    """Whether the alert is inhibited; None while Alertmanager does not have it."""
+    response = httpx.get(
+        f"{url}/api/v2/alerts",
+        params={"filter": [f'alertname="{alertname}"', f'job="{job}"']},
+        timeout=5,
+    )
+    response.raise_for_status()
+    found = response.json()
+    if not found:
+        return None
+    (alert,) = found
+    return bool(alert["status"]["inhibitedBy"])
+
+
+def inhibition(url: str, alertname: str, job: str) -> bool:
+    """Whether the alert is inhibited, once Alertmanager has it."""
+    wait_until(lambda: inhibited(url, alertname, job) is not None, timeout=10)
+    return bool(inhibited(url, alertname, job))
+
+
+def whole_job_down(url: str, job: str) -> None:
+    """ServiceJobDown, ServiceDown and a symptom of ``job``; returns once the symptom is
+    inhibited, so that Alertmanager's inhibitor has also taken in every alert posted before."""
+    post(
+        url,
+        {"alertname": "ServiceJobDown", "job": job, "severity": "page"},
+        {"alertname": "ServiceDown", "job": job, "instance": "b:3000", "severity": "page"},
+        {"alertname": "ErrorBudgetBurnFast", "job": job, "severity": "page"},
+    )
+    wait_until(lambda: inhibited(url, "ErrorBudgetBurnFast", job), timeout=10)
+
+
+def test_one_replica_down_does_not_inhibit_the_job_wide_alerts(alertmanager: str) -> None:
+    job = f"{JOB}-one-down"
+    post(
+        alertmanager,
+        {"alertname": "ServiceDown", "job": job, "instance": "a:3000", "severity": "page"},
+        {"alertname": "ErrorBudgetBurnFast", "job": job, "severity": "page"},
+        {"alertname": "PredictionLogLagging", "job": job, "severity": "ticket"},
+    )
+    whole_job_down(alertmanager, f"{JOB}-marker")
+    assert inhibition(alertmanager, "ServiceDown", job) is False
+    assert inhibition(alertmanager, "ErrorBudgetBurnFast", job) is False
+    assert inhibition(alertmanager, "PredictionLogLagging", job) is False
+
+
+def test_the_whole_job_down_inhibits_its_symptom_alerts(alertmanager: str) -> None:
+    job = f"{JOB}-all-down"
+    post(
+        alertmanager,
+        {"alertname": "DriftMonitorFailing", "job": job, "severity": "ticket"},
+        # drift is read from a shared store: it stays visible
+        {"alertname": "PredictionDrift", "job": job, "severity": "ticket"},
+        # another job's alert is not this job's symptom
+        {"alertname": "ErrorBudgetBurnFast", "job": "other", "severity": "page"},
+    )
+    whole_job_down(alertmanager, job)
+    assert inhibition(alertmanager, "ErrorBudgetBurnFast", job) is True
+    assert inhibition(alertmanager, "DriftMonitorFailing", job) is True
+    assert inhibition(alertmanager, "ServiceJobDown", job) is False
+    assert inhibition(alertmanager, "ServiceDown", job) is False
+    assert inhibition(alertmanager, "PredictionDrift", job) is False
+    assert inhibition(alertmanager, "ErrorBudgetBurnFast", "other") is False
