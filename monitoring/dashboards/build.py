@@ -21,6 +21,9 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'instance=~"$instance"'  # the selector every query carries
+# process_* metrics are exported by every scraped process (Prometheus itself too): with
+# $instance at All (.*) only the service's job may match
+PROC = f'job="credit-risk-service",{SEL}'
 M = f'{SEL},model_version=~"$model_version"'
 RATE = "$__rate_interval"
 SLO_ERROR_BUDGET = 0.001  # 99.9% availability, as in monitoring/prometheus/rules/recording.yml
@@ -237,7 +240,7 @@ def service_health() -> model.Dashboard:
             "CPU seconds per second used by all workers of an instance (1 = one core). Normal: "
             "well under the cores given to it; at the number of cores it is saturated.",
             query(
-                f"sum by (instance) (rate(process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
+                f"sum by (instance) (rate(process_cpu_seconds_total{{{PROC}}}[{RATE}]))",
                 "{{instance}}",
             ),
             unit="short",
@@ -247,7 +250,7 @@ def service_health() -> model.Dashboard:
             "Memory",
             "Resident memory of all workers of an instance. Normal: flat after warm-up "
             "(each worker holds a copy of the model); a steady climb is a leak.",
-            query(f"sum by (instance) (process_resident_memory_bytes{{{SEL}}})", "{{instance}}"),
+            query(f"sum by (instance) (process_resident_memory_bytes{{{PROC}}})", "{{instance}}"),
             unit="bytes",
             w=8,
         ),
@@ -255,8 +258,10 @@ def service_health() -> model.Dashboard:
             "File descriptors and workers",
             "Open file descriptors of all workers against one worker's limit, and live workers. "
             "Normal: open far below the limit; workers equal to WORKERS.",
-            query(f"sum by (instance) (process_open_fds{{{SEL}}})", "open {{instance}}"),
-            query(f"min by (instance) (process_max_fds{{{SEL}}})", "limit per worker {{instance}}"),
+            query(f"sum by (instance) (process_open_fds{{{PROC}}})", "open {{instance}}"),
+            query(
+                f"min by (instance) (process_max_fds{{{PROC}}})", "limit per worker {{instance}}"
+            ),
             query(f"sum by (instance) (service_workers{{{SEL}}})", "workers {{instance}}"),
             w=8,
         ),

@@ -79,6 +79,16 @@ def test_layout_descriptions_datasource_and_variables(path: Path) -> None:
     assert names == expected
 
 
+def test_process_metrics_are_the_services_only() -> None:
+    # every scraped process exports process_*: Prometheus's own must not appear with $instance All
+    found = 0
+    for _, _, expr in expressions():
+        for selector in re.findall(r"process_\w+\{([^}]*)\}", expr):
+            found += 1
+            assert 'job="credit-risk-service"' in selector, expr
+    assert found
+
+
 def test_every_query_is_valid_promql() -> None:
     rules = [
         {"record": f"dashboard:query_{i}", "expr": e} for i, (_, _, e) in enumerate(expressions())
