@@ -146,6 +146,17 @@ def decode_line(line: bytes) -> Entry:
         data = orjson.loads(body)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise CorruptLine(str(exc)) from exc
+    try:
+        return _entry(data)
+    except CorruptLine:
+        raise
+    except Exception as exc:
+        # A good checksum over content that is not an entry (written by a buggy or other
+        # version): raised as anything else, it would end the replay of the whole segment.
+        raise CorruptLine(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _entry(data: Any) -> Entry:
     version, table = data.get("v"), data.get("table")
     if version not in (1, SPOOL_FORMAT) or table not in DATA_TABLES:
         raise CorruptLine(f"unknown spool format {version!r} or table {table!r}")
@@ -157,9 +168,17 @@ def decode_line(line: bytes) -> Entry:
     elif table == "predictions":
         for row in rows:  # JSON gives lists; instances are tuples of values, as to_entry makes
             row["instances"] = list(map(tuple, row["instances"]))
+    columns = _COLUMNS[table]
+    for row in rows:
+        # The store would fail on a missing column as if it were down, and retry it forever.
+        if missing := columns.difference(row):
+            raise CorruptLine(f"a {table} row without {', '.join(sorted(missing))}")
     received_at = rows[0]["received_at"] if rows else datetime.now(UTC)
     records = sum(r["instance_count"] for r in rows) if table == "predictions" else len(rows)
     return Entry(table, rows, received_at, records)
+
+
+_COLUMNS = {name: frozenset(table.columns.keys()) for name, table in DATA_TABLES.items()}
 
 
 @functools.lru_cache(maxsize=64)

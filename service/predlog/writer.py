@@ -235,6 +235,12 @@ class Writer:
                 log.exception("prediction log writer turn failed")
                 leftover, self._inflight = self._inflight, []
                 self._spool(leftover)
+                if self._replay is not None:
+                    # A generator that raised is finished: read on, it would look like the end
+                    # of the segment and have it deleted. Keep the segment for a later replay.
+                    self._replay[0].release()
+                    self._replay = None
+                    self._replay_oldest = None
             with self._turn_done:
                 self._turns += 1
                 self._turn_done.notify_all()

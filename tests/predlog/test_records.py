@@ -116,3 +116,20 @@ def test_damaged_spool_lines_are_detected(damage: str) -> None:
         line = b"\x00\x00\x00 not a line\n"
     with pytest.raises(CorruptLine):
         decode_line(line)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"v": 2, "table": "rejections", "rows": [{"received_at": "not a time"}]},
+        {"v": 2, "table": "rejections"},
+        {"v": 2, "table": "predictions", "rows": [{"received_at": "2025-01-31T12:00:00Z"}]},
+        {"v": 2, "table": "predictions", "rows": "not rows"},
+        ["not", "an", "object"],
+    ],
+    ids=["bad time", "no rows", "missing columns", "rows not a list", "not an object"],
+)
+def test_a_line_with_a_good_checksum_but_no_entry_in_it_is_corrupt(body: object) -> None:
+    data = orjson.dumps(body)
+    with pytest.raises(CorruptLine):
+        decode_line(b"%08x %s\n" % (zlib.crc32(data), data))

@@ -6,17 +6,20 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 from service.events import Event
-from service.predlog.records import event_rows, to_entry
+from service.predlog import spool as spool_module
+from service.predlog.records import Entry, decode_line, encode_line, event_rows, to_entry
 from service.predlog.spool import Spool
 from service.predlog.store import SchemaMismatch, Store
 from service.predlog.writer import Writer, WriterConfig
@@ -338,3 +341,44 @@ def test_under_sustained_load_the_spool_is_still_replayed_and_reported_once_per_
     # each of the turns a full batch started.
     assert 4 <= len(scans) <= 1.5 / 0.2 + 4
     assert turns >= 3 * len(scans)
+
+
+def test_a_line_that_is_not_an_entry_is_dropped_and_the_lines_after_it_replayed(
+    sqlite_url: str, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    body = orjson.dumps({"v": 2, "table": "rejections", "rows": [{"received_at": "not a time"}]})
+    bad = b"%08x %s\n" % (zlib.crc32(body), body)
+    good = [rejection_event() for _ in range(5)]
+    lines = [encode_line(to_entry(e)) for e in good]
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "left-1-0000.spool").write_bytes(lines[0] + bad + b"".join(lines[1:]))
+    writer = make_writer(sqlite_url, tmp_path / "spool", batch_rows=1)
+    wait_until(lambda: not writer.spool.segments())
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(good)
+    assert writer.stats.total("replayed") == 5
+    assert writer.stats.counts["dropped.unknown"] == 1
+
+
+def test_a_replay_cut_short_by_a_bug_keeps_its_segment_for_the_next_try(
+    sqlite_url: str, make_writer: MakeWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    left = Spool(tmp_path / "spool", 10**8)
+    backlog = [rejection_event() for _ in range(5)]
+    left.append([to_entry(e) for e in backlog])
+    left.close()
+    calls = 0
+
+    def fails_once(line: bytes) -> Entry:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("a bug")
+        return decode_line(line)
+
+    monkeypatch.setattr(spool_module, "decode_line", fails_once)
+    writer = make_writer(sqlite_url, tmp_path / "spool", batch_rows=1)
+    wait_until(lambda: not writer.spool.segments())
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(backlog)
+    assert writer.stats.total("dropped") == 0
