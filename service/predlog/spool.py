@@ -259,15 +259,27 @@ class Spool:
 
     # Quarantine
 
-    def quarantine(self, entry: Entry, error: BaseException) -> None:
-        """Keep an entry the store refused as data, with the reason, out of the replay path."""
-        path = self.directory / QUARANTINE / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+    def quarantine(self, entry: Entry, error: BaseException) -> bool:
+        """Keep an entry the store refused as data, with the reason, out of the replay path;
+        False if it was kept already (by any process: a replay cut short and started again
+        meets the same refused entry)."""
+        directory = self.directory / QUARANTINE
+        path = directory / f"{socket.gethostname()}-{os.getpid()}.jsonl"
         record = {
             "error": f"{type(error).__name__}: {error}"[:2000],
             "line": encode_line(entry).decode(),
         }
+        ids = [row["event_id"].encode() for row in entry.rows]
         try:
-            with self._lock, open(path, "ab") as file:
-                file.write(orjson.dumps(record) + b"\n")
+            with self._lock:
+                # Refusals are rare and event ids unique: a plain search of the files will do.
+                for kept in directory.glob("*.jsonl"):
+                    with contextlib.suppress(FileNotFoundError):
+                        data = kept.read_bytes()
+                        if ids and all(i in data for i in ids):
+                            return False
+                with open(path, "ab") as file:
+                    file.write(orjson.dumps(record) + b"\n")
         except OSError as exc:  # the row is counted as dropped either way
             log.error("cannot write to the spool's quarantine %s: %s", path, exc)
+        return True

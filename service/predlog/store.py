@@ -71,6 +71,10 @@ _SCHEMA_LOCK_KEY = 0x7072_6564_6C6F_67  # "predlog"
 _READONLY = "predlog_readonly"
 
 
+class _AlreadyPresent(Exception):
+    """Some of the rows written are in the store already."""
+
+
 class SchemaMismatch(RuntimeError):
     """The store holds tables this version of the service must not write to."""
 
@@ -207,8 +211,9 @@ class _BulkInsert:
             return list(tuples)
         return [dict(zip(self.names, values, strict=True)) for values in tuples]
 
-    def execute(self, conn: Connection, rows: Sequence[Row]) -> None:
-        conn.exec_driver_sql(self.sql, self.parameters(rows))
+    def execute(self, conn: Connection, rows: Sequence[Row]) -> int:
+        """Rows inserted (SQLite and psycopg sum them over the executemany)."""
+        return conn.exec_driver_sql(self.sql, self.parameters(rows)).rowcount
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -365,14 +370,38 @@ class Store:
 
     # Writing
 
-    def write(self, entries: Sequence[Entry]) -> None:
-        """Commit every row of ``entries`` in one transaction (rows already present are skipped)."""
-        by_table: dict[str, list[Row]] = defaultdict(list)
+    def write(self, entries: Sequence[Entry]) -> dict[str, int]:
+        """Commit every row of ``entries`` in one transaction (rows already present are skipped);
+        returns the records inserted per table.
+
+        Entries may be in the store already (a replay cut short and started again): the count
+        of rows each insert took tells; when it falls short, the write is done again, looking
+        for the entries first, to know whose records were inserted. New entries (fresh event
+        ids) cost no such query.
+        """
+        try:
+            return self._write(entries, look_first=False)
+        except _AlreadyPresent:
+            return self._write(entries, look_first=True)
+
+    def _write(self, entries: Sequence[Entry], look_first: bool) -> dict[str, int]:
+        by_table: dict[str, list[Entry]] = defaultdict(list)
         for entry in entries:
-            by_table[entry.table].extend(entry.rows)
+            by_table[entry.table].append(entry)
+        inserted: dict[str, int] = {}
         with self.engine.begin() as conn:
-            for name, rows in by_table.items():
-                self._inserts[name].execute(conn, rows)
+            for name, group in by_table.items():
+                if look_first:
+                    table = DATA_TABLES[name]
+                    ids = [row["event_id"] for entry in group for row in entry.rows]
+                    query = select(table.c.event_id).where(table.c.event_id.in_(ids))
+                    present = set(conn.execute(query).scalars())
+                    group = [e for e in group if any(r["event_id"] not in present for r in e.rows)]
+                rows = [row for entry in group for row in entry.rows]
+                if rows and self._inserts[name].execute(conn, rows) != len(rows) and not look_first:
+                    raise _AlreadyPresent  # rolls back
+                inserted[name] = sum(len(entry) for entry in group)
+        return inserted
 
     def probe(self) -> None:
         """Raise unless the store answers."""

@@ -291,22 +291,28 @@ class Writer:
     def _write(self, entries: list[Entry], operation: Operation) -> bool:
         """Commit ``entries``; False (store marked down) if the store failed to take them."""
         try:
-            self.store.write(entries)
+            inserted = self.store.write(entries)
         except Exception as exc:
             if not is_refusal(exc):
                 self._store_failed(operation, exc)
                 return False
             return self._write_one_by_one(entries, operation, exc)
-        count = self.observer.written if operation == "write" else self.observer.replayed
-        for table, rows in _by_table(entries).items():
-            count(table, rows)
+        self._count_inserted(operation, inserted)
         return True
+
+    def _count_inserted(self, operation: Operation, inserted: dict[str, int]) -> None:
+        # A replay started again after a store failure sends entries it already committed: only
+        # what the store inserted counts, or replayed would exceed what was spooled.
+        count = self.observer.written if operation == "write" else self.observer.replayed
+        for table, records in inserted.items():
+            if records:
+                count(table, records)
 
     def _write_one_by_one(self, entries: list[Entry], operation: Operation, exc: Exception) -> bool:
         log.warning("the store refused a batch (%s); retrying it entry by entry", exc)
         for index, entry in enumerate(entries):
             try:
-                self.store.write([entry])
+                inserted = self.store.write([entry])
             except Exception as one_exc:
                 if not is_refusal(one_exc):
                     self._store_failed(operation, one_exc)
@@ -314,8 +320,9 @@ class Writer:
                         self._spool(entries[index:])
                     return operation == "write"
                 self.observer.write_failed(operation)
+                if not self.spool.quarantine(entry, one_exc):
+                    continue  # set aside and counted by a replay of this segment cut short
                 self.observer.dropped(entry.table, len(entry), "refused")
-                self.spool.quarantine(entry, one_exc)
                 log.error(
                     "the store refused %d %s row(s) of request %s: %s; kept in %s",
                     len(entry),
@@ -325,8 +332,7 @@ class Writer:
                     self.spool.directory / "quarantine",
                 )
                 continue
-            count = self.observer.written if operation == "write" else self.observer.replayed
-            count(entry.table, len(entry))
+            self._count_inserted(operation, inserted)
         return True
 
     def _spool(self, entries: list[Entry]) -> None:

@@ -74,9 +74,19 @@ def test_a_table_dropped_by_hand_comes_back(store: Store) -> None:
 def test_writing_an_entry_twice_stores_it_once(store: Store) -> None:
     # A replay after a COMMIT whose answer was lost must not duplicate rows.
     entries = [to_entry(prediction_event(3)), to_entry(rejection_event())]
-    store.write(entries)
-    store.write(entries)
+    assert store.write(entries) == {"predictions": 3, "rejections": 1}
+    assert store.write(entries) == {"predictions": 0, "rejections": 0}
     assert row_count(store) == 4
+
+
+def test_a_write_counts_only_the_records_it_inserted(store: Store) -> None:
+    # A replay started again sends entries committed by its first try: they are not counted.
+    entries = [to_entry(prediction_event(n)) for n in (1, 2, 3, 4)] + [
+        to_entry(rejection_event()) for _ in range(3)
+    ]
+    store.write([entries[1], entries[4]])
+    assert store.write(entries) == {"predictions": 1 + 3 + 4, "rejections": 2}
+    assert row_count(store) == 10 + 3
 
 
 def test_the_same_client_request_id_twice_is_stored_twice(store: Store) -> None:

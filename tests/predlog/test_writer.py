@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from service.events import Event
 from service.predlog import spool as spool_module
@@ -382,3 +383,77 @@ def test_a_replay_cut_short_by_a_bug_keeps_its_segment_for_the_next_try(
     writer.flush()
     assert row_keys(writer.store) == expected_keys(backlog)
     assert writer.stats.total("dropped") == 0
+
+
+class _FailsOnce(Store):
+    """Fails (as a store that went away) the first write holding a request of ``request_id``
+    (``alone``: holding only that request)."""
+
+    def __init__(self, url: str, request_id: str, alone: bool = False) -> None:
+        super().__init__(url)
+        self.request_id = request_id
+        self.alone = alone
+        self.failed = False
+
+    def write(self, entries: Sequence[Entry]) -> dict[str, int]:
+        hit = any(e.rows[0]["request_id"] == self.request_id for e in entries)
+        if not self.failed and hit and (len(entries) == 1 or not self.alone):
+            self.failed = True
+            raise OperationalError("INSERT", {}, Exception("connection lost"))
+        return super().write(entries)
+
+
+def test_a_replay_cut_short_and_started_again_counts_each_record_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    left = Spool(tmp_path / "spool", 10**8)
+    backlog = [prediction_event(1 + i % 3, request_id=f"r{i}") for i in range(12)]
+    left.append([to_entry(e) for e in backlog])
+    left.close()
+    config = WriterConfig(**{**FAST.__dict__, "batch_rows": 4})
+    writer = Writer(_FailsOnce(sqlite_url, "r7"), Spool(tmp_path / "spool", 10**8), config)
+    writer.start()
+    try:
+        wait_until(lambda: not writer.spool.segments())
+        writer.flush()
+        assert row_keys(writer.store) == expected_keys(backlog)
+        assert writer.stats.total("replayed") == rows_of(backlog)
+    finally:
+        writer.close()
+        writer.store.close()
+
+
+def test_a_refused_row_met_again_by_a_replay_started_again_is_dropped_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # The batch is refused, then written entry by entry: the store goes away after the refusal.
+    store = _FailsOnce(sqlite_url, "last", alone=True)
+    store.ensure_schema()
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON prediction_requests "
+                "WHEN NEW.request_id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a constraint'); END"
+            )
+        )
+    left = Spool(tmp_path / "spool", 10**8)
+    names = ["a", "bad", "b", "c", "last", "z"]
+    backlog = [prediction_event(2, request_id=name) for name in names]
+    left.append([to_entry(e) for e in backlog])
+    left.close()
+    writer = Writer(store, Spool(tmp_path / "spool", 10**8), FAST)
+    writer.start()
+    try:
+        wait_until(lambda: not writer.spool.segments())
+        writer.flush()
+        assert store.failed
+        good = [e for e in backlog if e.request.request_id != "bad"]
+        assert row_keys(store) == expected_keys(good)
+        assert writer.stats.total("replayed") == rows_of(good)
+        assert writer.stats.drops["refused"] == 2
+        (quarantined,) = (tmp_path / "spool" / "quarantine").iterdir()
+        assert quarantined.read_bytes().count(b"\n") == 1
+    finally:
+        writer.close()
+        store.close()
