@@ -16,6 +16,7 @@ The store and spool come from the same settings as the service (``PREDICTION_LOG
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from collections.abc import Sequence
@@ -91,11 +92,20 @@ def _dumps(value: Any) -> str:
 def _spool_status(directory: Path) -> dict[str, Any]:
     segments = sorted(directory.glob("*.spool")) if directory.exists() else []
     quarantined = sorted((directory / QUARANTINE).glob("*.jsonl")) if directory.exists() else []
+    sizes: list[int] = []
+    for path in segments:
+        # A worker may replay and delete a segment between the listing and the stat.
+        with contextlib.suppress(FileNotFoundError):
+            sizes.append(path.stat().st_size)
+    entries = 0
+    for path in quarantined:
+        with contextlib.suppress(FileNotFoundError):  # removed by an operator meanwhile
+            entries += path.read_bytes().count(b"\n")
     return {
         "directory": str(directory),
-        "segments": len(segments),
-        "segment_bytes": sum(p.stat().st_size for p in segments),
-        "quarantined_entries": sum(p.read_bytes().count(b"\n") for p in quarantined),
+        "segments": len(sizes),
+        "segment_bytes": sum(sizes),
+        "quarantined_entries": entries,
     }
 
 

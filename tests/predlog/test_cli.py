@@ -156,3 +156,25 @@ def test_the_module_runs_as_a_command(logged: Store) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert orjson.loads(result.stdout)["predictions"][0]["request_id"] == "at-10"
+
+
+def test_status_counts_no_segment_a_worker_deleted_while_it_looked(
+    logged: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spool = Spool(tmp_path / "spool", 10**8)
+    spool.append([to_entry(rejection_event())])
+    spool.close()
+    glob = Path.glob
+
+    def listing_then_deleted(self: Path, pattern: str) -> list[Path]:
+        # What a listing holds when a worker replays and deletes a file right after it.
+        return [*glob(self, pattern), self / f"replayed-meanwhile{pattern[1:]}"]
+
+    monkeypatch.setattr(Path, "glob", listing_then_deleted)
+    assert main(["status"]) == 0
+    status = orjson.loads(capsys.readouterr().out)
+    assert status["spool"]["segments"] == 1
+    assert status["spool"]["segment_bytes"] == spool.segments()[0].stat().st_size
