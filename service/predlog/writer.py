@@ -25,7 +25,8 @@ dropped ``refused``), so one bad row never holds up the others.
 
 :meth:`Writer.close` (worker shutdown): the thread drains the queue to the store, or to the spool
 when the store is down or ``shutdown_timeout`` has passed, fsyncs and seals the spool. If the
-store hangs beyond the timeout, the closing thread spools whatever is still in memory itself.
+store hangs beyond the timeout, the closing thread spools whatever is still in memory itself; the
+writer thread, should the store answer later, neither counts, spools nor replays anything more.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ class Writer:
         self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and report
         self._backoff = config.retry_initial
         self._inflight: list[Entry] = []
+        # close() spools what the writer thread holds when the store hangs past the timeout; from
+        # then on the thread must not spool, count or replay it too.
+        self._handover = threading.Lock()
+        self._taken_over = False
         self._replay: tuple[Claimed, Iterator[tuple[list[Entry], int]]] | None = None
         self._replay_oldest: datetime | None = None
         self._closing = threading.Event()
@@ -209,7 +214,10 @@ class Writer:
                 "what is still in memory",
                 self.config.shutdown_timeout,
             )
-            self._spool(self._inflight + self._convert(self._queue.take(2**62)))
+            with self._handover:
+                self._taken_over = True
+                leftover, self._inflight = self._inflight, []
+            self._spool(leftover + self._convert(self._queue.take(2**62)))
         self.spool.close()
         self.observer.queue_depth(self._queue.rows)
         summary = self.stats.summary()
@@ -233,8 +241,10 @@ class Writer:
                 self._turn(closing, housekeeping)
             except Exception:  # a bug here must not kill the thread and lose the queue
                 log.exception("prediction log writer turn failed")
-                leftover, self._inflight = self._inflight, []
-                self._spool(leftover)
+                with self._handover:
+                    leftover, self._inflight = self._inflight, []
+                    if not self._taken_over:
+                        self._spool(leftover)
                 if self._replay is not None:
                     # A generator that raised is finished: read on, it would look like the end
                     # of the segment and have it deleted. Keep the segment for a later replay.
@@ -262,7 +272,7 @@ class Writer:
         if not self._up and time.monotonic() >= self._retry_at and not closing:
             self._reconnect()
         # A replay in progress goes on every turn; a new one is looked for with the housekeeping.
-        if self._up and not closing and (housekeeping or self._replay is not None):
+        if self._up and not closing and not self._taken_over and (housekeeping or self._replay):
             self._replay_batch()
         self.spool.sync()
         if housekeeping:
@@ -286,7 +296,9 @@ class Writer:
                 self._reconnect()
             if self._up and self._write(entries, "write"):
                 return
-        self._spool(entries)
+        with self._handover:
+            if not self._taken_over:
+                self._spool(entries)
 
     def _write(self, entries: list[Entry], operation: Operation) -> bool:
         """Commit ``entries``; False (store marked down) if the store failed to take them."""
@@ -297,7 +309,13 @@ class Writer:
                 self._store_failed(operation, exc)
                 return False
             return self._write_one_by_one(entries, operation, exc)
-        self._count_inserted(operation, inserted)
+        with self._handover:
+            # Taken over: close() spooled these entries and counted them so; a replay of that
+            # spool finds them in the store and counts nothing.
+            if not (self._taken_over and operation == "write"):
+                self._count_inserted(operation, inserted)
+            if entries is self._inflight:
+                self._inflight = []
         return True
 
     def _count_inserted(self, operation: Operation, inserted: dict[str, int]) -> None:

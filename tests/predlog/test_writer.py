@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -457,3 +458,36 @@ def test_a_refused_row_met_again_by_a_replay_started_again_is_dropped_once(
     finally:
         writer.close()
         store.close()
+
+
+def test_after_close_spooled_what_a_hung_store_held_the_writer_thread_leaves_it_alone(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Hung(Store):
+        def write(self, entries: Sequence[Entry]) -> dict[str, int]:
+            entered.set()
+            release.wait(10)  # a lock held by another process, a stalled disk
+            return super().write(entries)
+
+    config = WriterConfig(**{**FAST.__dict__, "shutdown_timeout": 0.2})
+    writer = Writer(Hung(sqlite_url), Spool(tmp_path / "spool", 10**8), config)
+    writer.start()
+    published = events(3)
+    for e in published:
+        writer.publish(e)
+    assert entered.wait(5)
+    writer.close()
+    assert writer.running
+    (segment,) = writer.spool.segments()
+    release.set()  # the hung commit goes through after all
+    writer._thread.join(5)
+    assert not writer.running
+    # Spooled once, by close(); the writer thread neither counted its commit nor replayed the
+    # segment close() had just sealed.
+    assert writer.stats.summary()["spooled"] == rows_of(published)
+    assert writer.stats.total("written") == writer.stats.total("replayed") == 0
+    assert writer.spool.segments() == [segment]
+    assert row_keys(writer.store) == expected_keys(published)
+    writer.store.close()
