@@ -441,6 +441,8 @@ class PredictionLogMetrics:
                 counter.labels(table)
             for reason in get_args(DropReason):
                 self._dropped.labels(table, reason)
+        # A damaged spool line cannot tell its table: the replay counts it under "unknown".
+        self._dropped.labels("unknown", "corrupt")
         for operation in get_args(Operation):
             self._failures.labels(operation)
 

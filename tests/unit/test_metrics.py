@@ -180,6 +180,10 @@ def test_info_gauges_name_the_model_and_the_build(
 
 def test_prediction_log_observer(registry: CollectorRegistry) -> None:
     observer = PredictionLogMetrics(registry)
+    value = registry.get_sample_value
+    # At zero before the first drop, so that increase() sees it (the dropped-rows alert).
+    unknown = {"table": "unknown", "reason": "corrupt"}
+    assert value("prediction_log_rows_dropped_total", unknown) == 0
     observer.written("predictions", 5)
     observer.spooled("predictions", 2)
     observer.replayed("predictions", 2)
@@ -188,7 +192,6 @@ def test_prediction_log_observer(registry: CollectorRegistry) -> None:
     observer.store_up(False)
     observer.queue_depth(7)
     observer.backlog_age(1.5)
-    value = registry.get_sample_value
     assert value("prediction_log_rows_written_total", {"table": "predictions"}) == 5
     assert value("prediction_log_rows_replayed_total", {"table": "predictions"}) == 2
     assert (
