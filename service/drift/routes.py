@@ -1,11 +1,13 @@
 """``GET /drift`` (the latest run's summary, JSON) and ``GET /drift/report`` (its HTML report).
 
-Thin: both answer from what the worker's monitor thread cached, never from the store, and the
-report is streamed from DRIFT_SNAPSHOT_DIR by Starlette off the event loop.
+Thin: ``GET /drift`` answers from what the worker's monitor thread cached; ``GET /drift/report``
+may look the newest report up in the store (another worker's run may have written it since the
+last poll), off the event loop, and the report is streamed from DRIFT_SNAPSHOT_DIR by Starlette.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -32,7 +34,9 @@ def drift_routes(get_monitor: Callable[[], DriftMonitor | None]) -> list[BaseRou
         monitor = get_monitor()
         if monitor is None:
             return JSONResponse({"error": "not_found", "message": OFF}, status_code=404)
-        path, why = monitor.report_path()
+        # The lookup can wait on the store (a PostgreSQL that does not answer: its connect
+        # timeout), which must not stall the worker's predictions.
+        path, why = await asyncio.to_thread(monitor.report_path)
         if path is None:
             return JSONResponse({"error": "not_found", "message": why}, status_code=404)
         return FileResponse(path, media_type="text/html")
