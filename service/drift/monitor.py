@@ -185,6 +185,9 @@ class DriftMonitor:
             try:
                 if not schema_ready:
                     self.runs.ensure_schema()
+                    # After a restart, show the store's latest run now, not only once this
+                    # worker's own run (a cold child: Evidently's import) has ended.
+                    self.refresh()
                     schema_ready = True
                 slot = self.current_slot()
                 if slot != attempted:

@@ -1,15 +1,19 @@
-"""The drift monitor's answers from what it cached (no thread started, no child process)."""
+"""The drift monitor's answers from what it cached (no child process: a stand-in, if any)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from service.drift import snapshots
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.model import LoadedModel
 from tests.drift.helpers import ok_summary
+from tests.predlog.helpers import wait_until
 
 
 @pytest.fixture
@@ -74,3 +78,32 @@ def test_a_report_missing_from_this_replica_says_where_it_was_written(
     assert "drift-60.html" in why
     assert "replica-b:7" in why
     assert "DRIFT_SNAPSHOT_DIR" in why
+
+
+class _ColdProcess:
+    """A child process still importing Evidently: its run ends only when stopped."""
+
+    warm = False
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+
+    def run(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self._stopped.wait(30)
+        return ok_summary().to_dict()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
+    monitor: DriftMonitor,
+) -> None:
+    previous = monitor.current_slot() - 60
+    _finished(monitor, previous, "the-worker-before-the-restart")
+    monitor.process = _ColdProcess()  # type: ignore[assignment]
+
+    monitor.start()
+
+    wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
+    assert monitor.state()["run_id"] == snapshots.run_name(previous)
