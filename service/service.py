@@ -174,6 +174,7 @@ class CreditRiskService:
                 port=settings.grpc_port,
                 max_message_bytes=settings.max_body_bytes,
                 grace_seconds=settings.grpc_shutdown_grace_seconds,
+                metrics_enabled=settings.metrics_enabled,
             )
             await server.start()
             self.grpc_server = server

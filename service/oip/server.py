@@ -91,16 +91,21 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         grace_seconds: float,
+        metrics_enabled: bool = True,
     ) -> None:
         self.protocol = protocol
         self.host = host
         self.port = port
         self._grace = grace_seconds
         self._health = health.aio.HealthServicer()
-        metrics = grpc_metrics()
-        metrics.initialize([INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE])
+        # METRICS_ENABLED=false turns every metric off: none created, none updated per call.
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if metrics_enabled:
+            metrics = grpc_metrics()
+            metrics.initialize([INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE])
+            interceptors.append(MetricsInterceptor(metrics))
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(metrics)],
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1),  # grpc's default on Linux; the design relies on it
                 ("grpc.max_receive_message_length", max_message_bytes),
