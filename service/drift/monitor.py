@@ -94,6 +94,8 @@ class DriftMonitor:
         self._completed: Run | None = None
         self._report: Run | None = None
         self._shown_slot: int | None = None
+        # A run's outcome the store could not take when the run ended: recorded on a later poll.
+        self._unfinished: tuple[int, Status, DriftSummary | None, str | None] | None = None
         self._last_error_log = 0.0
 
     # Lifecycle
@@ -189,6 +191,7 @@ class DriftMonitor:
                     # worker's own run (a cold child: Evidently's import) has ended.
                     self.refresh()
                     schema_ready = True
+                self._finish()
                 slot = self.current_slot()
                 if slot != attempted:
                     attempted = slot
@@ -224,11 +227,31 @@ class DriftMonitor:
             log.warning("drift run %s failed: %s", snapshots.run_name(slot), error)
         if self.metrics is not None:
             self.metrics.count(status)
-        self.runs.finish(slot, status, summary, error)
+        self._unfinished = (slot, status, summary, error)
+        try:
+            self._finish()
+        except Exception as exc:  # the store is down: the next polls try again
+            log.warning(
+                "drift run %s ended (%s) but the store at %s failed recording it: %s; "
+                "recording it once the store is back",
+                snapshots.run_name(slot),
+                status,
+                self.store.display_url,
+                exc,
+            )
+        return status
+
+    def _finish(self) -> None:
+        """Record the ended run's outcome in its row, if not done yet."""
+        if self._unfinished is None:
+            return
+        # Left 'running', the row would make every worker skip slots until it is stale, and
+        # then be closed as failed with a wrong reason.
+        self.runs.finish(*self._unfinished)
+        self._unfinished = None
         self.runs.prune(self.config.snapshot_keep)
         # A run left 'running' by a worker that died is closed once it cannot be going on.
         self.runs.stale_before(utc_ago(self._longest_run))
-        return status
 
     def job(self, slot: int) -> dict[str, Any]:
         """What the child process needs for a run (plain JSON)."""

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from service.drift import snapshots
 from service.drift.monitor import DriftConfig, DriftMonitor
+from service.drift.process import RunFailed
+from service.drift.runs import utc_ago
 from service.model import LoadedModel
 from tests.drift.helpers import ok_summary
 from tests.predlog.helpers import wait_until
@@ -107,3 +110,38 @@ def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
 
     wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
     assert monitor.state()["run_id"] == snapshots.run_name(previous)
+
+
+class _FailingProcess:
+    """A warm child whose run fails (its read of the window hit a store that went down)."""
+
+    warm = True
+
+    def run(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise RunFailed("OperationalError: connection refused")
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_run_ending_while_the_store_is_down_is_recorded_once_it_is_back(
+    monitor: DriftMonitor,
+) -> None:
+    finish = monitor.runs.finish
+    failures = iter([OperationalError("UPDATE", {}, Exception("store down"))])
+
+    def finish_once_the_store_is_back(*args: Any) -> None:
+        for exc in failures:
+            raise exc
+        finish(*args)
+
+    monitor.runs.finish = finish_once_the_store_is_back  # type: ignore[method-assign]
+    monitor.process = _FailingProcess()  # type: ignore[assignment]
+    monitor._poll = 0.05
+
+    monitor.start()
+
+    run = wait_until(monitor.runs.latest, timeout=5)
+    assert run.slot == monitor.current_slot()
+    assert (run.status, run.error) == ("failed", "OperationalError: connection refused")
+    assert not monitor.runs.running_since(utc_ago(3600))  # the next slots are not skipped
