@@ -14,6 +14,11 @@ once a second, grouped, in the same turn as the service's own request metrics, a
 in-progress gauge to the count in flight. Scrapes see values at most that stale. Websockets and
 anything that is not HTTP keep BentoML's own code.
 
+One difference: BentoML labels a request with its raw path, so every path a client makes up (a
+scanner's probes, unknown model names under ``/v2/models/``) would add series for good. Here the
+``endpoint`` label is the path of the app's route that matches (a route with parameters: its
+template, e.g. ``/v2/models/{name}/infer``), and ``other`` for a path that is no route.
+
 :func:`install` makes BentoML use it: BentoML's service app imports the middleware class from its
 module when it builds its middleware stack (``_bentoml_impl/server/app.py``), so replacing the
 module's attribute before the worker builds its app is enough. The unit tests check that both
@@ -24,13 +29,16 @@ classes export identical series for the same requests; the served tests read the
 from __future__ import annotations
 
 import atexit
+import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from timeit import default_timer
 
 import numpy as np
 from bentoml._internal.context import server_context
 from bentoml._internal.server.http import instruments
+from starlette.routing import BaseRoute, Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -38,6 +46,22 @@ from service.metrics import observe_many, take_all
 
 # BentoML's own class, kept before install() replaces it in its module.
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
+# The endpoint label of a path that is no route of the app.
+OTHER = "other"
+
+
+def route_labels(
+    routes: Iterable[BaseRoute], prefix: str = ""
+) -> list[tuple[re.Pattern[str], str]]:
+    """(path regex, endpoint label) of every HTTP route, mounted apps' routes included."""
+    found: list[tuple[re.Pattern[str], str]] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            found += route_labels(route.routes, prefix + route.path)
+        elif isinstance(route, Route):
+            regex, label, _ = compile_path(prefix + route.path)
+            found.append((regex, label))
+    return found
 
 
 class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
@@ -52,13 +76,14 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._skip = tuple(self.skip_paths)
         self._shown: set[str] = set()  # endpoints in flight at the last turn
         self._flusher: metrics.Flusher | None = None  # the worker's, from the first request
+        self._routes: list[tuple[re.Pattern[str], str]] = []  # the app's, from the first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
             await super().__call__(scope, receive, send)  # type: ignore[arg-type]
             return
         if self._flusher is None:
-            self._start()
+            self._start(scope)
         endpoint: str = scope["path"]
         if not endpoint.startswith(self._skip):
             self._last_request = time.time()
@@ -85,9 +110,11 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             else:  # the dict holds only busy endpoints, however many paths clients try
                 del in_flight[endpoint]
 
-    def _start(self) -> None:
+    def _start(self, scope: Scope) -> None:
         if not self._is_setup:
             self._setup()  # BentoML's: creates the metrics, zero series for the service routes
+        # Starlette passes the app this middleware is part of; its routes are complete by now.
+        self._routes = route_labels(getattr(scope.get("app"), "routes", ()))
         self._flusher = metrics.FLUSHER
         self._flusher.register(self.flush, "BentoML request metrics")
         atexit.register(self.stop)  # the last requests' counts must reach the files
@@ -108,8 +135,8 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             "runner_name": server_context.service_name,
         }
         durations: dict[tuple[str, int], list[float]] = {}
-        for endpoint, status, seconds in done:
-            durations.setdefault((endpoint, status), []).append(seconds)
+        for path, status, seconds in done:
+            durations.setdefault((self._label(path), status), []).append(seconds)
         for (endpoint, status), values in durations.items():
             labels = {"endpoint": endpoint, "http_response_code": status, **service}
             self.metrics_request_total.labels(**labels).inc(len(values))
@@ -119,7 +146,10 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         # A copy: the event loop changes the counts meanwhile (dict() of a dict is atomic). Every
         # endpoint busy since the last turn is set, to 0 if idle now: as in BentoML's, a series
         # exists for every endpoint that had a request.
-        in_flight = dict(self._in_flight)
+        in_flight: dict[str, int] = {}
+        for path, count in dict(self._in_flight).items():
+            endpoint = self._label(path)
+            in_flight[endpoint] = in_flight.get(endpoint, 0) + count
         for endpoint in in_flight.keys() | self._shown | {e for e, _ in durations}:
             self.metrics_request_in_progress.labels(endpoint=endpoint, **service).set(
                 in_flight.get(endpoint, 0)
@@ -127,6 +157,12 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._shown = set(in_flight)
         if self._last_request:
             self.metrics_last_request_timestamp.labels(**service).set(self._last_request)
+
+    def _label(self, path: str) -> str:
+        for regex, label in self._routes:
+            if regex.match(path):
+                return label
+        return OTHER
 
 
 def install() -> None:

@@ -17,6 +17,9 @@ import pytest
 from bentoml._internal.context import server_context
 from bentoml._internal.server.http import instruments
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from service import bentoml_metrics, metrics
@@ -53,6 +56,20 @@ class App:
         await send({"type": "http.response.body", "body": b"y"})
 
 
+def _no_view(request: Any) -> Response:
+    return Response()
+
+
+# What Starlette passes the middleware as scope["app"]: the routes of App, one of them mounted.
+ROUTED = Starlette(
+    routes=[
+        *(Route(path, _no_view) for path in ("/predict", "/livez", "/slow", "/held")),
+        Mount("/", routes=[Route(p, _no_view) for p in ("/status/400", "/status/404")]),
+        Route("/v2/models/{name}/infer", _no_view, methods=["POST"]),
+    ]
+)
+
+
 def middleware(cls: type, app: App) -> tuple[Any, CollectorRegistry]:
     client = MetricsClient()
     instance = cls(app, namespace="bentoml_service", skip_paths=["/livez"])
@@ -67,7 +84,8 @@ async def request(app: Any, path: str) -> None:
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    await app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send)
+    scope = {"type": "http", "path": path, "method": "POST", "headers": [], "app": ROUTED}
+    await app(scope, receive, send)
 
 
 def series(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -165,3 +183,29 @@ def test_install_replaces_the_class_bentoml_builds_its_app_with(
     source = Path(app_module.__file__).read_text()
     assert "from bentoml._internal.server.http.instruments import (" in source
     assert "RunnerTrafficMetricsMiddleware," in source
+
+
+def test_paths_that_are_no_route_share_one_endpoint_label() -> None:
+    async def scenario() -> None:
+        ours, registry = middleware(DeferredTrafficMetricsMiddleware, App())
+        for i in range(50):  # a scanner's probes
+            await request(ours, f"/probe-{i}")
+        for name in ("credit_risk", "made-up-1", "made-up-2"):
+            await request(ours, f"/v2/models/{name}/infer")
+        await request(ours, "/predict")
+        ours.flush()
+
+        endpoints = {
+            s.labels["endpoint"]
+            for family in registry.collect()
+            for s in family.samples
+            if "endpoint" in s.labels
+        }
+        assert endpoints == {"other", "/v2/models/{name}/infer", "/predict"}
+        count = registry.get_sample_value
+        labels = {"http_response_code": "200", **service_labels()}
+        assert count("bentoml_service_request_total", {"endpoint": "other", **labels}) == 50
+        template = {"endpoint": "/v2/models/{name}/infer", **labels}
+        assert count("bentoml_service_request_total", template) == 3
+
+    asyncio.run(scenario())
