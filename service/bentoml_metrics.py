@@ -48,6 +48,7 @@ from service.metrics import observe_many, take_all
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 # The endpoint label of a path that is no route of the app.
 OTHER = "other"
+_MAX_CACHED_PATHS = 1024
 
 
 def route_labels(
@@ -77,6 +78,7 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._shown: set[str] = set()  # endpoints in flight at the last turn
         self._flusher: metrics.Flusher | None = None  # the worker's, from the first request
         self._routes: list[tuple[re.Pattern[str], str]] = []  # the app's, from the first request
+        self._labels: dict[str, str] = {}  # path -> endpoint label, for the paths seen first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
@@ -159,10 +161,14 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             self.metrics_last_request_timestamp.labels(**service).set(self._last_request)
 
     def _label(self, path: str) -> str:
-        for regex, label in self._routes:
-            if regex.match(path):
-                return label
-        return OTHER
+        # Cached: matching runs every route's regex, per request on this thread otherwise. The
+        # cache is bounded, since clients choose the paths.
+        label = self._labels.get(path)
+        if label is None:
+            label = next((lbl for regex, lbl in self._routes if regex.match(path)), OTHER)
+            if len(self._labels) < _MAX_CACHED_PATHS:
+                self._labels[path] = label
+        return label
 
 
 def install() -> None:
