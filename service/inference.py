@@ -14,7 +14,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -35,7 +35,14 @@ from service.events import (
     Transport,
 )
 from service.model import LoadedModel
-from service.validation import Instance, Instances, InstanceValidator, Reason, RequestRejected
+from service.validation import (
+    CLIENT_CLOSED,
+    Instance,
+    Instances,
+    InstanceValidator,
+    Reason,
+    RequestRejected,
+)
 
 log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
@@ -74,9 +81,18 @@ class RequestContext:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     trace_id: str | None = None
+    # gRPC: whether the client's deadline has passed, asked when the call is cancelled (a passed
+    # deadline, else the client's own cancel). None: a cancellation is the server's timeout.
+    deadline_passed: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def start(cls, transport: Transport, endpoint: str, request_id: str | None) -> RequestContext:
+    def start(
+        cls,
+        transport: Transport,
+        endpoint: str,
+        request_id: str | None,
+        deadline_passed: Callable[[], bool] | None = None,
+    ) -> RequestContext:
         """``request_id`` is the client's (header/metadata); an unusable one is replaced.
 
         Call it inside the request's server span: the context keeps its trace id.
@@ -88,6 +104,19 @@ class RequestContext:
             transport=transport,
             endpoint=endpoint,
             trace_id=tracing.current_trace_id(),
+            deadline_passed=deadline_passed,
+        )
+
+    def cancellation(self) -> RequestRejected:
+        """How a request cancelled while waiting for the model is recorded: a 504 timeout
+        (BentoML's request timeout, or a gRPC client's deadline), or a 499 when the client
+        cancelled its call itself (nginx's "client closed request")."""
+        if self.deadline_passed is None or self.deadline_passed():
+            return RequestRejected.request_level(
+                Reason.TIMEOUT, "no answer within the request timeout", status=504
+            )
+        return RequestRejected.request_level(
+            Reason.CANCELLED, "the client cancelled the call", status=CLIENT_CLOSED
         )
 
     def finish(self, model_tag: str) -> RequestInfo:
@@ -187,14 +216,10 @@ class Predictor:
                 current.set_attribute("model.batch.requests", batched.requests)
             predictions = list(batched.results)
         except asyncio.CancelledError:
-            # BentoML's request timeout (answered 504 by its middleware) or a gRPC client's
-            # deadline: the request still gets its record before the cancellation goes on.
-            self.reject(
-                ctx,
-                RequestRejected.request_level(
-                    Reason.TIMEOUT, "no answer within the request timeout", status=504
-                ),
-            )
+            # BentoML's request timeout (answered 504 by its middleware), a gRPC client's
+            # deadline or its cancel: the request still gets its record before the cancellation
+            # goes on.
+            self.reject(ctx, ctx.cancellation())
             raise
         except BatcherClosed as exc:
             failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)

@@ -53,7 +53,7 @@ from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Event, PredictionEvent
 from service.model import LoadedModel
 from service.predlog.observer import DropReason, Operation
-from service.validation import FieldError
+from service.validation import CLIENT_CLOSED, FieldError
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class ServiceMetrics:
                 len(event.instances), None,
             )  # fmt: skip
         else:
-            errors = event.errors if event.status < 500 else None
+            # the problems of a refused request; not the server's failures, nor a client's cancel
+            errors = event.errors if event.status < CLIENT_CLOSED else None
             answer = (
                 request.transport, request.endpoint, event.status, request.latency_seconds,
                 None, errors,

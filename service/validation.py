@@ -70,6 +70,12 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
+    # the client gave up: it cancelled its gRPC call before the answer (status CLIENT_CLOSED)
+    CANCELLED = "cancelled"
+
+
+# nginx's "client closed request": the status recorded for a call the client cancelled.
+CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from models.contract import CONTRACT
@@ -128,3 +130,16 @@ class ServedService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class HeldEstimator:
+    """Fault injection: a model call that blocks until released (a stuck model)."""
+
+    classes_ = (0, 1)
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        self.release.wait(10)
+        return np.tile([0.5, 0.5], (len(frame), 1))

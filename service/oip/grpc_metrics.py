@@ -102,7 +102,9 @@ class _Call:
 
     def finish(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
         if isinstance(error, asyncio.CancelledError):
-            code = grpc.StatusCode.CANCELLED
+            # What the client sees: DEADLINE_EXCEEDED when its deadline passed, else CANCELLED.
+            passed = deadline_passed(context)
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
         else:
             # An abort() sets the code before raising; a handler may also set_code() and return.
             code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
@@ -110,6 +112,12 @@ class _Call:
         self._metrics.handling_seconds.labels(*self._labels).observe(
             time.perf_counter() - self._start
         )
+
+
+def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed (no deadline: it has not)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _status_code(code: Any) -> grpc.StatusCode:

@@ -20,6 +20,7 @@ from service import tracing
 from service.inference import RequestContext
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.oip.grpc_metrics import deadline_passed
 from service.oip.protocol import (
     InferenceProtocol,
     InferFailed,
@@ -241,7 +242,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _model_infer(
         self, data: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        ctx = RequestContext.start("grpc", "ModelInfer", _metadata_request_id(context))
+        ctx = RequestContext.start(
+            "grpc",
+            "ModelInfer",
+            _metadata_request_id(context),
+            deadline_passed=lambda: deadline_passed(context),
+        )
         request: pb.ModelInferRequest | None = None
 
         def parse() -> InferRequest:

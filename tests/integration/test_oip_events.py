@@ -8,7 +8,10 @@ channels (prediction log, metrics) would receive.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,18 +20,20 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.applications import Starlette
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
 from service.events import Event, PredictionEvent, RejectionEvent
 from service.inference import Predictor
+from service.metrics import ServiceMetrics
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol
 from service.oip.rest import v2_routes
 from service.oip.server import GrpcServer
 from tests.oip_support import rest_body, triton_inputs
-from tests.support import example_rows
+from tests.support import HeldEstimator, example_rows
 
 MODEL = CONTRACT.model_name
 CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
@@ -55,16 +60,22 @@ class BrokenEstimator:
 @dataclass
 class Stack:
     recorder: Recorder
+    metrics: ServiceMetrics
+    registry: CollectorRegistry  # the metrics' own
     grpc: triton_aio.InferenceServerClient
     http: httpx.AsyncClient
 
 
-async def start_stack(model_tag: str, broken: bool = False) -> AsyncIterator[Stack]:
+async def start_stack(model_tag: str, estimator: Any = None) -> AsyncIterator[Stack]:
     model = load_model(bentoml.models.get(model_tag))
-    if broken:
-        model = replace(model, estimator=BrokenEstimator())
+    if estimator is not None:
+        model = replace(model, estimator=estimator)
     recorder = Recorder()
-    predictor = Predictor(model, max_instances=1000, max_model_batch_rows=4000, sinks=[recorder])
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(model, registry)
+    predictor = Predictor(
+        model, max_instances=1000, max_model_batch_rows=4000, sinks=[recorder, metrics]
+    )
     protocol = InferenceProtocol(predictor, "test", "0")
     server = GrpcServer(protocol, "127.0.0.1", 0, max_message_bytes=4 << 20, grace_seconds=1)
     await server.start()
@@ -73,7 +84,7 @@ async def start_stack(model_tag: str, broken: bool = False) -> AsyncIterator[Sta
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as http:
-        yield Stack(recorder, grpc_client, http)
+        yield Stack(recorder, metrics, registry, grpc_client, http)
     await grpc_client.close()
     await server.stop()
     await predictor.aclose()
@@ -87,8 +98,20 @@ async def stack(model_tag: str) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def broken_stack(model_tag: str) -> AsyncIterator[Stack]:
-    async for item in start_stack(model_tag, broken=True):
+    async for item in start_stack(model_tag, BrokenEstimator()):
         yield item
+
+
+@pytest.fixture
+def held() -> HeldEstimator:
+    return HeldEstimator()
+
+
+@pytest.fixture
+async def slow_stack(model_tag: str, held: HeldEstimator) -> AsyncIterator[Stack]:
+    async for item in start_stack(model_tag, held):
+        yield item
+        held.release.set()  # before the server stops: the model call ends
 
 
 async def test_grpc_infer_publishes_one_prediction_event(stack: Stack) -> None:
@@ -159,3 +182,56 @@ async def test_a_failing_model_answers_internal_without_details(broken_stack: St
     assert "boom" not in response.text
     statuses = [e.status for e in broken_stack.recorder.events if isinstance(e, RejectionEvent)]
     assert statuses == [500, 500]
+
+
+def _infer_handled(code: str) -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "inference.GRPCInferenceService",
+        "grpc_method": "ModelInfer",
+        "grpc_code": code,
+    }
+    return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+    assert condition()
+
+
+async def test_a_passed_deadline_and_a_client_cancel_are_told_apart(slow_stack: Stack) -> None:
+    """A passed deadline is DEADLINE_EXCEEDED and a 504 ``timeout``; a client's own cancel is
+    CANCELLED and a 499 ``cancelled`` (nginx's "client closed request"), not a timeout."""
+    before = {code: _infer_handled(code) for code in ("DeadlineExceeded", "Canceled")}
+    inputs = triton_inputs(triton_aio, example_rows(1))
+    with pytest.raises(InferenceServerException) as info:
+        await slow_stack.grpc.infer(MODEL, inputs, request_id="late", client_timeout=0.3)
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    call = asyncio.ensure_future(slow_stack.grpc.infer(MODEL, inputs, request_id="gone"))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with suppress(asyncio.CancelledError):
+        await call
+
+    def counted() -> dict[str, float]:
+        return {code: _infer_handled(code) - n for code, n in before.items()}
+
+    await _eventually(lambda: counted() == {"DeadlineExceeded": 1, "Canceled": 1})
+    records = [
+        (e.request.request_id, e.status, [x.reason.value for x in e.errors])
+        for e in slow_stack.recorder.events
+        if isinstance(e, RejectionEvent)
+    ]
+    assert records == [("late", 504, ["timeout"]), ("gone", 499, ["cancelled"])]
+    slow_stack.metrics.flush()
+    for code in ("504", "499"):
+        labels = {"transport": "grpc", "endpoint": "ModelInfer", "code": code}
+        assert slow_stack.registry.get_sample_value("inference_requests_total", labels) == 1
+    # a cancel is no validation failure
+    failures = slow_stack.registry.get_sample_value(
+        "inference_validation_failures_total",
+        {"transport": "grpc", "field": "$request", "reason": "cancelled"},
+    )
+    assert failures is None

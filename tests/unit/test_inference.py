@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import replace
-from typing import Any
 
 import bentoml
-import numpy as np
 import pytest
 
 from service.events import Event, PredictionEvent, RejectionEvent
 from service.inference import Predictor, RequestContext, new_request_id
 from service.model import load_model
-from tests.support import example_rows
+from tests.support import HeldEstimator, example_rows
 
 
 class Recorder:
@@ -23,19 +20,6 @@ class Recorder:
 
     def publish(self, event: Event) -> None:
         self.events.append(event)
-
-
-class HeldEstimator:
-    """Fault injection: a model call that blocks until released (a stuck model)."""
-
-    classes_ = (0, 1)
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def predict_proba(self, frame: Any) -> np.ndarray:
-        self.release.wait(10)
-        return np.tile([0.5, 0.5], (len(frame), 1))
 
 
 async def test_a_request_cancelled_by_the_timeout_is_recorded_as_504(model_tag: str) -> None:
