@@ -42,6 +42,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import TypeVar, get_args
 
@@ -535,6 +536,16 @@ class DriftMetrics:
             "prediction_drifted", "1 if the model's score drifted, else 0."
         )
         self._window = gauge("window_instances", "Instances in the last run's window.")
+        self._newest = gauge(
+            "window_newest_timestamp_seconds",
+            "Unix time the newest instance of the last run's window was received: how fresh the "
+            "data drift is computed on (the run time is not); NaN if the window was empty.",
+        )
+        self._oldest = gauge(
+            "window_oldest_timestamp_seconds",
+            "Unix time the oldest instance of the last run's window was received; NaN if the "
+            "window was empty.",
+        )
         self._insufficient = gauge(
             "insufficient_data",
             "1 when the last run had fewer instances than DRIFT_MIN_SAMPLES (no verdict).",
@@ -566,6 +577,8 @@ class DriftMetrics:
     def show(self, summary: DriftSummary) -> None:
         """Export the run ``summary`` (a completed run)."""
         self._window.set(summary.window_size)
+        self._newest.set(_timestamp(summary.window_newest_at))
+        self._oldest.set(_timestamp(summary.window_oldest_at))
         self._last_run.set(summary.computed_at.timestamp())
         self._duration.set(summary.duration_seconds)
         if summary.status != "ok" or summary.prediction is None:
@@ -694,3 +707,7 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _timestamp(at: datetime | None) -> float:
+    return at.timestamp() if at is not None else NAN

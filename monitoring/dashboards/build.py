@@ -432,10 +432,15 @@ def model_health() -> model.Dashboard:
         ),
         single(
             "Last drift run",
-            "Seconds since the last drift run, and how long it took. Normal: under "
-            "DRIFT_INTERVAL_SECONDS; over three intervals fires DriftMonitorStale.",
+            "Seconds since the last drift run, how long it took, and the age of the newest "
+            "instance in its window. Normal: under DRIFT_INTERVAL_SECONDS; over three intervals "
+            "fires DriftMonitorStale. A growing data age: no traffic, drift runs on old data.",
             query(f"time() - max(model_drift_last_run_timestamp_seconds{{{SEL}}})", "age"),
             query(f"max(model_drift_last_run_duration_seconds{{{SEL}}})", "duration"),
+            query(
+                f"time() - max(model_drift_window_newest_timestamp_seconds{{{SEL}}})",
+                "window newest data age",
+            ),
             unit="s",
         ),
         series(

@@ -120,6 +120,8 @@ class DriftMonitor:
             "status": "pending",
             "computed_at": None,
             "window_size": None,
+            "window_newest_at": None,
+            "window_oldest_at": None,
             "dataset_drift": None,
             "drifted_share": None,
             "features": {},

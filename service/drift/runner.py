@@ -64,6 +64,8 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
     common = {
         "computed_at": computed_at,
         "window_size": len(window),
+        "window_newest_at": window.attrs["newest_received_at"],
+        "window_oldest_at": window.attrs["oldest_received_at"],
         "min_samples": job["min_samples"],
         "model": job["model_tag"],
     }

@@ -63,6 +63,10 @@ class DriftSummary:
     features: dict[str, ColumnDrift] = field(default_factory=dict)
     prediction: ColumnDrift | None = None
     report: str | None = None  # file name of the HTML report in DRIFT_SNAPSHOT_DIR
+    # received_at of the newest and oldest instance in the window (None if empty, or a run
+    # recorded before these were): computed_at is fresh on every run, the data need not be.
+    window_newest_at: datetime | None = None
+    window_oldest_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,8 @@ class DriftSummary:
             "features": {name: f.to_dict() for name, f in self.features.items()},
             "prediction": self.prediction.to_dict() if self.prediction else None,
             "report": self.report,
+            "window_newest_at": _iso(self.window_newest_at),
+            "window_oldest_at": _iso(self.window_oldest_at),
         }
 
     @classmethod
@@ -96,4 +102,14 @@ class DriftSummary:
             features={k: ColumnDrift.from_dict(v) for k, v in data.get("features", {}).items()},
             prediction=ColumnDrift.from_dict(prediction) if prediction else None,
             report=data.get("report"),
+            window_newest_at=_datetime(data.get("window_newest_at")),
+            window_oldest_at=_datetime(data.get("window_oldest_at")),
         )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def _datetime(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

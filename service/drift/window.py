@@ -30,10 +30,14 @@ def read_window(
     its column order and dtypes, plus the score column (``contract.score_name``).
 
     ``max_age_seconds`` > 0 also leaves out instances received longer ago than that.
+
+    ``frame.attrs`` carries the ``received_at`` of the newest and oldest request in the window
+    (``newest_received_at``, ``oldest_received_at``; UTC, None when the window is empty): with
+    no age limit a window outlives the traffic it holds, and its age is what tells a user so.
     """
     r = prediction_requests
     query = (
-        select(r.c.feature_names, r.c.instances, r.c.scores)
+        select(r.c.feature_names, r.c.instances, r.c.scores, r.c.received_at)
         .where(r.c.model_tag == model_tag)
         # received_at is indexed; event_id orders the requests of one instant.
         .order_by(r.c.received_at.desc(), r.c.event_id.desc())
@@ -44,8 +48,10 @@ def read_window(
         query = query.where(r.c.received_at >= cutoff)
     columns: dict[str, list[object]] = {name: [] for name in contract.feature_names}
     scores: list[float] = []
+    received: list[datetime] = []  # of the newest and the oldest request read
     with store.read() as conn:
-        for names, values, request_scores in conn.execute(query):
+        for names, values, request_scores, received_at in conn.execute(query):
+            received[1:] = [received_at]
             take = size - len(scores)
             values = values[:take]
             for name, column in zip(names, zip(*values, strict=True), strict=True):
@@ -56,4 +62,11 @@ def read_window(
                 break
     frame = contract.frame_of_columns(columns)
     frame[contract.score_name] = np.asarray(scores, dtype=float)
+    frame.attrs["newest_received_at"] = _utc(received[0]) if received else None
+    frame.attrs["oldest_received_at"] = _utc(received[-1]) if received else None
     return frame
+
+
+def _utc(at: datetime) -> datetime:
+    # SQLite gives back naive datetimes; the log writes UTC.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

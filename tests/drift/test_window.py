@@ -51,3 +51,18 @@ def test_an_empty_log_is_an_empty_typed_window(store: Store, model: LoadedModel)
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def test_the_window_carries_when_its_newest_and_oldest_instances_arrived(
+    store: Store, model: LoadedModel
+) -> None:
+    newest = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # traffic stopped long ago
+    log_predictions(store, model, sample(10, seed=1), received_at=newest - timedelta(hours=1))
+    log_predictions(store, model, sample(10, seed=2), received_at=newest, per_request=10)
+
+    frame = read_window(store, model.contract, model.tag, size=15)
+
+    assert frame.attrs["newest_received_at"] == newest
+    assert frame.attrs["oldest_received_at"] == newest - timedelta(hours=1)
+    empty = read_window(store, model.contract, "credit_risk:another", size=15)
+    assert empty.attrs == {"newest_received_at": None, "oldest_received_at": None}

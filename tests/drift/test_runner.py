@@ -1,0 +1,55 @@
+"""A run on a window whose traffic stopped long ago says how old that window's data is: in its
+summary (kept in ``drift_runs``, served by GET /drift) and in the metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from service.drift.runner import run_job
+from service.drift.summary import DriftSummary
+from service.metrics import DriftMetrics
+from service.model import CONTRACT_FILE, REFERENCE_FILE, LoadedModel
+from service.predlog.store import Store
+from tests.drift.helpers import log_predictions, sample
+
+
+def test_a_run_records_when_the_data_of_its_window_arrived(
+    store: Store, store_url: str, model: LoadedModel, tmp_path: Path
+) -> None:
+    newest = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    oldest = newest - timedelta(hours=1)
+    log_predictions(store, model, sample(100, seed=1), received_at=oldest)
+    log_predictions(store, model, sample(100, seed=2), received_at=newest, per_request=100)
+    job = {
+        "slot": 0,
+        "store_url": store_url,
+        "model_tag": model.tag,
+        "contract_path": str(model.path / CONTRACT_FILE),
+        "reference_path": str(model.path / REFERENCE_FILE),
+        "window_size": 1000,
+        "max_age_seconds": 0,  # the default: no age limit, the old window is used
+        "min_samples": 100,
+        "snapshot_dir": str(tmp_path),
+        "keep": 5,
+        "keep_reports": 5,
+    }
+
+    summary = run_job(job)
+
+    assert summary.status == "ok"
+    assert summary.computed_at - summary.window_newest_at > timedelta(days=2)
+    assert (summary.window_newest_at, summary.window_oldest_at) == (newest, oldest)
+    # As drift_runs keeps it and GET /drift serves it.
+    served = summary.to_dict()
+    assert served["window_newest_at"] == newest.isoformat()
+    assert served["window_oldest_at"] == oldest.isoformat()
+    assert DriftSummary.from_dict(served) == summary
+
+    registry = CollectorRegistry()
+    DriftMetrics(model.contract.feature_names, 60, registry=registry).show(summary)
+    gauge = registry.get_sample_value
+    assert gauge("model_drift_window_newest_timestamp_seconds") == newest.timestamp()
+    assert gauge("model_drift_window_oldest_timestamp_seconds") == oldest.timestamp()
