@@ -164,7 +164,9 @@ def service_health() -> model.Dashboard:
             "(5xx: ours). Normal: 5xx at 0; 4xx near 0 (a few malformed requests). 5xx spends "
             "the availability SLO's error budget; 4xx does not.",
             query(
-                f'(sum(rate(inference_requests_total{{{SEL},code=~"4.."}}[{RATE}])) or vector(0))'
+                # 499: the client cancelled its call, no fault of its data
+                "(sum(rate(inference_requests_total"
+                f'{{{SEL},code=~"4..",code!="499"}}[{RATE}])) or vector(0))'
                 f" / sum(rate(inference_requests_total{{{SEL}}}[{RATE}]))",
                 "4xx (refused)",
             ),
