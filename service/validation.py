@@ -45,7 +45,7 @@ REQUEST_FIELD = "$request"
 UNKNOWN_FIELD = "$unknown"
 # How many errors an answer lists; the total is always reported.
 MAX_REPORTED_ERRORS = 50
-_MAX_NAME_ECHO = 64
+MAX_NAME_ECHO = 64
 _MAX_VALUE_ECHO = 80
 
 
@@ -271,7 +271,7 @@ class InstanceValidator:
         if extra:
             raise RequestRejected.request_level(
                 Reason.INVALID_BODY,
-                f"unexpected top-level field {_echo(extra[0])[:_MAX_NAME_ECHO]}; "
+                f"unexpected top-level field {_echo(extra[0])[:MAX_NAME_ECHO]}; "
                 'the body must be {"instances": [...]}',
             )
         instances = payload.get("instances")
@@ -361,7 +361,7 @@ class InstanceValidator:
 
     def unknown_field(self, index: int | None, name: Any) -> FieldError:
         """The error for a field (or OIP input tensor) ``name`` that is not a feature."""
-        shown = str(name)[:_MAX_NAME_ECHO]
+        shown = str(name)[:MAX_NAME_ECHO]
         if name in self._excluded:
             return FieldError(
                 index,

@@ -48,10 +48,12 @@ def read_window(
         query = query.where(r.c.received_at >= cutoff)
     columns: dict[str, list[object]] = {name: [] for name in contract.feature_names}
     scores: list[float] = []
-    received: list[datetime] = []  # of the newest and the oldest request read
+    newest: datetime | None = None  # received_at of the first request read (newest first)
+    oldest: datetime | None = None  # and of the last
     with store.read() as conn:
         for names, values, request_scores, received_at in conn.execute(query):
-            received[1:] = [received_at]
+            newest = newest or received_at
+            oldest = received_at
             take = size - len(scores)
             values = values[:take]
             for name, column in zip(names, zip(*values, strict=True), strict=True):
@@ -62,11 +64,11 @@ def read_window(
                 break
     frame = contract.frame_of_columns(columns)
     frame[contract.score_name] = np.asarray(scores, dtype=float)
-    frame.attrs["newest_received_at"] = _utc(received[0]) if received else None
-    frame.attrs["oldest_received_at"] = _utc(received[-1]) if received else None
+    frame.attrs["newest_received_at"] = _utc(newest)
+    frame.attrs["oldest_received_at"] = _utc(oldest)
     return frame
 
 
-def _utc(at: datetime) -> datetime:
+def _utc(at: datetime | None) -> datetime | None:
     # SQLite gives back naive datetimes; the log writes UTC.
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at

@@ -42,11 +42,10 @@ from service.oip.protocol import (
     MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, encode_raw
-from service.validation import UNKNOWN_FIELD, FieldError, Reason, RequestRejected
+from service.validation import MAX_NAME_ECHO, UNKNOWN_FIELD, FieldError, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
-_MAX_NAME_ECHO = 64
 _INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
@@ -76,7 +75,7 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 def _tensor_error(name: str, message: str, known: Collection[str]) -> RequestRejected:
     """An invalid input tensor, reported under the input's name as the codec reports its own
     errors; a name the contract lacks is labelled UNKNOWN_FIELD in metrics."""
-    shown = name[:_MAX_NAME_ECHO]
+    shown = name[:MAX_NAME_ECHO]
     metric = name if name in known else UNKNOWN_FIELD
     return RequestRejected([FieldError(None, shown, Reason.INVALID_TENSOR, message, metric)])
 
