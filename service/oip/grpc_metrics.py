@@ -101,17 +101,23 @@ class _Call:
         metrics.started.labels(*labels).inc()
 
     def finish(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-        if isinstance(error, asyncio.CancelledError):
-            # What the client sees: DEADLINE_EXCEEDED when its deadline passed, else CANCELLED.
-            passed = deadline_passed(context)
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
-        else:
-            # An abort() sets the code before raising; a handler may also set_code() and return.
-            code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
-        self._metrics.handled.labels(*self._labels, code_name(_status_code(code))).inc()
+        code = final_code(context, error)
+        self._metrics.handled.labels(*self._labels, code_name(code)).inc()
         self._metrics.handling_seconds.labels(*self._labels).observe(
             time.perf_counter() - self._start
         )
+
+
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status the client sees for a call that ended with ``error`` (None: returned)."""
+    if isinstance(error, asyncio.CancelledError):
+        # The call was cancelled under the handler: DEADLINE_EXCEEDED when the client's deadline
+        # passed, else the client's own CANCELLED. context.code() knows neither.
+        passed = deadline_passed(context)
+        return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+    # An abort() sets the code before raising; a handler may also set_code() and return.
+    code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
+    return _status_code(code)
 
 
 def deadline_passed(context: grpc.aio.ServicerContext) -> bool:

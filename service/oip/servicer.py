@@ -20,7 +20,7 @@ from service import tracing
 from service.inference import RequestContext
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.oip.grpc_metrics import deadline_passed
+from service.oip.grpc_metrics import deadline_passed, final_code
 from service.oip.protocol import (
     InferenceProtocol,
     InferFailed,
@@ -39,9 +39,15 @@ STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 _MAX_DETAILS_BYTES = 4096
 _INFER_SPAN = f"{SERVICE_NAME}/ModelInfer"
 _GRPC_SPAN = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "ModelInfer"}
-# Codes that report the caller's mistake: the span of such a call is not marked failed.
+# Codes that report the caller's mistake or choice: the span of such a call is not marked failed
+# (OpenTelemetry's gRPC conventions; a passed deadline, DEADLINE_EXCEEDED, is the server's).
 _CALLER_ERRORS = frozenset(
-    {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -231,10 +237,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with tracing.server_span(
             _INFER_SPAN, carrier, _GRPC_SPAN, status_on_exception=False
         ) as span:
+            error: BaseException | None = None
             try:
                 return await self._model_infer(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                code = context.code() or grpc.StatusCode.OK
+                code = final_code(context, error)
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code not in _CALLER_ERRORS:
                     span.set_status(tracing.trace.StatusCode.ERROR)

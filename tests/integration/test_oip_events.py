@@ -16,15 +16,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import bentoml
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.applications import Starlette
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
+from service import tracing
 from service.events import Event, PredictionEvent, RejectionEvent
 from service.inference import Predictor
 from service.metrics import ServiceMetrics
@@ -201,9 +207,17 @@ async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> No
     assert condition()
 
 
-async def test_a_passed_deadline_and_a_client_cancel_are_told_apart(slow_stack: Stack) -> None:
+async def test_a_passed_deadline_and_a_client_cancel_are_told_apart(
+    slow_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A passed deadline is DEADLINE_EXCEEDED and a 504 ``timeout``; a client's own cancel is
-    CANCELLED and a 499 ``cancelled`` (nginx's "client closed request"), not a timeout."""
+    CANCELLED and a 499 ``cancelled`` (nginx's "client closed request"), not a timeout. Traced,
+    the first is a failed span, the second is not (OpenTelemetry's gRPC server conventions)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_exporting", True)
+    monkeypatch.setattr(tracing, "get_tracer", lambda: provider.get_tracer("test"))
     before = {code: _infer_handled(code) for code in ("DeadlineExceeded", "Canceled")}
     inputs = triton_inputs(triton_aio, example_rows(1))
     with pytest.raises(InferenceServerException) as info:
@@ -225,6 +239,16 @@ async def test_a_passed_deadline_and_a_client_cancel_are_told_apart(slow_stack: 
         if isinstance(e, RejectionEvent)
     ]
     assert records == [("late", 504, ["timeout"]), ("gone", 499, ["cancelled"])]
+    spans = {
+        span.attributes["request.id"]: span
+        for span in exporter.get_finished_spans()
+        if span.name.endswith("/ModelInfer")
+    }
+    late, gone = spans["late"], spans["gone"]
+    assert late.attributes["rpc.grpc.status_code"] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert late.status.status_code is StatusCode.ERROR
+    assert gone.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert gone.status.status_code is StatusCode.UNSET
     slow_stack.metrics.flush()
     for code in ("504", "499"):
         labels = {"transport": "grpc", "endpoint": "ModelInfer", "code": code}
