@@ -6,8 +6,9 @@ the right tests without configuration. The preset runs over the features only, s
 share of drifted features and the dataset verdict are about the inputs; the model's score is a
 ``ValueDrift`` of its own (prediction drift), with the test Evidently chooses for a numerical
 column. Evidently's own defaults apply: per column a test chosen by the column's type and the
-reference size (K-S or chi-square/Z p-values below 1000 reference rows, distances above), and
-dataset drift when at least half of the features drift.
+reference size (p-values up to 1000 reference rows: K-S, or chi-square/Z for categories and for
+numbers with at most 5 distinct values; distances above), and dataset drift when at least half
+of the features drift.
 
 Imports Evidently, which takes seconds: only the drift child process imports this module.
 """
