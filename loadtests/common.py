@@ -30,6 +30,7 @@ from loadtests.payloads import (
 from loadtests.slo import SLO_MISSED_EXIT_CODE, Slo, judge
 from service.contract import FeatureContract
 from service.model import CONTRACT_FILE, REFERENCE_FILE
+from service.settings import default_model_tag
 
 log = logging.getLogger("loadtests")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -84,7 +85,7 @@ def _options(parser: Any) -> None:
     )
     group.add_argument(
         "--model-tag",
-        default=os.environ.get("MODEL_TAG", "credit_risk:latest"),
+        default=os.environ.get("MODEL_TAG") or default_model_tag(),
         env_var="LOCUST_MODEL_TAG",
         help="model store tag whose contract to use when the host has no GET /model (MLServer)",
     )

@@ -52,6 +52,7 @@ from service.events import Prediction, PredictionEvent, RequestInfo
 from service.model import LoadedModel, load_model
 from service.predlog.records import new_event_id, to_entry
 from service.predlog.store import Store
+from service.settings import default_model_tag
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "loadtests" / "results"
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     import bentoml
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-tag", default="credit_risk:latest")
+    parser.add_argument("--model-tag", default=default_model_tag())
     parser.add_argument("--repeats", type=int, default=3, help="runs per size below 100k")
     parser.add_argument("--cycles", type=int, default=8, help="busy/idle window pairs")
     parser.add_argument("--interval", type=int, default=20, help="DRIFT_INTERVAL_SECONDS")

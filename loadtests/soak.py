@@ -48,6 +48,7 @@ from loadtests.payloads import PayloadFactory
 from service.metrics import REQUEST_FLUSH_SECONDS
 from service.model import load_model
 from service.predlog.store import Store
+from service.settings import default_model_tag
 
 SAMPLE_SECONDS = 10.0
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     import bentoml
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-tag", default="credit_risk:latest")
+    parser.add_argument("--model-tag", default=default_model_tag())
     parser.add_argument("--soak-minutes", type=float, default=10)
     parser.add_argument(
         "--warmup-minutes", type=float, default=3, help="at the soak's load, before it"

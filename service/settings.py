@@ -11,14 +11,22 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+import models.contract
+
+
+def default_model_tag() -> str:
+    """``<model_name>:latest`` of the contract in ``models/contract.py``: the model it trains."""
+    return f"{models.contract.CONTRACT.model_name}:latest"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     model_tag: str = Field(
-        "credit_risk:latest",
+        default_factory=default_model_tag,
         description="BentoML model store tag of the model to serve; packed into the bento by "
-        "`bentoml build`.",
+        "`bentoml build`. Default: the latest version of the contract's model "
+        "(`models/contract.py`), the one `python -m models.train` registers.",
     )
     workers: int | Literal["cpu_count"] = Field(
         "cpu_count",

@@ -35,7 +35,7 @@ def model_tag() -> str:
     from models import train
 
     assert train.main([]) == 0
-    return str(bentoml.models.get("credit_risk:latest").tag)
+    return str(bentoml.models.get(f"{train.CONTRACT.model_name}:latest").tag)
 
 
 @pytest.fixture(scope="session")
