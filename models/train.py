@@ -63,6 +63,11 @@ class QualityGateError(RuntimeError):
 
 
 def load_data(path: Path = DATA_PATH, expected_sha256: str | None = DATA_SHA256) -> pd.DataFrame:
+    """The training data, one column per contract feature plus the target.
+
+    The tests draw their example requests from ``load_data()``: a swapped model keeps this name
+    and a call without arguments.
+    """
     digest = sha256(path)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ValueError(f"{path} has SHA-256 {digest}, expected {expected_sha256}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -32,10 +33,21 @@ def free_port() -> int:
 
 
 def example_rows(n: int | None = None) -> list[dict[str, Any]]:
-    """Rows of the German Credit data as request instances (the 18 contract features)."""
-    frame = pd.read_csv(DATA_PATH)[list(CONTRACT.feature_names)]
+    """Rows of the model's training data as request instances (the contract's features).
+
+    From ``models.train.load_data()``, so that the tests that are not about the example's data
+    run unchanged for a swapped model (README "Serving your own model").
+    """
+    frame = _training_data()[list(CONTRACT.feature_names)]
     rows = frame.to_dict(orient="records")
     return rows if n is None else rows[:n]
+
+
+@functools.cache
+def _training_data() -> pd.DataFrame:
+    from models.train import load_data
+
+    return load_data()
 
 
 def build_bento(context: Path = ROOT) -> str:

@@ -140,16 +140,19 @@ def test_entries_beyond_the_size_cap_are_refused_not_lost_silently(tmp_path: Pat
 
 
 DISK_FULL_WRITER = """
-import resource, signal, sys
+import pathlib, resource, signal, sys
 from service.predlog.records import to_entry
 from service.predlog.spool import Spool
 from tests.predlog.helpers import prediction_event
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 spool = Spool(sys.argv[1], 10**9)
 entries = [to_entry(prediction_event(3)) for _ in range(40)]
-resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # the disk is full at 30 kB
-kept = refused = 0
-for i in range(0, 40, 3):
+kept, refused = map(len, spool.append(entries[:3]))
+# The disk is full at about half the entries, whatever the size of the model's rows.
+written = sum(p.stat().st_size for p in pathlib.Path(sys.argv[1]).rglob("*") if p.is_file())
+limit = written * 20 // 3
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+for i in range(3, 40, 3):
     k, r = spool.append(entries[i : i + 3])
     kept, refused = kept + len(k), refused + len(r)
 print(kept, refused)
