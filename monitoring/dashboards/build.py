@@ -357,14 +357,14 @@ def model_health() -> model.Dashboard:
         series(
             "Predictions by label",
             "Predicted instances per second by label. Normal: the label mix of the training "
-            "data (about 30% bad); a shift in the mix is what prediction drift measures.",
+            "data; a shift in the mix is what prediction drift measures.",
             query(f"sum by (label) (rate(model_predictions_total{{{M}}}[{RATE}]))", "{{label}}"),
             unit="short",
         ),
         _common(
             heatmap.Panel(),
             "Score distribution",
-            "Scores (probability of a bad credit) per bucket of 0.05 over time. Normal: the "
+            "Scores (probability of the positive label) per bucket of 0.05 over time. Normal: the "
             "same shape day after day; a band moving up or down is a change in the population.",
             [
                 query(

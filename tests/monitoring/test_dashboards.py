@@ -13,6 +13,7 @@ import pytest
 from jsonschema import Draft7Validator
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.contract import CONTRACT
 from monitoring.dashboards.build import DASHBOARDS as BUILDERS
 from monitoring.dashboards.build import render
 from tests.monitoring.promql import expressions, load, metric_names, panels
@@ -123,3 +124,16 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
 def documented_drift_metrics() -> set[str]:
     readme = (ROOT / "README.md").read_text()
     return set(re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", readme, re.M))
+
+
+def test_dashboards_and_alerts_describe_any_classifier_not_the_example() -> None:
+    # README "Serving your own model": a swapped model keeps the dashboards and the alerts, so
+    # their words must hold for any binary classifier: no example label, no credit vocabulary.
+    labels = "|".join(re.escape(label) for label in CONTRACT.labels)
+    example = re.compile(
+        rf"\b({labels}|credit(?!-risk-service)|applicants?|approv\w*|refusals?)\b", re.IGNORECASE
+    )
+    texts = {path.name: path.read_text() for path in DASHBOARDS}
+    texts["alerts.yml"] = (MONITORING / "prometheus" / "rules" / "alerts.yml").read_text()
+    found = {name: example.findall(text) for name, text in texts.items()}
+    assert {name: words for name, words in found.items() if words} == {}
