@@ -21,6 +21,7 @@ CONTRACT = FeatureContract(
     negative_label="good",
     # Protected attributes in credit decisions: kept out of the model, refused in requests.
     excluded=("personal_status_and_sex", "foreign_worker"),
+    excluded_reason="protected attribute",
     features=(
         CategoricalFeature(
             "status_of_existing_checking_account",

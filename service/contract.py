@@ -89,7 +89,7 @@ class FeatureContract:
     ``positive_label`` is the class whose probability the model reports
     (as ``probability_<positive_label>``); ``excluded`` names columns of the source data that the
     model deliberately does not use (e.g. protected attributes): requests carrying them are
-    rejected with a message saying why.
+    rejected, with ``excluded_reason`` (e.g. ``"protected attribute"``) saying why when given.
     """
 
     model_name: str
@@ -99,6 +99,7 @@ class FeatureContract:
     features: tuple[Feature, ...]
     excluded: tuple[str, ...] = ()
     description: str = ""
+    excluded_reason: str = ""
     _by_name: dict[str, Feature] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +155,7 @@ class FeatureContract:
             "negative_label": self.negative_label,
             "description": self.description,
             "excluded": list(self.excluded),
+            "excluded_reason": self.excluded_reason,
             "features": [{"kind": f.kind, **_feature_fields(f)} for f in self.features],
         }
 
@@ -174,6 +176,8 @@ class FeatureContract:
             features=tuple(features),
             excluded=tuple(data.get("excluded", ())),
             description=data.get("description", ""),
+            # Contracts saved before the field existed are the example's: its reason.
+            excluded_reason=data.get("excluded_reason", _LEGACY_EXCLUDED_REASON),
         )
 
     def to_json(self) -> str:
@@ -232,6 +236,7 @@ class FeatureContract:
         return pd.DataFrame(arrays, copy=False)
 
 
+_LEGACY_EXCLUDED_REASON = "protected attribute"
 _DTYPES = {"categorical": object, "integer": np.int64, "number": np.float64}
 
 

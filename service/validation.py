@@ -259,6 +259,10 @@ class InstanceValidator:
         self._names = frozenset(contract.feature_names)
         self._width = len(self._names)
         self._excluded = frozenset(contract.excluded)
+        why = f" ({contract.excluded_reason})" if contract.excluded_reason else ""
+        self._excluded_message = (
+            f"this attribute is deliberately not used by the model{why}; remove it from the request"
+        )
 
     def validate_payload(self, payload: Any) -> Instances:
         """Validate a decoded ``{"instances": [...]}`` body; return its instances."""
@@ -367,8 +371,7 @@ class InstanceValidator:
                 index,
                 shown,
                 Reason.EXCLUDED_FIELD,
-                "this attribute is deliberately not used by the model "
-                "(protected attribute); remove it from the request",
+                self._excluded_message,
                 shown,
             )
         return FieldError(

@@ -130,6 +130,44 @@ def test_protected_attributes_are_refused_with_a_reason(field: str) -> None:
     assert "protected" in err.message
 
 
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("", "this attribute is deliberately not used by the model; remove it from the request"),
+        (
+            "personal data",
+            "this attribute is deliberately not used by the model (personal data); "
+            "remove it from the request",
+        ),
+    ],
+)
+def test_an_excluded_field_is_refused_with_the_contracts_reason(reason: str, message: str) -> None:
+    # A swapped model's excluded columns need not be protected attributes: the contract says why.
+    contract = FeatureContract(
+        model_name="m",
+        target="y",
+        positive_label="yes",
+        negative_label="no",
+        features=(NumberFeature("x", 0, 1),),
+        excluded=("patient_name",),
+        excluded_reason=reason,
+    )
+    with pytest.raises(RequestRejected) as info:
+        InstanceValidator(contract, 10).validate_payload(
+            {"instances": [{"x": 0.5, "patient_name": "Ann"}]}
+        )
+    (err,) = info.value.errors
+    assert (err.field, err.reason, err.message) == ("patient_name", Reason.EXCLUDED_FIELD, message)
+    assert FeatureContract.from_json(contract.to_json()) == contract
+
+
+def test_a_contract_saved_without_an_excluded_reason_keeps_the_examples() -> None:
+    # contract.json of models registered before excluded_reason existed: the example's wording.
+    saved = CONTRACT.to_dict()
+    del saved["excluded_reason"]
+    assert FeatureContract.from_dict(saved).excluded_reason == "protected attribute"
+
+
 def test_all_errors_of_all_instances_are_reported() -> None:
     bad = valid_row()
     bad["age_in_years"] = "old"
