@@ -86,10 +86,17 @@ def register_model(
     """Save a trained model with everything an audit needs; return its tag ``name:version``.
 
     ``metadata`` must hold ``decision_threshold``; ``reference`` must hold every contract feature
-    and ``contract.score_name``.
+    and ``contract.score_name``; the estimator's classes must be 0 (negative) and 1 (positive).
     """
     if "decision_threshold" not in metadata:
         raise ValueError("metadata must record the decision_threshold")
+    classes = list(getattr(estimator, "classes_", [0, 1]))
+    if sorted(classes) != [0, 1]:
+        # LoadedModel.score reads the column of class 1: refuse here, not when a worker starts.
+        raise ValueError(
+            f"the estimator's classes are {classes}; encode the target as "
+            f"0 = {contract.negative_label!r}, 1 = {contract.positive_label!r}"
+        )
     missing = {*contract.feature_names, contract.score_name} - set(reference.columns)
     if missing:
         raise ValueError(f"reference data lacks columns {sorted(missing)}")
