@@ -147,7 +147,13 @@ async def test_refused_grpc_infer_publishes_one_rejection_event(stack: Stack) ->
     assert [(e.instance, e.field, e.reason.value) for e in event.errors] == [
         (2, CATEGORICAL, "unknown_category")
     ]
-    assert event.body_size > 1000  # the protobuf message's size
+    # The protobuf message's size: at least its tensors' raw bytes (a length prefix per string).
+    raw = sum(
+        4 + len(row[f.name].encode()) if f.kind == "categorical" else 8
+        for row in rows
+        for f in CONTRACT.features
+    )
+    assert event.body_size > raw
     assert event.body_excerpt.startswith(f"ModelInfer model='{MODEL}' inputs raw=[")
 
 
