@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from models.contract import CONTRACT
 from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
 from service.metrics import (
     Flusher,
@@ -24,6 +25,11 @@ from service.model import LoadedModel, load_model
 from service.validation import InstanceValidator, RequestRejected
 from tests.predlog.helpers import wait_until
 from tests.support import example_rows
+
+# Any model's: the first integer and categorical features of the contract, its labels.
+INTEGER = CONTRACT.of_kind("integer")[0].name
+CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
+NEGATIVE, POSITIVE = CONTRACT.labels
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +70,9 @@ def test_requests_latency_and_validation_failures_by_transport(
 ) -> None:
     metrics = ServiceMetrics(model, registry)
     rows = example_rows(3)
-    metrics.publish(PredictionEvent(info(), rows, [Prediction("good", 0.1)] * 3))
-    bad = [{**rows[0], "age_in_years": 5, "purpose": "yacht"}, {**rows[1], "colour": "red"}]
+    metrics.publish(PredictionEvent(info(), rows, [Prediction(NEGATIVE, 0.1)] * 3))
+    below = CONTRACT.feature(INTEGER).minimum - 1
+    bad = [{**rows[0], INTEGER: below, CATEGORICAL: "yacht"}, {**rows[1], "colour": "red"}]
     with pytest.raises(RequestRejected) as refused:
         InstanceValidator(model.contract, 10).validate_instances(bad)
     metrics.publish(RejectionEvent(info("grpc", "ModelInfer"), 400, refused.value.errors, 10, ""))
@@ -107,8 +114,8 @@ def test_requests_latency_and_validation_failures_by_transport(
             dict(zip(("transport", "field", "reason"), labels, strict=True)),
         )
         for labels in [
-            ("grpc", "age_in_years", "out_of_range"),
-            ("grpc", "purpose", "unknown_category"),
+            ("grpc", INTEGER, "out_of_range"),
+            ("grpc", CATEGORICAL, "unknown_category"),
             ("grpc", "$unknown", "unknown_field"),
         ]
     }
@@ -128,13 +135,15 @@ def test_model_calls_count_labels_scores_and_out_of_training_range(
     registry: CollectorRegistry, model: LoadedModel
 ) -> None:
     metrics = ServiceMetrics(model, registry)
-    age = model.contract.feature("age_in_years")
+    feature = model.contract.feature(INTEGER)
     rows = example_rows(4)
-    rows[0]["age_in_years"] = age.training_max + 1
-    rows[1]["age_in_years"] = age.training_min - 1
-    rows[2]["age_in_years"] = age.training_max  # inside: the range is inclusive
+    rows[0][INTEGER] = feature.training_max + 1
+    rows[1][INTEGER] = feature.training_min - 1
+    rows[2][INTEGER] = feature.training_max  # inside: the range is inclusive
     columns = model.contract.arrays_of_columns(model.contract.columns_of_rows(rows))
-    scores = np.array([0.05, 0.2, 0.2, 0.99])
+    # Two scores below the model's threshold and two at or above it (the threshold is inclusive).
+    threshold = model.threshold
+    scores = np.array([threshold / 4, threshold, threshold / 2, 0.99])
     metrics.observe_model_call(columns, scores, model.labels(scores))
     metrics.observe_batch(rows=4, requests=2, seconds=0.008)
     version = model.version
@@ -148,11 +157,13 @@ def test_model_calls_count_labels_scores_and_out_of_training_range(
     metrics.flush()
 
     # Two calls: the four rows above, then the first of them again.
-    assert value("model_predictions_total", {"model_version": version, "label": "good"}) == 2
-    assert value("model_predictions_total", {"model_version": version, "label": "bad"}) == 3
+    # The first row again: one more below the threshold.
+    assert value("model_predictions_total", {"model_version": version, "label": NEGATIVE}) == 3
+    assert value("model_predictions_total", {"model_version": version, "label": POSITIVE}) == 2
     assert value("model_prediction_score_count", {"model_version": version}) == 5
-    assert value("model_prediction_score_bucket", {"model_version": version, "le": "0.2"}) == 4
-    side = {"model_version": version, "feature": "age_in_years"}
+    below_99 = {"model_version": version, "le": "0.95"}
+    assert value("model_prediction_score_bucket", below_99) == 4
+    side = {"model_version": version, "feature": INTEGER}
     assert value("model_out_of_training_range_total", {**side, "side": "above"}) == 2
     assert value("model_out_of_training_range_total", {**side, "side": "below"}) == 1
     assert value("model_call_rows_sum") == 5
@@ -168,7 +179,7 @@ def test_info_gauges_name_the_model_and_the_build(
     ServiceMetrics(model, registry)
     (sample,) = next(m for m in registry.collect() if m.name == "model_info").samples
     assert sample.labels == {
-        "model": "credit_risk",
+        "model": CONTRACT.model_name,
         "version": model.version,
         "tag": model.tag,
         "dataset_sha256": model.metadata["dataset"]["sha256"],
@@ -221,7 +232,7 @@ def test_published_requests_reach_the_metrics_from_the_flusher_thread_and_on_sto
     metrics = ServiceMetrics(model, registry)
     metrics.start()
     count = {"transport": "http", "endpoint": "/predict", "code": "200"}
-    event = PredictionEvent(info(), example_rows(2), [Prediction("good", 0.1)] * 2)
+    event = PredictionEvent(info(), example_rows(2), [Prediction(NEGATIVE, 0.1)] * 2)
     metrics.publish(event)
     wait_until(lambda: registry.get_sample_value("inference_requests_total", count) == 1)
     metrics.publish(event)
@@ -287,8 +298,8 @@ def test_a_queued_model_call_holds_only_the_columns_it_checks(
     # until the next flush: a second of model calls would stay in memory.
     metrics = ServiceMetrics(model, registry)
     columns = model.contract.arrays_of_columns(model.contract.columns_of_rows(example_rows(3)))
-    kept = weakref.ref(columns["age_in_years"])
-    let_go = weakref.ref(columns["purpose"])
+    kept = weakref.ref(columns[INTEGER])
+    let_go = weakref.ref(columns[CATEGORICAL])
     scores = np.array([0.1, 0.5, 0.9])
     metrics.observe_model_call(columns, scores, model.labels(scores))
     del columns
@@ -296,5 +307,5 @@ def test_a_queued_model_call_holds_only_the_columns_it_checks(
     assert let_go() is None
     assert kept() is not None
     metrics.flush()
-    side = {"model_version": model.version, "feature": "age_in_years", "side": "above"}
+    side = {"model_version": model.version, "feature": INTEGER, "side": "above"}
     assert registry.get_sample_value("model_out_of_training_range_total", side) == 0
