@@ -41,11 +41,14 @@ class Answer:
 
 def payloads(n_valid: int, n_invalid: int) -> Iterator[tuple[bytes, int]]:
     """(body, instances) pairs: valid bodies of 1 to 4 instances, and 5 kinds of invalid ones."""
+    integer = CONTRACT.of_kind("integer")[0]
+    missing = CONTRACT.feature_names[0]
+    refused_field = CONTRACT.excluded[0] if CONTRACT.excluded else "unknown_feature"
     invalid = [
         b'{"instances": [',
-        json.dumps({"instances": [{**ROWS[0], "age_in_years": 17}]}).encode(),
-        json.dumps({"instances": [{k: v for k, v in ROWS[1].items() if k != "purpose"}]}).encode(),
-        json.dumps({"instances": [{**ROWS[2], "foreign_worker": "yes"}]}).encode(),
+        json.dumps({"instances": [{**ROWS[0], integer.name: integer.minimum - 1}]}).encode(),
+        json.dumps({"instances": [{k: v for k, v in ROWS[1].items() if k != missing}]}).encode(),
+        json.dumps({"instances": [{**ROWS[2], refused_field: "yes"}]}).encode(),
         b'{"instances": []}',
     ]
     for i in range(max(n_valid, n_invalid)):
