@@ -165,31 +165,36 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
     answers: list[Answer | None] = []
     stop = threading.Event()
     served = ServedService(env=env, workers=2).start()
-    with httpx.Client(base_url=served.url, timeout=30) as client:
+    try:  # a failure must not leave the server and the load running
+        with httpx.Client(base_url=served.url, timeout=30) as client:
 
-        def load() -> None:
-            for body, instances in payloads(10**6, 10**6):
-                if stop.is_set():
-                    return
-                answers.append(send(client, body, instances))
+            def load() -> None:
+                for body, instances in payloads(10**6, 10**6):
+                    if stop.is_set():
+                        return
+                    answers.append(send(client, body, instances))
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1)
-        proxy.cut()  # PostgreSQL refuses connections; open ones are reset
-        cut_at = len(answers)
-        wait_until(lambda: list(spool.glob("*.spool")))
-        time.sleep(2)
-        during_outage = len(answers) - cut_at
-        proxy.restore()
-        wait_until(lambda: not list(spool.glob("*.spool")), timeout=60)  # replayed while serving
-        time.sleep(0.5)
-        before_sigterm = len(answers)
-        assert served.stop() == 0  # SIGTERM with requests in flight
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(1)
+            proxy.cut()  # PostgreSQL refuses connections; open ones are reset
+            cut_at = len(answers)
+            wait_until(lambda: list(spool.glob("*.spool")))
+            time.sleep(2)
+            during_outage = len(answers) - cut_at
+            proxy.restore()
+            # Replayed while serving.
+            wait_until(lambda: not list(spool.glob("*.spool")), timeout=60)
+            time.sleep(0.5)
+            before_sigterm = len(answers)
+            assert served.stop() == 0  # SIGTERM with requests in flight
+            stop.set()
+            for thread in threads:
+                thread.join()
+    finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        served.stop()
     # Every prediction was answered, during the outage too; after SIGTERM, requests find the
     # port closed (no answer, hence no row).
     assert during_outage >= 10
