@@ -79,7 +79,7 @@ def as_predictions(labels: np.ndarray, scores: np.ndarray) -> list[dict[str, Any
 def test_grpc_infer_answers_what_predict_answers(
     served: ServedService, grpc_client: triton_grpc.InferenceServerClient
 ) -> None:
-    rows = example_rows()  # the whole data set, 1000 instances, in one call
+    rows = example_rows(1000)  # the example's whole data set (MAX_BATCH_SIZE), in one call
     result = grpc_client.infer(MODEL, triton_inputs(triton_grpc, rows))
     got = as_predictions(result.as_numpy("label"), result.as_numpy(SCORE))
     assert got == http_predictions(served, rows)  # bit for bit: raw FP64 both ways
