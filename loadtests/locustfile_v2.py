@@ -76,6 +76,22 @@ class V2RestUser(FastHttpUser):
                 response.failure(f"expected outputs for {size} instances: {response.text[:200]}")
 
 
+class GrpcClient(triton_grpc.InferenceServerClient):
+    """tritonclient's gRPC client, closed once.
+
+    tritonclient's ``__del__`` closes the channel again. At interpreter exit, with gevent's loop
+    gone, that second close can block forever on a gRPC lock: locust printed its report and its
+    exit code, and never exited.
+    """
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
 class GrpcUser(User):
     """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``."""
 
@@ -85,9 +101,12 @@ class GrpcUser(User):
         self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
         pace(self)
-        self.client = triton_grpc.InferenceServerClient(self.environment.parsed_options.grpc_target)
-        metadata = self.client.get_model_metadata(self.model, as_json=True)
-        self.shapes = _shapes(metadata)
+        self.client = GrpcClient(self.environment.parsed_options.grpc_target)
+        try:
+            self.shapes = _shapes(self.client.get_model_metadata(self.model, as_json=True))
+        except BaseException:
+            self.client.close()  # locust does not call on_stop when on_start fails
+            raise
 
     def on_stop(self) -> None:
         self.client.close()
