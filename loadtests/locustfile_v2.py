@@ -92,6 +92,10 @@ class GrpcClient(triton_grpc.InferenceServerClient):
             super().close()
 
 
+class GrpcCallFailed(Exception):
+    """A failed gRPC call, with its status and message (what the failures report shows)."""
+
+
 class GrpcUser(User):
     """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``."""
 
@@ -130,7 +134,10 @@ class GrpcUser(User):
             length = response.ByteSize()
             if not response.outputs or response.outputs[0].shape[0] != size:
                 raise AssertionError(f"expected outputs for {size} instances")
-        except (InferenceServerException, AssertionError) as exc:
+        except InferenceServerException as exc:
+            # Its repr, which locust reports, is "InferenceServerException()": name the reason.
+            exception = GrpcCallFailed(str(exc))
+        except AssertionError as exc:
             exception = exc
         events.request.fire(
             request_type="grpc",
