@@ -127,8 +127,15 @@ _target: Target | None = None
 def _on_init(environment: Environment, **_: Any) -> None:
     # Before the run's clock starts: reading the model store takes a moment.
     global _target
-    if environment.parsed_options is not None and environment.host:
+    if environment.parsed_options is None:
+        return
+    _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
+    if environment.host:
         _target = _discover(environment)
+
+
+def _slo(options: Any) -> Slo:
+    return Slo(options.slo_p99_ms, options.slo_error_rate)
 
 
 def target(environment: Environment) -> Target:
@@ -203,7 +210,7 @@ def _check_slo(environment: Environment, **_: Any) -> None:
         return
     total = environment.stats.total
     verdict = judge(
-        Slo(options.slo_p99_ms, options.slo_error_rate),
+        _slo(options),
         requests=total.num_requests,
         failures=total.num_failures,
         p99_ms=total.get_response_time_percentile(0.99) or 0.0,

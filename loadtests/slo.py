@@ -19,7 +19,10 @@ class Slo:
 
     def __post_init__(self) -> None:
         if self.p99_ms <= 0 or not 0 <= self.max_error_rate <= 1:
-            raise ValueError("p99_ms must be > 0 and max_error_rate within 0..1")
+            raise ValueError(
+                f"SLO: the p99 objective ({self.p99_ms:g} ms, --slo-p99-ms) must be > 0 and the "
+                f"error rate objective ({self.max_error_rate:g}, --slo-error-rate) within 0..1"
+            )
 
 
 @dataclass(frozen=True, slots=True)
