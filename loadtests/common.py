@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,21 @@ def target(environment: Environment) -> Target:
     if _target is None:
         raise RuntimeError("give the service's URL with --host, e.g. --host http://127.0.0.1:3000")
     return _target
+
+
+# The id the service gives every answer: in a failure message it would make each failure unique.
+_REQUEST_ID = re.compile(r'"request_id"\s*:\s*(?:"[^"]*"|null)\s*,?')
+
+
+def failed_answer(status: int, text: str | None) -> str:
+    """A failure message for an HTTP answer: its status and, for an error, its body's start.
+
+    Locust counts failures by message, so the message holds only what equal failures share: no
+    request id, and no body for a 2xx (its predictions differ from one request to the next).
+    """
+    if 200 <= status < 300:
+        return f"HTTP {status}"
+    return f"HTTP {status}: {_REQUEST_ID.sub('', text or '')[:200]}"
 
 
 def pace(user: User) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 from locust import FastHttpUser, User, constant, events, task
 
-from loadtests.common import JSON_HEADERS, Target, pace, target
+from loadtests.common import JSON_HEADERS, Target, failed_answer, pace, target
 from loadtests.payloads import v2_inputs
 
 # gRPC's own threads would block gevent's loop: let gRPC cooperate with gevent instead.
@@ -69,11 +69,11 @@ class V2RestUser(FastHttpUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+                response.failure(failed_answer(response.status_code, response.text))
                 return
             outputs = orjson.loads(response.content).get("outputs") or []
             if not outputs or outputs[0].get("shape", [0])[0] != size:
-                response.failure(f"expected outputs for {size} instances: {response.text[:200]}")
+                response.failure(f"expected outputs for {size} instances")
 
 
 class GrpcClient(triton_grpc.InferenceServerClient):

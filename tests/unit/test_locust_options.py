@@ -1,8 +1,9 @@
-"""Locust options are checked when locust starts, not after the run they were meant to judge."""
+"""Locust options are checked when locust starts; failure messages group equal failures."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 
 from tests.support import ROOT, VENV_BIN
 
@@ -30,3 +31,22 @@ def test_an_impossible_slo_objective_is_refused_at_start() -> None:
     )
     assert result.returncode != 0
     assert "--slo-p99-ms" in result.stderr, result.stderr[-2000:]
+
+
+def test_equal_failures_share_one_message() -> None:
+    # Locust counts failures by message: a request id or a 2xx body would make each one unique.
+    script = """
+import locust  # noqa: F401  (first: it monkey-patches what loadtests.common imports)
+from loadtests.common import failed_answer
+
+internal = '{"error":"internal_error","message":"the model failed","request_id":"%s"}'
+messages = {failed_answer(500, internal % rid) for rid in ("01a2", "77ff")}
+assert messages == {'HTTP 500: {"error":"internal_error","message":"the model failed",}'}, messages
+answered = '{"model":"m","request_id":"%s","predictions":[{"score":%s}]}'
+assert failed_answer(200, answered % ("01a2", 0.1)) == failed_answer(200, answered % ("77", 0.9))
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
