@@ -19,6 +19,7 @@ import pandas as pd
 import requests
 from locust import User, constant_throughput, events
 from locust.env import Environment
+from locust.runners import WorkerRunner
 
 from loadtests.payloads import (
     Drift,
@@ -222,7 +223,12 @@ def _payloads(
 @events.quitting.add_listener
 def _check_slo(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
-    if options is None or environment.runner is None:
+    # With --processes (or --worker), the master judges the totals its workers report.
+    if (
+        options is None
+        or environment.runner is None
+        or isinstance(environment.runner, WorkerRunner)
+    ):
         return
     total = environment.stats.total
     verdict = judge(

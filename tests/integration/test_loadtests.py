@@ -118,6 +118,19 @@ def test_refused_requests_miss_the_error_budget(served: ServedService, tmp_path:
     assert stats["/predict [1]"]["num_failures"] == 0
 
 
+def test_with_several_processes_only_the_master_judges(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # A worker's own totals are what it has not yet reported: nothing, at the end.
+    result = run_locust(served, tmp_path, *LOOSE_SLO, "--processes", "2", "SteadyUser")
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == 0, why
+    verdicts = [line for line in result.stderr.splitlines() if "/loadtests: SLO" in line]
+    assert len(verdicts) == 1, why
+    assert "SLO met" in verdicts[0], why
+    assert json.loads((tmp_path / "run_slo.json").read_text())["passed"] is True
+
+
 # The Open Inference Protocol server (v2 REST and gRPC) is another module's work: these run as
 # soon as the served process answers its routes.
 def test_v2_rest_scenario(served: ServedService, tmp_path: Path, model_tag: str) -> None:
