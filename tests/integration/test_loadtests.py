@@ -165,3 +165,24 @@ def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
     assert result.returncode == 0, diagnostics(tmp_path, result)
     stats = stats_by_name(tmp_path)
     assert stats["ModelInfer [20]"]["num_requests"] > 0
+
+
+def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # Nothing listens on port 9: every GrpcUser raises at its start and sends nothing, while the
+    # V2RestUsers meet the SLO. The run must neither pass nor hang on the closed clients.
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "--grpc-target",
+        "127.0.0.1:9",
+        "V2RestUser",
+        "GrpcUser",
+        locustfile="locustfile_v2.py",
+    )
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == 1, why
+    assert "SLO met" in result.stderr, why
+    assert "exception(s), logged above: exit code 1" in result.stderr, why
