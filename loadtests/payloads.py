@@ -316,3 +316,14 @@ def v2_inputs(
             }
         )
     return tensors
+
+
+def v2_output_rows(answer: Any) -> int | None:
+    """The rows of a v2 infer answer (its first output's first dimension); None if it is none."""
+    outputs = answer.get("outputs") if isinstance(answer, dict) else None
+    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+        return None
+    shape = outputs[0].get("shape")
+    if not isinstance(shape, list) or not shape or not isinstance(shape[0], int):
+        return None
+    return shape[0]

@@ -17,6 +17,7 @@ from loadtests.payloads import (
     invalid_cases,
     parse_shifts,
     v2_inputs,
+    v2_output_rows,
 )
 from loadtests.slo import Slo, judge
 from models.contract import CONTRACT
@@ -187,3 +188,21 @@ def test_slo_verdicts() -> None:
     assert not judge(slo, requests=0, failures=0, p99_ms=0, requests_per_second=0).passed
     assert "SLO MISSED" in slow.summary()
     assert slow.to_dict()["passed"] is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "rows"),
+    [
+        ({"outputs": [{"name": "score", "shape": [3], "data": [0.1, 0.2, 0.3]}]}, 3),
+        ({"outputs": [{"name": "score", "shape": [2, 1]}]}, 2),
+        # Not an infer answer: V2RestUser counts a failed request, not an exception.
+        (None, None),
+        ([], None),
+        ({"outputs": []}, None),
+        ({"outputs": [{"name": "score"}]}, None),
+        ({"outputs": [{"name": "score", "shape": []}]}, None),
+        ({"outputs": ["score"]}, None),
+    ],
+)
+def test_v2_output_rows(answer: Any, rows: int | None) -> None:
+    assert v2_output_rows(answer) == rows
