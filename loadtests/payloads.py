@@ -168,11 +168,17 @@ def _not_a_category(feat: CategoricalFeature) -> str:
 
 
 def _below(feat: IntegerFeature | NumberFeature) -> int | float:
-    return feat.minimum - 1
+    return feat.minimum - _step(feat, feat.minimum)
 
 
 def _above(feat: IntegerFeature | NumberFeature) -> int | float:
-    return feat.maximum + 1
+    return feat.maximum + _step(feat, feat.maximum)
+
+
+def _step(feat: IntegerFeature | NumberFeature, bound: float) -> int | float:
+    """How far past ``bound`` a value must be to be outside it: 1, or for a float bound beyond
+    2**53 (where ``bound + 1 == bound``) the bound's own magnitude."""
+    return 1 if isinstance(feat, IntegerFeature) else max(1.0, abs(bound))
 
 
 def _unused_name(contract: FeatureContract) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
 
@@ -21,7 +22,7 @@ from loadtests.payloads import (
 )
 from loadtests.slo import Slo, judge
 from models.contract import CONTRACT
-from service.contract import CategoricalFeature, IntegerFeature
+from service.contract import CategoricalFeature, FeatureContract, IntegerFeature, NumberFeature
 from service.http import decode_json
 from service.validation import InstanceValidator, Reason, RequestRejected
 from tests.support import DATA_PATH, example_rows
@@ -89,6 +90,28 @@ def test_every_invalid_case_gets_exactly_its_expected_refusal(
     assert {c.field for c in cases if c.reason == Reason.EXCLUDED_FIELD} == set(CONTRACT.excluded)
     # The broken instance is not always the first one: answers must name the right index.
     assert len({case.instance for case in cases if case.instance is not None}) > 1
+
+
+def test_out_of_range_cases_are_out_of_range_for_any_bounds() -> None:
+    # A float bound of 1e20 minus 1 is the same float: the "out of range" value was in range.
+    contract = FeatureContract(
+        model_name="m",
+        target="y",
+        positive_label="bad",
+        negative_label="good",
+        features=(
+            NumberFeature("wide", minimum=-1e20, maximum=1e20),
+            NumberFeature("unit", minimum=0.0, maximum=1.0),
+            IntegerFeature("big", minimum=-(10**18), maximum=10**18),
+        ),
+    )
+    factory = PayloadFactory.synthetic(contract, rows=20)
+    validator = InstanceValidator(contract, MAX_INSTANCES)
+    cases = [c for c in invalid_cases(factory) if c.reason == Reason.OUT_OF_RANGE]
+    assert len(cases) == 6
+    for case in cases:
+        status, answer = answer_of(validator, case.body)
+        assert case.matches(status, answer), (case.field, orjson.loads(case.body), status, answer)
 
 
 def test_an_invalid_case_does_not_match_other_answers(factory: PayloadFactory) -> None:
