@@ -186,3 +186,25 @@ def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
     assert result.returncode == 1, why
     assert "SLO met" in result.stderr, why
     assert "exception(s), logged above: exit code 1" in result.stderr, why
+
+
+def test_a_refused_grpc_call_is_reported_with_its_status_and_reason(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # Locust names a failure by the exception's repr; tritonclient's alone says nothing.
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "--grpc-target",
+        f"127.0.0.1:{served.grpc_port}",
+        "--batch-size",
+        "1001",  # one more than the service's MAX_BATCH_SIZE
+        "GrpcUser",
+        locustfile="locustfile_v2.py",
+    )
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == SLO_MISSED_EXIT_CODE, why
+    failures = (tmp_path / "run_failures.csv").read_text()
+    assert "INVALID_ARGUMENT" in failures, why
+    assert "the batch has 1001 instances" in failures, why
