@@ -25,7 +25,7 @@ import bentoml
 import pandas as pd
 
 from service.model import load_model
-from service.settings import default_model_tag
+from service.settings import get_settings
 
 MAX_BATCH_SIZE = int(os.environ.get("BARE_MAX_BATCH_SIZE", "100"))
 MAX_LATENCY_MS = int(os.environ.get("BARE_MAX_LATENCY_MS", "60000"))
@@ -34,7 +34,7 @@ BATCHABLE = os.environ.get("BARE_BATCHABLE", "true").lower() == "true"
 
 @bentoml.service(name="bare_credit_risk", workers=int(os.environ.get("BARE_WORKERS", "2")))
 class BareService:
-    model_ref = bentoml.models.BentoModel(os.environ.get("MODEL_TAG") or default_model_tag())
+    model_ref = bentoml.models.BentoModel(get_settings().model_tag)
 
     def __init__(self) -> None:
         self.model = load_model(self.model_ref)

@@ -37,7 +37,7 @@ import orjson
 
 from loadtests.payloads import PayloadFactory, v2_inputs
 from service.model import MODEL_FILE, LoadedModel, load_model
-from service.settings import default_model_tag
+from service.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "loadtests" / "wrk" / "post.lua"
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from: {', '.join(server_specs())}",
     )
     parser.add_argument("--mlserver", type=Path, help="the mlserver executable (its own venv)")
-    parser.add_argument("--model-tag", default=os.environ.get("MODEL_TAG") or default_model_tag())
+    parser.add_argument("--model-tag", default=get_settings().model_tag)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="logs, bodies, repos")

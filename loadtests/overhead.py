@@ -57,7 +57,7 @@ from loadtests.bench import (
 )
 from loadtests.payloads import PayloadFactory
 from service.model import load_model
-from service.settings import default_model_tag
+from service.settings import get_settings
 
 BASE = "off"
 # Every variant: see the module's docstring.
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settle", type=float, default=1.5, help="seconds after each run, nothing loaded"
     )
     parser.add_argument("--warmup", type=float, default=3, help="seconds per variant and scenario")
-    parser.add_argument("--model-tag", default=os.environ.get("MODEL_TAG") or default_model_tag())
+    parser.add_argument("--model-tag", default=get_settings().model_tag)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "overhead")
