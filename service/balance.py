@@ -10,11 +10,12 @@ throughput and twice its latency.
 
 Each worker publishes, a few times a second, how many connections sent it a request in the last
 ``window`` seconds on a small board shared by the workers of one server (a memory-mapped file
-named after the parent process, in BentoML's Prometheus directory). When a worker serves at least
-two connections more than the least busy live sibling, and has for at least ``hold`` seconds,
-it answers one request with ``Connection: close``: the client opens a new connection, which goes
-to whichever worker accepts it first, usually an idle one. A worker closes at most one connection
-per ``interval``, so that the board settles between moves; a balanced server closes none.
+named after the parent process, in the server's Prometheus directory). When a worker serves at
+least two connections more than the least busy live sibling, and has for at least ``hold``
+seconds, it answers one request with ``Connection: close``: the client opens a new connection,
+which goes to whichever worker accepts it first, usually an idle one. A worker closes at most one
+connection per ``interval``, so that the board settles between moves; a balanced server closes
+none.
 
 A sibling's count can be wrong for one of its ticks: reads and writes of a slot are not atomic
 across processes (a torn read), and a worker whose event loop was held up for longer than
@@ -68,8 +69,9 @@ class Board:
 
     @staticmethod
     def path_for(server_pid: int) -> Path:
-        # BentoML's Prometheus directory is the server's own and emptied when it starts, so
-        # boards of stopped servers do not pile up; the temporary directory outside BentoML.
+        # The server's own Prometheus directory (service.prometheus_dir), removed once it has
+        # exited, so boards of stopped servers do not pile up; the temporary directory outside
+        # BentoML.
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
         return Path(directory) / f"workers-{server_pid}.board"
 

@@ -14,7 +14,7 @@ import logging
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 
-from service import bentoml_metrics, tracing
+from service import bentoml_metrics, prometheus_dir, tracing
 from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
@@ -40,6 +40,8 @@ settings = get_settings()
 SERVICE_NAME = "credit_risk_service"
 GC_THRESHOLDS = (10_000, 20, 20)  # gc.set_threshold: generations 0, 1, 2 (see __init__)
 # Before BentoML builds its middleware: the prediction routes open their own server spans.
+# In the `bentoml serve` process, before it prepares the workers' metrics directory.
+prometheus_dir.use_own()
 tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"])
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()

@@ -70,9 +70,8 @@ class ServedService:
     Stopped with SIGTERM (as an orchestrator would); ``stop()`` returns the exit code and keeps the
     output in ``self.output`` for assertions about logs.
 
-    Each one gets a BENTOML_HOME of its own that shares the session's model store: `bentoml serve`
-    empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would silently blank
-    the metrics of every other service running from the same home.
+    Each one gets a BENTOML_HOME of its own that shares the session's model store (a test can
+    pass ``BENTOML_HOME`` in ``env`` to share another's).
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:

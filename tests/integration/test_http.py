@@ -8,7 +8,6 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -17,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from models.contract import CONTRACT
+from service import prometheus_dir
 from service.balance import Board
 from tests.support import ServedService, example_rows
 
@@ -205,11 +205,7 @@ def test_health_endpoints(served: ServedService) -> None:
 def test_keep_alive_connections_are_spread_over_the_workers(served: ServedService) -> None:
     """Four clients that each keep one connection open end up two per worker, however the
     workers first accepted them; answers stay correct when a connection is moved."""
-    board = (
-        Path(served.env["BENTOML_HOME"])
-        / "prometheus_multiproc_dir"
-        / f"workers-{served.pid}.board"
-    )
+    board = prometheus_dir.directory_for(served.pid) / f"workers-{served.pid}.board"
     clients = [
         httpx.Client(base_url=served.url, timeout=30, limits=httpx.Limits(max_connections=1))
         for _ in range(4)
