@@ -10,7 +10,10 @@ nowhere else:
   the last commits.
 - PostgreSQL takes plain inserts from any number of processes and replicas; schema creation is
   serialised with an advisory lock. ``postgresql://`` URLs use psycopg 3. Tables go into the first
-  schema of the search path: add ``?options=-csearch_path%3Dmy_schema`` to the URL to choose one.
+  schema of the search path that exists: add ``?options=-csearch_path%3Dmy_schema`` to the URL to
+  choose one. When none does (``current_schema()`` is NULL: the schema was never created, or the
+  URL misspells it), :class:`SchemaMissing` names it and says how to fix it; the writer takes that
+  as a store that is down, not as a reason to stop the service.
 
 Inserts use ``ON CONFLICT DO NOTHING`` on the primary key, so replaying an entry that was in fact
 committed (e.g. the connection dropped during COMMIT) does not duplicate it.
@@ -19,6 +22,7 @@ committed (e.g. the connection dropped during COMMIT) does not duplicate it.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections import defaultdict
@@ -77,6 +81,59 @@ class _AlreadyPresent(Exception):
 
 class SchemaMismatch(RuntimeError):
     """The store holds tables this version of the service must not write to."""
+
+
+class SchemaMissing(RuntimeError):
+    """PostgreSQL: no schema of the search path exists (or may be used by this user), so the
+    tables can be neither created nor found. Not fatal: it lasts until the schema is created."""
+
+
+_SEARCH_PATH_ITEM = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^,\s]+))\s*(?:,|$)')
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _search_path_schemas(search_path: str, user: str) -> list[str]:
+    """The schema names of a ``search_path`` setting as PostgreSQL resolves them: unquoted names
+    lower-cased, ``$user`` the current user."""
+    names = []
+    for match in _SEARCH_PATH_ITEM.finditer(search_path):
+        quoted, bare = match.groups()
+        name = quoted.replace('""', '"') if quoted is not None else bare.lower()
+        names.append(user if name == "$user" else name)
+    return names
+
+
+def _sql_identifier(name: str) -> str:
+    return name if _PLAIN_IDENTIFIER.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+
+
+def _missing_schema_message(
+    search_path: str, names: list[str], missing: list[str], user: str
+) -> str:
+    setting = "search_path=" + (search_path or "''")
+    fix_url = "correct search_path in the store URL (PREDICTION_LOG_URL)"
+    if not names:
+        return (
+            f"the search path is empty ({setting}), so the prediction log has no schema to create "
+            f"or read its tables in: {fix_url}, e.g. ?options=-csearch_path%3Dmy_schema"
+        )
+    if missing:
+        quoted = ", ".join(f'"{name}"' for name in missing)
+        said = f"schema {quoted} of the search path ({setting}) does not exist"
+        create = "create it"
+        if len(missing) > 1:
+            said = f"schemas {quoted} of the search path ({setting}) do not exist"
+            create = "create one"
+        return (
+            f"{said}, so the prediction log has no schema to create its tables in: {create} "
+            f"(CREATE SCHEMA {_sql_identifier(missing[0])};) or {fix_url}"
+        )
+    quoted = ", ".join(f'"{name}"' for name in names)
+    return (
+        f'user "{user}" may not use schema {quoted} of the search path ({setting}), so the '
+        f"prediction log has no schema to create its tables in: grant it (GRANT USAGE, CREATE ON "
+        f"SCHEMA {_sql_identifier(names[0])} TO {_sql_identifier(user)};) or {fix_url}"
+    )
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -258,11 +315,32 @@ class Store:
 
     # Schema
 
+    def check_search_path(self, conn: Connection) -> None:
+        """PostgreSQL: raise :class:`SchemaMissing` unless the search path leads to a schema
+        (``current_schema()`` is not NULL), saying which schema is missing and how to fix it."""
+        if self.dialect != "postgresql":
+            return
+        current, search_path, user = conn.execute(
+            text("SELECT current_schema(), current_setting('search_path'), current_user")
+        ).one()
+        if current is not None:
+            return
+        names = _search_path_schemas(search_path, user)
+        query = text("SELECT nspname FROM pg_namespace WHERE nspname = ANY(:names)")
+        existing = set(conn.execute(query, {"names": names}).scalars()) if names else set()
+        missing = [name for name in names if name not in existing]
+        raise SchemaMissing(_missing_schema_message(search_path, names, missing, user))
+
     def ensure_schema(self) -> None:
-        """Create the tables if the store has none; refuse a store of another schema version."""
+        """Create the tables if the store has none; refuse a store of another schema version.
+
+        Raises :class:`SchemaMissing` (PostgreSQL) while the search path names no schema that
+        exists, :class:`SchemaMismatch` for tables this service must not write to.
+        """
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                self.check_search_path(conn)
             inspector = inspect(conn)
             if inspector.has_table(schema_version.name):
                 found = conn.execute(select(schema_version.c.version)).scalars().all()
@@ -327,6 +405,7 @@ class Store:
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                self.check_search_path(conn)
             if not inspect(conn).has_table(schema_version.name):
                 raise SchemaMismatch(f"{self.display_url} has no prediction log to migrate")
             found = conn.execute(select(schema_version.c.version)).scalars().all()
@@ -363,7 +442,10 @@ class Store:
             return moved
 
     def version(self) -> int | None:
+        """The schema version, None if the store has no tables (raises :class:`SchemaMissing`
+        if there is no schema to look in)."""
         with self.read() as conn:
+            self.check_search_path(conn)
             if not inspect(conn).has_table(schema_version.name):
                 return None
             return conn.execute(select(func.max(schema_version.c.version))).scalar()

@@ -42,6 +42,17 @@ def postgresql_url(postgres_admin: Engine) -> Iterator[str]:
 
 
 @pytest.fixture
+def missing_schema(postgres_admin: Engine) -> Iterator[tuple[str, str]]:
+    """(URL, schema): a URL whose search path names a schema that does not exist (yet: the test
+    may create it; it is dropped afterwards)."""
+    schema = f"predlog_missing_{os.getpid()}_{os.urandom(4).hex()}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}", schema
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/log/predictions.db"
 

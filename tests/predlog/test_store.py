@@ -3,11 +3,13 @@ writes, concurrent writers and retention."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, func, insert, select, text, update
+from sqlalchemy import Column, Engine, MetaData, Table, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.predlog.observer import CountingObserver
@@ -20,8 +22,9 @@ from service.predlog.schema import (
     rejections,
     schema_version,
 )
-from service.predlog.store import SchemaMismatch, Store, is_refusal
+from service.predlog.store import SchemaMismatch, SchemaMissing, Store, is_refusal
 from tests.predlog.helpers import (
+    POSTGRES_URL,
     concurrently,
     prediction_event,
     rejection_event,
@@ -61,6 +64,42 @@ def test_tables_not_created_by_the_service_are_refused(store_url: str) -> None:
     with pytest.raises(SchemaMismatch, match="not created by this service"):
         foreign.ensure_schema()
     foreign.close()
+
+
+def test_a_search_path_schema_that_does_not_exist_is_named_until_it_is_created(
+    missing_schema: tuple[str, str], postgres_admin: Engine
+) -> None:
+    url, schema = missing_schema
+    store = Store(url)
+    try:
+        for call in (store.ensure_schema, store.version, store.migrate):
+            with pytest.raises(SchemaMissing) as raised:
+                call()
+            assert str(raised.value).startswith(
+                f'schema "{schema}" of the search path (search_path={schema}) does not exist'
+            )
+            assert f"create it (CREATE SCHEMA {schema};)" in str(raised.value)
+        with postgres_admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        assert store.version() is None
+        store.ensure_schema()
+        assert store.version() == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+def test_a_search_path_of_several_missing_schemas_names_them(postgres_admin: Engine) -> None:
+    suffix = os.urandom(4).hex()
+    a, b = f"predlog_missing_a_{suffix}", f"Predlog_Missing_B_{suffix}"
+    search_path = f'{a},"{b}"'
+    store = Store(f"{POSTGRES_URL}?options={quote(f'-csearch_path={search_path}')}")
+    try:
+        with pytest.raises(SchemaMissing) as raised:
+            store.ensure_schema()
+    finally:
+        store.close()
+    assert str(raised.value).startswith(f'schemas "{a}", "{b}" of the search path')
+    assert f"create one (CREATE SCHEMA {a};)" in str(raised.value)
 
 
 def test_a_table_dropped_by_hand_comes_back(store: Store) -> None:
