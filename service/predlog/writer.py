@@ -10,7 +10,9 @@ Writer thread, once per flush interval or as soon as a batch's worth of rows is 
    of about ``batch_rows`` rows, one transaction each;
 2. if the store fails, spool the batch, mark the store down and retry with exponential backoff
    (``retry_initial`` doubling to ``retry_max``); meanwhile every batch goes straight to the spool.
-   A retry re-checks the schema, so a store that came back empty is recreated;
+   A retry re-checks the schema, so a store that came back empty is recreated. The outage is
+   logged once per cause (a WARNING with the store's reason, e.g. that the schema named in the
+   PostgreSQL search path does not exist, and how to fix it), not once per retry;
 3. while the store is up, replay spooled segments (its own and those of any process sharing the
    spool directory) a batch per turn, interleaved with live batches;
 4. fsync the spool and report the gauges (queue depth, spool size, oldest unwritten record age).
@@ -147,6 +149,7 @@ class Writer:
         self._retry_at = 0.0  # monotonic time of the next reconnection attempt
         self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and report
         self._backoff = config.retry_initial
+        self._outage_reasons: set[str] = set()  # why the store is down, as logged this outage
         self._inflight: list[Entry] = []
         # close() spools what the writer thread holds when the store hangs past the timeout; from
         # then on the thread must not spool, count or replay it too.
@@ -375,21 +378,28 @@ class Writer:
 
     def _set_up(self, up: bool) -> None:
         self._up = up
+        if up:
+            self._outage_reasons.clear()
         self.observer.store_up(up)
 
     def _store_failed(self, operation: Operation, exc: BaseException) -> None:
         self.observer.write_failed(operation)
-        level = logging.ERROR if isinstance(exc, SchemaMismatch) else logging.WARNING
-        if self._up or operation == "connect":
-            log.log(
-                level,
-                "prediction log store %s unavailable (%s: %s); spooling to %s, retrying in %.1fs",
-                self.store.display_url,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-                self.spool.directory,
-                self._backoff,
-            )
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # Once per outage and cause: a retry failing for a reason already logged says nothing
+        # new (the store_up gauge and the failure counter keep count); a new cause is logged.
+        if reason not in self._outage_reasons:
+            level = logging.ERROR if isinstance(exc, SchemaMismatch) else logging.WARNING
+            self._outage_reasons.add(reason)
+        else:
+            level = logging.DEBUG
+        log.log(
+            level,
+            "prediction log store %s unavailable (%s); spooling to %s, retrying in %.1fs",
+            self.store.display_url,
+            reason,
+            self.spool.directory,
+            self._backoff,
+        )
         self._set_up(False)
         if self._replay is not None:
             self._replay[0].release()

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -198,6 +198,80 @@ def test_a_store_down_at_startup_is_not_fatal(
     writer.flush()
     assert row_keys(writer.store) == expected_keys(published)
     assert (writer.stats.age, writer.stats.depth) == (0, 0)
+
+
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "service.predlog.writer"
+        and r.levelno >= logging.WARNING
+        and "unavailable" in r.getMessage()
+    ]
+
+
+def test_a_search_path_schema_that_does_not_exist_is_named_and_waited_for(
+    missing_schema: tuple[str, str],
+    postgres_admin: Engine,
+    make_writer: MakeWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, schema = missing_schema
+    with caplog.at_level(logging.WARNING):
+        writer = make_writer(url)  # not fatal: the service keeps answering
+        assert writer.stats.up is False
+        published = events(40)
+        for e in published:
+            writer.publish(e)
+        writer.flush()
+        assert writer.stats.total("spooled") == rows_of(published)
+        wait_until(lambda: writer.stats.failures["connect"] >= 4)  # retried, and retried
+        writer.flush()
+    # One warning for the outage, not one per retry; it names the schema and the fix.
+    (warning,) = outage_warnings(caplog)
+    assert f'schema "{schema}" of the search path (search_path={schema}) does not exist' in warning
+    assert f"CREATE SCHEMA {schema};" in warning
+    assert "correct search_path in the store URL (PREDICTION_LOG_URL)" in warning
+    assert writer.stats.up is False
+
+    with postgres_admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    wait_until(lambda: writer.stats.total("replayed") == rows_of(published))
+    writer.flush()
+    assert writer.stats.up is True
+    assert row_keys(writer.store) == expected_keys(published)
+    assert row_count(writer.store) == rows_of(published)  # each record once
+    stats = writer.stats
+    assert (stats.total("written"), stats.total("dropped")) == (0, 0)
+    assert stats.total("spooled") == stats.total("replayed") == rows_of(published)
+    assert writer.spool.segments() == []
+
+
+def test_a_store_down_for_many_retries_is_logged_once_per_outage(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    def logged_over_retries() -> int:
+        """Outage lines logged once the outage is under way; asserts that retries add none."""
+        retries = writer.stats.failures["connect"]
+        wait_until(lambda: writer.stats.failures["connect"] >= retries + 2)
+        logged = len(outage_warnings(caplog))
+        wait_until(lambda: writer.stats.failures["connect"] >= retries + 6)
+        assert len(outage_warnings(caplog)) == logged
+        return logged
+
+    proxy.cut()
+    with caplog.at_level(logging.WARNING):
+        writer = make_writer(proxy.url_for(postgresql_url))
+        # One line per cause (the proxy may first reset a connection, then refuse them).
+        first = logged_over_retries()
+        assert first in (1, 2)
+        proxy.restore()
+        wait_until(lambda: writer.stats.up)
+        assert any("answers" in r.getMessage() for r in caplog.records)
+        proxy.cut()  # a second outage is logged again
+        writer.publish(prediction_event())
+        wait_until(lambda: not writer.stats.up)
+        assert logged_over_retries() - first in (1, 2)
 
 
 def test_spool_over_its_cap_counts_every_drop(
