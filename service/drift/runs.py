@@ -105,6 +105,7 @@ class DriftRuns:
         with self.store.engine.begin() as conn:
             if self.store.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                self.store.check_search_path(conn)  # no schema to create in: say which and why
             metadata.create_all(conn, checkfirst=True)
 
     def claim(self, slot: int, interval_seconds: int, claimed_by: str) -> bool:

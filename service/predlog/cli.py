@@ -29,7 +29,7 @@ import pandas as pd
 
 from service.predlog.schema import DATA_TABLES, SCHEMA_VERSION, predictions
 from service.predlog.spool import QUARANTINE, Spool
-from service.predlog.store import Store
+from service.predlog.store import SchemaMissing, Store
 from service.predlog.writer import Writer, WriterConfig
 from service.settings import Settings
 
@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store(args.url or settings.prediction_log_url)
     try:
         return _run(args, settings, store)
+    except SchemaMissing as exc:  # PostgreSQL: the search path leads to no schema
+        print(f"{store.display_url}: {exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
 

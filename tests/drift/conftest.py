@@ -8,6 +8,7 @@ import pytest
 
 from service.model import LoadedModel, load_model
 from tests.predlog.conftest import (  # noqa: F401  (fixtures, found by pytest here)
+    missing_schema,
     postgres_admin,
     postgresql_url,
     sqlite_url,

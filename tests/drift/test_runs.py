@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import func, inspect, select
 
 from service.drift.runs import DriftRuns, drift_runs, utc_ago
 from service.predlog.schema import SCHEMA_VERSION
-from service.predlog.store import Store
+from service.predlog.store import SchemaMissing, Store
 from tests.drift.helpers import ok_summary
 from tests.predlog.helpers import concurrently
 from tests.support import ROOT
@@ -99,3 +100,15 @@ def test_the_drift_table_leaves_the_prediction_log_schema_alone(store: Store) ->
     assert inspect(store.engine).has_table("drift_runs")
     assert store.version() == SCHEMA_VERSION
     store.ensure_schema()  # the log still accepts the store as its own
+
+
+def test_a_search_path_schema_that_does_not_exist_is_named(
+    missing_schema: tuple[str, str],
+) -> None:
+    url, schema = missing_schema
+    store = Store(url)
+    try:
+        with pytest.raises(SchemaMissing, match=f'schema "{schema}" .* does not exist'):
+            DriftRuns(store).ensure_schema()
+    finally:
+        store.close()

@@ -138,6 +138,17 @@ def test_init_creates_the_tables_and_commands_refuse_a_store_without_them(
     assert main(["--url", url, "status"]) == 0
 
 
+def test_commands_name_a_search_path_schema_that_does_not_exist(
+    missing_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, schema = missing_schema
+    for command in ("status", "init", "migrate"):
+        assert main(["--url", url, command]) == 1
+        err = capsys.readouterr().err
+        assert f'schema "{schema}" of the search path (search_path={schema}) does not exist' in err
+        assert f"CREATE SCHEMA {schema};" in err
+
+
 def test_times_are_iso_or_relative() -> None:
     now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     assert parse_time("90m", now) == now - timedelta(minutes=90)
