@@ -118,10 +118,11 @@ def seen_body(exc: RequestRejected, body: bytes) -> tuple[bytes, int | None]:
     return body, None
 
 
-def decode_json(body: bytes) -> object:
+def decode_json(body: bytes, expected: str = '{"instances": [...]}') -> object:
+    """The decoded body; ``expected`` is what an empty body is told to send."""
     if not body.strip():
         raise RequestRejected.request_level(
-            Reason.INVALID_JSON, 'the body is empty; send {"instances": [...]}'
+            Reason.INVALID_JSON, f"the body is empty; send {expected}"
         )
     try:
         return orjson.loads(body)

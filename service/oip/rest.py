@@ -132,7 +132,7 @@ def parse_rest_infer(
         if not valid or int(header_length) > len(body):
             raise _invalid(f"{HEADER_LENGTH} must be the JSON header's size, at most {len(body)}")
         body, binary = body[: int(header_length)], body[int(header_length) :]
-    payload = _object(decode_json(body), "the body")
+    payload = _object(decode_json(body, '{"inputs": [...]}'), "the body")
     # Read first, so that a refusal of the rest still answers and logs under the client's id.
     request_id = payload.get("id", "")
     if not isinstance(request_id, str):

@@ -167,6 +167,17 @@ def test_rest_malformed_bodies(
     assert text in exc.summary
 
 
+@pytest.mark.parametrize(("body", "header_length"), [(b"", None), (b" ", None), (b"{}", "0")])
+def test_rest_empty_body_asks_for_inputs_not_instances(
+    body: bytes, header_length: str | None
+) -> None:
+    # The hint was /predict's ({"instances": [...]}), wrong for a v2 client.
+    exc = rejected(lambda: parse_rest_infer(body, header_length, "m", ""))
+    assert exc.errors[0].reason is Reason.INVALID_JSON
+    assert '"inputs"' in exc.summary
+    assert "instances" not in exc.summary
+
+
 @pytest.mark.parametrize(
     "spec",
     [
