@@ -30,7 +30,7 @@ from service.inference import (
     RequestContext,
     server_failure,
 )
-from service.validation import REQUEST_FIELD, FieldError, Reason, RequestRejected
+from service.validation import MAX_NAME_ECHO, REQUEST_FIELD, FieldError, Reason, RequestRejected
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ _HTTP_SPAN = {"http.request.method": "POST", "http.route": "/predict"}
 _READ_HEADERS = frozenset(
     (
         b"content-length",
+        b"content-encoding",
         b"x-request-id",
         b"traceparent",
         b"tracestate",
@@ -67,8 +68,19 @@ def request_headers(scope: Scope) -> dict[str, str]:
     }
 
 
-async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(
+    receive: Receive, content_length: str | None, limit: int, content_encoding: str | None = None
+) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 415
+    when it is compressed (tritonclient's ``request_compression_algorithm``): read as it came, it
+    was refused as invalid JSON or a wrong header length, not for its encoding."""
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        raise RequestRejected.request_level(
+            Reason.INVALID_BODY,
+            f"Content-Encoding {content_encoding[:MAX_NAME_ECHO]!r} is not supported: "
+            "send the body uncompressed",
+            status=415,
+        )
     # isascii(): isdigit() alone accepts digits such as "²" that int() refuses.
     declared = content_length is not None and content_length.isascii() and content_length.isdigit()
     if declared and int(content_length) > limit:
@@ -186,7 +198,12 @@ class PredictEndpoint:
         body = b""
         try:
             with tracing.span("validate"):
-                body = await read_body(receive, headers.get("content-length"), self._max_body_bytes)
+                body = await read_body(
+                    receive,
+                    headers.get("content-length"),
+                    self._max_body_bytes,
+                    headers.get("content-encoding"),
+                )
                 instances = predictor.validator.validate_payload(decode_json(body))
         except RequestRejected as exc:
             predictor.reject(ctx, exc, *seen_body(exc, body))

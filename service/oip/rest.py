@@ -271,7 +271,12 @@ class InferEndpoint:
             "http", f"/v2/models/{protocol.model_name}/infer", headers.get("x-request-id")
         )
         try:
-            body = await read_body(receive, headers.get("content-length"), self._max_body_bytes)
+            body = await read_body(
+                receive,
+                headers.get("content-length"),
+                self._max_body_bytes,
+                headers.get("content-encoding"),
+            )
         except RequestRejected as exc:
             protocol.predictor.reject(ctx, exc, *seen_body(exc, b""))
             return exc.status, v2_error_body(exc, ctx), ctx.request_id, [JSON_CONTENT]

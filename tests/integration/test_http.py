@@ -3,6 +3,7 @@ and against a real `bentoml serve` with 2 workers. Both must behave identically.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -183,6 +184,24 @@ def test_body_of_megabytes_without_content_length_is_cut_off(client: httpx.Clien
 
     response = client.post("/predict", content=chunks())
     assert_refused(response, 413, None, "$request", "body_too_large")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_compressed_body_is_refused_naming_the_encoding(
+    client: httpx.Client, encoding: str
+) -> None:
+    # It was decoded as JSON as it came: "not valid JSON: str is not valid UTF-8".
+    body = gzip.compress(json.dumps({"instances": example_rows(1)}).encode())
+    response = client.post("/predict", content=body, headers={"content-encoding": encoding})
+    answer = assert_refused(response, 415, None, "$request", "invalid_body")
+    assert f"Content-Encoding '{encoding}' is not supported" in answer["message"]
+
+
+def test_identity_content_encoding_is_accepted(client: httpx.Client) -> None:
+    response = predict(
+        client, {"instances": example_rows(1)}, headers={"content-encoding": "identity"}
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_model_endpoint_describes_tag_metadata_and_contract(

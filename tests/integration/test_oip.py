@@ -531,6 +531,21 @@ def test_v2_rest_header_length_of_non_ascii_digits_is_refused(served: ServedServ
     assert response.headers["x-request-id"] == "hdr-sup-1"
 
 
+def test_v2_rest_compressed_request_is_refused_naming_the_encoding(
+    http_client: triton_http.InferenceServerClient,
+) -> None:
+    # tritonclient's request_compression_algorithm: the compressed body was cut at the length of
+    # the uncompressed JSON header ("Inference-Header-Content-Length must be ...").
+    with pytest.raises(InferenceServerException) as info:
+        http_client.infer(
+            MODEL,
+            triton_inputs(triton_http, example_rows(1)),
+            request_compression_algorithm="gzip",
+        )
+    assert info.value.status() == "415"
+    assert "Content-Encoding 'gzip' is not supported" in info.value.message()
+
+
 # -- several workers, and their metrics ---------------------------------------------------------
 
 
