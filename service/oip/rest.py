@@ -80,6 +80,11 @@ def _tensor_error(name: str, message: str, known: Collection[str]) -> RequestRej
     return RequestRejected([FieldError(None, shown, Reason.INVALID_TENSOR, message, metric)])
 
 
+def _json_echo(value: Any) -> str:
+    """``value`` as the client wrote it in JSON, cut short."""
+    return orjson.dumps(value).decode()[:MAX_NAME_ECHO]
+
+
 def _flatten(data: Any, shape: Any, name: str, known: Collection[str] = ()) -> list[Any]:
     """``data`` flat, or nested exactly as ``shape`` says (the protocol allows both)."""
     if not isinstance(data, list):
@@ -164,7 +169,14 @@ def _parse_payload(
             raise _invalid(f"{where}.name must be a string")
         size = _parameters(spec, where).get("binary_data_size")
         if size is not None:
-            if type(size) is not int or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0:
+                raise _tensor_error(
+                    name,
+                    f"input {name!r}: binary_data_size must be a non-negative integer, "
+                    f"got {_json_echo(size)}",
+                    known,
+                )
+            if offset + size > len(binary):
                 raise _tensor_error(
                     name,
                     f"input {name!r}: binary_data_size {size!r} exceeds the binary data sent",
@@ -179,9 +191,14 @@ def _parse_payload(
                 name, f"input {name!r} has neither data nor binary_data_size", known
             )
         shape = spec.get("shape")
-        tensors.append(
-            Tensor(name, str(spec.get("datatype")), shape if isinstance(shape, list) else [], data)
-        )
+        if not isinstance(shape, list):
+            got = "; it is missing" if "shape" not in spec else f", got {_json_echo(shape)}"
+            raise _tensor_error(
+                name,
+                f"input {name!r}: shape must be an array of dimensions, e.g. [batch]{got}",
+                known,
+            )
+        tensors.append(Tensor(name, str(spec.get("datatype")), shape, data))
     if offset != len(binary):
         raise RequestRejected.request_level(
             Reason.INVALID_TENSOR,

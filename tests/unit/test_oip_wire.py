@@ -154,6 +154,29 @@ def test_rest_data_flat_or_nested_like_the_shape(data: Any, shape: Any, flat: An
             "exceeds the binary data",
         ),
         ({"inputs": []}, "auto", b"\x00", Reason.INVALID_TENSOR, "not claimed by any input"),
+        # The shape was taken as [] ("shape [] is not accepted") and a binary_data_size that is
+        # not an integer said to exceed the binary data sent, whatever was sent.
+        (
+            {"inputs": [{"name": "a", "datatype": "INT64", "data": [1]}]},
+            None,
+            b"",
+            Reason.INVALID_TENSOR,
+            "input 'a': shape must be an array of dimensions, e.g. [batch]; it is missing",
+        ),
+        (
+            {"inputs": [{"name": "a", "datatype": "INT64", "shape": "1", "data": [1]}]},
+            None,
+            b"",
+            Reason.INVALID_TENSOR,
+            "input 'a': shape must be an array of dimensions, e.g. [batch], got \"1\"",
+        ),
+        (
+            {"inputs": [{"name": "a", "shape": [1], "parameters": {"binary_data_size": "8"}}]},
+            "auto",
+            b"\x00" * 8,
+            Reason.INVALID_TENSOR,
+            "input 'a': binary_data_size must be a non-negative integer, got \"8\"",
+        ),
         ({"inputs": []}, "99999", b"", Reason.INVALID_BODY, HEADER_LENGTH),
         ({"inputs": [], "id": 5}, None, b"", Reason.INVALID_BODY, '"id" must be a string'),
         ({"inputs": [], "outputs": [{}]}, None, b"", Reason.INVALID_BODY, "outputs[0].name"),
