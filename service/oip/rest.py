@@ -41,8 +41,8 @@ from service.oip.protocol import (
     InferResult,
     MalformedInferRequest,
 )
-from service.oip.tensors import Tensor, encode_raw
-from service.validation import MAX_NAME_ECHO, UNKNOWN_FIELD, FieldError, Reason, RequestRejected
+from service.oip.tensors import Tensor, encode_raw, input_error
+from service.validation import MAX_NAME_ECHO, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
@@ -72,14 +72,6 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return _object(value.get("parameters", {}), f"{where}.parameters")
 
 
-def _tensor_error(name: str, message: str, known: Collection[str]) -> RequestRejected:
-    """An invalid input tensor, reported under the input's name as the codec reports its own
-    errors; a name the contract lacks is labelled UNKNOWN_FIELD in metrics."""
-    shown = name[:MAX_NAME_ECHO]
-    metric = name if name in known else UNKNOWN_FIELD
-    return RequestRejected([FieldError(None, shown, Reason.INVALID_TENSOR, message, metric)])
-
-
 def _json_echo(value: Any) -> str:
     """``value`` as the client wrote it in JSON, cut short."""
     return orjson.dumps(value).decode()[:MAX_NAME_ECHO]
@@ -88,13 +80,13 @@ def _json_echo(value: Any) -> str:
 def _flatten(data: Any, shape: Any, name: str, known: Collection[str] = ()) -> list[Any]:
     """``data`` flat, or nested exactly as ``shape`` says (the protocol allows both)."""
     if not isinstance(data, list):
-        raise _tensor_error(name, f"input {name!r}: data must be an array", known)
+        raise input_error(name, f"input {name!r}: data must be an array", known)
     if not any(isinstance(v, list) for v in data):
         return data
     dims = shape if isinstance(shape, list) else []
     if len(dims) > 2:
         # Checked before walking: data nested hundreds deep would exhaust the recursion limit.
-        raise _tensor_error(
+        raise input_error(
             name,
             f"input {name!r}: shape of {len(dims)} dimensions is not accepted: each input is "
             "one feature, of shape [batch] or [batch, 1]",
@@ -114,7 +106,7 @@ def _flatten(data: Any, shape: Any, name: str, known: Collection[str] = ()) -> l
 
 
 def _ragged(name: str, known: Collection[str]) -> RequestRejected:
-    return _tensor_error(
+    return input_error(
         name,
         f"input {name!r}: nested data does not match the shape (ragged or mis-shaped arrays)",
         known,
@@ -170,14 +162,14 @@ def _parse_payload(
         size = _parameters(spec, where).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
-                raise _tensor_error(
+                raise input_error(
                     name,
                     f"input {name!r}: binary_data_size must be a non-negative integer, "
                     f"got {_json_echo(size)}",
                     known,
                 )
             if offset + size > len(binary):
-                raise _tensor_error(
+                raise input_error(
                     name,
                     f"input {name!r}: binary_data_size {size!r} exceeds the binary data sent",
                     known,
@@ -187,13 +179,11 @@ def _parse_payload(
         elif "data" in spec:
             data = _flatten(spec["data"], spec.get("shape"), name, known)
         else:
-            raise _tensor_error(
-                name, f"input {name!r} has neither data nor binary_data_size", known
-            )
+            raise input_error(name, f"input {name!r} has neither data nor binary_data_size", known)
         shape = spec.get("shape")
         if not isinstance(shape, list):
             got = "; it is missing" if "shape" not in spec else f", got {_json_echo(shape)}"
-            raise _tensor_error(
+            raise input_error(
                 name,
                 f"input {name!r}: shape must be an array of dimensions, e.g. [batch]{got}",
                 known,

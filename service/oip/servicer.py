@@ -9,7 +9,7 @@ Go and Java clients' ``status.FromError``/``StatusProto.fromThrowable``, decode)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,7 +29,7 @@ from service.oip.protocol import (
     InferResult,
     MalformedInferRequest,
 )
-from service.oip.tensors import Tensor, encode_raw
+from service.oip.tensors import Tensor, encode_raw, input_error
 from service.validation import Reason, RequestRejected
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -73,15 +73,16 @@ _CONTENTS_FIELDS = {
 }
 
 
-def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """Tensors from typed contents or from ``raw_input_contents`` (tritonclient's default)."""
+def parse_infer_request(message: pb.ModelInferRequest, known: Collection[str] = ()) -> InferRequest:
+    """Tensors from typed contents or from ``raw_input_contents`` (tritonclient's default);
+    ``known`` are the input names that may label metrics."""
     try:
-        return _parse_infer_request(message)
+        return _parse_infer_request(message, known)
     except RequestRejected as exc:  # answered and logged under the client's id all the same
         raise MalformedInferRequest(exc, message.id) from exc
 
 
-def _parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+def _parse_infer_request(message: pb.ModelInferRequest, known: Collection[str]) -> InferRequest:
     raw = message.raw_input_contents
     if raw:
         if len(raw) != len(message.inputs):
@@ -101,7 +102,8 @@ def _parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         ]
     else:
         tensors = [
-            Tensor(t.name, t.datatype, list(t.shape), _typed_contents(t)) for t in message.inputs
+            Tensor(t.name, t.datatype, list(t.shape), _typed_contents(t, known))
+            for t in message.inputs
         ]
     return InferRequest(
         model_name=message.model_name,
@@ -124,9 +126,23 @@ def decode_infer_request(data: bytes) -> pb.ModelInferRequest:
         ) from exc
 
 
-def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> Sequence[object]:
+def _typed_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, known: Collection[str]
+) -> Sequence[object]:
+    """The elements, from the datatype's field: elements in another field are refused, not
+    ignored (INT64 elements in INT32's ``int_contents`` were reported as no elements at all)."""
     field = _CONTENTS_FIELDS.get(tensor.datatype)
-    return getattr(tensor.contents, field) if field else ()
+    if field is None:
+        return ()  # not a protocol datatype: the codec refuses it
+    others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+    if others:
+        raise input_error(
+            tensor.name,
+            f"input {tensor.name!r}: {tensor.datatype} elements go in {field} only; "
+            f"it has {', '.join(others)}",
+            known,
+        )
+    return getattr(tensor.contents, field)
 
 
 def describe_request(message: pb.ModelInferRequest) -> bytes:
@@ -263,7 +279,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def parse() -> InferRequest:
             nonlocal request
             request = decode_infer_request(data)
-            return parse_infer_request(request)
+            return parse_infer_request(request, self._protocol.codec.input_names)
 
         try:
             result = await self._protocol.infer(

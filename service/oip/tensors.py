@@ -19,7 +19,7 @@ transport.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -80,6 +80,16 @@ class _TensorError(Exception):
 def _echo(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 3] + "..."
+
+
+def input_error(name: str, message: str, known: Collection[str]) -> RequestRejected:
+    """An input tensor refused by a transport's parser, reported under the input's name as the
+    codec reports its own errors; a name not in ``known`` (the contract's inputs) is labelled
+    UNKNOWN_FIELD in metrics."""
+    metric = name if name in known else UNKNOWN_FIELD
+    return RequestRejected(
+        [FieldError(None, name[:_MAX_ECHO], Reason.INVALID_TENSOR, message, metric)]
+    )
 
 
 def decode_raw(datatype: str, raw: bytes, count: int) -> list[Any]:

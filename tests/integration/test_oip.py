@@ -411,6 +411,29 @@ def test_bad_raw_bytes(channel: grpc.Channel, corrupt: Any, message: str) -> Non
     assert message in info.value.details()
 
 
+def test_typed_contents_in_another_field_are_invalid_argument_naming_it(
+    channel: grpc.Channel,
+) -> None:
+    rows = example_rows(2)
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    for feature in CONTRACT.features:
+        tensor = request.inputs.add(name=feature.name, datatype=DATATYPES[feature.kind], shape=[2])
+        values = [row[feature.name] for row in rows]
+        if feature.name == INTEGER:  # INT64 elements in INT32's field: they were ignored
+            tensor.contents.int_contents.extend(values)
+        elif feature.kind == "categorical":
+            tensor.contents.bytes_contents.extend(v.encode() for v in values)
+        else:
+            tensor.contents.int64_contents.extend(values)
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"request.{INTEGER}: input {INTEGER!r}: INT64 elements go in int64_contents only; "
+        "it has int_contents"
+    )
+
+
 def test_raw_contents_must_cover_every_input(channel: grpc.Channel) -> None:
     request = raw_request(example_rows(2))
     del request.raw_input_contents[-1]

@@ -69,6 +69,37 @@ def test_grpc_typed_contents_are_read_from_the_datatype_field() -> None:
     assert list(request.inputs[1].data) == []  # refused later by the codec's datatype check
 
 
+@pytest.mark.parametrize(
+    ("fill", "found"),
+    [
+        (lambda c: c.int_contents.extend([30, 31]), "int_contents"),  # INT32's field
+        (
+            lambda c: (c.int64_contents.extend([30, 31]), c.fp64_contents.append(1.5)),
+            "fp64_contents",
+        ),
+    ],
+    ids=["other field", "another field too"],
+)
+def test_grpc_typed_contents_outside_the_datatype_field_are_refused(fill: Any, found: str) -> None:
+    # They were ignored: "shape [2] needs 2 elements; the contents hold 0", or accepted.
+    def error(name: str) -> FieldError:
+        message = pb.ModelInferRequest(model_name="m")
+        fill(message.inputs.add(name=name, datatype="INT64", shape=[2]).contents)
+        (only,) = rejected(lambda: parse_infer_request(message, {"age_in_years"})).errors
+        return only
+
+    only = error("age_in_years")
+    assert (only.field, only.reason, only.metric_field) == (
+        "age_in_years",
+        Reason.INVALID_TENSOR,
+        "age_in_years",
+    )
+    assert only.message == (
+        f"input 'age_in_years': INT64 elements go in int64_contents only; it has {found}"
+    )
+    assert error("colour").metric_field == UNKNOWN_FIELD
+
+
 def test_status_details_stay_within_the_trailer_budget() -> None:
     errors = [
         FieldError(i, "purpose", Reason.UNKNOWN_CATEGORY, "x" * 200, "purpose") for i in range(50)
