@@ -18,10 +18,18 @@ from monitoring.dashboards.build import DASHBOARDS as BUILDERS
 from monitoring.dashboards.build import render
 from tests.monitoring.promql import expressions, load, metric_names, panels
 from tests.monitoring.support import DASHBOARDS, MONITORING, recorded_names, run, tool
+from tests.predlog.helpers import wait_until
 from tests.support import ROOT, ServedService, example_rows
 
 # The drift monitor's metrics (issue 5): enforced against the scrape once service/drift exists.
 DRIFT_PENDING = not (ROOT / "service" / "drift").exists()
+# What an accepted and a refused request create (labelled series appear with their first use)
+REQUEST_METRICS = {
+    "inference_requests_total",
+    "inference_request_duration_seconds_bucket",
+    "inference_request_instances_bucket",
+    "inference_validation_failures_total",
+}
 
 
 def test_the_committed_json_is_what_the_code_generates() -> None:
@@ -108,8 +116,14 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=30)
     bad = dict(example_rows(1)[0], age_in_years=17)
     httpx.post(f"{served.url}/predict", json={"instances": [bad]}, timeout=30)
-    text = httpx.get(f"{served.url}/metrics", timeout=10).text
-    scraped = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def scraped_names() -> set[str] | None:
+        # the workers apply request metrics once per REQUEST_FLUSH_SECONDS, not at once
+        text = httpx.get(f"{served.url}/metrics", timeout=10).text
+        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        return names if names >= REQUEST_METRICS else None
+
+    scraped = wait_until(scraped_names, timeout=10, interval=0.2)
     known = scraped | recorded_names() | {"up"}
     used = {name for _, _, e in expressions() for name in metric_names(e)}
     # Drift is off in the shared `served` (tests/conftest.py): its metrics are taken from the
