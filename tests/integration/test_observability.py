@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,11 +22,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import REQUEST_FLUSH_SECONDS
+from service import prometheus_dir
+from service.metrics import PROCESS_SAMPLE_SECONDS, REQUEST_FLUSH_SECONDS
 from service.predlog.store import Store
 from tests.oip_support import triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -209,6 +214,37 @@ def test_two_servers_sharing_a_bentoml_home_keep_their_own_metrics(model_tag: st
             wait_until(lambda: answered(scrape(second.url)) >= 1)
             assert answered(settled_scrape(second.url)) == 1
             assert answered(settled_scrape(first.url)) == 3
+
+
+def worker_pids(service: ServedService) -> set[int]:
+    pids = set()
+    for proc in psutil.Process(service.pid).children():
+        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+            if "_bentoml_impl.worker.service" in " ".join(proc.cmdline()):
+                pids.add(proc.pid)
+    return pids
+
+
+def test_a_killed_workers_last_values_leave_the_live_gauges(model_tag: str) -> None:
+    # A worker killed outright (the OOM killer, SIGKILL) cannot mark itself dead and BentoML
+    # starts another: the dead one's last values must not stay in the per-live-worker gauges
+    # (service_workers one too many, its memory and fds counted, a store outage it saw never
+    # ending for PredictionLogStoreDown) for the rest of the service's life.
+    with ServedService(workers=2) as service:
+        wait_until(lambda: value(scrape(service.url), "service_workers") == 2, timeout=60)
+        before = worker_pids(service)
+        os.kill(min(before), signal.SIGKILL)
+        multiproc = prometheus_dir.directory_for(service.pid)
+
+        def replaced() -> bool:
+            # the new worker has created its metrics (and counts itself in service_workers)
+            new = worker_pids(service) - before
+            return any((multiproc / f"gauge_livesum_{pid}.db").exists() for pid in new)
+
+        wait_until(replaced, timeout=120, interval=0.5)
+        wait_until(lambda: value(scrape(service.url), "service_workers") == 2, timeout=30)
+        time.sleep(PROCESS_SAMPLE_SECONDS + 1)  # every live worker has sampled since
+        assert value(scrape(service.url), "service_workers") == 2
 
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
