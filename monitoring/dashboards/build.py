@@ -199,23 +199,22 @@ def service_health() -> model.Dashboard:
         ),
         series(
             "Batch sizes",
-            "Median instances per request, rows per model call and requests merged into one "
+            "Mean instances per request, rows per model call and requests merged into one "
             "call. Normal: rows per call grow with concurrency (merging); requests merged is 1 "
             "at low traffic.",
-            query(
-                f"histogram_quantile(0.5, sum by"
-                f" (le) (rate(inference_request_instances_bucket{{{SEL}}}[{RATE}])))",
-                "instances per request (p50)",
-            ),
-            query(
-                f"histogram_quantile(0.5, sum by"
-                f" (le) (rate(model_call_rows_bucket{{{SEL}}}[{RATE}])))",
-                "rows per model call (p50)",
-            ),
-            query(
-                f"histogram_quantile(0.5, sum by"
-                f" (le) (rate(model_call_requests_bucket{{{SEL}}}[{RATE}])))",
-                "requests per model call (p50)",
+            # means, not histogram quantiles: a quantile in the first bucket (le 1) is
+            # interpolated between 0 and 1 and showed 0.5 for single-instance requests
+            *(
+                query(
+                    f"sum(rate({metric}_sum{{{SEL}}}[{RATE}]))"
+                    f" / sum(rate({metric}_count{{{SEL}}}[{RATE}]))",
+                    legend,
+                )
+                for metric, legend in (
+                    ("inference_request_instances", "instances per request (mean)"),
+                    ("model_call_rows", "rows per model call (mean)"),
+                    ("model_call_requests", "requests per model call (mean)"),
+                )
             ),
         ),
         series(

@@ -209,6 +209,23 @@ def test_under_normal_traffic_every_dashboard_query_returns_data(stack: Stack) -
     assert len(pending) > 30
 
 
+def test_batch_sizes_are_whole_instances_rows_and_requests(stack: Stack) -> None:
+    # Every request has at least one instance, every model call a row and a request: a panel
+    # showing less (a quantile interpolated inside the histogram's first bucket, 0 to 1) is wrong.
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    queries = [expr for _, panel, expr in expressions() if panel == "Batch sizes"]
+    assert len(queries) == 3
+
+    def answered() -> list[list[float]] | None:
+        send_traffic(stack.service)
+        values = [[float(r["value"][1]) for r in stack.query(expr)] for expr in queries]
+        return values if all(values) else None
+
+    values = wait_until(answered, timeout=30, interval=2)
+    shown = dict(zip(queries, values, strict=True))
+    assert all(v >= 1 for per_query in values for v in per_query), shown
+
+
 @pytest.mark.skipif(DRIFT_PENDING, reason=DRIFT_SKIP)
 def test_drifted_traffic_makes_the_drift_alert_reach_the_webhook(stack: Stack) -> None:
     # A whole window (DRIFT_WINDOW_SIZE, 1000) of instances with every feature moved by its
