@@ -483,8 +483,9 @@ def model_health() -> model.Dashboard:
             "Drift runs by status",
             "Drift runs per interval by outcome. Normal: ok (insufficient_data while the window "
             "fills); failed runs fire DriftMonitorFailing. The configured interval is shown too.",
+            # each run is counted once, by the replica that ran it: summed, unlike the gauges
             query(
-                f"max by (status) (increase(model_drift_runs_total{{{SEL}}}[{RATE}]))",
+                f"sum by (status) (increase(model_drift_runs_total{{{SEL}}}[{RATE}]))",
                 "{{status}}",
             ),
             query(f"max(model_drift_interval_seconds{{{SEL}}})", "interval (s)"),

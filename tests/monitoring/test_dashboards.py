@@ -109,6 +109,45 @@ def test_every_query_is_valid_promql() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_drift_runs_add_up_over_the_replicas(tmp_path: Path) -> None:
+    # A run is counted by the one worker, of one replica, that ran it (the replicas share the
+    # store and take turns): the replicas' counts add up, unlike the drift gauges they all
+    # export alike. Two replicas running one ok run a minute each: two runs a minute.
+    (expr,) = [
+        e
+        for _, panel, e in expressions()
+        if panel == "Drift runs by status" and "model_drift_runs_total" in e
+    ]
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {
+                        "series": "model_drift_runs_total"
+                        f'{{job="credit-risk-service",instance="{i}:3000",status="ok"}}',
+                        "values": "0+0.25x40",
+                    }
+                    for i in ("a", "b")
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "5m",
+                        "exp_samples": [{"labels": '{status="ok"}', "value": 2}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "drift_runs_test.yml"
+    path.write_text(json.dumps(case))
+    result = run(tool("promtool"), "test", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     served: ServedService,
 ) -> None:
