@@ -48,6 +48,8 @@ from service.predlog.spool import Claimed, Spool
 from service.predlog.store import SchemaMismatch, Store, is_refusal
 
 log = logging.getLogger(__name__)
+# Longest a turn stuck in the store goes without the backlog being reported.
+WATCH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,13 @@ class Writer:
         self._deadline = float("inf")
         self._turns = 0
         self._turn_done = threading.Condition()
+        self._turn_started: float | None = None  # monotonic start of the turn in progress
+        self._spool_oldest: datetime | None = None  # as of the last report
         self._last_drop_log = 0.0
         self._thread = threading.Thread(target=self._run, name="predlog-writer", daemon=True)
+        self._watchdog = threading.Thread(
+            target=self._watch, name="predlog-backlog-watch", daemon=True
+        )
 
     # Request path
 
@@ -192,6 +199,7 @@ class Writer:
         else:
             self._set_up(True)
         self._thread.start()
+        self._watchdog.start()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event published before the call has been written or spooled."""
@@ -240,6 +248,7 @@ class Writer:
             by_rows = self._queue.wait(timeout)
             closing = self._closing.is_set()
             housekeeping = not by_rows or time.monotonic() >= self._housekeeping_at
+            self._turn_started = time.monotonic()
             try:
                 self._turn(closing, housekeeping)
             except Exception:  # a bug here must not kill the thread and lose the queue
@@ -254,6 +263,7 @@ class Writer:
                     self._replay[0].release()
                     self._replay = None
                     self._replay_oldest = None
+            self._turn_started = None
             with self._turn_done:
                 self._turns += 1
                 self._turn_done.notify_all()
@@ -458,10 +468,41 @@ class Writer:
             self._write(entries, "replay")
         return True
 
+    def _watch(self) -> None:
+        """Report the backlog while the writer thread is stuck in a turn.
+
+        The writer reports between turns; in a store that hangs (a lock, a server that stops
+        answering) its last report, an age of 0, would stand for as long as the hang lasts and
+        hide exactly the lag the alert is for. This thread reports instead once a turn has taken
+        longer than a reporting interval: what waits in the queue, in flight and in the spool
+        (as of the writer's last report: the spool is the writer's to read).
+        """
+        interval = max(self.config.flush_interval, WATCH_SECONDS)
+        while not self._closing.wait(interval):
+            started = self._turn_started
+            if started is None or time.monotonic() - started < interval:
+                continue
+            try:
+                inflight = list(self._inflight)
+                candidates = [
+                    self._queue.oldest(),
+                    min((e.received_at for e in inflight), default=None),
+                    self._replay_oldest,
+                    self._spool_oldest,
+                ]
+                oldest = min((t for t in candidates if t is not None), default=None)
+                if oldest is not None and self._turn_started == started:
+                    self.observer.queue_depth(self._queue.rows)
+                    age = (datetime.now(UTC) - oldest).total_seconds()
+                    self.observer.backlog_age(max(age, 0.0))
+            except Exception:  # reporting must never take anything down
+                log.exception("reporting the prediction log backlog failed")
+
     def _report(self) -> None:
         self.observer.queue_depth(self._queue.rows)
         self.observer.spool_bytes(self.spool.scan())
-        candidates = [self._queue.oldest(), self.spool.oldest(), self._replay_oldest]
+        self._spool_oldest = self.spool.oldest()
+        candidates = [self._queue.oldest(), self._spool_oldest, self._replay_oldest]
         oldest = min((t for t in candidates if t is not None), default=None)
         age = 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
         self.observer.backlog_age(max(age, 0.0))

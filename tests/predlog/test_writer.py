@@ -357,6 +357,28 @@ def test_shutdown_with_a_hung_store_is_bounded_and_loses_nothing(
     assert row_keys(replayer.store) == expected_keys(before + after)
 
 
+def test_a_hung_store_shows_in_the_backlog_age_and_queue_depth(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    # The writer thread reports between turns; stuck in a store that does not answer, it
+    # cannot. The lag must show all the same (PredictionLogLagging, the lag panel), not the 0
+    # of its last report.
+    writer = make_writer(proxy.url_for(postgresql_url), tmp_path / "spool", shutdown_timeout=1)
+    writer.publish(events(1)[0])
+    writer.flush()
+    assert (writer.stats.age, writer.stats.depth) == (0, 0)
+    proxy.pause()  # the server stops answering, connections stay open
+    published = events(60)  # more than a batch: one batch in flight, the rest queued
+    for e in published:
+        writer.publish(e)
+    wait_until(lambda: writer.stats.age >= 2, timeout=10, interval=0.1)
+    assert 0 < writer.stats.depth < rows_of(published)
+    proxy.resume()
+    wait_until(lambda: (writer.stats.age, writer.stats.depth) == (0, 0), timeout=10)
+    writer.flush()
+    assert writer.stats.total("written") == rows_of(published) + 1
+
+
 def test_a_store_of_another_schema_version_fails_startup_loudly(
     store_url: str, make_writer: MakeWriter
 ) -> None:
