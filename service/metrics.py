@@ -81,6 +81,8 @@ INSTANCE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 CALL_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 CALL_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# What a request the service fails is answered: internal error, unavailable, timeout.
+SERVER_ERROR_CODES = ("500", "503", "504")
 BUILD_PACKAGES = ("bentoml", "scikit-learn", "pandas", "numpy", "evidently", "grpcio")
 PROCESS_SAMPLE_SECONDS = 5.0
 # How stale the request and model-call metrics may be: far below any scrape interval.
@@ -114,7 +116,13 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
 class ServiceMetrics:
     """One worker's metrics: an ``EventSink``, a model-call observer, and the info gauges."""
 
-    def __init__(self, model: LoadedModel, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        registry: CollectorRegistry = REGISTRY,
+        endpoints: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """``endpoints``: the (transport, endpoint) pairs that answer predictions."""
         self.contract: FeatureContract = model.contract
         version = model.version
         r = registry
@@ -185,6 +193,12 @@ class ServiceMetrics:
             ["model_version", "feature", "side"],
             registry=r,
         )
+        # Server-error series from the start, at 0: rate() needs two samples of a series, so
+        # one created by its first error would keep that first burst (a short outage, entirely)
+        # out of the availability SLO's error ratios and burn-rate alerts.
+        for transport, endpoint in endpoints:
+            for code in SERVER_ERROR_CODES:
+                self.requests.labels(transport, endpoint, code)
         model_info = Gauge(
             "model_info",
             "The served model (always 1): tag, version, data set hash, git commit of training.",

@@ -95,7 +95,14 @@ class CreditRiskService:
         self.metrics: ServiceMetrics | None = None
         self.process_metrics: ProcessMetrics | None = None
         if settings.metrics_enabled:
-            self.metrics = ServiceMetrics(model, registry=None)
+            # The endpoints answering predictions (the request paths' endpoint labels)
+            endpoints = [
+                ("http", "/predict"),
+                ("http", f"/v2/models/{model.contract.model_name}/infer"),
+            ]
+            if settings.grpc_enabled:
+                endpoints.append(("grpc", "ModelInfer"))
+            self.metrics = ServiceMetrics(model, registry=None, endpoints=endpoints)
             self.metrics.start()
             sinks.append(self.metrics)
             self.process_metrics = ProcessMetrics(registry=None)

@@ -27,10 +27,11 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.contract import CONTRACT
 from service import prometheus_dir
 from service.metrics import PROCESS_SAMPLE_SECONDS, REQUEST_FLUSH_SECONDS
 from service.predlog.store import Store
-from tests.oip_support import triton_inputs
+from tests.oip_support import rest_body, triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.predlog.helpers import wait_until
 from tests.support import ROOT, ServedService, example_rows
@@ -214,6 +215,40 @@ def test_two_servers_sharing_a_bentoml_home_keep_their_own_metrics(model_tag: st
             wait_until(lambda: answered(scrape(second.url)) >= 1)
             assert answered(settled_scrape(second.url)) == 1
             assert answered(settled_scrape(first.url)) == 3
+
+
+def test_server_error_series_exist_before_the_first_error(served: ServedService) -> None:
+    # rate() needs two samples of a series: a 5xx series created by its first error would hide
+    # that first burst (a short outage entirely) from the SLO's error ratios and burn-rate alerts.
+    # Every endpoint answering predictions has its server-error series from the start, at 0.
+    rows = example_rows(2)
+    post_fresh(served.url, {"instances": rows})
+    rest = httpx.post(f"{served.url}/v2/models/{CONTRACT.model_name}/infer", json=rest_body(rows))
+    assert rest.status_code == 200, rest.text
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}") as grpc_client:
+        grpc_client.infer(CONTRACT.model_name, triton_inputs(triton_grpc, rows))
+
+    def endpoints() -> set[tuple[str, str]] | None:
+        found = {
+            (dict(labels)["transport"], dict(labels)["endpoint"])
+            for (name, labels), _ in scrape(served.url).items()
+            if name == "inference_requests_total"
+        }
+        return found if len(found) >= 3 else None  # the three answered requests are applied
+
+    answered = wait_until(endpoints, timeout=10)
+    samples = scrape(served.url)
+    missing = [
+        (transport, endpoint, code)
+        for transport, endpoint in sorted(answered)
+        for code in ("500", "503", "504")
+        if (
+            "inference_requests_total",
+            frozenset({("transport", transport), ("endpoint", endpoint), ("code", code)}),
+        )
+        not in samples
+    ]
+    assert missing == []
 
 
 def worker_pids(service: ServedService) -> set[int]:
