@@ -581,6 +581,9 @@ class DriftMetrics:
         for status in ("ok", "insufficient_data", "failed"):
             self._runs.labels(status)
         interval.set(interval_seconds)
+        # 0 until a completed run is shown: a `mostrecent` gauge never set is left out of the
+        # scrape, and DriftMonitorStale could not fire for a monitor that never completes a run
+        self._last_run.set(0)
         self._methods: dict[str, str] = {}
         # The contract's features, so that their series exist (NaN) before the first verdict.
         self._features = set(features)

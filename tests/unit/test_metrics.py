@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import weakref
 from datetime import UTC, datetime
+from pathlib import Path
 
 import bentoml
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from models.contract import CONTRACT
 from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
@@ -24,7 +29,7 @@ from service.metrics import (
 from service.model import LoadedModel, load_model
 from service.validation import InstanceValidator, RequestRejected
 from tests.predlog.helpers import wait_until
-from tests.support import example_rows
+from tests.support import ROOT, example_rows
 
 # Any model's: the first integer and categorical features of the contract, its labels.
 INTEGER = CONTRACT.of_kind("integer")[0].name
@@ -309,3 +314,19 @@ def test_a_queued_model_call_holds_only_the_columns_it_checks(
     metrics.flush()
     side = {"model_version": model.version, "feature": INTEGER, "side": "above"}
     assert registry.get_sample_value("model_out_of_training_range_total", side) == 0
+
+
+def test_drift_metrics_show_no_run_yet_as_a_last_run_at_0_in_multiprocess_mode(
+    tmp_path: Path,
+) -> None:
+    # As served (BentoML's multiprocess mode, `livemostrecent` gauges), before any run has
+    # completed: a last run at 0, as documented, so that DriftMonitorStale
+    # (time() - last run > 3 intervals) can fire for a monitor that never completes one. A
+    # `mostrecent` gauge never set is left out of the scrape altogether.
+    code = "from service.metrics import DriftMetrics; DriftMetrics(['a', 'b'], 60, registry=None)"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=120)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("model_drift_interval_seconds") == 60
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") == 0
