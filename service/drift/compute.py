@@ -8,7 +8,12 @@ share of drifted features and the dataset verdict are about the inputs; the mode
 column. Evidently's own defaults apply: per column a test chosen by the column's type and the
 reference size (p-values up to 1000 reference rows: K-S, or chi-square/Z for categories and for
 numbers with at most 5 distinct values; distances above), and dataset drift when at least half
-of the features drift.
+of the features drift. One exception: where Evidently would choose its chi-square test, a
+two-sample chi-square test (of homogeneity) takes its place. Evidently's is a goodness-of-fit
+test that takes the reference's proportions as exact, although the reference is a sample too
+(750 rows in the example): traffic from the reference's own population is then flagged more often
+the larger the window (in simulation, about 38% of such columns at 1000 rows and 88% at 10,000,
+instead of 5%), and a single instance of a value the reference lacks gives a p-value of 0.
 
 Imports Evidently, which takes seconds: only the drift child process imports this module.
 """
@@ -21,8 +26,16 @@ from typing import Any
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
+from evidently.legacy.calculations.stattests import chi_stat_test
+from evidently.legacy.calculations.stattests.registry import (
+    StatTest,
+    get_stattest,
+    register_stattest,
+)
+from evidently.legacy.core import ColumnType
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
+from scipy.stats import chi2_contingency
 
 from service.contract import CategoricalFeature, FeatureContract
 from service.drift.summary import ColumnDrift
@@ -31,6 +44,29 @@ from service.drift.summary import ColumnDrift
 DRIFT_SHARE = 0.5
 _VALUE_DRIFT = "evidently:metric_v2:ValueDrift"
 _DRIFTED_COUNT = "evidently:metric_v2:DriftedColumnsCount"
+
+
+def _chi_square_two_sample(
+    reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
+) -> tuple[float, bool]:
+    """Chi-square test of homogeneity of the two samples' value counts (a 2 x k table)."""
+    counts = pd.concat(
+        [reference.value_counts(), current.value_counts()], axis=1, keys=["r", "c"]
+    ).fillna(0)
+    if len(counts) < 2:  # one value in both: nothing can differ
+        return 1.0, False
+    p_value = float(chi2_contingency(counts.to_numpy().T, correction=False).pvalue)
+    return p_value, p_value < threshold
+
+
+CHI_SQUARE_TWO_SAMPLE = StatTest(
+    name="chisquare_two_sample",
+    display_name="chi-square two-sample p_value",
+    allowed_feature_types=[ColumnType.Categorical, ColumnType.Numerical],
+    default_threshold=0.05,
+)
+register_stattest(CHI_SQUARE_TWO_SAMPLE, default_impl=_chi_square_two_sample)
+_DISPLAY_NAMES = {CHI_SQUARE_TWO_SAMPLE.name: CHI_SQUARE_TWO_SAMPLE.display_name}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +92,15 @@ def compute_drift(
     """Compare ``current`` with ``reference`` (both: the contract's features and its score)."""
     columns = [*contract.feature_names, contract.score_name]
     definition = data_definition(contract)
+    methods = _methods(reference, current, contract)
     report = Report(
         [
-            DataDriftPreset(columns=list(contract.feature_names), drift_share=DRIFT_SHARE),
-            ValueDrift(column=contract.score_name),
+            DataDriftPreset(
+                columns=list(contract.feature_names),
+                drift_share=DRIFT_SHARE,
+                per_column_method=methods,
+            ),
+            ValueDrift(column=contract.score_name, method=methods.get(contract.score_name)),
         ],
         # The per-column tests carry Evidently's drifted/not-drifted verdict, whichever the
         # direction of the method's score (p-value or distance).
@@ -70,6 +111,20 @@ def compute_drift(
         Dataset.from_pandas(reference[columns], data_definition=definition),
     )
     return _result(snapshot, contract)
+
+
+def _methods(
+    reference: pd.DataFrame, current: pd.DataFrame, contract: FeatureContract
+) -> dict[str, str]:
+    """The columns Evidently would test with its goodness-of-fit chi-square, mapped to the
+    two-sample one; every other column keeps Evidently's choice."""
+    categorical = {f.name for f in contract.features if isinstance(f, CategoricalFeature)}
+    methods: dict[str, str] = {}
+    for name in [*contract.feature_names, contract.score_name]:
+        kind = ColumnType.Categorical if name in categorical else ColumnType.Numerical
+        if get_stattest(reference[name], current[name], kind, None) is chi_stat_test:
+            methods[name] = CHI_SQUARE_TWO_SAMPLE.name
+    return methods
 
 
 def _result(snapshot: Snapshot, contract: FeatureContract) -> DriftResult:
@@ -86,7 +141,8 @@ def _result(snapshot: Snapshot, contract: FeatureContract) -> DriftResult:
         if config["type"] == _VALUE_DRIFT:
             column = config["column"]
             columns[column] = ColumnDrift(
-                method=str(config["method"]),
+                # An auto-chosen test is named by Evidently's display name; ours likewise.
+                method=_DISPLAY_NAMES.get(config["method"], str(config["method"])),
                 score=float(metric["value"]),
                 threshold=float(config["threshold"]),
                 drifted=column in failed,

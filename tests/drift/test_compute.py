@@ -60,3 +60,42 @@ def test_most_features_shifted_is_dataset_drift(model: LoadedModel) -> None:
 
     assert result.drifted_share >= 0.5
     assert result.dataset_drift is True
+
+
+def population_samples(model: LoadedModel, sizes: tuple[int, ...], seed: int) -> list[pd.DataFrame]:
+    """Independent samples of one population (the data set, drawn with replacement), scored."""
+    population = model.contract.frame(sample(1000, seed=seed))
+    frames = []
+    for i, n in enumerate(sizes):
+        frame = population.sample(n, replace=True, random_state=seed + i).reset_index(drop=True)
+        frame[model.contract.score_name] = model.score(frame)
+        frames.append(frame)
+    return frames
+
+
+def test_a_large_window_of_the_reference_population_does_not_drift(model: LoadedModel) -> None:
+    # The reference is a sample too: a test that took its proportions as exact (Evidently's
+    # goodness-of-fit chi-square) flagged most categorical features of a 10,000-row window drawn
+    # from the reference's own population, and the data set with them.
+    reference, current = population_samples(model, (750, 10_000), seed=4)
+
+    result = compute_drift(reference, current, model.contract)
+
+    flagged = [name for name, f in result.features.items() if f.drifted]
+    assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
+    assert result.dataset_drift is False
+    assert result.features["purpose"].method == "chi-square two-sample p_value"
+
+
+def test_one_instance_of_a_value_the_reference_lacks_is_not_drift(model: LoadedModel) -> None:
+    # The contract allows 1 to 20 existing credits; the training data holds 1 to 4.
+    reference = model.reference()
+    column = "number_of_existing_credits_at_this_bank"
+    assert reference[column].max() < 6
+    current = reference.copy()
+    current.loc[0, column] = 6
+
+    result = compute_drift(reference, current, model.contract)
+
+    assert result.features[column].drifted is False, result.features[column]
+    assert result.features[column].score > 0.5
