@@ -87,6 +87,8 @@ def register_model(
 
     ``metadata`` must hold ``decision_threshold``; ``reference`` must hold every contract feature
     and ``contract.score_name``; the estimator's classes must be 0 (negative) and 1 (positive).
+    ``reference`` is the drift baseline: the training rows, and as their score what a model not
+    fitted on them gives (out-of-fold), which new rows of the same population also get.
     """
     if "decision_threshold" not in metadata:
         raise ValueError("metadata must record the decision_threshold")
