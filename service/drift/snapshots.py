@@ -2,8 +2,9 @@
 
 Named after the run's interval slot (``drift-20250131T120000Z.json`` / ``.html``), so names sort
 by time; written to a temporary name and renamed, so a reader never sees half a report. Only the
-newest ``keep`` runs' snapshots are kept, and the reports of fewer of them: a report is ~200 times
-the size of its snapshot, which holds all it shows (``Snapshot.load(path).save_html(...)``).
+newest ``keep`` runs' snapshots are kept, and the reports of fewer of them: a report (~4 MB) is
+~5 times the size of its snapshot (~0.8 MB), which holds all it shows
+(``Snapshot.load(path).save_html(...)``).
 """
 
 from __future__ import annotations

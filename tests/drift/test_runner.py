@@ -53,3 +53,42 @@ def test_a_run_records_when_the_data_of_its_window_arrived(
     gauge = registry.get_sample_value
     assert gauge("model_drift_window_newest_timestamp_seconds") == newest.timestamp()
     assert gauge("model_drift_window_oldest_timestamp_seconds") == oldest.timestamp()
+
+
+def test_a_runs_snapshot_loads_back_into_evidently_and_rebuilds_its_report(
+    store: Store, store_url: str, model: LoadedModel, tmp_path: Path
+) -> None:
+    # README: the .json snapshots load back with Snapshot.load(path), and a report pruned by
+    # DRIFT_REPORTS_KEEP can be rebuilt from its snapshot.
+    from evidently.core.report import Snapshot
+
+    log_predictions(store, model, sample(150, seed=3))
+    job = {
+        "slot": 0,
+        "store_url": store_url,
+        "model_tag": model.tag,
+        "contract_path": str(model.path / CONTRACT_FILE),
+        "reference_path": str(model.path / REFERENCE_FILE),
+        "window_size": 1000,
+        "max_age_seconds": 0,
+        "min_samples": 100,
+        "snapshot_dir": str(tmp_path),
+        "keep": 5,
+        "keep_reports": 5,
+    }
+
+    summary = run_job(job)
+
+    name = summary.report.removesuffix(".html")
+    loaded = Snapshot.load(tmp_path / f"{name}.json")
+    values = {
+        m["config"]["column"]: m["value"]
+        for m in loaded.dict()["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    }
+    assert values[model.contract.score_name] == summary.prediction.score
+    assert values["age_in_years"] == summary.features["age_in_years"].score
+    loaded.save_html(str(tmp_path / "rebuilt.html"))
+    rebuilt = (tmp_path / "rebuilt.html").read_text()
+    assert model.contract.score_name in rebuilt
+    assert "age_in_years" in rebuilt
