@@ -109,7 +109,7 @@ def time_runs(model: LoadedModel, work: Path, repeats: int) -> list[dict[str, An
             result = compute_drift(reference, window, model.contract)
             t2 = time.perf_counter()
             name = snapshots.run_name(int(time.time()))
-            snapshots.write_atomically(work / f"{name}.json", result.snapshot.save_json)
+            snapshots.write_snapshot(work / f"{name}.json", result.snapshot)
             snapshots.write_atomically(work / f"{name}.html", result.snapshot.save_html)
             t3 = time.perf_counter()
             for key, value in (("read", t1 - t0), ("evidently", t2 - t1), ("files", t3 - t2)):

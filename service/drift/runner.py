@@ -77,12 +77,7 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
     directory = Path(job["snapshot_dir"])
     directory.mkdir(parents=True, exist_ok=True)
     name = snapshots.run_name(job["slot"])
-    # The full snapshot (Evidently's dumps(), what Snapshot.load reads back and a report is
-    # rebuilt from), not save_json's export of the values alone, which Snapshot.load refuses.
-    snapshots.write_atomically(
-        directory / f"{name}.json",
-        lambda path: Path(path).write_text(result.snapshot.dumps(), encoding="utf-8"),
-    )
+    snapshots.write_snapshot(directory / f"{name}.json", result.snapshot)
     snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
     snapshots.prune(directory, job["keep"], job["keep_reports"])
     return DriftSummary(

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 PREFIX = "drift-"
 
@@ -31,6 +32,14 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def write_snapshot(path: Path, snapshot: Any) -> None:
+    """Evidently's full snapshot (``dumps()``), what ``Snapshot.load`` reads back and a report is
+    rebuilt from; ``save_json`` writes an export of the values alone, which it refuses."""
+    write_atomically(
+        path, lambda temporary: Path(temporary).write_text(snapshot.dumps(), encoding="utf-8")
+    )
 
 
 def prune(directory: Path, keep: int, keep_reports: int | None = None) -> int:
