@@ -21,6 +21,7 @@ Imports Evidently, which takes seconds: only the drift child process imports thi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -87,9 +88,16 @@ def data_definition(contract: FeatureContract) -> DataDefinition:
 
 
 def compute_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, contract: FeatureContract
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    contract: FeatureContract,
+    timestamp: datetime | None = None,
 ) -> DriftResult:
-    """Compare ``current`` with ``reference`` (both: the contract's features and its score)."""
+    """Compare ``current`` with ``reference`` (both: the contract's features and its score).
+
+    ``timestamp`` is the snapshot's time (the run's, UTC); Evidently's default is the local time
+    without a zone.
+    """
     columns = [*contract.feature_names, contract.score_name]
     definition = data_definition(contract)
     methods = _methods(reference, current, contract)
@@ -109,6 +117,7 @@ def compute_drift(
     snapshot = report.run(
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
+        timestamp=timestamp or datetime.now(UTC),
     )
     return _result(snapshot, contract)
 

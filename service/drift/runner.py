@@ -73,7 +73,7 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
         return DriftSummary(
             "insufficient_data", duration_seconds=time.perf_counter() - started, **common
         )
-    result = compute_drift(_reference(job["reference_path"]), window, contract)
+    result = compute_drift(_reference(job["reference_path"]), window, contract, computed_at)
     directory = Path(job["snapshot_dir"])
     directory.mkdir(parents=True, exist_ok=True)
     name = snapshots.run_name(job["slot"])

@@ -81,6 +81,8 @@ def test_a_runs_snapshot_loads_back_into_evidently_and_rebuilds_its_report(
 
     name = summary.report.removesuffix(".html")
     loaded = Snapshot.load(tmp_path / f"{name}.json")
+    # the run's time, in UTC like its name and computed_at (Evidently's default: local, no zone)
+    assert loaded.dump_dict()["timestamp"] == summary.computed_at
     values = {
         m["config"]["column"]: m["value"]
         for m in loaded.dict()["metrics"]
