@@ -6,9 +6,9 @@ One typed class, documented field by field; the README's settings table is check
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import models.contract
@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         "`bentoml build`. Default: the latest version of the contract's model "
         "(`models/contract.py`), the one `python -m models.train` registers.",
     )
-    workers: int | Literal["cpu_count"] = Field(
+    workers: Annotated[int, Field(ge=1)] | Literal["cpu_count"] = Field(
         "cpu_count",
         description="HTTP worker processes (each loads the model); `cpu_count` = one per core.",
     )
@@ -219,6 +219,32 @@ class Settings(BaseSettings):
     )
 
 
+class InvalidSettings(SystemExit):
+    """Environment variables the service cannot run with: the program stops (exit code 1) with
+    one line per variable, named as it is set, and no traceback."""
+
+    def __init__(self, error: ValidationError) -> None:
+        problems: dict[str, list[str]] = {}
+        values: dict[str, object] = {}
+        for item in error.errors():
+            name = str(item["loc"][0]).upper() if item["loc"] else "?"
+            problems.setdefault(name, []).append(item["msg"])
+            values[name] = item["input"]
+        lines = [
+            f"  {name}={values[name]!r}: {'; or '.join(messages)}"
+            for name, messages in problems.items()
+        ]
+        super().__init__("invalid settings (environment variables):\n" + "\n".join(lines))
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; :class:`InvalidSettings` names any invalid one."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(exc) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -31,7 +31,7 @@ from service.predlog.schema import DATA_TABLES, SCHEMA_VERSION, predictions
 from service.predlog.spool import QUARANTINE, Spool
 from service.predlog.store import SchemaMissing, Store
 from service.predlog.writer import Writer, WriterConfig
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     store = Store(args.url or settings.prediction_log_url)
     try:
         return _run(args, settings, store)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 import models.contract
-from service.settings import Settings
+from service.settings import Settings, load_settings
 from tests.support import ROOT
 
 
@@ -34,3 +34,30 @@ def test_no_code_outside_models_names_the_example_model() -> None:
         if tag in path.read_text()
     ]
     assert offenders == []
+
+
+def test_invalid_values_stop_the_program_naming_each_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An operator sets environment variables, not fields: the message names them as set, one
+    # line each, and is all that is printed (SystemExit: no traceback).
+    monkeypatch.setenv("WORKERS", "0")
+    monkeypatch.setenv("GRPC_PORT", "70000")
+    monkeypatch.setenv("ACCESS_LOG", "maybe")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid settings (environment variables):"
+    assert sorted(line.split("=")[0].strip() for line in lines[1:]) == [
+        "ACCESS_LOG",
+        "GRPC_PORT",
+        "WORKERS",
+    ]
+    assert "  GRPC_PORT='70000': Input should be less than or equal to 65535" in lines
+    assert info.value.code != 0
+
+
+@pytest.mark.parametrize("workers", ["cpu_count", "3"])
+def test_workers_is_a_count_or_cpu_count(monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
+    monkeypatch.setenv("WORKERS", workers)
+    assert str(load_settings().workers) == workers

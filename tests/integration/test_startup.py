@@ -1,0 +1,21 @@
+"""Start-up of `bentoml serve` with settings it cannot run with, as an operator meets it: the
+process stops with a message naming the environment variable, not a traceback. Each test runs
+its own `bentoml serve`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import ServedService
+
+
+def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) -> None:
+    service = ServedService(env={"WORKERS": "0", "GRPC_PORT": "70000"})
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start()
+    output = str(info.value)
+    assert "invalid settings (environment variables):" in output
+    assert "WORKERS='0': Input should be greater than or equal to 1" in output
+    assert "GRPC_PORT='70000': Input should be less than or equal to 65535" in output
+    assert "Traceback" not in output
+    assert service.stop() == 1
