@@ -140,7 +140,15 @@ class Spool:
     def __init__(self, directory: str | Path, max_bytes: int) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        (self.directory / QUARANTINE).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.directory / QUARANTINE).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only, full: the service still answers, appends are refused
+            log.error(
+                "cannot create the prediction log spool %s (%s); records the store cannot take "
+                "are dropped and counted until it can be written",
+                self.directory,
+                exc,
+            )
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._sealed: dict[Path, datetime] = {}  # own sealed segments -> their oldest entry
@@ -234,7 +242,7 @@ class Spool:
         """Bytes in the directory now (all processes' segments and the quarantine)."""
         total = 0
         for directory in (self.directory, self.directory / QUARANTINE):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # not made yet
                 for path in directory.iterdir():
                     with contextlib.suppress(FileNotFoundError):
                         if path.is_file():
@@ -271,6 +279,7 @@ class Spool:
         }
         ids = [row["event_id"].encode() for row in entry.rows]
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             with self._lock:
                 # Refusals are rare and event ids unique: a plain search of the files will do.
                 for kept in directory.glob("*.jsonl"):

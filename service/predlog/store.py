@@ -193,7 +193,7 @@ def make_engine(url: str) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         assert parsed.database is not None
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.database).parent
         connect_args: dict[str, Any] = (
             {} if "timeout" in parsed.query else {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
         )
@@ -203,6 +203,9 @@ def make_engine(url: str) -> Engine:
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
         )
+        # The directory is created on each connection attempt, not once here: one that cannot
+        # be created yet (read-only volume) is a store that is down, retried, not a failed start.
+        event.listen(engine, "do_connect", lambda *_: directory.mkdir(parents=True, exist_ok=True))
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine

@@ -145,6 +145,27 @@ def test_every_answer_of_a_concurrent_load_is_recorded_by_sigterm(
     assert access_lines(served.output) == {a.request_id: a.status for a in answered}
 
 
+def test_a_log_location_that_cannot_be_written_fails_no_prediction(
+    model_tag: str, tmp_path: Path
+) -> None:
+    """The volume of the store and the spool is missing or read-only (here a file where their
+    directories must go): the service starts, answers, counts the records it could not keep and
+    stops cleanly."""
+    volume = tmp_path / "volume"
+    volume.write_text("not a directory")
+    env = log_env(f"sqlite:///{volume}/predictions.db", volume / "spool")
+    with ServedService(env=env, workers=1) as served:
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            answers = fire(client, payloads(20, 5))
+        assert served.stop() == 0
+    assert None not in answers
+    (summary,) = closing_summaries(served.output)
+    assert summary["dropped"] == sum(a.instances for a in answers if a is not None) + 5
+    assert summary["written"] == summary["spooled"] == 0
+    assert "cannot create the prediction log spool" in served.output
+    assert "Traceback" not in served.output
+
+
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
     proxy = TcpProxy(("127.0.0.1", 5432)).start()

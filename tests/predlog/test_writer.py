@@ -274,6 +274,29 @@ def test_a_store_down_for_many_retries_is_logged_once_per_outage(
         assert logged_over_retries() - first in (1, 2)
 
 
+def test_a_log_location_that_cannot_be_written_counts_drops_then_recovers(
+    tmp_path: Path, make_writer: MakeWriter
+) -> None:
+    """A volume missing or read-only at start (here a file where the directories must go: root
+    may write anywhere): the log starts, drops and counts, and writes once the location is."""
+    volume = tmp_path / "volume"
+    volume.write_text("not a directory")
+    writer = make_writer(f"sqlite:///{volume}/log/predictions.db", spool_dir=volume / "spool")
+    assert writer.stats.up is False
+    lost = events(20)
+    for e in lost:
+        writer.publish(e)
+    writer.flush()
+    assert writer.stats.drops["spool_full"] == rows_of(lost)
+    volume.unlink()  # the volume is mounted, or made writable
+    wait_until(lambda: writer.stats.up)
+    kept = events(20)
+    for e in kept:
+        writer.publish(e)
+    writer.flush()
+    assert row_keys(writer.store) == expected_keys(kept)
+
+
 def test_spool_over_its_cap_counts_every_drop(
     sqlite_url: str, make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
 ) -> None:
