@@ -31,7 +31,7 @@ from service.metrics import (
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import v2_routes
-from service.oip.server import GrpcServer, check_port_free
+from service.oip.server import GrpcServer, check_port_free, serving_http_port
 from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings
 
@@ -164,7 +164,7 @@ class CreditRiskService:
         # Runs once, in `bentoml serve`'s main process, before any worker starts: a taken port
         # stops the service with a clear message instead of serving HTTP only.
         if settings.grpc_enabled:
-            check_port_free(settings.grpc_host, settings.grpc_port)
+            check_port_free(settings.grpc_host, settings.grpc_port, serving_http_port())
 
     @bentoml.on_startup
     async def start_balancer(self) -> None:

@@ -45,8 +45,24 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`GrpcPortUnavailable` if something listens on ``host:port``.
+def serving_http_port() -> int | None:
+    """The port ``bentoml serve`` is about to serve HTTP on (``--port``, ``BENTOML_PORT``, else
+    BentoML's configured default), from its main process; None elsewhere."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None or "port" not in context.params:
+        return None
+    if context.params["port"] is not None:
+        return int(context.params["port"])
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return int(BentoMLContainer.http.port.get())
+
+
+def check_port_free(host: str, port: int, http_port: int | None = None) -> None:
+    """Raise :class:`GrpcPortUnavailable` if something listens on ``host:port``, or if it is
+    ``http_port``, which BentoML binds only after this check.
 
     The probe binds without SO_REUSEPORT, so it fails on any listener, including one that would
     share the port with our workers (another copy of this service). Port 0 (a free port per
@@ -54,6 +70,11 @@ def check_port_free(host: str, port: int) -> None:
     """
     if port == 0:
         return
+    if port == http_port:
+        raise GrpcPortUnavailable(
+            f"GRPC_PORT {port} is also the HTTP port; choose another GRPC_PORT (or HTTP port), "
+            "or set GRPC_ENABLED=false to serve HTTP only"
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR, as servers set it: connections of a previous run in TIME_WAIT don't count.

@@ -32,6 +32,16 @@ def test_a_taken_grpc_port_stops_the_service(model_tag: str, reuseport: bool) ->
     assert "GRPC_ENABLED=false" in str(info.value)
 
 
+def test_a_grpc_port_that_is_the_http_port_stops_the_service(model_tag: str) -> None:
+    """BentoML binds the HTTP port after the check: without a word, every worker would fail to
+    bind gRPC, and be restarted, forever."""
+    service = ServedService(workers=1)
+    service.env["GRPC_PORT"] = str(service.port)
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start(timeout=60)
+    assert f"GRPC_PORT {service.port} is also the HTTP port" in str(info.value)
+
+
 def test_sigterm_reports_not_serving_then_stops(model_tag: str) -> None:
     env = {"GRPC_SHUTDOWN_GRACE_SECONDS": "1"}
     with ServedService(env=env, workers=1) as service:
