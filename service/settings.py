@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import models.contract
@@ -218,6 +218,20 @@ class Settings(BaseSettings):
         "it has 5 minutes of its own.",
     )
 
+    @field_validator("prediction_log_url")
+    @classmethod
+    def _a_supported_store(cls, url: str) -> str:
+        # Checked here, so that a wrong URL stops the service once, at start (InvalidSettings),
+        # rather than every worker, restarted forever. Imported late: service.predlog imports
+        # this module.
+        from service.predlog.store import parse_url
+
+        try:
+            parse_url(url)
+        except Exception as exc:  # ValueError, or SQLAlchemy's ArgumentError: not a URL at all
+            raise ValueError(str(exc)) from None
+        return url
+
 
 class InvalidSettings(SystemExit):
     """Environment variables the service cannot run with: the program stops (exit code 1) with
@@ -230,8 +244,10 @@ class InvalidSettings(SystemExit):
             name = str(item["loc"][0]).upper() if item["loc"] else "?"
             problems.setdefault(name, []).append(item["msg"])
             values[name] = item["input"]
+        # A URL's password is not printed: the store's own message shows the URL without it.
         lines = [
-            f"  {name}={values[name]!r}: {'; or '.join(messages)}"
+            f"  {name}{'' if name.endswith('_URL') else f'={values[name]!r}'}: "
+            + "; or ".join(messages)
             for name, messages in problems.items()
         ]
         super().__init__("invalid settings (environment variables):\n" + "\n".join(lines))

@@ -19,3 +19,13 @@ def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) 
     assert "GRPC_PORT='70000': Input should be less than or equal to 65535" in output
     assert "Traceback" not in output
     assert service.stop() == 1
+
+
+def test_an_unsupported_prediction_log_url_stops_the_service(model_tag: str) -> None:
+    service = ServedService(env={"PREDICTION_LOG_URL": "mysql://app@db/log"}, workers=1)
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start(timeout=60)
+    assert "PREDICTION_LOG_URL: Value error, PREDICTION_LOG_URL 'mysql://app@db/log': only" in str(
+        info.value
+    )
+    assert "Traceback" not in str(info.value)

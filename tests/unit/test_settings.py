@@ -61,3 +61,23 @@ def test_invalid_values_stop_the_program_naming_each_variable(
 def test_workers_is_a_count_or_cpu_count(monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
     monkeypatch.setenv("WORKERS", workers)
     assert str(load_settings().workers) == workers
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://app:s3cret@db/log", "only sqlite:///path and postgresql://... stores"),
+        ("sqlite://", "an in-memory SQLite store would lose every row"),
+        ("predictions.db", "Could not parse SQLAlchemy URL"),
+    ],
+)
+def test_an_unsupported_prediction_log_url_is_an_invalid_setting(
+    monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    # Refused at start, once, rather than by every worker's store, restarted forever.
+    monkeypatch.setenv("PREDICTION_LOG_URL", url)
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "PREDICTION_LOG_URL" in str(info.value)
+    assert says in str(info.value)
+    assert "s3cret" not in str(info.value)
