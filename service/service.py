@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable
 
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
@@ -200,12 +201,19 @@ class CreditRiskService:
             await self.grpc_server.stop()
         # Answer the requests already accepted first: their events must reach the logs.
         await self.predictor.aclose()
+        # Side by side, off the event loop: with the store hung, each waits for it (the drift
+        # thread up to 10 s), and one after the other the log's PREDICTION_LOG_SHUTDOWN_TIMEOUT_
+        # SECONDS would start only after drift's wait, nearer the orchestrator's SIGKILL.
+        stopping: list[Awaitable[None]] = []
         if self.drift is not None:  # kills a run in progress: it must not hold up the shutdown
-            await asyncio.to_thread(self.drift.stop)
+            stopping.append(asyncio.to_thread(self.drift.stop))
         if self.prediction_log is not None:
-            # Blocking (commits, fsync): off the event loop. Bounded by
-            # PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS; what the store cannot take is spooled.
-            await asyncio.to_thread(self.prediction_log.close)
+            # Blocking (commits, fsync). Bounded by PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS; what
+            # the store cannot take is spooled.
+            stopping.append(asyncio.to_thread(self.prediction_log.close))
+        for result in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(result, BaseException):  # the other one still finished its work
+                log.error("shutdown step failed", exc_info=result)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
         if self.metrics is not None:

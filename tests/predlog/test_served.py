@@ -236,3 +236,38 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
     assert sum(s["written"] for s in summaries) + spooled == len(expected[0]) + len(expected[1])
     assert "unavailable" in served.output  # the outage was logged
     assert not list(spool.glob("*.spool"))
+
+
+def test_with_postgresql_hung_the_log_is_spooled_within_its_shutdown_timeout_of_sigterm(
+    model_tag: str, postgresql_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """Drift's thread waits on the hung store too (up to 10 s): that wait must not come before
+    PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS, pushing the spooling of what is in memory towards
+    the orchestrator's SIGKILL."""
+    spool = tmp_path / "spool"
+    env = log_env(
+        proxy.url_for(postgresql_url),
+        spool,
+        PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS="2",
+        DRIFT_ENABLED="true",
+        DRIFT_INTERVAL_SECONDS="1",  # its thread reads the store every half second
+        DRIFT_SNAPSHOT_DIR=str(tmp_path / "drift"),
+    )
+    with ServedService(env=env, workers=1) as served:
+        proxy.pause()  # connections stay open, nothing answers: a hung server
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            answers = fire(client, payloads(20, 0))
+        time.sleep(2)
+        stopped: list[int] = []
+        stopper = threading.Thread(target=lambda: stopped.append(served.stop()))
+        started = time.monotonic()
+        stopper.start()
+        wait_until(lambda: "prediction log closed" in served.read_log(), timeout=60)
+        took = time.monotonic() - started
+        stopper.join(60)
+    assert stopped == [0]
+    assert None not in answers
+    assert "did not answer within 2s of shutdown" in served.output
+    (summary,) = closing_summaries(served.output)
+    assert summary["spooled"] == sum(a.instances for a in answers if a is not None)
+    assert took < 8, f"the log closed {took:.1f}s after SIGTERM"
