@@ -150,6 +150,8 @@ class Spool:
                 exc,
             )
         self._lock = threading.Lock()
+        # Why the last append was refused although the spool had room (None: it was not).
+        self.write_error: OSError | None = None
         self._active: _Active | None = None
         self._sealed: dict[Path, datetime] = {}  # own sealed segments -> their oldest entry
         self._size = self.scan()
@@ -177,8 +179,9 @@ class Spool:
                         self._active = _Active(self.directory)
                     self._active.write(b"".join(data))
                 except OSError as exc:  # disk full, directory unwritable: refused like a full spool
-                    log.error("cannot write to the spool %s: %s", self.directory, exc)
+                    self.write_error = exc  # the writer logs it, at most once per 10 s
                     return [], entries
+                self.write_error = None
                 if self._active.oldest is None:
                     self._active.oldest = min(e.received_at for e in kept)
                 self._size = size

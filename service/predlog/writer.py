@@ -376,12 +376,16 @@ class Writer:
             now = time.monotonic()
             if now - self._last_drop_log > 10:  # one line per 10 s, the counters have the rest
                 self._last_drop_log = now
+                error = self.spool.write_error
+                why = (
+                    f"cannot be written ({error})"
+                    if error is not None
+                    else f"is full ({self.spool.size} bytes, cap {self.spool.max_bytes})"
+                )
                 log.error(
-                    "prediction log spool %s is full (%d bytes, cap %d): dropping rows; see the "
-                    "dropped counter",
+                    "prediction log spool %s %s: dropping rows; see the dropped counter",
                     self.spool.directory,
-                    self.spool.size,
-                    self.spool.max_bytes,
+                    why,
                 )
 
     # Store state

@@ -275,7 +275,7 @@ def test_a_store_down_for_many_retries_is_logged_once_per_outage(
 
 
 def test_a_log_location_that_cannot_be_written_counts_drops_then_recovers(
-    tmp_path: Path, make_writer: MakeWriter
+    tmp_path: Path, make_writer: MakeWriter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A volume missing or read-only at start (here a file where the directories must go: root
     may write anywhere): the log starts, drops and counts, and writes once the location is."""
@@ -286,8 +286,12 @@ def test_a_log_location_that_cannot_be_written_counts_drops_then_recovers(
     lost = events(20)
     for e in lost:
         writer.publish(e)
-    writer.flush()
+    with caplog.at_level(logging.ERROR):
+        writer.flush()
     assert writer.stats.drops["spool_full"] == rows_of(lost)
+    dropping = [r.getMessage() for r in caplog.records if "dropping rows" in r.getMessage()]
+    assert dropping
+    assert all("cannot be written" in m and "is full" not in m for m in dropping)
     volume.unlink()  # the volume is mounted, or made writable
     wait_until(lambda: writer.stats.up)
     kept = events(20)
