@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import models.contract
@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     drift_snapshot_keep: int = Field(
         168,
         ge=1,
-        description="Runs whose Evidently snapshot (JSON, ~20 KB) is kept (the oldest are "
+        description="Runs whose Evidently snapshot (JSON, ~0.8 MB) is kept (the oldest are "
         "deleted); also the runs kept in the drift_runs table.",
     )
     drift_reports_keep: int = Field(
@@ -231,6 +231,17 @@ class Settings(BaseSettings):
         except Exception as exc:  # ValueError, or SQLAlchemy's ArgumentError: not a URL at all
             raise ValueError(str(exc)) from None
         return url
+
+    @field_validator("drift_min_samples")
+    @classmethod
+    def _a_window_can_reach_it(cls, min_samples: int, info: ValidationInfo) -> int:
+        window = info.data.get("drift_window_size")
+        if window is not None and min_samples > window:
+            raise ValueError(
+                f"must be at most DRIFT_WINDOW_SIZE ({window}): the window never holds more "
+                "instances, so no drift run would ever give a verdict"
+            )
+        return min_samples
 
 
 class InvalidSettings(SystemExit):

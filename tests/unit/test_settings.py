@@ -81,3 +81,17 @@ def test_an_unsupported_prediction_log_url_is_an_invalid_setting(
     assert "PREDICTION_LOG_URL" in str(info.value)
     assert says in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+def test_a_drift_minimum_the_window_cannot_reach_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every run would report insufficient_data: drift silently off, never a verdict.
+    monkeypatch.setenv("DRIFT_WINDOW_SIZE", "500")
+    monkeypatch.setenv("DRIFT_MIN_SAMPLES", "501")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "DRIFT_MIN_SAMPLES='501'" in str(info.value)
+    assert "DRIFT_WINDOW_SIZE (500)" in str(info.value)
+    monkeypatch.setenv("DRIFT_MIN_SAMPLES", "500")
+    assert load_settings().drift_min_samples == 500
