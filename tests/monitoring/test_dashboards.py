@@ -21,8 +21,6 @@ from tests.monitoring.support import DASHBOARDS, MONITORING, recorded_names, run
 from tests.predlog.helpers import wait_until
 from tests.support import ROOT, ServedService, example_rows
 
-# The drift monitor's metrics (issue 5): enforced against the scrape once service/drift exists.
-DRIFT_PENDING = not (ROOT / "service" / "drift").exists()
 # What an accepted and a refused request create (labelled series appear with their first use)
 REQUEST_METRICS = {
     "inference_requests_total",
@@ -169,8 +167,6 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     # README's drift table, which tests/drift/test_served.py checks against a drifting scrape.
     known |= documented_drift_metrics()
     missing = used - known
-    if DRIFT_PENDING:
-        missing = {n for n in missing if not n.startswith("model_drift_")}
     assert missing == set()
 
 
