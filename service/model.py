@@ -5,7 +5,8 @@ A registered model is a directory in the store holding:
 - ``model.joblib``: a fitted scikit-learn estimator (usually a Pipeline) with ``predict_proba``,
   taking a DataFrame of the contract's features;
 - ``contract.json``: the feature contract, with the training ranges filled in;
-- ``reference.parquet``: the training features plus the model's score on each row (drift baseline);
+- ``reference.parquet``: the training features plus each row's out-of-fold score, from a model
+  not fitted on that row (the drift baseline);
 
 and BentoML metadata (shown by ``bentoml models get``): decision threshold, metrics, data set hash,
 git commit, package versions, hyper-parameters. This module is the only place that knows the layout.
@@ -58,7 +59,7 @@ class LoadedModel:
         return [c.positive_label if s >= self.threshold else c.negative_label for s in scores]
 
     def reference(self) -> pd.DataFrame:
-        """Training features plus the model's score (column ``contract.score_name``)."""
+        """Training features plus their out-of-fold score (column ``contract.score_name``)."""
         return pd.read_parquet(self.path / REFERENCE_FILE)
 
 
