@@ -140,7 +140,7 @@ def _slo(options: Any) -> Slo:
     return Slo(options.slo_p99_ms, options.slo_error_rate)
 
 
-def target(environment: Environment) -> Target:
+def target() -> Target:
     """The served model's contract and payloads, discovered when locust starts."""
     if _target is None:
         raise RuntimeError("give the service's URL with --host, e.g. --host http://127.0.0.1:3000")

@@ -72,9 +72,6 @@ class Sinks:
     def __init__(self, sinks: list[EventSink] | None = None) -> None:
         self._sinks: list[EventSink] = list(sinks or [])
 
-    def add(self, sink: EventSink) -> None:
-        self._sinks.append(sink)
-
     def publish(self, event: Event) -> None:
         for sink in self._sinks:
             try:
