@@ -18,14 +18,15 @@ directory. Ownership is an exclusive ``flock`` on the segment file:
   store (primary keys).
 
 Durability: each append is one ``write()`` of whole lines, so a process crash loses nothing that
-was appended; the writer fsyncs the active segment every loop (about once per flush interval), so
-a power loss can lose at most that interval. A line torn by a crash fails its checksum and is
+was appended; the writer fsyncs the active segment every turn (at least once per flush interval),
+so a power loss can lose at most that interval. A line torn by a crash fails its checksum and is
 counted as dropped (``corrupt``) at replay.
 
 Size cap: when the directory holds ``max_bytes`` or more, further entries are refused and
 returned to the caller, which counts them as dropped; so are entries the disk cannot take (full,
-unwritable), after the partial write is cut off. The size is rescanned by the writer every
-loop and tracked between scans, so it is approximate by what other processes appended meanwhile.
+unwritable), after the partial write is cut off. The size is rescanned when the writer reports
+(about once per flush interval) and tracked between scans, so it is approximate by what other
+processes appended meanwhile.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Writer thread, once per flush interval or as soon as a batch's worth of rows is 
 Looking for segments to replay and reporting the gauges read the spool directory. Under load the
 thread turns whenever a batch fills (tens of times a second per worker); such turns do those two
 at most once per flush interval. Turns started by the timer, ``flush()`` or ``close()`` always do.
+A turn stuck in a store that hangs reports nothing: a watch thread then reports the queue depth
+and the backlog age instead, every ``WATCH_SECONDS`` or flush interval, whichever is longer
+(:meth:`Writer._watch`).
 
 If the store refuses a batch as data (a constraint or type error: retrying cannot help), the batch
 is retried entry by entry and only the refused entries are set aside (spool quarantine, counted as
