@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 SERVICE_NAME = "credit_risk_service"
 GC_THRESHOLDS = (10_000, 20, 20)  # gc.set_threshold: generations 0, 1, 2 (see __init__)
-# Before BentoML builds its middleware: the prediction routes open their own server spans.
 # In the `bentoml serve` process, before it prepares the workers' metrics directory.
 prometheus_dir.use_own()
+# Before BentoML builds its middleware: the prediction routes open their own server spans.
 tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"])
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()
