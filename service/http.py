@@ -34,7 +34,6 @@ from service.validation import MAX_NAME_ECHO, REQUEST_FIELD, FieldError, Reason,
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-ID"
 _HTTP_SPAN = {"http.request.method": "POST", "http.route": "/predict"}
 # The request headers the prediction endpoints read; names as ASGI gives them (lower case).
 _READ_HEADERS = frozenset(
