@@ -211,7 +211,8 @@ class PredictEndpoint:
             raise
         except Exception:
             # A defect of ours: answered and recorded now, not left to BentoML's timeout
-            # middleware (30 s, then a bare text 500 without request id or log row).
+            # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or
+            # log row).
             log.exception("request %s failed before the model call", ctx.request_id)
             predictor.reject(ctx, server_failure(), body)
             return 500, internal_error_body(ctx, SERVER_FAILED), ctx.request_id

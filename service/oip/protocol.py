@@ -137,7 +137,8 @@ class InferenceProtocol:
             raise InferRejected(exc, ctx) from exc
         except Exception as exc:
             # A defect of ours: answered and recorded now, not left to BentoML's timeout
-            # middleware (30 s, then a bare text 500 without request id or log row).
+            # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or
+            # log row).
             log.exception("infer request %s failed before the model call", ctx.request_id)
             self.predictor.reject(ctx, server_failure(), describe(), body_size)
             raise InferFailed(ctx, SERVER_FAILED) from exc
