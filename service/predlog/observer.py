@@ -19,10 +19,10 @@ metric::
     dropped(table, rows, reason)    counter  rows lost, by reason (see DropReason)
     pruned(table, rows)             counter  rows deleted by retention
     write_failed(operation)         counter  failed store operations (see Operation)
-    store_up(up)                    gauge    1 while the store takes writes (multiprocess: min)
+    store_up(up)                    gauge    1 while the store takes writes (multiprocess: livemin)
     queue_depth(rows)               gauge    rows waiting in memory (multiprocess: livesum)
-    spool_bytes(size)               gauge    bytes in the spool directory (multiprocess: max)
-    backlog_age(seconds)            gauge    age of the oldest unwritten record (multiprocess: max)
+    spool_bytes(size)               gauge    bytes in the spool directory (multiprocess: livemax)
+    backlog_age(seconds)            gauge    oldest unwritten record's age (multiprocess: livemax)
 
 ``table`` is ``predictions`` or ``rejections`` (``unknown`` for a damaged spool line, whose
 content cannot be read); every label set is bounded. Every accepted row
