@@ -488,11 +488,6 @@ class Store:
                 inserted[name] = sum(len(entry) for entry in group)
         return inserted
 
-    def probe(self) -> None:
-        """Raise unless the store answers."""
-        with self.read() as conn:
-            conn.execute(text("SELECT 1"))
-
     # Retention
 
     def prune(
