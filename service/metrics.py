@@ -44,12 +44,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
-from pathlib import Path
 from typing import TypeVar, get_args
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from service import prometheus_dir
 from service.contract import FeatureContract
 from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Event, PredictionEvent
@@ -685,7 +685,7 @@ class ProcessMetrics:
         self._thread = threading.Thread(target=self._run, name="process-metrics", daemon=True)
 
     def sample(self) -> None:
-        forget_dead_workers()
+        prometheus_dir.forget_dead_workers()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
         self._cpu.inc(max(cpu - self._cpu_seen, 0.0))
@@ -707,42 +707,6 @@ class ProcessMetrics:
                 self.sample()
             except Exception:
                 log.exception("sampling process metrics failed")
-
-
-def forget_dead_workers(directory: str | None = None) -> None:
-    """Remove the live-gauge files of worker processes that are gone.
-
-    In multiprocess mode each worker writes its live gauges (``livesum``, ``livemax``...) to
-    files named after its pid, which are removed when it exits cleanly (BentoML marks it dead).
-    A worker killed outright (SIGKILL, the OOM killer) cannot, and BentoML starts another beside
-    its files: its last values would stay in every live gauge for the service's life
-    (``service_workers`` one too many, its memory and fds counted, a store outage or a backlog
-    it saw never ending for the alerts). Every worker's process sampler calls this.
-    """
-    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return
-    for path in Path(directory).glob("gauge_live*_*.db"):
-        pid = path.stem.rpartition("_")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):  # another worker was first
-                path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    try:  # killed but not yet reaped by BentoML: a zombie
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: the signal was delivered
-        return True
 
 
 def _rss_bytes() -> int:

@@ -12,6 +12,9 @@ directory. It runs when the service module is imported: in the ``bentoml serve``
 BentoML prepares the directory and hands it to the workers in ``PROMETHEUS_MULTIPROC_DIR``, and
 again in every worker, where that variable is already set and it does nothing. Directories of
 servers that have exited are removed then too: BentoML's own was emptied by the next start.
+
+:func:`forget_dead_workers` removes, inside that directory, the live-gauge files of workers that
+were killed outright, which BentoML leaves behind.
 """
 
 from __future__ import annotations
@@ -50,14 +53,40 @@ def use_own() -> Path | None:
     return directory
 
 
+def forget_dead_workers(directory: str | None = None) -> None:
+    """Remove the live-gauge files of worker processes that are gone.
+
+    In multiprocess mode each worker writes its live gauges (``livesum``, ``livemax``...) to
+    files named after its pid, which are removed when it exits cleanly (BentoML marks it dead).
+    A worker killed outright (SIGKILL, the OOM killer) cannot, and BentoML starts another beside
+    its files: its last values would stay in every live gauge for the service's life
+    (``service_workers`` one too many, its memory and fds counted, a store outage or a backlog
+    it saw never ending for the alerts). Every worker's process sampler calls this.
+    """
+    directory = directory or os.environ.get(ENV)
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # another worker was first
+                path.unlink()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+    except PermissionError:  # someone else's process
+        return True
+    try:  # killed but not yet reaped by BentoML: a zombie
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: the signal was delivered
+        return True
 
 
 def _remove_stale() -> None:
