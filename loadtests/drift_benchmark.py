@@ -108,7 +108,7 @@ def time_runs(model: LoadedModel, work: Path, repeats: int) -> list[dict[str, An
             t1 = time.perf_counter()
             result = compute_drift(reference, window, model.contract)
             t2 = time.perf_counter()
-            name = snapshots.run_name(int(time.time()))
+            name = snapshots.run_name(int(time.time()), model.tag)
             snapshots.write_snapshot(work / f"{name}.json", result.snapshot)
             snapshots.write_atomically(work / f"{name}.html", result.snapshot.save_html)
             t3 = time.perf_counter()

@@ -134,7 +134,7 @@ class DriftMonitor:
         }
         if latest is None:
             return base
-        base["run_id"] = snapshots.run_name(latest.slot)
+        base["run_id"] = snapshots.run_name(latest.slot, self.model.tag)
         if latest.summary is not None:
             return {**base, **latest.summary.to_dict()}
         return {
@@ -226,7 +226,7 @@ class DriftMonitor:
             status, error = "failed", str(exc)
             if self._stop.is_set():  # stop() killed the child: say so rather than "exited"
                 error = "interrupted: the worker was shutting down"
-            log.warning("drift run %s failed: %s", snapshots.run_name(slot), error)
+            log.warning("drift run %s failed: %s", self._run_name(slot), error)
         if self.metrics is not None:
             self.metrics.count(status)
         self._unfinished = (slot, status, summary, error)
@@ -236,7 +236,7 @@ class DriftMonitor:
             log.warning(
                 "drift run %s ended (%s) but the store at %s failed recording it: %s; "
                 "recording it once the store is back",
-                snapshots.run_name(slot),
+                self._run_name(slot),
                 status,
                 self.store.display_url,
                 exc,
@@ -254,6 +254,9 @@ class DriftMonitor:
         self.runs.prune(self.config.snapshot_keep)
         # A run left 'running' by a worker that died is closed once it cannot be going on.
         self.runs.stale_before(utc_ago(self._longest_run))
+
+    def _run_name(self, slot: int) -> str:
+        return snapshots.run_name(slot, self.model.tag)
 
     def job(self, slot: int) -> dict[str, Any]:
         """What the child process needs for a run (plain JSON)."""

@@ -76,7 +76,7 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
     result = compute_drift(_reference(job["reference_path"]), window, contract, computed_at)
     directory = Path(job["snapshot_dir"])
     directory.mkdir(parents=True, exist_ok=True)
-    name = snapshots.run_name(job["slot"])
+    name = snapshots.run_name(job["slot"], job["model_tag"])
     snapshots.write_snapshot(directory / f"{name}.json", result.snapshot)
     snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
     snapshots.prune(directory, job["keep"], job["keep_reports"])

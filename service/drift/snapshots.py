@@ -1,9 +1,11 @@
 """The files of each run in DRIFT_SNAPSHOT_DIR: Evidently's snapshot (JSON) and HTML report.
 
-Named after the run's interval slot (``drift-20250131T120000Z.json`` / ``.html``), so names sort
-by time; written to a temporary name and renamed, so a reader never sees half a report. Only the
-newest ``keep`` runs' snapshots are kept, and the reports of fewer of them: a report (~4 MB) is
-~5 times the size of its snapshot (~0.8 MB), which holds all it shows
+Named after the run's interval slot and model (``drift-20250131T120000Z-credit_risk-v1.json`` /
+``.html``, the tag's ``:`` made a ``-``), so names sort by time and the runs of two model versions
+in one slot (a rolling deploy, the directory shared) do not overwrite each other; written to a
+temporary name and renamed, so a reader never sees half a report. Only the newest ``keep`` runs'
+snapshots are kept (of every model), and the reports of fewer of them: a report (~4 MB) is ~5
+times the size of its snapshot (~0.8 MB), which holds all it shows
 (``Snapshot.load(path).save_html(...)``).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +22,10 @@ from typing import Any
 PREFIX = "drift-"
 
 
-def run_name(slot: int) -> str:
-    return PREFIX + datetime.fromtimestamp(slot, UTC).strftime("%Y%m%dT%H%M%SZ")
+def run_name(slot: int, model_tag: str) -> str:
+    """The name of the files of ``model_tag``'s run in ``slot`` (also its ``run_id``)."""
+    model = re.sub(r"[^A-Za-z0-9_.-]", "-", model_tag)
+    return f"{PREFIX}{datetime.fromtimestamp(slot, UTC).strftime('%Y%m%dT%H%M%SZ')}-{model}"
 
 
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:

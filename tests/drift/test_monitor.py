@@ -109,7 +109,7 @@ def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
     monitor.start()
 
     wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
-    assert monitor.state()["run_id"] == snapshots.run_name(previous)
+    assert monitor.state()["run_id"] == snapshots.run_name(previous, monitor.model.tag)
 
 
 class _FailingProcess:
