@@ -1,13 +1,16 @@
 """The drift monitor: a thread in every worker; one run per interval across workers and replicas.
 
-Each interval (``DRIFT_INTERVAL_SECONDS``) every worker tries to claim the interval's slot in the
-``drift_runs`` table; exactly one succeeds (the slot is the primary key) and has the run done by
-its child process (``process.DriftProcess``), then records the outcome in the row. A worker
-whose child process is not started yet waits a moment before trying, so the worker that already
-paid Evidently's import usually wins again; a slot is skipped while an earlier run is still going,
-so slow runs do not pile up. Every worker, the winner or not, reads the newest run back from the
-store every few seconds and exports it (metrics, ``GET /drift``), so all workers and replicas
-answer the same.
+Each interval (``DRIFT_INTERVAL_SECONDS``) every worker tries to claim the interval's slot for its
+served model in the ``drift_runs`` table; exactly one succeeds (slot and model tag are the primary
+key) and has the run done by its child process (``process.DriftProcess``), then records the
+outcome in the row. A worker whose child process is not started yet waits a moment before trying,
+so the worker that already paid Evidently's import usually wins again; a slot is skipped while an
+earlier run of the model is still going, so slow runs do not pile up. Every worker, the winner or
+not, reads its model's newest run back from the store every few seconds and exports it (metrics,
+``GET /drift``), so all workers and replicas serving the model answer the same. Only runs of the
+served model are shown: after a restart with another model version, nothing is until its first
+run (``pending``, the verdict gauges NaN), and replicas of two versions side by side (a rolling
+deploy) each run and show their own.
 
 Nothing here is on the request path: the routes read what the thread cached. A store that is
 down only delays the runs (logged); a run that fails is recorded as failed and counted.
@@ -80,7 +83,7 @@ class DriftMonitor:
         self.model = model
         self.metrics = metrics
         self.store = Store(store_url)
-        self.runs = DriftRuns(self.store)
+        self.runs = DriftRuns(self.store, model.tag)
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.process = DriftProcess()
         interval = config.interval_seconds
@@ -117,7 +120,8 @@ class DriftMonitor:
         """The latest run in the shape of ``GET /drift``."""
         latest, completed = self._latest, self._completed
         base: dict[str, Any] = {
-            "status": "pending",
+            "status": "pending",  # no run of the served model yet
+            "model": self.model.tag,
             "computed_at": None,
             "window_size": None,
             "window_newest_at": None,
@@ -134,7 +138,7 @@ class DriftMonitor:
         }
         if latest is None:
             return base
-        base["run_id"] = snapshots.run_name(latest.slot, self.model.tag)
+        base["run_id"] = snapshots.run_name(latest.slot, latest.model_tag)
         if latest.summary is not None:
             return {**base, **latest.summary.to_dict()}
         return {
@@ -157,7 +161,8 @@ class DriftMonitor:
                 report = self.runs.latest_report() or report
         if report is None or report.summary is None or report.summary.report is None:
             return None, (
-                "no drift report yet: a report is written by the first run with at least "
+                f"no drift report yet for the served model {self.model.tag}: a report is written "
+                "by its first run with at least "
                 f"DRIFT_MIN_SAMPLES={self.config.min_samples} logged instances; runs happen "
                 f"every DRIFT_INTERVAL_SECONDS={self.config.interval_seconds}s (GET /drift "
                 "shows the status)"
@@ -189,8 +194,8 @@ class DriftMonitor:
             try:
                 if not schema_ready:
                     self.runs.ensure_schema()
-                    # After a restart, show the store's latest run now, not only once this
-                    # worker's own run (a cold child: Evidently's import) has ended.
+                    # After a restart, show the store's latest run of the served model now, not
+                    # only once this worker's own run (a cold child: Evidently's import) ended.
                     self.refresh()
                     schema_ready = True
                 self._finish()
@@ -275,7 +280,8 @@ class DriftMonitor:
         }
 
     def refresh(self) -> None:
-        """Read the newest runs back from the store; export a newly completed one."""
+        """Read the served model's newest runs back from the store; export a newly completed
+        one (none: the metrics keep their state before any run, no verdict)."""
         latest = self.runs.latest()
         completed = latest if latest and latest.status in COMPLETED else self.runs.latest(True)
         report = completed if completed and completed.status == "ok" else self.runs.latest_report()

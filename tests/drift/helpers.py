@@ -64,14 +64,16 @@ def log_predictions(
     store.write(entries)
 
 
-def ok_summary(report: str = "drift-x.html", window_size: int = 500) -> DriftSummary:
+def ok_summary(
+    report: str = "drift-x.html", window_size: int = 500, model: str = "credit_risk:v1"
+) -> DriftSummary:
     """The summary of a completed run with no drift (as the child process returns it)."""
     return DriftSummary(
         "ok",
         computed_at=datetime.now(UTC),
         window_size=window_size,
         min_samples=100,
-        model="credit_risk:v1",
+        model=model,
         duration_seconds=1.5,
         dataset_drift=False,
         drifted_share=0.0,

@@ -2,39 +2,68 @@
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import OperationalError
 
 from service.drift import snapshots
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.process import RunFailed
 from service.drift.runs import utc_ago
+from service.metrics import DriftMetrics
 from service.model import LoadedModel
 from tests.drift.helpers import ok_summary
 from tests.predlog.helpers import wait_until
 
+Monitors = Callable[..., DriftMonitor]
+
 
 @pytest.fixture
-def monitor(store_url: str, model: LoadedModel, tmp_path: Path) -> Iterator[DriftMonitor]:
+def monitors(store_url: str, tmp_path: Path) -> Iterator[Monitors]:
+    """Makes monitors sharing one store and snapshot directory, as workers and replicas do."""
     config = DriftConfig(
         interval_seconds=60,
         window_size=500,
         window_max_age_seconds=3600,
         min_samples=100,
         snapshot_dir=tmp_path,
-        snapshot_keep=2,
+        snapshot_keep=10,
         reports_keep=1,
         run_timeout_seconds=60,
     )
-    monitor = DriftMonitor(config, store_url, model)
-    monitor.runs.ensure_schema()
-    yield monitor
-    monitor.stop()
+    made: list[DriftMonitor] = []
+
+    def make(model: LoadedModel, metrics: DriftMetrics | None = None) -> DriftMonitor:
+        monitor = DriftMonitor(config, store_url, model, metrics)
+        monitor.runs.ensure_schema()
+        made.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in made:
+        monitor.stop()
+
+
+@pytest.fixture
+def monitor(monitors: Monitors, model: LoadedModel) -> DriftMonitor:
+    return monitors(model)
+
+
+def _metrics(model: LoadedModel) -> tuple[DriftMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return DriftMetrics(model.contract.feature_names, 60, registry=registry), registry
+
+
+def _another_version(model: LoadedModel) -> LoadedModel:
+    """The same model under another version's tag (its window and reference are its own)."""
+    return replace(model, tag=f"{model.tag.split(':')[0]}:another-version")
 
 
 def _finished(monitor: DriftMonitor, slot: int, worker: str) -> None:
@@ -99,17 +128,99 @@ class _ColdProcess:
         self._stopped.set()
 
 
+class _WarmProcess:
+    """A warm child whose run completes for the job's model, once ``release`` is set."""
+
+    warm = True
+
+    def __init__(self, held: bool = False) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
+
+    def run(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.started.set()
+        assert self.release.wait(10)
+        return ok_summary(f"drift-{job['slot']}.html", model=job["model_tag"]).to_dict()
+
+    def stop(self) -> None:
+        self.release.set()
+
+
 def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
-    monitor: DriftMonitor,
+    monitors: Monitors, model: LoadedModel
 ) -> None:
-    previous = monitor.current_slot() - 60
-    _finished(monitor, previous, "the-worker-before-the-restart")
+    before = monitors(model)  # the worker before the restart, serving the same model
+    before.process = _WarmProcess()  # type: ignore[assignment]
+    before._maybe_run(before.current_slot() - 60)
+    before.refresh()
+    metrics, registry = _metrics(model)
+    monitor = monitors(model, metrics)
     monitor.process = _ColdProcess()  # type: ignore[assignment]
 
     monitor.start()
 
     wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
-    assert monitor.state()["run_id"] == snapshots.run_name(previous, monitor.model.tag)
+    assert monitor.state()["run_id"] == before.state()["run_id"]
+    assert monitor.state()["model"] == model.tag
+    assert registry.get_sample_value("model_drift_dataset_drifted") == 0
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") > 0
+
+
+def test_after_a_restart_with_another_model_version_the_old_verdict_is_not_shown(
+    monitors: Monitors, model: LoadedModel, tmp_path: Path
+) -> None:
+    before = monitors(model)  # the worker before the restart, serving the old version
+    before.process = _WarmProcess()  # type: ignore[assignment]
+    before._maybe_run(before.current_slot() - 60)
+    before.refresh()
+    assert before.state()["status"] == "ok"
+    newer = _another_version(model)
+    metrics, registry = _metrics(newer)
+    monitor = monitors(newer, metrics)
+    monitor.process = _ColdProcess()  # type: ignore[assignment]
+
+    monitor.start()
+
+    # Its first run is claimed (and goes on: a cold child) once the store's runs were read.
+    wait_until(lambda: monitor.runs.running_since(utc_ago(60)), timeout=5)
+    monitor.refresh()
+    state = monitor.state()
+    assert (state["status"], state["model"], state["run_id"]) == ("pending", newer.tag, None)
+    assert state["dataset_drift"] is None
+    assert math.isnan(registry.get_sample_value("model_drift_dataset_drifted"))
+    assert math.isnan(registry.get_sample_value("model_drift_prediction_drifted"))
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") == 0
+    (tmp_path / before.state()["report"]).write_text("<html>the old version's</html>")
+    path, why = monitor.report_path()
+    assert path is None
+    assert "no drift report yet" in why
+
+
+def test_two_model_versions_sharing_the_store_each_get_their_run_in_the_same_interval(
+    monitors: Monitors, model: LoadedModel
+) -> None:
+    # A rolling deploy: replicas of both versions share the log, and claim at the same moments.
+    old, new = monitors(model), monitors(_another_version(model))
+    old.process = _WarmProcess(held=True)  # type: ignore[assignment]
+    new.process = _WarmProcess()  # type: ignore[assignment]
+    slot = old.current_slot()
+    old_run = threading.Thread(target=old._maybe_run, args=(slot,))
+    old_run.start()
+    assert old.process.started.wait(5)  # the old version's run is going on...
+
+    new._maybe_run(slot)  # ...and does not hold up the new version's
+
+    old.process.release.set()
+    old_run.join(10)
+    for monitor in (old, new):
+        monitor.refresh()
+        state = monitor.state()
+        assert (state["status"], state["model"]) == ("ok", monitor.model.tag)
+        # named after slot and model: the two runs' files do not overwrite each other
+        assert state["run_id"] == snapshots.run_name(slot, monitor.model.tag)
+    assert old.state()["run_id"] != new.state()["run_id"]
 
 
 class _FailingProcess:

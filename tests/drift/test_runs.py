@@ -1,29 +1,44 @@
-"""Slot claims in the drift_runs table: exactly one claimant per slot, whatever the contention,
-on real SQLite and real PostgreSQL; the newest runs read back; retention."""
+"""Slot claims in the drift_runs table: exactly one claimant per slot and model, whatever the
+contention, on real SQLite and real PostgreSQL; the newest runs of a model read back; retention;
+the upgrade of a table of the first version (the slot alone as its key)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+)
 
-from service.drift.runs import DriftRuns, drift_runs, utc_ago
-from service.predlog.schema import SCHEMA_VERSION
+from service.drift.runs import UNKNOWN_MODEL, DriftRuns, drift_runs, utc_ago
+from service.predlog.schema import SCHEMA_VERSION, Json, Timestamp
 from service.predlog.store import SchemaMissing, Store
 from tests.drift.helpers import ok_summary
 from tests.predlog.helpers import concurrently
 from tests.support import ROOT
 
 CLAIMANTS = 8
+MODEL = "credit_risk:v1"
 
 
 def _claim(args: tuple[str, int, str]) -> bool:
     url, slot, who = args
     store = Store(url)  # a store (connection pool) of its own, as every worker has
     try:
-        runs = DriftRuns(store)
+        runs = DriftRuns(store, MODEL)
         runs.ensure_schema()
         return runs.claim(slot, 60, who)
     finally:
@@ -73,7 +88,7 @@ def test_a_slot_is_claimed_once_by_concurrent_processes(store_url: str) -> None:
 
 
 def test_runs_are_recorded_and_read_back_newest_first(store: Store) -> None:
-    runs = DriftRuns(store)
+    runs = DriftRuns(store, MODEL)
     runs.ensure_schema()
     assert runs.latest() is None
     summary = ok_summary()
@@ -95,8 +110,79 @@ def test_runs_are_recorded_and_read_back_newest_first(store: Store) -> None:
     assert runs.latest(completed=True) is None
 
 
+def test_each_model_claims_and_reads_back_its_own_runs(store: Store) -> None:
+    old, new = DriftRuns(store, "credit_risk:v1"), DriftRuns(store, "credit_risk:v2")
+    old.ensure_schema()
+    assert old.claim(60, 60, "replica-a:1")
+    assert not old.claim(60, 60, "replica-a:2")  # one run per slot for a model...
+    assert not new.running_since(utc_ago(60))  # ...whose run going on is not the other's
+    assert new.claim(60, 60, "replica-b:1")  # ...and one for each model
+    assert new.latest() is None  # the other model's run is not this one's
+    new.finish(60, "ok", ok_summary(model="credit_risk:v2"), None)
+    assert old.running_since(utc_ago(60))  # recording one model's run left the other's alone
+    assert new.latest() is not None
+    assert old.latest() is None
+    old.finish(60, "failed", None, "boom")
+    latest = new.latest(completed=True)
+    assert latest is not None
+    assert (latest.model_tag, latest.status) == ("credit_risk:v2", "ok")
+    assert new.latest_report() == latest
+    assert old.latest(completed=True) is None
+    assert old.latest_report() is None
+    # Retention counts every model's rows, as the snapshot files of a shared directory.
+    assert old.claim(120, 60, "replica-a:1")
+    assert new.prune(keep=1) == 2
+
+
+def _first_version(metadata: MetaData) -> Table:
+    """drift_runs as the first version created it: the slot alone as its key, no model_tag."""
+    return Table(
+        "drift_runs",
+        metadata,
+        Column("slot", BigInteger, primary_key=True),
+        Column("interval_seconds", Integer, nullable=False),
+        Column("claimed_at", Timestamp, nullable=False),
+        Column("claimed_by", String(200), nullable=False),
+        Column("status", String(20), nullable=False),
+        Column("finished_at", Timestamp, nullable=True),
+        Column("summary", Json, nullable=True),
+        Column("error", Text, nullable=True),
+    )
+
+
+def test_a_first_version_table_is_upgraded_keeping_its_runs(store: Store) -> None:
+    metadata = MetaData()
+    old = _first_version(metadata)
+    metadata.create_all(store.engine)
+    now = datetime.now(UTC)
+    common = {"interval_seconds": 60, "claimed_at": now, "claimed_by": "a", "finished_at": now}
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(old),
+            [
+                {**common, "slot": 60, "status": "ok", "summary": ok_summary().to_dict()},
+                {**common, "slot": 120, "status": "failed", "summary": None, "error": "boom"},
+            ],
+        )
+
+    DriftRuns(store, MODEL).ensure_schema()
+    DriftRuns(store, MODEL).ensure_schema()  # once only
+
+    with store.read() as conn:
+        rows = conn.execute(
+            select(drift_runs.c.slot, drift_runs.c.model_tag, drift_runs.c.status).order_by(
+                drift_runs.c.slot
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [(60, MODEL, "ok"), (120, UNKNOWN_MODEL, "failed")]
+    latest = DriftRuns(store, MODEL).latest()  # the failed run is nobody's
+    assert latest is not None
+    assert (latest.slot, latest.summary.model if latest.summary else None) == (60, MODEL)
+    assert DriftRuns(store, "credit_risk:v2").claim(60, 60, "b")  # the new key
+
+
 def test_the_drift_table_leaves_the_prediction_log_schema_alone(store: Store) -> None:
-    DriftRuns(store).ensure_schema()
+    DriftRuns(store, MODEL).ensure_schema()
     assert inspect(store.engine).has_table("drift_runs")
     assert store.version() == SCHEMA_VERSION
     store.ensure_schema()  # the log still accepts the store as its own
@@ -109,6 +195,6 @@ def test_a_search_path_schema_that_does_not_exist_is_named(
     store = Store(url)
     try:
         with pytest.raises(SchemaMissing, match=f'schema "{schema}" .* does not exist'):
-            DriftRuns(store).ensure_schema()
+            DriftRuns(store, MODEL).ensure_schema()
     finally:
         store.close()
