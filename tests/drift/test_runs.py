@@ -4,6 +4,7 @@ the upgrade of a table of the first version (the slot alone as its key)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -198,3 +199,10 @@ def test_a_search_path_schema_that_does_not_exist_is_named(
             DriftRuns(store, MODEL).ensure_schema()
     finally:
         store.close()
+
+
+def test_the_readme_documents_the_columns_of_the_table() -> None:
+    section = (ROOT / "README.md").read_text().split("### The `drift_runs` table", 1)[1]
+    block = section.split("\n\n")[1]
+    documented = re.findall(r"^\| `(\w+)` \|", block, flags=re.MULTILINE)
+    assert documented == [column.name for column in drift_runs.columns]
