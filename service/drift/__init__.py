@@ -2,9 +2,11 @@
 
 Modules, in the order a run flows through them:
 
-- ``monitor``: the thread in each worker that claims an interval slot, has the run done, and
-  refreshes the metrics and ``GET /drift`` from the latest run recorded in the store;
-- ``runs``: the ``drift_runs`` table (slot claims and results), beside the prediction log;
+- ``monitor``: the thread in each worker that claims an interval slot for the served model, has
+  the run done, and refreshes the metrics and ``GET /drift`` from the served model's latest run
+  recorded in the store;
+- ``runs``: the ``drift_runs`` table (claims of a slot per model, and results), beside the
+  prediction log;
 - ``process``: the niced child process the runs execute in, off the worker's interpreter;
 - ``runner``: what the child runs (``python -m service.drift.runner``): read the window,
   compute, keep the snapshot;
