@@ -7,7 +7,8 @@ Modules, in the order a run flows through them:
   recorded in the store;
 - ``runs``: the ``drift_runs`` table (claims of a slot per model, and results), beside the
   prediction log;
-- ``process``: the niced child process the runs execute in, off the worker's interpreter;
+- ``process``: the idle-priority child process the runs execute in, off the worker's
+  interpreter;
 - ``runner``: what the child runs (``python -m service.drift.runner``): read the window,
   compute, keep the snapshot;
 - ``window``: the most recent logged instances, from the prediction log, typed by the contract;

@@ -50,7 +50,9 @@ _DRIFTED_COUNT = "evidently:metric_v2:DriftedColumnsCount"
 def _chi_square_two_sample(
     reference: pd.Series, current: pd.Series, feature_type: ColumnType, threshold: float
 ) -> tuple[float, bool]:
-    """Chi-square test of homogeneity of the two samples' value counts (a 2 x k table)."""
+    """Chi-square test of homogeneity of the two samples' value counts (a 2 x k table).
+
+    ``feature_type`` is unused: Evidently calls every test with this signature."""
     counts = pd.concat(
         [reference.value_counts(), current.value_counts()], axis=1, keys=["r", "c"]
     ).fillna(0)

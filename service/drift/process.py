@@ -2,9 +2,9 @@
 
 Evidently's computation is CPU-bound Python: in a thread of the serving worker it would hold the
 worker's GIL for seconds and stall requests. It runs instead in a child process
-(``service.drift.runner``), niced, which the worker's monitor thread merely waits for. The child
-is kept between runs, because importing Evidently costs seconds of CPU; it is killed when a run
-exceeds its timeout (and started afresh for the next one) and when the worker stops.
+(``service.drift.runner``) at idle priority, which the worker's monitor thread merely waits for.
+The child is kept between runs, because importing Evidently costs seconds of CPU; it is killed
+when a run exceeds its timeout (and started afresh for the next one) and when the worker stops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # The directory holding the `service` package, so that the child imports the same code whatever
 # the working directory (a bento runs from its own).
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
-# Importing Evidently takes seconds of CPU, more when the niced child competes with busy workers.
+# Importing Evidently takes seconds of CPU, more when the idle-priority child waits for busy
+# workers.
 START_TIMEOUT_SECONDS = 300.0
 
 

@@ -48,7 +48,7 @@ def _reference(path: str) -> pd.DataFrame:
 
 
 def run_job(job: dict[str, Any]) -> DriftSummary:
-    """One drift run, as described by ``job`` (see ``process.Job``)."""
+    """One drift run, as described by ``job`` (built by ``DriftMonitor.job`` in ``monitor.py``)."""
     from service.drift.compute import DRIFT_SHARE, compute_drift  # imported by main() already
 
     started = time.perf_counter()
