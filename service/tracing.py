@@ -19,24 +19,33 @@ BentoML's middleware: their handlers open one SERVER span themselves (continuing
 ``traceparent``), with child spans for validation, the model call and the log enqueue. With export
 off no span is created (see ``_exporting``): the request's context is the caller's, when it sent
 one, whose trace id the access log and the prediction log keep.
+
+Spans that never reach the collector are counted (:data:`SPAN_COUNTS`, exported as the
+``trace_spans_*`` metrics by ``service.metrics.TraceMetrics``): the exporter is wrapped to count
+what each export returns (:class:`CountingSpanExporter`), and the batch processor to count the
+spans its full queue pushes out (:class:`CountingSpanProcessor`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.environment_variables import OTEL_BSP_MAX_QUEUE_SIZE
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
+    SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.util.http import ExcludeList
@@ -44,6 +53,8 @@ from opentelemetry.util.http import ExcludeList
 log = logging.getLogger(__name__)
 TRACER_NAME = "credit_risk_service"
 UNTRACED_ROUTES = [r"/livez\b", r"/readyz\b", r"/metrics\b"]
+# The SDK's default for OTEL_BSP_MAX_QUEUE_SIZE.
+DEFAULT_MAX_QUEUE_SIZE = 2048
 
 
 def _env(name: str) -> str:
@@ -114,7 +125,7 @@ def configure_tracing(default_service_name: str, self_traced: list[str]) -> Trac
         if SERVICE_NAME not in _explicit_resource_keys():
             resource = resource.merge(Resource({SERVICE_NAME: default_service_name}))
         provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(CountingSpanProcessor(exporter, SPAN_COUNTS))
         log.info("tracing: exporting spans with %s", type(exporter).__name__)
     BentoMLContainer.tracer_provider.set(provider)
     trace.set_tracer_provider(provider)
@@ -213,3 +224,149 @@ def current_trace_id() -> str | None:
     """The current span's trace id as 32 hex digits, or None outside a trace."""
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class SpanCounts:
+    """What became of this process's exported spans since the last :meth:`take`.
+
+    Plain integers under a lock, so that counting costs the request path (a span's end) no more
+    than an increment; the worker's metrics thread takes them into Prometheus counters.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.exported = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def add(self, *, exported: int = 0, failed: int = 0, dropped: int = 0) -> None:
+        with self._lock:
+            self.exported += exported
+            self.failed += failed
+            self.dropped += dropped
+
+    def take(self) -> tuple[int, int, int]:
+        """(exported, failed, dropped) since the last call; they start again from 0."""
+        with self._lock:
+            counts = (self.exported, self.failed, self.dropped)
+            self.exported = self.failed = self.dropped = 0
+        return counts
+
+
+# The worker's counts (the tracer provider is configured once per process, at import).
+SPAN_COUNTS = SpanCounts()
+
+
+class CountingSpanExporter(SpanExporter):
+    """``exporter``, counting the spans of each export by its result: exported on SUCCESS,
+    failed on FAILURE or an exception (the OTLP exporters return FAILURE once their retries are
+    spent, or at once for a response they cannot retry)."""
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        counts: SpanCounts,
+        on_export: Callable[[int], None] | None = None,
+    ) -> None:
+        self._exporter = exporter
+        self._counts = counts
+        self._on_export = on_export  # told how many spans left the processor's queue
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._on_export is not None:
+            self._on_export(len(spans))
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            self._counts.add(failed=len(spans))
+            raise
+        if result is SpanExportResult.SUCCESS:
+            self._counts.add(exported=len(spans))
+        else:
+            self._counts.add(failed=len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+class CountingSpanProcessor(SpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` around ``exporter``, counting the spans it loses.
+
+    Its queue holds ``OTEL_BSP_MAX_QUEUE_SIZE`` spans; a span ending with the queue full pushes
+    the oldest out, unexported, with nothing but a log line. This processor keeps its own count
+    of the spans waiting (one in per sampled span ended, the batch out when the exporter gets it)
+    and counts a drop for each span ended while that count is at the queue's size, and, at
+    shutdown, the spans still waiting. Exact but for one window: between the SDK taking a batch
+    from a full queue and handing it to the exporter, a span ending is counted dropped although
+    it found room (the queue is full then, so spans are being lost already).
+    """
+
+    def __init__(self, exporter: SpanExporter, counts: SpanCounts) -> None:
+        self.max_queue_size = _max_queue_size()
+        self._counts = counts
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._processor = BatchSpanProcessor(
+            CountingSpanExporter(exporter, counts, on_export=self._left_queue),
+            max_queue_size=self.max_queue_size,
+        )
+        if hasattr(os, "register_at_fork"):  # the SDK empties its queue in a forked child
+            os.register_at_fork(after_in_child=self._forget_pending)
+
+    @property
+    def span_exporter(self) -> SpanExporter:
+        return self._processor.span_exporter
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not (span.context and span.context.trace_flags.sampled):
+            return  # not queued by the batch processor either
+        with self._lock:
+            if self._pending >= self.max_queue_size:
+                dropped = True  # the oldest waiting span is pushed out for this one
+            else:
+                dropped = False
+                self._pending += 1
+        if dropped:
+            self._counts.add(dropped=1)
+        self._processor.on_end(span)
+
+    def _left_queue(self, spans: int) -> None:
+        with self._lock:
+            self._pending = max(self._pending - spans, 0)
+
+    def _forget_pending(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def shutdown(self) -> None:
+        self._processor.shutdown()
+        # What the processor could not export before its timeout is lost with the process.
+        with self._lock:
+            lost, self._pending = self._pending, 0
+        if lost:
+            self._counts.add(dropped=lost)
+            log.warning("tracing: %d spans not exported at shutdown", lost)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._processor.force_flush(timeout_millis)
+
+
+def _max_queue_size() -> int:
+    """OTEL_BSP_MAX_QUEUE_SIZE as the SDK reads it (the default when unset or not a number; the
+    processor refuses a size below 1)."""
+    try:
+        return int(os.environ.get(OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_MAX_QUEUE_SIZE))
+    except ValueError:  # the SDK logs it and takes the default
+        return DEFAULT_MAX_QUEUE_SIZE
+
+
+def exporting() -> bool:
+    """Whether this process exports spans (configure_tracing found an exporter)."""
+    return _exporting

@@ -1,6 +1,10 @@
-"""Which exporter the standard OTEL_* variables select, and what a request keeps without one."""
+"""Which exporter the standard OTEL_* variables select, what a request keeps without one, and
+how the spans the pipeline exports, fails to send or drops are counted."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
 
 import pytest
 from opentelemetry import trace
@@ -10,10 +14,11 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from service import tracing
-from service.tracing import exporter_from_env
+from service.tracing import CountingSpanProcessor, SpanCounts, exporter_from_env
 
 OTEL_VARIABLES = (
     "OTEL_SDK_DISABLED",
@@ -103,3 +108,89 @@ def test_without_an_exporter_a_request_keeps_only_the_callers_trace_id(
             assert child is trace.INVALID_SPAN
         assert tracing.current_trace_id() == trace_id
     assert tracing.current_trace_id() is None
+
+
+# -- what becomes of exported spans ---------------------------------------------------------------
+
+
+class GatedExporter(SpanExporter):
+    """An exporter answering ``result`` once ``gate`` is open (a collector down or slow)."""
+
+    def __init__(self, result: SpanExportResult = SpanExportResult.SUCCESS) -> None:
+        self.result = result
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        self.gate.wait(30)
+        self.spans += len(spans)
+        return self.result
+
+
+def pipeline(
+    monkeypatch: pytest.MonkeyPatch, exporter: SpanExporter, queue: int = 2048
+) -> tuple[TracerProvider, SpanCounts]:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", str(queue))
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", str(min(queue, 512)))
+    counts = SpanCounts()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(CountingSpanProcessor(exporter, counts))
+    return provider, counts
+
+
+def end_spans(provider: TracerProvider, n: int) -> None:
+    tracer = provider.get_tracer("test")
+    for i in range(n):
+        with tracer.start_as_current_span(f"span-{i}"):
+            pass
+
+
+def test_exported_spans_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = GatedExporter()
+    provider, counts = pipeline(monkeypatch, exporter)
+    end_spans(provider, 7)
+    provider.force_flush()
+    assert counts.take() == (7, 0, 0)
+    assert counts.take() == (0, 0, 0)  # taken: the next take starts from 0
+    provider.shutdown()
+    assert exporter.spans == 7
+
+
+def test_spans_the_exporter_fails_to_send_are_counted_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider, counts = pipeline(monkeypatch, GatedExporter(SpanExportResult.FAILURE))
+    end_spans(provider, 5)
+    provider.force_flush()
+    assert counts.take() == (0, 5, 0)
+    provider.shutdown()
+
+
+def test_an_exporter_raising_counts_its_spans_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Raising(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            raise ConnectionError("collector gone")
+
+    provider, counts = pipeline(monkeypatch, Raising())
+    end_spans(provider, 3)
+    provider.force_flush()
+    assert counts.take() == (0, 3, 0)
+    provider.shutdown()
+
+
+def test_a_full_queue_counts_every_span_it_pushes_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = GatedExporter()
+    exporter.gate.clear()  # a hung collector
+    provider, counts = pipeline(monkeypatch, exporter, queue=4)
+    end_spans(provider, 4)  # a full batch wakes the export thread, which blocks in export
+    assert exporter.entered.wait(10)
+    end_spans(provider, 10)  # the queue (4) is empty again, 6 of these push the oldest out
+    assert counts.take() == (0, 0, 6)
+    exporter.gate.set()
+    provider.force_flush()
+    exported, failed, dropped = counts.take()
+    assert (exported, failed, dropped) == (8, 0, 0)  # the first batch and the queue's last 4
+    provider.shutdown()
