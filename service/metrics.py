@@ -26,7 +26,9 @@ Where the numbers come from:
 - drift metrics from the latest drift run in the store, which every worker reads
   (:class:`DriftMetrics`): the same values in every worker and replica;
 - process metrics (CPU, memory, file descriptors) from a sampler thread, because the default
-  process collector does not work in multiprocess mode.
+  process collector does not work in multiprocess mode;
+- span export metrics, when tracing exports, from the counts the tracing pipeline keeps
+  (service/tracing.py), applied by the :data:`FLUSHER` thread (:class:`TraceMetrics`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Event, PredictionEvent
 from service.model import LoadedModel
 from service.predlog.observer import DropReason, Operation
+from service.tracing import SpanCounts
 from service.validation import CLIENT_CLOSED, FieldError
 
 log = logging.getLogger(__name__)
@@ -492,6 +495,57 @@ class PredictionLogMetrics:
 
     def backlog_age(self, seconds: float) -> None:
         self._age.set(seconds)
+
+
+class TraceMetrics:
+    """What became of the spans this worker's tracing pipeline exported (service/tracing.py).
+
+    The exporter and the batch processor count into ``counts`` (plain integers: a span's end
+    only increments one); the worker's :data:`FLUSHER` thread applies them here once per
+    ``REQUEST_FLUSH_SECONDS``. Created only when spans are exported.
+    """
+
+    def __init__(self, counts: SpanCounts, registry: CollectorRegistry = REGISTRY) -> None:
+        self._counts = counts
+        self._exported = Counter(
+            "trace_spans_exported",
+            "Spans the collector accepted.",
+            registry=registry,
+        )
+        self._failed = Counter(
+            "trace_spans_failed",
+            "Spans lost because their export failed after the exporter's retries (collector "
+            "down, slow or refusing them).",
+            registry=registry,
+        )
+        self._dropped = Counter(
+            "trace_spans_dropped",
+            "Spans lost before export: pushed out of the full export queue "
+            "(OTEL_BSP_MAX_QUEUE_SIZE), or still in it at shutdown.",
+            registry=registry,
+        )
+        self._flusher: Flusher | None = None
+
+    def start(self) -> None:
+        self._flusher = FLUSHER
+        self._flusher.register(self.flush, "trace metrics")
+
+    def stop(self) -> None:
+        """Leave the flusher and apply what is left (call after the tracer provider's shutdown,
+        which counts the spans it could not export)."""
+        if self._flusher is not None:
+            self._flusher.unregister(self.flush)
+        self.flush()
+
+    def flush(self) -> None:
+        exported, failed, dropped = self._counts.take()
+        for counter, n in (
+            (self._exported, exported),
+            (self._failed, failed),
+            (self._dropped, dropped),
+        ):
+            if n:
+                counter.inc(n)
 
 
 class DriftMetrics:

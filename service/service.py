@@ -28,6 +28,7 @@ from service.metrics import (
     PredictionLogMetrics,
     ProcessMetrics,
     ServiceMetrics,
+    TraceMetrics,
 )
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
@@ -108,6 +109,10 @@ class CreditRiskService:
             sinks.append(self.metrics)
             self.process_metrics = ProcessMetrics(registry=None)
             self.process_metrics.start()
+        self.trace_metrics: TraceMetrics | None = None
+        if settings.metrics_enabled and tracing.exporting():
+            self.trace_metrics = TraceMetrics(tracing.SPAN_COUNTS, registry=None)
+            self.trace_metrics.start()
         self.prediction_log: PredictionLog | None = None
         if settings.prediction_log_enabled:
             observer = PredictionLogMetrics(registry=None) if settings.metrics_enabled else None
@@ -221,3 +226,5 @@ class CreditRiskService:
         if self.process_metrics is not None:
             self.process_metrics.stop()
         await asyncio.to_thread(tracer_provider.shutdown)  # exports the spans still buffered
+        if self.trace_metrics is not None:  # with the spans the shutdown could not export
+            await asyncio.to_thread(self.trace_metrics.stop)

@@ -3,7 +3,9 @@
 - /metrics, parsed with prometheus_client's parser, counts exactly the traffic sent (summed over
   both workers), and `promtool check metrics` finds nothing to report;
 - an OTLP/HTTP receiver on loopback gets one trace per request, parent-child linked, continuing
-  the caller's traceparent, with the trace id of the request's prediction-log row.
+  the caller's traceparent, with the trace id of the request's prediction-log row;
+- /metrics counts the spans the receiver got, and with the collector unreachable predictions are
+  still answered while every span is counted failed or dropped.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.predlog.helpers import wait_until
-from tests.support import ROOT, ServedService, example_rows
+from tests.support import ROOT, ServedService, example_rows, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -394,20 +396,109 @@ def test_without_an_exporter_rows_still_carry_the_callers_trace_id(served: Serve
     assert rows[0]["trace_id"] == trace_id
 
 
-def test_readme_documents_exactly_the_metrics_exported(served: ServedService) -> None:
-    post_fresh(served.url, {"instances": example_rows(1)})
-    post_fresh(served.url, {"instances": []})
-    text = httpx.get(f"{served.url}/metrics").text
-    exported = {
+def exported_metrics(url: str) -> set[str]:
+    text = httpx.get(f"{url}/metrics").text
+    return {
         family.name + ("_total" if family.type == "counter" else "")
         for family in text_string_to_metric_families(text)
         if not family.name.startswith(("bentoml_", "grpc_server_", "model_drift_"))
     }
+
+
+def documented_metrics() -> set[str]:
     section = (ROOT / "README.md").read_text().split("## Metrics and traces", 1)[1]
     section = section.split("\n## ", 1)[0]
-    documented = {
+    return {
         name
         for name in re.findall(r"^\| `([a-z_]+)` \| (?:counter|gauge|histogram) \|", section, re.M)
         if not name.startswith("model_drift_")  # drift is off here; tests/drift checks them
     }
-    assert exported == documented
+
+
+def test_readme_documents_exactly_the_metrics_exported(served: ServedService) -> None:
+    post_fresh(served.url, {"instances": example_rows(1)})
+    post_fresh(served.url, {"instances": []})
+    # span export metrics exist only while spans are exported (the next test)
+    documented = {n for n in documented_metrics() if not n.startswith("trace_")}
+    # the refused request's counter appears once the metrics thread has applied it
+    wait_until(lambda: exported_metrics(served.url) >= documented, timeout=10)
+    assert exported_metrics(served.url) == documented
+
+
+def test_readme_documents_exactly_the_metrics_exported_with_tracing(
+    traced: tuple[ServedService, OtlpReceiver],
+) -> None:
+    service, _ = traced
+    post_fresh(service.url, {"instances": example_rows(1)})
+    post_fresh(service.url, {"instances": []})
+    wait_until(lambda: exported_metrics(service.url) >= documented_metrics(), timeout=10)
+    assert exported_metrics(service.url) == documented_metrics()
+
+
+SPAN_COUNTERS = (
+    "trace_spans_exported_total",
+    "trace_spans_failed_total",
+    "trace_spans_dropped_total",
+)
+SPANS_PER_PREDICTION = 4  # POST /predict, validate, model.predict, log.enqueue
+
+
+def span_counts(url: str) -> tuple[float, ...]:
+    samples = scrape(url)
+    return tuple(total(samples, name) for name in SPAN_COUNTERS)
+
+
+def test_metrics_count_the_spans_the_collector_received(
+    traced: tuple[ServedService, OtlpReceiver],
+) -> None:
+    service, receiver = traced
+    for i in range(5):
+        trace_id = f"{i + 4:x}" * 32
+        response = httpx.post(
+            f"{service.url}/predict",
+            json={"instances": example_rows(1)},
+            headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01"},
+        )
+        assert response.status_code == 200
+        receiver.wait_for(lambda s, t=trace_id: len(trace_of(s, t)) == SPANS_PER_PREDICTION)
+    # Every span the receiver took (this module's earlier tests' too, from both workers) is
+    # counted exported once the workers' metric threads have applied them; none lost.
+    received = len(receiver.spans())
+    counts = wait_until(lambda: (c := span_counts(service.url))[0] == received and c, timeout=10)
+    assert counts == (received, 0, 0)
+
+
+def test_with_the_collector_unreachable_predictions_answer_and_lost_spans_are_counted(
+    model_tag: str,
+) -> None:
+    # Nothing listens on the port: each export is refused, retried until the exporter's 1 s
+    # timeout, and given up (failed); meanwhile the 8-span queue overflows (dropped).
+    refused = f"http://127.0.0.1:{free_port()}"
+    requests = 20
+    with ServedService(
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": refused,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "8",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+        },
+        workers=1,
+    ) as service:
+        assert span_counts(service.url) == (0, 0, 0)  # the series exist from the start
+        for _ in range(requests):
+            response = post_fresh(service.url, {"instances": example_rows(1)})
+            assert response.status_code == 200, response.text
+        spans = requests * SPANS_PER_PREDICTION
+
+        def settled() -> tuple[float, ...] | None:
+            counts = span_counts(service.url)
+            return counts if counts[1] + counts[2] >= spans else None
+
+        # Every span is counted, failed or dropped. A span ending while the SDK hands a batch
+        # from a full queue to the exporter can be counted dropped and then failed too (see
+        # CountingSpanProcessor), hence at least.
+        exported, failed, dropped = wait_until(settled, timeout=60, interval=0.5)
+        assert exported == 0
+        assert failed > 0  # the batches the exporter gave up on
+        assert dropped > 0  # the spans the full queue pushed out meanwhile
