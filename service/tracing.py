@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
@@ -314,8 +315,10 @@ class CountingSpanProcessor(SpanProcessor):
             CountingSpanExporter(exporter, counts, on_export=self._left_queue),
             max_queue_size=self.max_queue_size,
         )
+        self._closed = False
         if hasattr(os, "register_at_fork"):  # the SDK empties its queue in a forked child
-            os.register_at_fork(after_in_child=self._forget_pending)
+            forget = weakref.WeakMethod(self._forget_pending)
+            os.register_at_fork(after_in_child=lambda: (f := forget()) and f())
 
     @property
     def span_exporter(self) -> SpanExporter:
@@ -328,7 +331,9 @@ class CountingSpanProcessor(SpanProcessor):
         if not (span.context and span.context.trace_flags.sampled):
             return  # not queued by the batch processor either
         with self._lock:
-            if self._pending >= self.max_queue_size:
+            if self._closed:
+                dropped = True  # refused by the processor once shut down
+            elif self._pending >= self.max_queue_size:
                 dropped = True  # the oldest waiting span is pushed out for this one
             else:
                 dropped = False
@@ -349,7 +354,7 @@ class CountingSpanProcessor(SpanProcessor):
         self._processor.shutdown()
         # What the processor could not export before its timeout is lost with the process.
         with self._lock:
-            lost, self._pending = self._pending, 0
+            lost, self._pending, self._closed = self._pending, 0, True
         if lost:
             self._counts.add(dropped=lost)
             log.warning("tracing: %d spans not exported at shutdown", lost)

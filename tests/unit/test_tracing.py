@@ -194,3 +194,16 @@ def test_a_full_queue_counts_every_span_it_pushes_out(monkeypatch: pytest.Monkey
     exported, failed, dropped = counts.take()
     assert (exported, failed, dropped) == (8, 0, 0)  # the first batch and the queue's last 4
     provider.shutdown()
+
+
+def test_spans_ended_after_the_shutdown_are_counted_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exporter = GatedExporter()
+    provider, counts = pipeline(monkeypatch, exporter)
+    end_spans(provider, 2)
+    provider.shutdown()  # exports what is queued
+    assert counts.take() == (2, 0, 0)
+    end_spans(provider, 3)
+    assert counts.take() == (0, 0, 3)
+    assert exporter.spans == 2
