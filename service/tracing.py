@@ -1,6 +1,6 @@
 """OpenTelemetry tracing, configured only by the standard ``OTEL_*`` environment variables.
 
-Export is off unless configured, and then costs only the creation of non-recording spans:
+Export is off unless configured (and then no span is created at all):
 
 - ``OTEL_TRACES_EXPORTER``: ``otlp`` or ``console`` (``none`` = off). When unset, setting
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` implies ``otlp``.
@@ -118,8 +118,8 @@ def configure_tracing(default_service_name: str, self_traced: list[str]) -> Trac
     exporter = exporter_from_env()
     _exporting = exporter is not None
     if exporter is None:
-        # Not recording, but spans still get (or inherit from traceparent) trace ids, which the
-        # access log and the prediction log keep.
+        # For BentoML's middleware on the routes left to it: nothing recorded. The service's own
+        # routes create no span at all then (server_span); the logs keep the caller's trace id.
         provider = TracerProvider(sampler=ALWAYS_OFF)
     else:
         resource = Resource.create()  # reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
@@ -196,7 +196,8 @@ _NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 
 def _caller_span(traceparent: str | None) -> trace.Span:
-    """The caller's span context from a W3C ``traceparent`` (version 00), or the invalid span."""
+    """The caller's span context from a W3C ``traceparent``, or the invalid span. Any version but
+    the invalid ``ff`` is read as version 00's four fields, as the W3C spec asks of a parser."""
     if traceparent is None:
         return trace.INVALID_SPAN
     parts = traceparent.strip().split("-")
