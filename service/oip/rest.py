@@ -74,7 +74,11 @@ def _parameters(value: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 
 def _json_echo(value: Any) -> str:
     """``value`` as the client wrote it in JSON, cut short."""
-    return orjson.dumps(value).decode()[:MAX_NAME_ECHO]
+    try:
+        text = orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        return "a deeply nested " + ("array" if isinstance(value, list) else "object")
+    return text[:MAX_NAME_ECHO]
 
 
 def _flatten(data: Any, shape: Any, name: str, known: Collection[str] = ()) -> list[Any]:

@@ -221,6 +221,43 @@ def test_rest_malformed_bodies(
     assert text in exc.summary
 
 
+DEEP = 300  # within what orjson reads (1024 levels), beyond what it writes (254)
+
+
+@pytest.mark.parametrize(
+    ("spec", "header_length", "binary", "text"),
+    [
+        (
+            b'{"name": "a", "datatype": "INT64", "data": [1], "shape": '
+            + b'{"d": ' * DEEP
+            + b"1"
+            + b"}" * DEEP
+            + b"}",
+            None,
+            b"",
+            "input 'a': shape must be an array of dimensions",
+        ),
+        (
+            b'{"name": "a", "shape": [1], "parameters": {"binary_data_size": '
+            + b"[" * DEEP
+            + b"]" * DEEP
+            + b"}}",
+            "auto",
+            b"\x00" * 8,
+            "input 'a': binary_data_size must be a non-negative integer",
+        ),
+    ],
+)
+def test_rest_deeply_nested_values_are_refused_not_a_server_error(
+    spec: bytes, header_length: str | None, binary: bytes, text: str
+) -> None:
+    # Echoing the value with orjson.dumps raised its recursion limit (TypeError): the request
+    # was answered 500 and counted as a server error, although the client sent it wrong.
+    exc = rejected(lambda: parse(b'{"inputs": [' + spec + b"]}", header_length, binary))
+    assert exc.errors[0].reason is Reason.INVALID_TENSOR
+    assert text in exc.summary
+
+
 @pytest.mark.parametrize(("body", "header_length"), [(b"", None), (b" ", None), (b"{}", "0")])
 def test_rest_empty_body_asks_for_inputs_not_instances(
     body: bytes, header_length: str | None
