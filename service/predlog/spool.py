@@ -166,6 +166,7 @@ class Spool:
         refused: list[Entry] = []
         data: list[bytes] = []
         with self._lock:
+            self.write_error = None  # a refusal for lack of room must not report an old error
             size = self._size
             for entry, line in zip(entries, lines, strict=True):
                 if size + len(line) > self.max_bytes:
@@ -182,7 +183,6 @@ class Spool:
                 except OSError as exc:  # disk full, directory unwritable: refused like a full spool
                     self.write_error = exc  # the writer logs it, at most once per 10 s
                     return [], entries
-                self.write_error = None
                 if self._active.oldest is None:
                     self._active.oldest = min(e.received_at for e in kept)
                 self._size = size

@@ -132,7 +132,9 @@ def test_entries_beyond_the_size_cap_are_refused_not_lost_silently(tmp_path: Pat
     kept, refused = spool.append(batch)
     assert (kept, refused) == (batch[:3], batch[3:])
     assert spool.size <= spool.max_bytes
+    spool.write_error = OSError("an earlier disk error")
     assert spool.append(batch[:1]) == ([], batch[:1])  # full stays full
+    assert spool.write_error is None  # refused for lack of room, not for that error
     spool.seal()
     replay_all(spool)
     assert spool.scan() == 0
