@@ -34,7 +34,9 @@ from service.validation import MAX_NAME_ECHO, REQUEST_FIELD, FieldError, Reason,
 
 log = logging.getLogger(__name__)
 
-_HTTP_SPAN = {"http.request.method": "POST", "http.route": "/predict"}
+# The endpoint label of /predict's requests (metrics, logs).
+PREDICT_ENDPOINT = "/predict"
+_HTTP_SPAN = {"http.request.method": "POST", "http.route": PREDICT_ENDPOINT}
 # The request headers the prediction endpoints read; names as ASGI gives them (lower case).
 _READ_HEADERS = frozenset(
     (
@@ -193,7 +195,7 @@ class PredictEndpoint:
 
     async def _predict(self, headers: dict[str, str], receive: Receive) -> tuple[int, bytes, str]:
         predictor = self._get_predictor()
-        ctx = RequestContext.start("http", "/predict", headers.get("x-request-id"))
+        ctx = RequestContext.start("http", PREDICT_ENDPOINT, headers.get("x-request-id"))
         body = b""
         try:
             with tracing.span("validate"):

@@ -20,7 +20,7 @@ from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
 from service.events import EventSink
-from service.http import build_http_app
+from service.http import PREDICT_ENDPOINT, build_http_app
 from service.inference import Predictor
 from service.metrics import (
     LATENCY_BUCKETS,
@@ -32,8 +32,9 @@ from service.metrics import (
 )
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
-from service.oip.rest import v2_routes
+from service.oip.rest import infer_endpoint, v2_routes
 from service.oip.server import GrpcServer, check_port_free, serving_http_port
+from service.oip.servicer import INFER_RPC
 from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings
 
@@ -97,13 +98,13 @@ class CreditRiskService:
         self.metrics: ServiceMetrics | None = None
         self.process_metrics: ProcessMetrics | None = None
         if settings.metrics_enabled:
-            # The endpoints answering predictions (the request paths' endpoint labels)
+            # The endpoints answering predictions, labelled as their request paths label them
             endpoints = [
-                ("http", "/predict"),
-                ("http", f"/v2/models/{model.contract.model_name}/infer"),
+                ("http", PREDICT_ENDPOINT),
+                ("http", infer_endpoint(model.contract.model_name)),
             ]
             if settings.grpc_enabled:
-                endpoints.append(("grpc", "ModelInfer"))
+                endpoints.append(("grpc", INFER_RPC))
             self.metrics = ServiceMetrics(model, registry=None, endpoints=endpoints)
             self.metrics.start()
             sinks.append(self.metrics)

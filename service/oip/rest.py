@@ -49,6 +49,11 @@ EXTENSIONS = ("binary_tensor_data",)
 _INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
+def infer_endpoint(model_name: str) -> str:
+    """The endpoint label of the v2 infer requests for ``model_name`` (metrics, logs)."""
+    return f"/v2/models/{model_name}/infer"
+
+
 def v2_error(exc: RequestRejected) -> JSONResponse:
     """A refusal of a metadata or readiness route (not a logged request: no request id)."""
     return JSONResponse({**exc.to_dict(), "error": exc.summary}, status_code=exc.status)
@@ -279,7 +284,7 @@ class InferEndpoint:
         protocol = self._get_protocol()
         name, version = params["name"], params.get("version", "")
         ctx = RequestContext.start(
-            "http", f"/v2/models/{protocol.model_name}/infer", headers.get("x-request-id")
+            "http", infer_endpoint(protocol.model_name), headers.get("x-request-id")
         )
         try:
             body = await read_body(

@@ -38,7 +38,9 @@ STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 # Trailers share an 8 KiB default limit with the other headers: list violations up to this size.
 _MAX_DETAILS_BYTES = 4096
 _INFER_SPAN = f"{SERVICE_NAME}/ModelInfer"
-_GRPC_SPAN = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": "ModelInfer"}
+# The endpoint label of ModelInfer calls (metrics, logs).
+INFER_RPC = "ModelInfer"
+_GRPC_SPAN = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": INFER_RPC}
 # Codes that report the caller's mistake or choice: the span of such a call is not marked failed
 # (OpenTelemetry's gRPC conventions; a passed deadline, DEADLINE_EXCEEDED, is the server's).
 _CALLER_ERRORS = frozenset(
@@ -270,7 +272,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         ctx = RequestContext.start(
             "grpc",
-            "ModelInfer",
+            INFER_RPC,
             _metadata_request_id(context),
             deadline_passed=lambda: deadline_passed(context),
         )
@@ -320,9 +322,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
             request_deserializer=(
-                None
-                if method.name == "ModelInfer"
-                else getattr(pb, method.input_type.name).FromString
+                None if method.name == INFER_RPC else getattr(pb, method.input_type.name).FromString
             ),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
