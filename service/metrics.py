@@ -551,41 +551,48 @@ class TraceMetrics:
 class DriftMetrics:
     """The latest drift run, as gauges; the runs this worker did, as a counter.
 
-    Every worker sets the gauges from the same run (the newest completed row of ``drift_runs``),
-    so they use ``livemostrecent``: one scrape shows one value per series, whichever worker
-    answers it. Without a verdict (before the first run, or a run with insufficient data) the
-    verdict gauges are NaN: prometheus_client's multiprocess files cannot remove a series, and
-    NaN makes comparisons such as ``== 1`` false, so no drift alert fires on missing data.
+    Every worker sets the gauges from the same run (the newest completed row of ``drift_runs``
+    for the served model), so they use ``livemostrecent``: one scrape shows one value per series,
+    whichever worker answers it. Each series carries ``model_version``, as the model-call metrics
+    do: during a rolling deploy the old and the new version's runs are told apart, and the
+    dashboards' version selector applies to drift too. Without a verdict (before the first run,
+    or a run with insufficient data) the verdict gauges are NaN: prometheus_client's
+    multiprocess files cannot remove a series, and NaN makes comparisons such as ``== 1`` false,
+    so no drift alert fires on missing data.
     """
 
     def __init__(
         self,
         features: Sequence[str],
         interval_seconds: float,
+        model_version: str,
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
-        def gauge(name: str, what: str, labels: Sequence[str] = ()) -> Gauge:
+        def family(name: str, what: str, labels: Sequence[str]) -> Gauge:
             return Gauge(
                 f"model_drift_{name}",
                 what,
-                labels,
+                ["model_version", *labels],
                 multiprocess_mode="livemostrecent",
                 registry=registry,
             )
 
-        self._score = gauge(
+        def gauge(name: str, what: str) -> Gauge:
+            return family(name, what, ()).labels(model_version)
+
+        self._score = family(
             "feature_score",
             "Drift score of the feature in the last run: a p-value for statistical tests, a "
             "distance for distance metrics (model_drift_feature_method_info names it).",
             ["feature"],
         )
-        self._threshold = gauge(
+        self._threshold = family(
             "feature_threshold",
             "Threshold the feature's drift score is compared with.",
             ["feature"],
         )
-        self._drifted = gauge("feature_drifted", "1 if the feature drifted, else 0.", ["feature"])
-        self._method = gauge(
+        self._drifted = family("feature_drifted", "1 if the feature drifted, else 0.", ["feature"])
+        self._method = family(
             "feature_method_info",
             "1 for the drift method (Evidently's test) used for the feature; 0 for a method used "
             "before.",
@@ -624,27 +631,36 @@ class DriftMetrics:
             "Unix time of the last completed run (ok or insufficient_data); 0 before any.",
         )
         self._duration = gauge("last_run_duration_seconds", "Duration of the last completed run.")
-        interval = gauge("interval_seconds", "DRIFT_INTERVAL_SECONDS: how often drift runs.")
-        self._runs = Counter(
+        # Not a property of the model: the setting, one series per instance.
+        interval = Gauge(
+            "model_drift_interval_seconds",
+            "DRIFT_INTERVAL_SECONDS: how often drift runs.",
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
+        runs = Counter(
             "model_drift_runs",
             "Drift runs, by outcome: ok, insufficient_data, failed (counted by the process that "
             "ran them).",
-            ["status"],
+            ["model_version", "status"],
             registry=registry,
         )
-        for status in ("ok", "insufficient_data", "failed"):
-            self._runs.labels(status)
+        self._runs = {
+            status: runs.labels(model_version, status)
+            for status in ("ok", "insufficient_data", "failed")
+        }
         interval.set(interval_seconds)
         # 0 until a completed run is shown: a `mostrecent` gauge never set is left out of the
         # scrape, and DriftMonitorStale could not fire for a monitor that never completes a run
         self._last_run.set(0)
+        self._version = model_version
         self._methods: dict[str, str] = {}
         # The contract's features, so that their series exist (NaN) before the first verdict.
         self._features = set(features)
         self._clear_verdict()
 
     def count(self, status: str) -> None:
-        self._runs.labels(status).inc()
+        self._runs[status].inc()
 
     def show(self, summary: DriftSummary) -> None:
         """Export the run ``summary`` (a completed run)."""
@@ -670,14 +686,14 @@ class DriftMetrics:
             self._features.add(name)
             self._set_column(
                 column,
-                self._score.labels(name),
-                self._threshold.labels(name),
-                self._drifted.labels(name),
+                self._score.labels(self._version, name),
+                self._threshold.labels(self._version, name),
+                self._drifted.labels(self._version, name),
             )
             previous = self._methods.get(name)
             if previous is not None and previous != column.method:
-                self._method.labels(name, previous).set(0)
-            self._method.labels(name, column.method).set(1)
+                self._method.labels(self._version, name, previous).set(0)
+            self._method.labels(self._version, name, column.method).set(1)
             self._methods[name] = column.method
 
     def _clear_verdict(self) -> None:
@@ -687,7 +703,7 @@ class DriftMetrics:
             gauge.set(NAN)
         for name in self._features:
             for family in (self._score, self._threshold, self._drifted):
-                family.labels(name).set(NAN)
+                family.labels(self._version, name).set(NAN)
 
     @staticmethod
     def _set_column(column: ColumnDrift, score: Gauge, threshold: Gauge, drifted: Gauge) -> None:

@@ -138,7 +138,10 @@ class CreditRiskService:
         if settings.drift_enabled and settings.prediction_log_enabled:
             drift_metrics = (
                 DriftMetrics(
-                    model.contract.feature_names, settings.drift_interval_seconds, registry=None
+                    model.contract.feature_names,
+                    settings.drift_interval_seconds,
+                    model.version,
+                    registry=None,
                 )
                 if settings.metrics_enabled
                 else None

@@ -416,30 +416,30 @@ def model_health() -> model.Dashboard:
             "Dataset drift",
             "Whether the last drift run found the recent inputs drifted from the training data "
             "(1). Normal: 0. Sustained 1 fires DatasetDriftSustained.",
-            query(f"max(model_drift_dataset_drifted{{{SEL}}})", "dataset drifted"),
+            query(f"max(model_drift_dataset_drifted{{{M}}})", "dataset drifted"),
         ),
         single(
             "Share of drifted features",
             "Share of features whose drift test failed in the last run. Normal: near 0.",
-            query(f"max(model_drift_drifted_features_ratio{{{SEL}}})", "drifted share"),
+            query(f"max(model_drift_drifted_features_ratio{{{M}}})", "drifted share"),
             unit="percentunit",
         ),
         single(
             "Drift window",
             "Logged instances in the drift window, and whether they are too few for a "
             "verdict (insufficient data: 1). Normal: DRIFT_WINDOW_SIZE, insufficient 0.",
-            query(f"max(model_drift_window_instances{{{SEL}}})", "window instances"),
-            query(f"max(model_drift_insufficient_data{{{SEL}}})", "insufficient data"),
+            query(f"max(model_drift_window_instances{{{M}}})", "window instances"),
+            query(f"max(model_drift_insufficient_data{{{M}}})", "insufficient data"),
         ),
         single(
             "Last drift run",
             "Seconds since the last drift run, how long it took, and the age of the newest "
             "instance in its window. Normal: under DRIFT_INTERVAL_SECONDS; over three intervals "
             "fires DriftMonitorStale. A growing data age: no traffic, drift runs on old data.",
-            query(f"time() - max(model_drift_last_run_timestamp_seconds{{{SEL}}})", "age"),
-            query(f"max(model_drift_last_run_duration_seconds{{{SEL}}})", "duration"),
+            query(f"time() - max(model_drift_last_run_timestamp_seconds{{{M}}})", "age"),
+            query(f"max(model_drift_last_run_duration_seconds{{{M}}})", "duration"),
             query(
-                f"time() - max(model_drift_window_newest_timestamp_seconds{{{SEL}}})",
+                f"time() - max(model_drift_window_newest_timestamp_seconds{{{M}}})",
                 "window newest data age",
             ),
             unit="s",
@@ -448,24 +448,24 @@ def model_health() -> model.Dashboard:
             "Drift score per feature",
             "Each feature's drift statistic from the last runs (its test is in the table "
             "beside). Normal: below its threshold; a feature crossing it counts as drifted.",
-            query(f"max by (feature) (model_drift_feature_score{{{SEL}}})", "{{feature}}"),
+            query(f"max by (feature) (model_drift_feature_score{{{M}}})", "{{feature}}"),
         ),
         tabular(
             "Drift test per feature",
             "Per feature: the test, its threshold and whether it drifted in the last run "
             "(1). Normal: drifted 0 for (almost) every feature.",
             query(
-                f"max by (feature, method) (model_drift_feature_method_info{{{SEL}}})",
+                f"max by (feature, method) (model_drift_feature_method_info{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
             query(
-                f"max by (feature) (model_drift_feature_threshold{{{SEL}}})",
+                f"max by (feature) (model_drift_feature_threshold{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
             query(
-                f"max by (feature) (model_drift_feature_drifted{{{SEL}}})",
+                f"max by (feature) (model_drift_feature_drifted{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
@@ -475,9 +475,9 @@ def model_health() -> model.Dashboard:
             "Prediction drift",
             "Drift statistic of the predicted scores against the reference, with its threshold, "
             "and the verdict (1: drifted). Normal: score below threshold, drifted 0.",
-            query(f"max(model_drift_prediction_score{{{SEL}}})", "score"),
-            query(f"max(model_drift_prediction_threshold{{{SEL}}})", "threshold"),
-            query(f"max(model_drift_prediction_drifted{{{SEL}}})", "drifted"),
+            query(f"max(model_drift_prediction_score{{{M}}})", "score"),
+            query(f"max(model_drift_prediction_threshold{{{M}}})", "threshold"),
+            query(f"max(model_drift_prediction_drifted{{{M}}})", "drifted"),
         ),
         series(
             "Drift runs by status",
@@ -485,7 +485,7 @@ def model_health() -> model.Dashboard:
             "fills); failed runs fire DriftMonitorFailing. The configured interval is shown too.",
             # each run is counted once, by the replica that ran it: summed, unlike the gauges
             query(
-                f"sum by (status) (increase(model_drift_runs_total{{{SEL}}}[{RATE}]))",
+                f"sum by (status) (increase(model_drift_runs_total{{{M}}}[{RATE}]))",
                 "{{status}}",
             ),
             query(f"max(model_drift_interval_seconds{{{SEL}}})", "interval (s)"),

@@ -58,7 +58,8 @@ def monitor(monitors: Monitors, model: LoadedModel) -> DriftMonitor:
 
 def _metrics(model: LoadedModel) -> tuple[DriftMetrics, CollectorRegistry]:
     registry = CollectorRegistry()
-    return DriftMetrics(model.contract.feature_names, 60, registry=registry), registry
+    metrics = DriftMetrics(model.contract.feature_names, 60, model.version, registry=registry)
+    return metrics, registry
 
 
 def _another_version(model: LoadedModel) -> LoadedModel:
@@ -164,8 +165,9 @@ def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
     wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
     assert monitor.state()["run_id"] == before.state()["run_id"]
     assert monitor.state()["model"] == model.tag
-    assert registry.get_sample_value("model_drift_dataset_drifted") == 0
-    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") > 0
+    version = {"model_version": model.version}
+    assert registry.get_sample_value("model_drift_dataset_drifted", version) == 0
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds", version) > 0
 
 
 def test_after_a_restart_with_another_model_version_the_old_verdict_is_not_shown(
@@ -189,9 +191,11 @@ def test_after_a_restart_with_another_model_version_the_old_verdict_is_not_shown
     state = monitor.state()
     assert (state["status"], state["model"], state["run_id"]) == ("pending", newer.tag, None)
     assert state["dataset_drift"] is None
-    assert math.isnan(registry.get_sample_value("model_drift_dataset_drifted"))
-    assert math.isnan(registry.get_sample_value("model_drift_prediction_drifted"))
-    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") == 0
+    # Its own series, under its version: the old version's verdict is not shown as its own.
+    version = {"model_version": newer.version}
+    assert math.isnan(registry.get_sample_value("model_drift_dataset_drifted", version))
+    assert math.isnan(registry.get_sample_value("model_drift_prediction_drifted", version))
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds", version) == 0
     (tmp_path / before.state()["report"]).write_text("<html>the old version's</html>")
     path, why = monitor.report_path()
     assert path is None

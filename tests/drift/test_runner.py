@@ -54,10 +54,11 @@ def test_a_run_records_when_the_data_of_its_window_arrived(
     assert DriftSummary.from_dict(served) == summary
 
     registry = CollectorRegistry()
-    DriftMetrics(model.contract.feature_names, 60, registry=registry).show(summary)
+    DriftMetrics(model.contract.feature_names, 60, model.version, registry=registry).show(summary)
+    version = {"model_version": model.version}
     gauge = registry.get_sample_value
-    assert gauge("model_drift_window_newest_timestamp_seconds") == newest.timestamp()
-    assert gauge("model_drift_window_oldest_timestamp_seconds") == oldest.timestamp()
+    assert gauge("model_drift_window_newest_timestamp_seconds", version) == newest.timestamp()
+    assert gauge("model_drift_window_oldest_timestamp_seconds", version) == oldest.timestamp()
 
 
 def test_a_runs_snapshot_loads_back_into_evidently_and_rebuilds_its_report(

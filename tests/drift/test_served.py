@@ -63,13 +63,19 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(url: str) -> tuple[str, Samples]:
+    """The drift samples, keyed without their ``model_version``, which is checked here: every
+    series but the interval setting's is the served model version's."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    samples = {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name.startswith("model_drift_")
-    }
+    version = drift(url)["model"].split(":")[1]
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if not s.name.startswith("model_drift_"):
+                continue
+            labels = dict(s.labels)
+            if s.name != "model_drift_interval_seconds":
+                assert labels.pop("model_version", None) == version, s
+            samples[(s.name, frozenset(labels.items()))] = s.value
     return text, samples
 
 

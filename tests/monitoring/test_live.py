@@ -227,10 +227,12 @@ def test_drifted_traffic_makes_the_drift_alert_reach_the_webhook(stack: Stack) -
         for start in range(0, len(drifted), 100):
             answer = client.post("/predict", json={"instances": drifted[start : start + 100]})
             assert answer.status_code == 200
+    served_version = httpx.get(f"{stack.service.url}/drift").json()["model"].split(":")[1]
     for name in ("DatasetDriftSustained", "PredictionDrift"):
         alerts = wait_until(lambda n=name: stack.webhook.firing(n), timeout=120, interval=0.5)
         assert alerts[0]["receiver"] == "ticket"
         assert alerts[0]["labels"]["severity"] == "ticket"
+        assert alerts[0]["labels"]["model_version"] == served_version  # whose inputs drifted
 
 
 def test_stopping_the_service_makes_service_down_reach_the_webhook(stack: Stack) -> None:

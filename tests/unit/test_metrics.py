@@ -323,10 +323,14 @@ def test_drift_metrics_show_no_run_yet_as_a_last_run_at_0_in_multiprocess_mode(
     # completed: a last run at 0, as documented, so that DriftMonitorStale
     # (time() - last run > 3 intervals) can fire for a monitor that never completes one. A
     # `mostrecent` gauge never set is left out of the scrape altogether.
-    code = "from service.metrics import DriftMetrics; DriftMetrics(['a', 'b'], 60, registry=None)"
+    code = (
+        "from service.metrics import DriftMetrics\n"
+        "DriftMetrics(['a', 'b'], 60, 'v1', registry=None)"
+    )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=120)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(tmp_path))
     assert registry.get_sample_value("model_drift_interval_seconds") == 60
-    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds") == 0
+    version = {"model_version": "v1"}
+    assert registry.get_sample_value("model_drift_last_run_timestamp_seconds", version) == 0
