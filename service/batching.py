@@ -79,13 +79,27 @@ class MicroBatcher(Generic[Row, Result]):
         self._executor.shutdown(wait=True)
 
     def _take_batch(self) -> list[tuple[Sequence[Row], asyncio.Future[Batched[Result]]]]:
+        """The next call's requests; empty when every pending one is gone."""
+        # A caller cancelled while queued (BentoML's request timeout, a gRPC deadline or cancel)
+        # is not computed: under overload the queue fills with requests that time out, and
+        # scoring them anyway spent the model thread on answers nobody reads while the live
+        # requests behind them timed out in turn.
+        self._drop_gone()
+        if not self._pending:
+            return []
         batch = [self._pending.popleft()]
         rows = len(batch[0][0])
-        while self._pending and rows + len(self._pending[0][0]) <= self._max_rows:
+        while True:
+            self._drop_gone()
+            if not self._pending or rows + len(self._pending[0][0]) > self._max_rows:
+                return batch
             item = self._pending.popleft()
             rows += len(item[0])
             batch.append(item)
-        return batch
+
+    def _drop_gone(self) -> None:
+        while self._pending and self._pending[0][1].done():
+            self._pending.popleft()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,6 +108,8 @@ class MicroBatcher(Generic[Row, Result]):
             self._wakeup.clear()
             while self._pending:
                 batch = self._take_batch()
+                if not batch:
+                    break
                 parts = [rows for rows, _ in batch]
                 total = sum(map(len, parts))
                 started = time.perf_counter()

@@ -135,3 +135,41 @@ async def test_a_cancelled_caller_does_not_break_the_others() -> None:
     assert (await first).results == [10]
     assert (await kept).results == [30]
     await batcher.aclose()
+
+
+async def test_a_caller_cancelled_while_queued_is_not_computed() -> None:
+    # Requests that timed out in the queue (BentoML's timeout cancels them) cost no model time.
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100)
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.05)
+    gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
+    kept = asyncio.create_task(batcher.submit([4]))
+    last_gone = asyncio.create_task(batcher.submit([5]))
+    await asyncio.sleep(0.05)
+    for task in (*gone, last_gone):
+        task.cancel()
+    model.release.set()
+    assert (await first).results == [10]
+    merged = await kept
+    assert (merged.results, merged.rows, merged.requests) == ([40], 1, 1)
+    assert model.calls == [[1], [4]]
+    await batcher.aclose()
+
+
+async def test_a_queue_of_cancelled_callers_makes_no_call() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100)
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.05)
+    gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
+    await asyncio.sleep(0.05)
+    for task in gone:
+        task.cancel()
+    model.release.set()
+    assert (await first).results == [10]
+    assert (await batcher.submit([6])).results == [60]
+    assert model.calls == [[1], [6]]
+    await batcher.aclose()
