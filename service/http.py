@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,7 +30,14 @@ from service.inference import (
     RequestContext,
     server_failure,
 )
-from service.validation import MAX_NAME_ECHO, REQUEST_FIELD, FieldError, Reason, RequestRejected
+from service.validation import (
+    CLIENT_CLOSED,
+    MAX_NAME_ECHO,
+    REQUEST_FIELD,
+    FieldError,
+    Reason,
+    RequestRejected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,10 @@ async def read_body(
 ) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 415
     when it is compressed (tritonclient's ``request_compression_algorithm``): read as it came, it
-    was refused as invalid JSON or a wrong header length, not for its encoding."""
+    was refused as invalid JSON or a wrong header length, not for its encoding.
+
+    A client that closes its connection before the whole body is refused with 499
+    (:class:`ClientClosed`)."""
     if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
         raise RequestRejected.request_level(
             Reason.INVALID_BODY,
@@ -91,7 +101,7 @@ async def read_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise _client_closed(size, b"".join(chunks)[:BODY_EXCERPT_BYTES])
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -114,6 +124,29 @@ class BodyTooLarge(RequestRejected):
         self.head = head
 
 
+class ClientClosed(RequestRejected):
+    """The client closed its connection before sending the whole body: recorded as a 499 (nginx's
+    "client closed request"), with the size read and the first bytes, like :class:`BodyTooLarge`.
+
+    Answered too, though nobody reads it (the server drops what is sent on a closed connection):
+    BentoML's timeout middleware waits for an answer, not for the endpoint to return, so an
+    endpoint that raised instead held the request in flight
+    (``bentoml_service_request_in_progress``) until REQUEST_TIMEOUT_SECONDS, and it was neither
+    logged nor counted.
+    """
+
+    def __init__(self, errors: list[FieldError], size: int, head: bytes) -> None:
+        super().__init__(errors, status=CLIENT_CLOSED)
+        self.size = size
+        self.head = head
+
+
+def _client_closed(size: int, head: bytes) -> ClientClosed:
+    message = f"the client closed the connection after {size} bytes of the body"
+    error = FieldError(None, REQUEST_FIELD, Reason.CANCELLED, message, REQUEST_FIELD)
+    return ClientClosed([error], size, head)
+
+
 def _too_large(size: int, limit: int, head: bytes = b"") -> BodyTooLarge:
     message = (
         f"the body has {'at least ' if size > limit else ''}{size} bytes; at most {limit} are "
@@ -126,7 +159,7 @@ def _too_large(size: int, limit: int, head: bytes = b"") -> BodyTooLarge:
 def seen_body(exc: RequestRejected, body: bytes) -> tuple[bytes, int | None]:
     """The body and size to record for a refusal: the read body, or what :func:`read_body`
     saw of one it refused (``body`` is still empty then)."""
-    if isinstance(exc, BodyTooLarge):
+    if isinstance(exc, BodyTooLarge | ClientClosed):
         return exc.head, exc.size
     return body, None
 
@@ -209,8 +242,6 @@ class PredictEndpoint:
         except RequestRejected as exc:
             predictor.reject(ctx, exc, *seen_body(exc, body))
             return exc.status, error_body(ctx, exc), ctx.request_id
-        except ClientDisconnect:
-            raise
         except Exception:
             # A defect of ours: answered and recorded now, not left to BentoML's timeout
             # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or

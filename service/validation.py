@@ -70,7 +70,8 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
-    # the client gave up: it cancelled its gRPC call before the answer (status CLIENT_CLOSED)
+    # the client gave up: it cancelled its gRPC call before the answer, or closed its HTTP
+    # connection before sending the whole body (status CLIENT_CLOSED)
     CANCELLED = "cancelled"
 
 

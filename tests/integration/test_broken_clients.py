@@ -1,0 +1,76 @@
+"""Clients that break off or stall, against a real `bentoml serve` with 2 workers and a short
+request timeout: each is recorded in the prediction log and counted, and none leaves a request in
+flight (BentoML's `bentoml_service_request_in_progress`) longer than it lasts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_observability import scrape, total
+from tests.predlog.helpers import wait_until
+from tests.support import ServedService, example_rows
+
+TIMEOUT_SECONDS = 6
+BODY = json.dumps({"instances": example_rows(1)}).encode()
+
+
+@pytest.fixture(scope="module")
+def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
+    store = Path(tempfile.mkdtemp(prefix="broken-clients-")) / "predictions.db"
+    env = {
+        "REQUEST_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+        "PREDICTION_LOG_URL": f"sqlite:///{store}",
+        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
+    }
+    with ServedService(env=env) as served:
+        yield served, store
+
+
+def send_head(served: ServedService, request_id: str, content_length: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10)
+    sock.sendall(
+        f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {content_length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def rejection(store: Path, request_id: str) -> tuple[int, str, int] | None:
+    with sqlite3.connect(store) as db:
+        row = db.execute(
+            "SELECT status, errors, body_size FROM rejections WHERE request_id = ?", (request_id,)
+        ).fetchone()
+    if row is None:
+        return None
+    return row[0], json.loads(row[1])[0]["reason"], row[2]
+
+
+def in_progress(served: ServedService) -> float:
+    return total(scrape(served.url), "bentoml_service_request_in_progress", endpoint="/predict")
+
+
+def test_a_client_gone_mid_body_is_a_499_and_leaves_nothing_in_flight(
+    service: tuple[ServedService, Path],
+) -> None:
+    served, store = service
+    sock = send_head(served, "gone-mid-body", len(BODY))
+    sock.sendall(BODY[:100])
+    wait_until(lambda: in_progress(served) == 1, timeout=5)
+    sock.close()
+    started = time.monotonic()
+    # Well before the request timeout (until which BentoML's middleware waited for an answer).
+    wait_until(lambda: in_progress(served) == 0, timeout=TIMEOUT_SECONDS - 2)
+    assert time.monotonic() - started < TIMEOUT_SECONDS - 2
+    assert wait_until(lambda: rejection(store, "gone-mid-body"), timeout=5) == (
+        499,
+        "cancelled",
+        100,
+    )
