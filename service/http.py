@@ -10,6 +10,7 @@ middleware (request metrics, tracing, timeouts) and serves ``/livez``, ``/readyz
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
@@ -242,6 +243,11 @@ class PredictEndpoint:
         except RequestRejected as exc:
             predictor.reject(ctx, exc, *seen_body(exc, body))
             return exc.status, error_body(ctx, exc), ctx.request_id
+        except asyncio.CancelledError:
+            # BentoML's request timeout, while a slow client was still sending the body:
+            # answered 504 by its middleware, recorded here like a timeout in the model queue.
+            predictor.reject(ctx, ctx.cancellation())
+            raise
         except Exception:
             # A defect of ours: answered and recorded now, not left to BentoML's timeout
             # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or

@@ -12,6 +12,7 @@ the protocol specifies and as clients such as tritonclient display it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -296,6 +297,9 @@ class InferEndpoint:
         except RequestRejected as exc:
             protocol.predictor.reject(ctx, exc, *seen_body(exc, b""))
             return exc.status, v2_error_body(exc, ctx), ctx.request_id, [JSON_CONTENT]
+        except asyncio.CancelledError:  # BentoML's request timeout, during a slow body
+            protocol.predictor.reject(ctx, ctx.cancellation())
+            raise
         header_length = headers.get(HEADER_LENGTH.lower())
         try:
             result = await protocol.infer(

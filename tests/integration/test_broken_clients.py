@@ -53,8 +53,8 @@ def rejection(store: Path, request_id: str) -> tuple[int, str, int] | None:
     return row[0], json.loads(row[1])[0]["reason"], row[2]
 
 
-def in_progress(served: ServedService) -> float:
-    return total(scrape(served.url), "bentoml_service_request_in_progress", endpoint="/predict")
+def in_progress(served: ServedService, endpoint: str = "/predict") -> float:
+    return total(scrape(served.url), "bentoml_service_request_in_progress", endpoint=endpoint)
 
 
 def test_a_client_gone_mid_body_is_a_499_and_leaves_nothing_in_flight(
@@ -74,3 +74,33 @@ def test_a_client_gone_mid_body_is_a_499_and_leaves_nothing_in_flight(
         "cancelled",
         100,
     )
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/credit_risk/infer"])
+def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
+    service: tuple[ServedService, Path], path: str
+) -> None:
+    served, store = service
+    request_id = f"slow-body-{path.count('/')}"
+    before = scrape(served.url)
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+        + BODY[:10]
+    )
+    answer = sock.recv(65536)  # BentoML's 504, after REQUEST_TIMEOUT_SECONDS
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 504 "), answer
+    assert wait_until(lambda: rejection(store, request_id), timeout=5)[:2] == (504, "timeout")
+
+    def counted() -> bool:
+        now = scrape(served.url)
+        return (
+            total(now, "inference_requests_total", endpoint=path, code="504")
+            - total(before, "inference_requests_total", endpoint=path, code="504")
+            == 1
+        )
+
+    wait_until(counted, timeout=5)
+    wait_until(lambda: in_progress(served, path) == 0, timeout=5)
