@@ -39,19 +39,39 @@ class BatcherClosed(RuntimeError):
     """The batcher is shut down and takes no more work."""
 
 
+class BatcherFull(RuntimeError):
+    """The rows waiting for the model would exceed the batcher's bound: refused, not queued."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(
+            f"the server is overloaded: {queued} rows are waiting for the model (at most "
+            f"{limit}); retry later"
+        )
+        self.queued = queued
+
+
 class MicroBatcher(Generic[Row, Result]):
     def __init__(
         self,
         fn: Callable[[list[Sequence[Row]]], Sequence[Result]],
         max_rows: int,
         on_batch: BatchObserver | None = None,
+        max_queued_rows: int = 0,
     ) -> None:
         """``fn`` maps the merged requests' rows (a list of the submitted sequences, in order) to
         one result per row, in order; it runs on one thread. It gets the sequences as they were
         submitted, not one list of rows, so that what a request carries beside its rows (the
-        validator's columns) reaches the model call."""
+        validator's columns) reaches the model call.
+
+        ``max_queued_rows`` bounds the rows waiting for a model call (0: no bound): a request
+        that would exceed it raises :class:`BatcherFull`, unless nothing waits (so that any
+        request can run). Without a bound, overload queues without limit: memory grows with
+        every connection and each request waits longer, until the clients' or the server's
+        timeouts answer them all too late."""
         self._fn = fn
         self._max_rows = max_rows
+        self._max_queued_rows = max_queued_rows
+        self._queued_rows = 0  # rows in _pending, cancelled callers' included until dropped
         self._on_batch = on_batch
         self._pending: deque[tuple[Sequence[Row], asyncio.Future[Batched[Result]]]] = deque()
         self._wakeup = asyncio.Event()
@@ -59,14 +79,29 @@ class MicroBatcher(Generic[Row, Result]):
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a model call."""
+        return self._queued_rows
+
+    def check_room(self) -> None:
+        """Raise :class:`BatcherFull` if the queue is at its bound, when no request can join it:
+        a transport refuses such a request before reading and decoding its body."""
+        if self._max_queued_rows and self._queued_rows >= self._max_queued_rows:
+            raise BatcherFull(self._queued_rows, self._max_queued_rows)
+
     async def submit(self, rows: Sequence[Row]) -> Batched[Result]:
         """Results for ``rows``, computed in a call shared with other concurrent requests."""
         if self._closed:
             raise BatcherClosed("the model is shutting down")
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        limit = self._max_queued_rows
+        if limit and self._queued_rows and self._queued_rows + len(rows) > limit:
+            raise BatcherFull(self._queued_rows, limit)
         future: asyncio.Future[Batched[Result]] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, future))
+        self._queued_rows += len(rows)
         self._wakeup.set()
         return await future
 
@@ -92,6 +127,7 @@ class MicroBatcher(Generic[Row, Result]):
         while True:
             self._drop_gone()
             if not self._pending or rows + len(self._pending[0][0]) > self._max_rows:
+                self._queued_rows -= rows
                 return batch
             item = self._pending.popleft()
             rows += len(item[0])
@@ -99,7 +135,7 @@ class MicroBatcher(Generic[Row, Result]):
 
     def _drop_gone(self) -> None:
         while self._pending and self._pending[0][1].done():
-            self._pending.popleft()
+            self._queued_rows -= len(self._pending.popleft()[0])
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -58,6 +58,9 @@ _READ_HEADERS = frozenset(
 )
 Header = tuple[bytes, bytes]
 JSON_CONTENT: Header = (b"content-type", b"application/json")
+# On a 503 (model queue full, or shutting down): when a client or load balancer may try again.
+RETRY_AFTER: Header = (b"retry-after", b"1")
+UNAVAILABLE = 503
 
 
 class JSONResponse(Response):
@@ -225,13 +228,15 @@ class PredictEndpoint:
         with tracing.server_span("POST /predict", headers, _HTTP_SPAN) as span:
             status, body, request_id = await self._predict(headers, receive)
             tracing.end_status(span, status)
-        await send_response(send, status, body, request_id)
+        extra = (RETRY_AFTER,) if status == UNAVAILABLE else ()
+        await send_response(send, status, body, request_id, (JSON_CONTENT, *extra))
 
     async def _predict(self, headers: dict[str, str], receive: Receive) -> tuple[int, bytes, str]:
         predictor = self._get_predictor()
         ctx = RequestContext.start("http", PREDICT_ENDPOINT, headers.get("x-request-id"))
         body = b""
         try:
+            predictor.check_room()
             with tracing.span("validate"):
                 body = await read_body(
                     receive,

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from service import tracing
-from service.batching import BatcherClosed, BatchObserver, MicroBatcher
+from service.batching import BatcherClosed, BatcherFull, BatchObserver, MicroBatcher
 from service.contract import CategoricalFeature
 from service.events import (
     EventSink,
@@ -160,6 +160,7 @@ class Predictor:
         sinks: Sequence[EventSink] = (),
         on_batch: BatchObserver | None = None,
         model_observer: ModelObserver | None = None,
+        max_queued_rows: int = 0,
     ) -> None:
         self.model = model
         self._model_observer = model_observer
@@ -167,7 +168,7 @@ class Predictor:
         self.validator = InstanceValidator(model.contract, max_instances)
         self.sinks = Sinks(list(sinks))
         self._batcher: MicroBatcher[Instance, Prediction] = MicroBatcher(
-            self._predict_rows, max_model_batch_rows, on_batch
+            self._predict_rows, max_model_batch_rows, on_batch, max_queued_rows
         )
 
     def warm_up(self) -> None:
@@ -221,7 +222,7 @@ class Predictor:
             # goes on.
             self.reject(ctx, ctx.cancellation())
             raise
-        except BatcherClosed as exc:
+        except (BatcherClosed, BatcherFull) as exc:
             failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
             self.reject(ctx, failure)
             raise failure from exc
@@ -232,6 +233,15 @@ class Predictor:
         with tracing.span("log.enqueue"):
             self.sinks.publish(PredictionEvent(ctx.finish(self.model.tag), instances, predictions))
         return predictions
+
+    def check_room(self) -> None:
+        """Refuse (503, not recorded: the caller records it) a request that cannot join the model
+        queue whatever its size: under overload, reading and validating a body only to refuse it
+        took the event loop's time from the requests it could still serve."""
+        try:
+            self._batcher.check_room()
+        except BatcherFull as exc:
+            raise RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503) from exc
 
     def reject(
         self,

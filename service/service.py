@@ -130,6 +130,7 @@ class CreditRiskService:
             sinks=sinks,
             on_batch=self.metrics.observe_batch if self.metrics else None,
             model_observer=self.metrics,
+            max_queued_rows=settings.max_queued_rows,
         )
         self.predictor.warm_up()
         # Drift reads its window from the prediction log: without the log there is nothing to

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         description="Most rows merged from concurrent requests into one model call. A single "
         "request larger than this still runs, alone.",
     )
+    max_queued_rows: int = Field(
+        16_000,
+        ge=0,
+        description="Most instances waiting for the model per worker (merged into the next "
+        "model calls). A request that would exceed it is refused at once with 503 and "
+        "`Retry-After: 1`, logged and counted, instead of queueing: under overload, memory and "
+        "latency stay bounded and a load balancer can retry elsewhere. A request arriving at an "
+        "empty queue always runs. 0 = no bound.",
+    )
     request_timeout_seconds: int = Field(
         30, ge=1, description="BentoML's per-request timeout (answered 504)."
     )

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from service.batching import BatcherClosed, MicroBatcher
+from service.batching import BatcherClosed, BatcherFull, MicroBatcher
 
 
 class Recorder:
@@ -172,4 +172,46 @@ async def test_a_queue_of_cancelled_callers_makes_no_call() -> None:
     assert (await first).results == [10]
     assert (await batcher.submit([6])).results == [60]
     assert model.calls == [[1], [6]]
+    await batcher.aclose()
+
+
+async def test_rows_beyond_the_queue_bound_are_refused_not_queued() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100, max_queued_rows=3)
+    model.release.clear()
+    running = asyncio.create_task(batcher.submit([1, 2, 3, 4]))  # taken at once: not queued
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit([i])) for i in (5, 6)]
+    await asyncio.sleep(0.05)
+    assert batcher.queued_rows == 2
+    batcher.check_room()  # room for one more row
+    with pytest.raises(BatcherFull, match="2 rows are waiting for the model"):
+        await batcher.submit([7, 8])
+    fits = asyncio.create_task(batcher.submit([9]))
+    await asyncio.sleep(0.05)
+    with pytest.raises(BatcherFull, match="3 rows are waiting"):
+        batcher.check_room()  # full: no request can join, whatever its size
+    model.release.set()
+    assert (await running).results == [10, 20, 30, 40]
+    assert [(await t).results for t in (*queued, fits)] == [[50], [60], [90]]
+    assert batcher.queued_rows == 0
+    # an empty queue takes any request, larger than the bound too
+    assert (await batcher.submit([1, 2, 3, 4, 5])).results == [10, 20, 30, 40, 50]
+    await batcher.aclose()
+
+
+async def test_cancelled_callers_free_their_place_in_the_queue() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_rows=100, max_queued_rows=2)
+    model.release.clear()
+    running = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.05)
+    gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
+    await asyncio.sleep(0.05)
+    for task in gone:
+        task.cancel()
+    model.release.set()
+    assert (await running).results == [10]
+    assert (await batcher.submit([4, 5])).results == [40, 50]
+    assert batcher.queued_rows == 0
     await batcher.aclose()

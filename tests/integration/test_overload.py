@@ -1,0 +1,84 @@
+"""Overload, against a real `bentoml serve` with 2 workers and a small model queue
+(MAX_QUEUED_ROWS): requests beyond it are refused at once with 503 and Retry-After, recorded and
+counted, and the service answers as usual once the burst is over."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_observability import scrape, total
+from tests.oip_support import rest_body
+from tests.predlog.helpers import wait_until
+from tests.support import ServedService, example_rows
+
+QUEUED_ROWS = 1000
+BURST = 24  # concurrent 1000-instance requests: far more than 2 workers' queues hold
+
+
+@pytest.fixture(scope="module")
+def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
+    store = Path(tempfile.mkdtemp(prefix="overload-")) / "predictions.db"
+    env = {
+        "MAX_QUEUED_ROWS": str(QUEUED_ROWS),
+        "PREDICTION_LOG_URL": f"sqlite:///{store}",
+        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
+    }
+    with ServedService(env=env) as served:
+        yield served, store
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/credit_risk/infer"])
+def test_a_burst_beyond_the_queue_is_refused_with_503_and_retry_after(
+    service: tuple[ServedService, Path], path: str
+) -> None:
+    served, store = service
+    rows = example_rows(1000)
+    body = json.dumps({"instances": rows} if path == "/predict" else rest_body(rows)).encode()
+    before = total(scrape(served.url), "inference_requests_total", endpoint=path, code="503")
+    headers = {"Content-Type": "application/json"}
+    # one connection per request, so that both workers get their share
+    with ThreadPoolExecutor(BURST) as pool:
+        answers = list(
+            pool.map(
+                lambda i: httpx.post(
+                    served.url + path,
+                    content=body,
+                    headers={**headers, "X-Request-ID": f"burst-{path.count('/')}-{i}"},
+                    timeout=60,
+                ),
+                range(BURST),
+            )
+        )
+    refused = [a for a in answers if a.status_code == 503]
+    assert {a.status_code for a in answers} == {200, 503}, [a.status_code for a in answers]
+    for answer in refused:
+        assert answer.headers["retry-after"] == "1"
+        assert "overloaded" in answer.text
+
+    def recorded() -> set[str]:
+        with sqlite3.connect(store) as db:
+            found = db.execute(
+                "SELECT request_id FROM rejections WHERE status = 503 AND endpoint = ?", (path,)
+            ).fetchall()
+        return {row[0] for row in found} if len(found) == len(refused) else set()
+
+    assert wait_until(recorded, timeout=10) == {a.headers["x-request-id"] for a in refused}
+    wait_until(
+        lambda: (
+            total(scrape(served.url), "inference_requests_total", endpoint=path, code="503")
+            - before
+            == len(refused)
+        ),
+        timeout=10,
+    )
+    # the burst is over: answered as usual
+    after = httpx.post(served.url + path, content=body, headers=headers, timeout=30)
+    assert after.status_code == 200
