@@ -84,6 +84,9 @@ class RequestContext:
     # gRPC: whether the client's deadline has passed, asked when the call is cancelled (a passed
     # deadline, else the client's own cancel). None: a cancellation is the server's timeout.
     deadline_passed: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    # gRPC: whether the server itself cancels its calls (the end of its shutdown grace), asked
+    # first when the call is cancelled. None: the server cancels none.
+    server_cancelled: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def start(
@@ -92,6 +95,7 @@ class RequestContext:
         endpoint: str,
         request_id: str | None,
         deadline_passed: Callable[[], bool] | None = None,
+        server_cancelled: Callable[[], bool] | None = None,
     ) -> RequestContext:
         """``request_id`` is the client's (header/metadata); an unusable one is replaced.
 
@@ -105,12 +109,20 @@ class RequestContext:
             endpoint=endpoint,
             trace_id=tracing.current_trace_id(),
             deadline_passed=deadline_passed,
+            server_cancelled=server_cancelled,
         )
 
     def cancellation(self) -> RequestRejected:
-        """How a request cancelled while waiting for the model is recorded: a 504 timeout
-        (BentoML's request timeout, or a gRPC client's deadline), or a 499 when the client
-        cancelled its call itself (nginx's "client closed request")."""
+        """How a request cancelled while waiting for the model is recorded: a 503 when the gRPC
+        server cancelled it at the end of its shutdown grace (the client sees UNAVAILABLE), a 504
+        timeout (BentoML's request timeout, or a gRPC client's deadline), or a 499 when the
+        client cancelled its call itself (nginx's "client closed request")."""
+        if self.server_cancelled is not None and self.server_cancelled():
+            return RequestRejected.request_level(
+                Reason.UNAVAILABLE,
+                "the worker shut down before the answer (GRPC_SHUTDOWN_GRACE_SECONDS passed)",
+                status=503,
+            )
         if self.deadline_passed is None or self.deadline_passed():
             return RequestRejected.request_level(
                 Reason.TIMEOUT, "no answer within the request timeout", status=504

@@ -100,19 +100,51 @@ class _Call:
         self._start = time.perf_counter()
         metrics.started.labels(*labels).inc()
 
-    def finish(self, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
-        code = final_code(context, error)
+    def finish(
+        self,
+        context: grpc.aio.ServicerContext,
+        error: BaseException | None,
+        shutdown: ShutdownCancel | None,
+    ) -> None:
+        code = final_code(context, error, shutdown)
         self._metrics.handled.labels(*self._labels, code_name(code)).inc()
         self._metrics.handling_seconds.labels(*self._labels).observe(
             time.perf_counter() - self._start
         )
 
 
-def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+class ShutdownCancel:
+    """When the server itself cancels the calls still running at shutdown.
+
+    ``grpc.aio.Server.stop(grace)`` cancels every call left once ``grace`` has passed, and the
+    client sees UNAVAILABLE ("Cancelling all calls"); the handler gets the same CancelledError as
+    for the client's own cancel, and nothing in the call's context tells them apart.
+    """
+
+    def __init__(self) -> None:
+        self._at: float | None = None
+
+    def schedule(self, grace: float) -> None:
+        """Called just before ``stop(grace)``: its cancel comes ``grace`` from now, or later."""
+        self._at = time.monotonic() + grace
+
+    def due(self) -> bool:
+        """Whether the server's cancel may have come: a call cancelled from now on is its."""
+        return self._at is not None and time.monotonic() >= self._at
+
+
+def final_code(
+    context: grpc.aio.ServicerContext,
+    error: BaseException | None,
+    shutdown: ShutdownCancel | None = None,
+) -> grpc.StatusCode:
     """The status the client sees for a call that ended with ``error`` (None: returned)."""
     if isinstance(error, asyncio.CancelledError):
-        # The call was cancelled under the handler: DEADLINE_EXCEEDED when the client's deadline
-        # passed, else the client's own CANCELLED. context.code() knows neither.
+        # The call was cancelled under the handler: UNAVAILABLE when the server cancelled it at
+        # the end of its shutdown grace, DEADLINE_EXCEEDED when the client's deadline passed,
+        # else the client's own CANCELLED. context.code() knows none of them.
+        if shutdown is not None and shutdown.due():
+            return grpc.StatusCode.UNAVAILABLE
         passed = deadline_passed(context)
         return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
     # An abort() sets the code before raising; a handler may also set_code() and return.
@@ -135,7 +167,9 @@ def _status_code(code: Any) -> grpc.StatusCode:
 Behavior = Callable[..., Any]
 
 
-def _measured(behavior: Behavior, start: Callable[[], _Call]) -> Behavior:
+def _measured(
+    behavior: Behavior, start: Callable[[], _Call], shutdown: ShutdownCancel | None
+) -> Behavior:
     """``behavior`` (a coroutine function or an async generator function), measured."""
     if inspect.isasyncgenfunction(behavior):
 
@@ -148,7 +182,7 @@ def _measured(behavior: Behavior, start: Callable[[], _Call]) -> Behavior:
                 error = exc
                 raise
             finally:
-                call.finish(context, error)
+                call.finish(context, error, shutdown)
 
         return stream
 
@@ -161,14 +195,15 @@ def _measured(behavior: Behavior, start: Callable[[], _Call]) -> Behavior:
             error = exc
             raise
         finally:
-            call.finish(context, error)
+            call.finish(context, error, shutdown)
 
     return single
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: GrpcMetrics) -> None:
+    def __init__(self, metrics: GrpcMetrics, shutdown: ShutdownCancel | None = None) -> None:
         self._metrics = metrics
+        self._shutdown = shutdown
 
     async def intercept_service(
         self,
@@ -190,4 +225,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             (True, False): "stream_unary",
             (True, True): "stream_stream",
         }[(handler.request_streaming, handler.response_streaming)]
-        return handler._replace(**{kind: _measured(getattr(handler, kind), start)})
+        measured = _measured(getattr(handler, kind), start, self._shutdown)
+        return handler._replace(**{kind: measured})

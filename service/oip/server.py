@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service.oip.generated import grpc_predict_v2_pb2 as pb
-from service.oip.grpc_metrics import MetricsInterceptor, grpc_metrics
+from service.oip.grpc_metrics import MetricsInterceptor, ShutdownCancel, grpc_metrics
 from service.oip.protocol import InferenceProtocol
 from service.oip.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
@@ -119,12 +119,13 @@ class GrpcServer:
         self.port = port
         self._grace = grace_seconds
         self._health = health.aio.HealthServicer()
+        self._shutdown = ShutdownCancel()
         # METRICS_ENABLED=false turns every metric off: none created, none updated per call.
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if metrics_enabled:
             metrics = grpc_metrics()
             metrics.initialize([INFERENCE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE])
-            interceptors.append(MetricsInterceptor(metrics))
+            interceptors.append(MetricsInterceptor(metrics, self._shutdown))
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -132,7 +133,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
-        add_to_server(InferenceServicer(protocol), self._server)
+        add_to_server(InferenceServicer(protocol, self._shutdown), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE.full_name, reflection.SERVICE_NAME),
@@ -159,5 +160,8 @@ class GrpcServer:
         """Report NOT_SERVING, refuse new calls, let calls in flight finish within the grace."""
         self.protocol.ready = False
         await self._health.enter_graceful_shutdown()
+        # Calls still running when the grace ends are cancelled by the server, not their clients:
+        # recorded and counted as UNAVAILABLE (503), as the clients see them.
+        self._shutdown.schedule(self._grace)
         await self._server.stop(self._grace)
         log.info("gRPC server stopped")

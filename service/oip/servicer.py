@@ -20,7 +20,7 @@ from service import tracing
 from service.inference import RequestContext
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.oip.grpc_metrics import deadline_passed, final_code
+from service.oip.grpc_metrics import ShutdownCancel, deadline_passed, final_code
 from service.oip.protocol import (
     InferenceProtocol,
     InferFailed,
@@ -201,8 +201,9 @@ def _metadata_request_id(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, protocol: InferenceProtocol) -> None:
+    def __init__(self, protocol: InferenceProtocol, shutdown: ShutdownCancel | None = None) -> None:
         self._protocol = protocol
+        self._shutdown = shutdown
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -262,7 +263,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 error = exc
                 raise
             finally:
-                code = final_code(context, error)
+                code = final_code(context, error, self._shutdown)
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code not in _CALLER_ERRORS:
                     span.set_status(tracing.trace.StatusCode.ERROR)
@@ -275,6 +276,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             INFER_RPC,
             _metadata_request_id(context),
             deadline_passed=lambda: deadline_passed(context),
+            server_cancelled=None if self._shutdown is None else self._shutdown.due,
         )
         request: pb.ModelInferRequest | None = None
 

@@ -5,14 +5,21 @@ only. Each test runs its own `bentoml serve`."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
+import time
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
-from tests.support import ServedService, free_port
+from models.contract import CONTRACT
+from tests.oip_support import triton_inputs
+from tests.support import ServedService, example_rows, free_port
 
 
 @pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "so_reuseport"])
@@ -66,6 +73,50 @@ def test_sigterm_reports_not_serving_then_stops(model_tag: str) -> None:
     assert "Traceback" not in service.output
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", service.grpc_port)) != 0
+
+
+def test_calls_cut_by_the_end_of_the_shutdown_grace_are_recorded_as_unavailable(
+    model_tag: str, tmp_path: Path
+) -> None:
+    """The server cancels the calls still running when GRPC_SHUTDOWN_GRACE_SECONDS ends; their
+    clients get UNAVAILABLE, and the log and metrics must say so (503), not that the clients
+    cancelled them (499, which no error rate counts)."""
+    database = tmp_path / "predictions.db"
+    env = {"GRPC_SHUTDOWN_GRACE_SECONDS": "0", "PREDICTION_LOG_URL": f"sqlite:///{database}"}
+    service = ServedService(env=env, workers=1).start()
+    inputs = triton_inputs(triton_grpc, example_rows(1000))  # a queue of calls waits for the model
+    stop = threading.Event()
+    codes: list[str] = []
+
+    def load() -> None:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{service.grpc_port}")
+        while not stop.is_set():
+            try:
+                client.infer(CONTRACT.model_name, inputs)
+            except InferenceServerException as exc:
+                codes.append(str(exc.status()))
+                time.sleep(0.05)
+        client.close()
+
+    threads = [threading.Thread(target=load) for _ in range(12)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+    finally:
+        exit_code = service.stop()
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert exit_code == 0
+    assert "StatusCode.UNAVAILABLE" in codes
+    with sqlite3.connect(database) as db:
+        statuses = [status for (status,) in db.execute("SELECT status FROM rejections")]
+        errors = [e for (e,) in db.execute("SELECT errors FROM rejections WHERE status = 503")]
+    assert statuses
+    assert set(statuses) == {503}
+    assert all('"reason":"unavailable"' in e and "GRPC_SHUTDOWN_GRACE_SECONDS" in e for e in errors)
+    assert '"status":499' not in service.output
 
 
 def test_grpc_can_be_turned_off(model_tag: str) -> None:
