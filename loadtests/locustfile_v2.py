@@ -80,7 +80,12 @@ class V2RestUser(FastHttpUser):
 
 
 class GrpcClient(triton_grpc.InferenceServerClient):
-    """tritonclient's gRPC client, closed once.
+    """tritonclient's gRPC client, with a connection of its own, closed once.
+
+    gRPC shares one connection among all the channels of a process that have the same target and
+    arguments: every user would send on one connection, so to one worker of the server (the
+    workers share GRPC_PORT, and the kernel spreads connections, not calls). A local subchannel
+    pool gives each user its own connection, as each HTTP user has its own.
 
     tritonclient's ``__del__`` closes the channel again. At interpreter exit, with gevent's loop
     gone, that second close can block forever on a gRPC lock: locust printed its report and its
@@ -88,6 +93,20 @@ class GrpcClient(triton_grpc.InferenceServerClient):
     """
 
     _closed = False
+
+    def __init__(self, url: str) -> None:
+        keepalive = triton_grpc.KeepAliveOptions()
+        # channel_args replaces tritonclient's own: its defaults, then the pool of our own.
+        channel_args = [
+            ("grpc.max_send_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        super().__init__(url, channel_args=channel_args)
 
     def close(self) -> None:
         if not self._closed:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,40 @@ def test_grpc_scenario(served: ServedService, tmp_path: Path) -> None:
     assert result.returncode == 0, diagnostics(tmp_path, result)
     stats = stats_by_name(tmp_path)
     assert stats["ModelInfer [20]"]["num_requests"] > 0
+
+
+# In a child process: importing locust monkey-patches the standard library with gevent.
+CONNECTIONS_SCRIPT = """
+import sys
+import psutil
+from loadtests.locustfile_v2 import GrpcClient
+
+port = int(sys.argv[1])
+clients = [GrpcClient(f"127.0.0.1:{port}") for _ in range(3)]
+for client in clients:
+    assert client.is_server_live()
+connections = [
+    c for c in psutil.Process().net_connections("tcp")
+    if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+]
+print(len(connections))
+for client in clients:
+    client.close()
+"""
+
+
+def test_each_grpc_user_has_a_connection_of_its_own(served: ServedService) -> None:
+    """gRPC shares one connection among a process's channels to the same target: the users of a
+    run would all load one worker of the server, the kernel spreading connections, not calls."""
+    result = subprocess.run(
+        [sys.executable, "-c", CONNECTIONS_SCRIPT, str(served.grpc_port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "3", result.stdout
 
 
 def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
