@@ -434,6 +434,29 @@ def test_typed_contents_in_another_field_are_invalid_argument_naming_it(
     )
 
 
+@pytest.mark.parametrize("kind", ["inputs", "requested outputs"])
+def test_a_flood_of_tensors_is_refused_whole(channel: grpc.Channel, kind: str) -> None:
+    """800,000 empty inputs fit in a 4 MB message; read and reported one by one, they held the
+    worker's event loop, and every other request of the worker, for 3.6 s."""
+    if kind == "inputs":  # typed contents: raw ones are refused early, counted against inputs
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        flood = request.inputs
+    else:
+        request = raw_request(example_rows(1))
+        flood = request.outputs
+    for _ in range(800_000):
+        flood.add(name="x")
+    assert request.ByteSize() < 4 << 20  # MAX_BODY_BYTES: the service reads it
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    model_count = len(CONTRACT.features) if kind == "inputs" else 2
+    assert info.value.details() == (
+        f"request: the request has {len(flood)} {kind}; the model has {model_count} "
+        "(ModelMetadata lists them)"
+    )
+
+
 def test_raw_contents_must_cover_every_input(channel: grpc.Channel) -> None:
     request = raw_request(example_rows(2))
     del request.raw_input_contents[-1]
