@@ -9,7 +9,7 @@ Go and Java clients' ``status.FromError``/``StatusProto.fromThrowable``, decode)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
@@ -84,8 +84,9 @@ def parse_infer_request(
     model_tensors: tuple[int, int] | None = None,
 ) -> InferRequest:
     """Tensors from typed contents or from ``raw_input_contents`` (tritonclient's default);
-    ``known`` are the input names that may label metrics; ``model_tensors``, how many inputs
-    and outputs the model has (see :func:`_check_counts`)."""
+    ``known`` are the input names that may label metrics (a mapping: with their datatypes, for
+    the codec to refuse another datatype before its contents are read); ``model_tensors``, how
+    many inputs and outputs the model has (see :func:`_check_counts`)."""
     try:
         return _parse_infer_request(message, known, model_tensors)
     except RequestRejected as exc:  # answered and logged under the client's id all the same
@@ -167,6 +168,11 @@ def _typed_contents(
     field = _CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
         return ()  # not a protocol datatype: the codec refuses it
+    if isinstance(known, Mapping) and known.get(tensor.name, tensor.datatype) != tensor.datatype:
+        # Another datatype than the input's: the codec refuses it, naming the right one. Told
+        # "INT32 elements go in int_contents only" instead, a client moved INT64 values the
+        # wrong way.
+        return ()
     others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
     if others:
         raise input_error(
@@ -235,6 +241,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, protocol: InferenceProtocol, shutdown: ShutdownCancel | None = None) -> None:
         self._protocol = protocol
         self._shutdown = shutdown
+        codec = protocol.codec
+        self._datatypes = {t.name: t.datatype for t in codec.inputs}
+        self._counts = (len(codec.inputs), len(codec.outputs))
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -314,9 +323,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def parse() -> InferRequest:
             nonlocal request
             request = decode_infer_request(data)
-            codec = self._protocol.codec
-            counts = (len(codec.inputs), len(codec.outputs))
-            return parse_infer_request(request, codec.input_names, counts)
+            return parse_infer_request(request, self._datatypes, self._counts)
 
         try:
             result = await self._protocol.infer(

@@ -457,6 +457,27 @@ def test_a_flood_of_tensors_is_refused_whole(channel: grpc.Channel, kind: str) -
     )
 
 
+def test_another_datatype_is_refused_naming_the_right_one(channel: grpc.Channel) -> None:
+    """Not "INT32 elements go in int_contents only", which sent the client the wrong way."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    for feature in CONTRACT.features:
+        datatype = "INT32" if feature.name == INTEGER else DATATYPES[feature.kind]
+        tensor = request.inputs.add(name=feature.name, datatype=datatype, shape=[1])
+        value = example_rows(1)[0][feature.name]
+        if feature.kind == "categorical":
+            tensor.contents.bytes_contents.append(value.encode())
+        elif feature.kind == "integer":  # INTEGER's too: where INT64 elements go
+            tensor.contents.int64_contents.append(value)
+        else:
+            tensor.contents.fp64_contents.append(value)
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"request.{INTEGER}: datatype must be INT64 (integer feature), got 'INT32'"
+    )
+
+
 def test_raw_contents_must_cover_every_input(channel: grpc.Channel) -> None:
     request = raw_request(example_rows(2))
     del request.raw_input_contents[-1]
