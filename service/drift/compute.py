@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
@@ -116,11 +117,15 @@ def compute_drift(
         # direction of the method's score (p-value or distance).
         include_tests=True,
     )
-    snapshot = report.run(
-        Dataset.from_pandas(current[columns], data_definition=definition),
-        Dataset.from_pandas(reference[columns], data_definition=definition),
-        timestamp=timestamp or datetime.now(UTC),
-    )
+    # A column constant in the window (clients sending one value, or the same request again)
+    # makes the report's correlations divide by a zero deviation: numpy's "invalid value
+    # encountered in divide" in the server log, for a window whose verdict is sound.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snapshot = report.run(
+            Dataset.from_pandas(current[columns], data_definition=definition),
+            Dataset.from_pandas(reference[columns], data_definition=definition),
+            timestamp=timestamp or datetime.now(UTC),
+        )
     return _result(snapshot, contract)
 
 

@@ -8,6 +8,8 @@ fixed, so a run is reproducible.
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 
 from service.drift.compute import compute_drift
@@ -99,3 +101,19 @@ def test_one_instance_of_a_value_the_reference_lacks_is_not_drift(model: LoadedM
 
     assert result.features[column].drifted is False, result.features[column]
     assert result.features[column].score > 0.5
+
+
+def test_a_window_of_one_repeated_instance_drifts_without_numpy_warnings(
+    model: LoadedModel,
+) -> None:
+    # Every column constant (a client resending one request): the report's correlations divide
+    # by a zero deviation. The verdict stands, and the server log gets no RuntimeWarning.
+    reference = model.reference()
+    current = reference.iloc[[0] * 300].reset_index(drop=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = compute_drift(reference, current, model.contract)
+
+    assert result.dataset_drift is True
+    assert result.prediction.drifted is True
