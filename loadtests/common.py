@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import gevent
 import pandas as pd
 import requests
 from locust import User, constant_throughput, events
@@ -134,6 +135,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
     _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
     if environment.host:
         _target = _discover(environment)
+        # The discovery blocked gevent's loop for seconds without the loop's clock moving on:
+        # locust's --run-time timer, armed next, would count them and cut the run that short.
+        gevent.get_hub().loop.update_now()
 
 
 def _slo(options: Any) -> Slo:
