@@ -155,15 +155,23 @@ def target() -> Target:
 _REQUEST_ID = re.compile(r'"request_id"\s*:\s*(?:"[^"]*"|null)\s*,?')
 
 
-def failed_answer(status: int, text: str | None) -> str:
-    """A failure message for an HTTP answer: its status and, for an error, its body's start.
+def failed_answer(status: int, text: str | None, error: BaseException | None = None) -> str:
+    """A failure message for an HTTP answer: its status and, for an error, its body's start;
+    without an answer (status 0: refused, reset, timed out), the client's error.
 
     Locust counts failures by message, so the message holds only what equal failures share: no
     request id, and no body for a 2xx (its predictions differ from one request to the next).
     """
+    if status == 0:
+        return f"no answer: {error!r}"
     if 200 <= status < 300:
         return f"HTTP {status}"
     return f"HTTP {status}: {_REQUEST_ID.sub('', text or '')[:200]}"
+
+
+def response_failure(response: Any) -> str:
+    """``failed_answer`` of a locust response (only one that failed to arrive has an error)."""
+    return failed_answer(response.status_code, response.text, getattr(response, "error", None))
 
 
 def pace(user: User) -> None:

@@ -17,7 +17,7 @@ import orjson
 from locust import FastHttpUser, constant, task
 from locust.contrib.fasthttp import ResponseContextManager
 
-from loadtests.common import JSON_HEADERS, Target, failed_answer, pace, target
+from loadtests.common import JSON_HEADERS, Target, pace, response_failure, target
 
 
 class PredictUser(FastHttpUser):
@@ -40,7 +40,7 @@ class PredictUser(FastHttpUser):
 
 def check_predictions(response: ResponseContextManager, n: int, score_name: str) -> None:
     if response.status_code != 200:
-        response.failure(failed_answer(response.status_code, response.text))
+        response.failure(response_failure(response))
         return
     try:
         predictions = orjson.loads(response.content)["predictions"]
@@ -108,7 +108,7 @@ class InvalidUser(PredictUser):
             if case.matches(response.status_code, answer):
                 response.success()
             else:
-                got = failed_answer(response.status_code, response.text)
+                got = response_failure(response)
                 response.failure(
                     f"expected HTTP {case.status} {case.reason} at instance {case.instance} "
                     f"field {case.field!r}; got {got}"

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 from locust import FastHttpUser, User, constant, events, task
 
-from loadtests.common import JSON_HEADERS, Target, failed_answer, pace, target
+from loadtests.common import JSON_HEADERS, Target, pace, response_failure, target
 from loadtests.payloads import v2_inputs, v2_output_rows
 
 # gRPC's own threads would block gevent's loop: let gRPC cooperate with gevent instead.
@@ -69,7 +69,7 @@ class V2RestUser(FastHttpUser):
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(failed_answer(response.status_code, response.text))
+                response.failure(response_failure(response))
                 return
             try:
                 answer = orjson.loads(response.content)

@@ -3,11 +3,13 @@ every user class answers correctly, reports are written and the SLO check decide
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,13 @@ from tests.support import ROOT, VENV_BIN, ServedService, example_rows
 LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
 
 
-def run_locust(
+def locust_command(
     served: ServedService, reports: Path, *args: str, locustfile: str = "locustfile.py"
-) -> subprocess.CompletedProcess[str]:
-    command = [
+) -> list[str]:
+    """A short headless run against ``served``; a later option in ``args`` overrides its own."""
+    # The first prediction of a fresh process pays for lazy imports: not the load test's business.
+    httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=60)
+    return [
         str(VENV_BIN / "locust"),
         "-f",
         f"loadtests/{locustfile}",
@@ -52,8 +57,12 @@ def run_locust(
         str(reports / "run"),  # locust appends .json
         *args,
     ]
-    # The first prediction of a fresh process pays for lazy imports: not the load test's business.
-    httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=60)
+
+
+def run_locust(
+    served: ServedService, reports: Path, *args: str, locustfile: str = "locustfile.py"
+) -> subprocess.CompletedProcess[str]:
+    command = locust_command(served, reports, *args, locustfile=locustfile)
     return subprocess.run(
         command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120
     )
@@ -112,6 +121,40 @@ def test_the_run_lasts_its_run_time(served: ServedService, tmp_path: Path) -> No
     armed = log_time(result.stderr, "Run time limit set to 5 seconds")
     reached = log_time(result.stderr, "--run-time limit reached")
     assert (reached - armed).total_seconds() >= 4.9, why
+
+
+def test_requests_without_an_answer_are_reported_with_the_clients_error(
+    model_tag: str, tmp_path: Path
+) -> None:
+    # The service stops mid-run: its requests fail without any HTTP answer, and the failures must
+    # say why (they read "HTTP 0: ", nothing more).
+    service = ServedService(workers=1).start()
+    try:
+        paced = ("--user-rps", "5", "--run-time", "12s")
+        command = locust_command(service, tmp_path, *LOOSE_SLO, *paced, "SteadyUser", "InvalidUser")
+        locust = subprocess.Popen(
+            command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        stats = tmp_path / "run_stats.csv"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "/predict [1]," not in (
+            stats.read_text() if stats.exists() else ""
+        ):
+            time.sleep(0.2)
+    finally:
+        service.stop()
+    output, _ = locust.communicate(timeout=120)
+    why = f"exit {locust.returncode}\n{output.decode(errors='replace')[-3000:]}"
+    with (tmp_path / "run_failures.csv").open() as rows:
+        failures = [(row["Name"], row["Error"]) for row in csv.DictReader(rows)]
+    assert locust.returncode == SLO_MISSED_EXIT_CODE, why
+    refused = "no answer: ConnectionRefusedError(111, 'Connection refused')"
+    assert ("/predict [1]", f'CatchResponseError("{refused}")') in failures, failures
+    assert any(
+        name.startswith("/predict invalid:") and error.endswith(f'; got {refused}")')
+        for name, error in failures
+    ), failures
+    assert not [error for _, error in failures if "HTTP 0" in error], failures
 
 
 def test_an_impossible_slo_fails_the_run(served: ServedService, tmp_path: Path) -> None:
