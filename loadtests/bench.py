@@ -430,6 +430,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = progress) -> dict
     unknown = set(args.servers) - set(specs)
     if unknown:
         raise SystemExit(f"unknown servers {sorted(unknown)}; known: {sorted(specs)}")
+    # Now, not at MLServer's turn: that comes after minutes of the other servers' rounds.
+    if any(specs[name].kind == "mlserver" for name in args.servers) and not (
+        args.mlserver and args.mlserver.is_file()
+    ):
+        raise SystemExit(
+            f"--mlserver {args.mlserver or '(not given)'}: the mlserver executable of its "
+            "virtualenv is needed for the mlserver servers; `make bench` installs it"
+        )
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk); `make bench` installs it")
     chosen = [specs[name] for name in args.servers]

@@ -186,3 +186,17 @@ def test_profile_summary_charges_library_frames_to_their_caller() -> None:
     assert summarize(lines, only="sklearn") == {
         "model thread": {"model: predict_proba (sklearn)": 15}
     }
+
+
+@pytest.mark.parametrize("mlserver", [None, "var/no-such-venv/bin/mlserver"])
+def test_mlserver_without_its_executable_is_refused_before_any_server_runs(
+    tmp_path: Path, mlserver: str | None
+) -> None:
+    # It used to be found missing at MLServer's turn, after minutes of the other servers' rounds.
+    from loadtests.bench import main
+
+    args = ["--servers", "bare,mlserver", "--work", str(tmp_path / "work")]
+    args += ["--output", str(tmp_path / "results")]
+    with pytest.raises(SystemExit, match=r"--mlserver .*: the mlserver executable"):
+        main([*args, *(["--mlserver", mlserver] if mlserver else [])])
+    assert not (tmp_path / "work").exists()
