@@ -16,6 +16,7 @@ from typing import Any
 
 import bentoml
 import gevent
+import gevent.lock
 import pandas as pd
 import requests
 from locust import User, constant_throughput, events
@@ -123,18 +124,22 @@ class Target:
     drift: Drift
 
 
-_target: Target | None = None
+# The target and what it was discovered from: the web UI can change the host and the options
+# between runs, and the next run's users must use what the form said.
+_target: tuple[tuple[Any, ...], Target] | None = None
+_discovery = gevent.lock.Semaphore()  # one discovery at a time, however many users start
+# The options _discover reads.
+_DISCOVERY_OPTIONS = ("model_tag", "payloads", "seed", "drift", "drift_fraction", "max_batch_size")
 
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     # Before the run's clock starts: reading the model store takes a moment.
-    global _target
     if environment.parsed_options is None:
         return
     _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
     if environment.host:
-        _target = _discover(environment)
+        target(environment)  # a wrong --drift or an unreachable host fails now, too
         # The discovery blocked gevent's loop for seconds without the loop's clock moving on:
         # locust's --run-time timer, armed next, would count them and cut the run that short.
         gevent.get_hub().loop.update_now()
@@ -144,11 +149,18 @@ def _slo(options: Any) -> Slo:
     return Slo(options.slo_p99_ms, options.slo_error_rate)
 
 
-def target() -> Target:
-    """The served model's contract and payloads, discovered when locust starts."""
-    if _target is None:
+def target(environment: Environment) -> Target:
+    """The served model's contract and payloads: discovered when locust starts with --host, or
+    at the first user's start of a run whose host or payload options (web UI) have changed."""
+    global _target
+    if not environment.host:
         raise RuntimeError("give the service's URL with --host, e.g. --host http://127.0.0.1:3000")
-    return _target
+    options = environment.parsed_options
+    key = (environment.host, *(getattr(options, name) for name in _DISCOVERY_OPTIONS))
+    with _discovery:
+        if _target is None or _target[0] != key:
+            _target = (key, _discover(environment))
+        return _target[1]
 
 
 # The id the service gives every answer: in a failure message it would make each failure unique.

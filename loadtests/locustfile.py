@@ -26,7 +26,7 @@ class PredictUser(FastHttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.target: Target = target()
+        self.target: Target = target(self.environment)
         pace(self)
 
     def predict(self, instances: list[dict[str, Any]], name: str) -> None:

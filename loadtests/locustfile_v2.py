@@ -50,7 +50,7 @@ class V2RestUser(FastHttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.target: Target = target()
+        self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
         pace(self)
         metadata = self.client.get(f"/v2/models/{self.model}", name="/v2/models/[model]")
@@ -124,7 +124,7 @@ class GrpcUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.target: Target = target()
+        self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
         pace(self)
         self.client = GrpcClient(self.environment.parsed_options.grpc_target)

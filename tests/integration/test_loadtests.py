@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from loadtests.slo import SLO_MISSED_EXIT_CODE
-from tests.support import ROOT, VENV_BIN, ServedService, example_rows
+from tests.support import ROOT, VENV_BIN, ServedService, example_rows, free_port
 
 # Latency is the machine's business here (CI shares its cores); correctness is not: no error.
 LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
@@ -304,3 +304,55 @@ def test_a_refused_grpc_call_is_reported_with_its_status_and_reason(
     failures = (tmp_path / "run_failures.csv").read_text()
     assert "INVALID_ARGUMENT" in failures, why
     assert "the batch has 1001 instances" in failures, why
+
+
+def test_the_web_ui_runs_against_the_host_and_options_of_its_form(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # Started without --host, as the README's web UI invites: the form gives the host (every
+    # user raised "give the service's URL with --host") and the options, which can change
+    # between runs (the drift of the first run was kept).
+    web_port = free_port()
+    web = f"http://127.0.0.1:{web_port}"
+    httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=60)
+    command = [str(VENV_BIN / "locust"), "-f", "loadtests/locustfile.py", "--web-host"]
+    command += ["127.0.0.1", "--web-port", str(web_port)]
+    log = (tmp_path / "locust.log").open("wb")
+    locust = subprocess.Popen(command, cwd=ROOT, env=os.environ, stdout=log, stderr=log)
+
+    def run(drift: str) -> dict[str, Any]:
+        form = {"user_count": "14", "spawn_rate": "14", "host": served.url, "drift": drift}
+        assert httpx.post(f"{web}/swarm", data=form, timeout=10).json()["success"]
+        deadline = time.monotonic() + 60
+        while True:
+            stats = httpx.get(f"{web}/stats/requests", timeout=10).json()
+            names = {s["name"]: s for s in stats["stats"]}
+            if names.get("/predict [1] drifted", {}).get("num_requests", 0) >= 3:
+                break
+            assert time.monotonic() < deadline, (stats, (tmp_path / "locust.log").read_text())
+            time.sleep(0.5)
+        httpx.post(f"{web}/stop", timeout=30)
+        return stats
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(web, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
+                time.sleep(0.2)
+        for drift in ("purpose=education", "purpose=business"):
+            stats = run(drift)
+            why = (stats, (tmp_path / "locust.log").read_text()[-3000:])
+            assert stats["total_fail_per_sec"] == 0, why
+            assert all(s["num_failures"] == 0 for s in stats["stats"]), why
+            assert httpx.get(f"{web}/exceptions", timeout=10).json()["exceptions"] == [], why
+    finally:
+        locust.terminate()
+        locust.wait(30)
+        log.close()
+    output = (tmp_path / "locust.log").read_text()
+    assert "category='education'" in output, output[-3000:]
+    assert "category='business'" in output, output[-3000:]
