@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -50,3 +52,33 @@ print("ok")
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_readme_lists_every_option_of_the_scenarios() -> None:
+    # locust --help does not show a locustfile's options (it prints before loading it): the
+    # README's table is where a user finds them.
+    script = """
+import json
+import locust  # noqa: F401  (first: it monkey-patches what loadtests.common imports)
+from locust.argument_parser import get_empty_argument_parser, get_parser, setup_parser_arguments
+import loadtests.locustfile_v2  # noqa: F401  (registers its options and loadtests.common's)
+
+ours = get_parser()
+theirs = get_empty_argument_parser()
+setup_parser_arguments(theirs)
+known = {o for action in theirs._actions for o in action.option_strings}
+print(json.dumps([
+    [action.option_strings[0], action.env_var]
+    for action in ours._actions
+    if action.option_strings and action.option_strings[0] not in known
+]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = json.loads(result.stdout.splitlines()[-1])
+    assert len(options) >= 11, options
+    readme = (ROOT / "README.md").read_text()
+    for option, env_var in options:
+        assert re.search(rf"^\| `{option}`[^|]*\| `{env_var}` \|", readme, re.M), option
