@@ -228,12 +228,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def variant_setting(value: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE[;KEY=VALUE...]`` of ``--variant``."""
+    name, _, settings = value.partition(":")
+    items = [item for item in settings.split(";") if item]
+    if not name or not items or any("=" not in item for item in items):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME:KEY=VALUE[;KEY=VALUE...]")
+    return name, dict(item.split("=", 1) for item in items)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 
     def names(known: Sequence[str]) -> Callable[[str], list[str]]:
         def parse(value: str) -> list[str]:
-            chosen = [x.strip() for x in value.split(",") if x.strip()]
+            # Once each: a name given twice would start a second server of that name, which the
+            # run would neither load as its own nor stop.
+            chosen = list(dict.fromkeys(x.strip() for x in value.split(",") if x.strip()))
             unknown = set(chosen) - set(known)
             if unknown:
                 raise argparse.ArgumentTypeError(f"unknown {sorted(unknown)}; known: {known}")
@@ -246,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
+        type=variant_setting,
         metavar="NAME:KEY=VALUE[;KEY=VALUE...]",
         help="one more variant, with these settings (e.g. 'batch2000:PREDICTION_LOG_BATCH_SIZE="
         "2000'); repeatable",
@@ -265,11 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "overhead")
     args = parser.parse_args(argv)
     args.scenarios = [SCENARIO_BY_NAME[name] for name in args.scenarios]
-    for extra in args.variant:
-        name, _, settings = extra.partition(":")
-        env = dict(item.split("=", 1) for item in settings.split(";") if item)
+    taken = set(VARIANTS)
+    for name, _ in args.variant:
+        if name in taken:
+            parser.error(f"--variant {name}: that name is taken; taken: {sorted(taken)}")
+        taken.add(name)
+    for name, env in args.variant:
         VARIANTS[name] = (", ".join(f"{k}={v}" for k, v in env.items()), env)
         args.variants.append(name)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     results = run(args)
     write_results(args.output, "overhead", results, markdown(results))
     return 0

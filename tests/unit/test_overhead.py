@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from loadtests.overhead import VARIANTS, markdown, summarize
 
 
@@ -72,3 +74,30 @@ def test_the_off_variant_is_the_benchmarks() -> None:
     from loadtests.bench import server_specs
 
     assert VARIANTS["off"][1] == server_specs()["ours_off"].env
+
+
+def test_each_variant_is_served_once() -> None:
+    # A name given twice started two servers of that name: the run stopped only the last one.
+    from loadtests.overhead import parse_args
+
+    assert parse_args(["--variants", "on,off,on"]).variants == ["on", "off"]
+    args = parse_args(["--variants", "on,off", "--variant", "test_big:PREDICTION_LOG_BATCH_SIZE=2"])
+    assert args.variants == ["on", "off", "test_big"]
+    assert VARIANTS.pop("test_big")[1] == {"PREDICTION_LOG_BATCH_SIZE": "2"}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["on:METRICS_ENABLED=false", "test_x:A=1 --variant test_x:A=2", "test_y:BAD", "test_z", ":A=1"],
+)
+def test_a_variant_that_cannot_be_served_is_refused(
+    variant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtests.overhead import parse_args
+
+    argv = [word for part in variant.split(" --variant ") for word in ("--variant", part)]
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "--variant" in capsys.readouterr().err
+    assert not {"test_x", "test_y", "test_z"} & set(VARIANTS)
+    assert VARIANTS["on"][1] == {}
