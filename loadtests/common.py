@@ -138,11 +138,21 @@ def _on_init(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is None:
         return
     _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
+    _strip_host(environment)
     if environment.host:
         target(environment)  # a wrong --drift or an unreachable host fails now, too
         # The discovery blocked gevent's loop for seconds without the loop's clock moving on:
         # locust's --run-time timer, armed next, would count them and cut the run that short.
         gevent.get_hub().loop.update_now()
+
+
+@events.test_start.add_listener
+def _strip_host(environment: Environment, **_: Any) -> None:
+    # Locust's FastHttp client joins host and path as they are: with a host such as
+    # http://127.0.0.1:3000/ every request was to '//predict' and raised instead of being sent.
+    # Also at each run's start: the web UI's form gives the host then, before users are made.
+    if environment.host:
+        environment.host = environment.host.rstrip("/")
 
 
 def _slo(options: Any) -> Slo:
@@ -195,8 +205,7 @@ def pace(user: User) -> None:
 
 def _discover(environment: Environment) -> Target:
     options = environment.parsed_options
-    host = (environment.host or "").rstrip("/")
-    tag, contract = _describe(host, options.model_tag)
+    tag, contract = _describe(environment.host or "", options.model_tag)
     payloads, source = _payloads(tag, contract, options.payloads, options.seed)
     shifts = parse_shifts(options.drift, contract) if options.drift else default_shifts(contract)
     log.info(

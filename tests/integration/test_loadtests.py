@@ -356,3 +356,23 @@ def test_the_web_ui_runs_against_the_host_and_options_of_its_form(
     output = (tmp_path / "locust.log").read_text()
     assert "category='education'" in output, output[-3000:]
     assert "category='business'" in output, output[-3000:]
+
+
+def test_a_host_with_a_trailing_slash_is_loaded(served: ServedService, tmp_path: Path) -> None:
+    # Locust's FastHttp client joins host and path as they are: every request was to '//predict'
+    # and raised ("invalid request URI"), so nothing was sent.
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "--host",
+        served.url + "/",
+        "SteadyUser",
+        "V2RestUser",
+        locustfile="locustfile.py,loadtests/locustfile_v2.py",
+    )
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == 0, why
+    stats = stats_by_name(tmp_path)
+    assert stats["/predict [1]"]["num_requests"] > 0, why
+    assert stats["/v2/models/[model]/infer [20]"]["num_requests"] > 0, why
