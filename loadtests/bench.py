@@ -221,6 +221,18 @@ class RunningServer:
             shutil.rmtree(self.state, ignore_errors=True)
 
 
+def stop_servers_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a CI job's cancel, ``kill``) unwind like Ctrl-C, through the
+    ``finally`` blocks that stop the servers. They run in sessions of their own, so that one
+    signal stops a server's whole process tree; killed outright by the default SIGTERM, a run
+    left every server it had started serving."""
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+
+
 def export_mlserver_model(model: LoadedModel, repo: Path, port: int, spec: ServerSpec) -> Path:
     """An MLServer model repository serving the registered ``model.joblib`` unchanged.
 
@@ -647,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from loadtests.render_results import markdown
 
+    stop_servers_on_sigterm()
     results = run(args)
     write_results(args.output, "bench", results, markdown(results))
     return 0

@@ -51,6 +51,7 @@ from loadtests.bench import (
     progress,
     read_env_file,
     run_wrk,
+    stop_servers_on_sigterm,
     write_bodies,
     write_results,
     wrk_version,
@@ -290,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_servers_on_sigterm()
     results = run(args)
     write_results(args.output, "overhead", results, markdown(results))
     return 0

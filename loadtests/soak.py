@@ -42,6 +42,7 @@ from loadtests.bench import (
     measure,
     run_wrk,
     server_specs,
+    stop_servers_on_sigterm,
     write_bodies,
 )
 from loadtests.payloads import PayloadFactory
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturation-seconds", type=float, default=60)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT / "soak.json")
     args = parser.parse_args(argv)
+    stop_servers_on_sigterm()
 
     work = DEFAULT_WORK / "soak"
     (work / "logs").mkdir(parents=True, exist_ok=True)
