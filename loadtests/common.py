@@ -138,6 +138,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is None:
         return
     _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
+    _check_load(environment.parsed_options)
     _strip_host(environment)
     if environment.host:
         target(environment)  # a wrong --drift or an unreachable host fails now, too
@@ -157,6 +158,15 @@ def _strip_host(environment: Environment, **_: Any) -> None:
 
 def _slo(options: Any) -> Slo:
     return Slo(options.slo_p99_ms, options.slo_error_rate)
+
+
+def _check_load(options: Any) -> None:
+    # Refused at start: a batch of 0 made every batch request a 400 (counted as the service's
+    # failures), and a negative rate silently meant no pacing at all.
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {options.batch_size})")
+    if options.user_rps < 0:
+        raise ValueError(f"--user-rps must be 0 (no pacing) or more (got {options.user_rps:g})")
 
 
 def target(environment: Environment) -> Target:

@@ -203,6 +203,18 @@ class Shift:
     offset: float = 0.0
     category: str | None = None
 
+    def __str__(self) -> str:
+        """The shift as ``--drift`` writes it (``name*1.5``, ``name+2000``, ``name=category``;
+        a bare name: the next category), for the run's log."""
+        if self.category is not None:
+            return f"{self.feature}={self.category}"
+        text = self.feature
+        if self.scale != 1.0:
+            text += f"*{self.scale:g}"
+        if self.offset:
+            text += f"{self.offset:+g}"
+        return text
+
 
 DEFAULT_SCALE = 1.5
 

@@ -153,6 +153,13 @@ def test_parse_shifts_refuses_what_it_cannot_apply(spec: str, complaint: str) ->
         parse_shifts(spec, CONTRACT)
 
 
+def test_a_shift_is_logged_as_drift_writes_it() -> None:
+    spec = "duration_in_month*1.5; credit_amount+2000; age_in_years-10; purpose=car (new); housing"
+    shifts = parse_shifts(spec, CONTRACT)
+    assert "; ".join(map(str, shifts)) == spec
+    assert parse_shifts("; ".join(map(str, shifts)), CONTRACT) == shifts
+
+
 def test_drift_moves_the_named_features_and_stays_valid(
     factory: PayloadFactory, validator: InstanceValidator
 ) -> None:

@@ -7,11 +7,17 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import ROOT, VENV_BIN
 
 
-def test_an_impossible_slo_objective_is_refused_at_start() -> None:
-    # Nothing listens on the host: the objective must be refused before the target is asked.
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--slo-p99-ms", "0"), ("--batch-size", "0"), ("--user-rps", "-1")],
+)
+def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> None:
+    # Nothing listens on the host: the option must be refused before the target is asked.
     result = subprocess.run(
         [
             str(VENV_BIN / "locust"),
@@ -22,8 +28,8 @@ def test_an_impossible_slo_objective_is_refused_at_start() -> None:
             "--headless",
             "--run-time",
             "30s",
-            "--slo-p99-ms",
-            "0",
+            option,
+            value,
             "SteadyUser",
         ],
         cwd=ROOT,
@@ -32,7 +38,8 @@ def test_an_impossible_slo_objective_is_refused_at_start() -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "--slo-p99-ms" in result.stderr, result.stderr[-2000:]
+    assert option in result.stderr, result.stderr[-2000:]
+    assert "Connection refused" not in result.stderr  # refused before the host was asked
 
 
 def test_equal_failures_share_one_message() -> None:
