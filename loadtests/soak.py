@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturation-seconds", type=float, default=60)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT / "soak.json")
     args = parser.parse_args(argv)
+    if args.soak_minutes < 2:
+        # Memory is compared between the soak's first and last minute, sampled every 10 s: a
+        # shorter soak compared a minute with itself, or had no sample and failed only after the
+        # saturation run.
+        parser.error(f"--soak-minutes must be at least 2 (got {args.soak_minutes:g})")
     stop_servers_on_sigterm()
 
     work = DEFAULT_WORK / "soak"

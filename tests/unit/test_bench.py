@@ -200,3 +200,15 @@ def test_mlserver_without_its_executable_is_refused_before_any_server_runs(
     with pytest.raises(SystemExit, match=r"--mlserver .*: the mlserver executable"):
         main([*args, *(["--mlserver", mlserver] if mlserver else [])])
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("minutes", ["0.1", "1"])
+def test_a_soak_too_short_to_compare_two_minutes_is_refused_at_start(
+    minutes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtests import soak
+
+    with pytest.raises(SystemExit) as exit_:
+        soak.main(["--soak-minutes", minutes])
+    assert exit_.value.code == 2
+    assert "--soak-minutes must be at least 2" in capsys.readouterr().err
