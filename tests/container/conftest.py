@@ -7,7 +7,7 @@ They need root, buildah, podman, runc and debootstrap (``make container-tools`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,9 +58,15 @@ def start_container(oci: Oci, image: str, data_dir: Path) -> Iterator[StartConta
     """Start containers of the image (ready on /readyz); removes them all whatever happens."""
     started: list[Container] = []
 
-    def start(env: Mapping[str, str] | None = None) -> Container:
+    def start(env: Mapping[str, str] | None = None, run_flags: Sequence[str] = ()) -> Container:
         container = Container(
-            oci, image, data_dir=data_dir, http_port=free_port(), grpc_port=free_port(), env=env
+            oci,
+            image,
+            data_dir=data_dir,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            env=env,
+            run_flags=run_flags,
         )
         started.append(container)
         return container.start()

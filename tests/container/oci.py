@@ -310,7 +310,8 @@ class Container:
     """One ``podman run -d`` of an image with the entrypoint and command it ships.
 
     ``data_dir`` is the host directory mounted as the image's data volume (``/data``); ports are
-    chosen by the caller and passed as environment, as with ``docker run -e``. ``stop()`` sends
+    chosen by the caller and passed as environment, as with ``docker run -e``; ``run_flags`` are
+    further ``podman run`` options (``--read-only``...). ``stop()`` sends
     SIGTERM to the container's main process (what ``docker stop`` and Kubernetes do) and returns
     its exit code. ``remove()`` is safe to call whatever happened.
     """
@@ -324,8 +325,10 @@ class Container:
         http_port: int,
         grpc_port: int,
         env: Mapping[str, str] | None = None,
+        run_flags: Sequence[str] = (),
     ) -> None:
         self.oci = oci
+        self.run_flags = tuple(run_flags)
         self.image = image
         self.data_dir = data_dir
         self.http_port = http_port
@@ -348,6 +351,7 @@ class Container:
             *PODMAN_RUN_FLAGS,
             "-v",
             f"{self.data_dir}:/data",
+            *self.run_flags,
             *env_flags,
             self.image,
         )

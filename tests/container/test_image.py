@@ -147,3 +147,18 @@ def test_settings_come_from_the_environment(start_container: StartContainer) -> 
     processes = container.processes()
     workers = [command for _, command in processes if "_bentoml_impl.worker" in command]
     assert len(workers) == 1, processes
+
+
+def test_container_runs_with_a_read_only_root_filesystem(
+    start_container: StartContainer, model_tag: str
+) -> None:
+    # Kubernetes' readOnlyRootFilesystem with the writable paths README names: the data volume
+    # and a tmpfs on /tmp (the workers' metrics files). Nothing else may need writing: BentoML's
+    # home directories must already exist in the image.
+    container = start_container({"WORKERS": "1"}, run_flags=("--read-only", "--tmpfs", "/tmp"))
+    http_id = _assert_predicts(container, model_tag)
+    _assert_metrics(container)
+    assert container.stop(timeout=60) == 0
+    with sqlite3.connect(container.data_dir / "predictions.db") as db:
+        rows = db.execute("select request_id, count(*) from predictions group by 1").fetchall()
+    assert rows == [(http_id, 20)]
