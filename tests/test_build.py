@@ -28,3 +28,7 @@ def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -
     assert {"src/service/service.py", "src/models/contract.py"} <= names
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
     assert "scikit-learn==" in requirements
+    # What the image sets: state on the data volume, and no usage reports to bentoml.com.
+    envs = {env.name: env.value for env in bento.info.envs}
+    assert envs["BENTOML_DO_NOT_TRACK"] == "true"
+    assert envs["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"

@@ -39,6 +39,8 @@ def test_image_runs_bentoml_entrypoint_as_non_root_with_data_volume(oci: Oci, im
     # Stateful files default to the data volume, not the image's writable layer.
     assert env["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"
     assert env["PREDICTION_LOG_SPOOL_DIR"] == "/data/predlog-spool"
+    # No usage reports from production replicas to bentoml.com unless asked for.
+    assert env["BENTOML_DO_NOT_TRACK"] == "true"
 
 
 def test_data_directory_belongs_to_the_service_user(oci: Oci, image: str) -> None:
