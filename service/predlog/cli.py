@@ -2,7 +2,8 @@
 
     export   --since T [--until T] --out FILE.parquet|FILE.csv [--table predictions|rejections]
     show     REQUEST_ID                 every row of one request, as JSON
-    status                              schema version, rows and time range per table, spool
+    status                              store reachable, schema version, rows and time range per
+                                        table, spool (exit 1 if the store cannot be reached)
     prune    [--retention-days N] [--max-rows N]   apply retention now
     replay                              replay the spool now (e.g. a stopped replica's)
     init                                create the tables (e.g. ahead of the first deployment)
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from sqlalchemy.exc import OperationalError
 
 from service.predlog.schema import DATA_TABLES, SCHEMA_VERSION, predictions
 from service.predlog.spool import QUARANTINE, Spool
@@ -151,6 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaMissing as exc:  # PostgreSQL: the search path leads to no schema
         print(f"{store.display_url}: {exc}", file=sys.stderr)
         return 1
+    except OperationalError as exc:
+        # The store is down or unreachable: the runbook sends on-call here exactly then, so say
+        # that in one line (not a chained driver traceback), and still show what the spool holds.
+        reason = " ".join(str(exc.orig).split())
+        print(f"{store.display_url}: the store failed: {reason}", file=sys.stderr)
+        if args.command == "status":
+            spool = _spool_status(Path(settings.prediction_log_spool_dir))
+            status = {"store": store.display_url, "reachable": False, "error": reason}
+            print(_dumps({**status, "spool": spool}))
+        return 1
     finally:
         store.close()
 
@@ -194,6 +206,7 @@ def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.command == "status":
         status = {
             "store": store.display_url,
+            "reachable": True,
             "schema_version": version,
             "tables": store.summary(),
             "spool": _spool_status(Path(settings.prediction_log_spool_dir)),

@@ -18,7 +18,7 @@ from service.predlog.schema import SCHEMA_VERSION
 from service.predlog.spool import Spool
 from service.predlog.store import Store
 from tests.predlog.helpers import prediction_event, rejection_event, row_keys
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 T0 = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -106,7 +106,31 @@ def test_status_reports_tables_and_spool(logged: Store, capsys: pytest.CaptureFi
     assert status["tables"]["predictions"]["rows"] == 6  # instances
     assert status["tables"]["predictions"]["requests"] == 3
     assert status["tables"]["rejections"]["newest"] == "2025-06-01T11:30:00+00:00"
+    assert status["reachable"] is True
     assert status["spool"]["segments"] == 0
+
+
+def test_a_store_that_cannot_be_reached_is_one_line_and_status_still_shows_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What on-call runs when PredictionLogStoreDown fires (RUNBOOK.md): PostgreSQL on a port
+    # where nothing listens, and the rows the service spooled meanwhile.
+    url = f"postgresql://127.0.0.1:{free_port()}/test"
+    monkeypatch.setenv("PREDICTION_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    spool = Spool(tmp_path / "spool", 10**8)
+    spool.append([to_entry(rejection_event())])
+    spool.close()
+    for command in (["status"], ["init"], ["show", "x"], ["prune"]):
+        assert main(["--url", url, *command]) == 1
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert line.startswith(f"{url.replace('postgresql', 'postgresql+psycopg')}: the store")
+        assert "Connection refused" in line
+    assert main(["--url", url, "status"]) == 1
+    status = orjson.loads(capsys.readouterr().out)
+    assert status["reachable"] is False
+    assert "Connection refused" in status["error"]
+    assert status["spool"]["segments"] == 1
 
 
 def test_prune_applies_retention_now(logged: Store, capsys: pytest.CaptureFixture[str]) -> None:
