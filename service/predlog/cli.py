@@ -144,19 +144,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StoreUnreachable(Exception):
+    """The store's connection failed other than in the driver (the reason is the message)."""
+
+
+def _connect(store: Store) -> None:
+    try:
+        with store.engine.connect():
+            pass
+    except OSError as exc:  # SQLite: its directory cannot be created (read-only, not mounted)
+        raise _StoreUnreachable(str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
     store = Store(args.url or settings.prediction_log_url)
     try:
+        if args.command != "replay":  # replay reports a store that is down in its own summary
+            _connect(store)
         return _run(args, settings, store)
     except SchemaMissing as exc:  # PostgreSQL: the search path leads to no schema
         print(f"{store.display_url}: {exc}", file=sys.stderr)
         return 1
-    except OperationalError as exc:
+    except (OperationalError, _StoreUnreachable) as exc:
         # The store is down or unreachable: the runbook sends on-call here exactly then, so say
         # that in one line (not a chained driver traceback), and still show what the spool holds.
-        reason = " ".join(str(exc.orig).split())
+        reason = " ".join(str(exc.orig if isinstance(exc, OperationalError) else exc).split())
         print(f"{store.display_url}: the store failed: {reason}", file=sys.stderr)
         if args.command == "status":
             spool = _spool_status(Path(settings.prediction_log_spool_dir))

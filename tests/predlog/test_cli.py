@@ -133,6 +133,17 @@ def test_a_store_that_cannot_be_reached_is_one_line_and_status_still_shows_the_s
     assert status["spool"]["segments"] == 1
 
 
+def test_a_sqlite_store_whose_directory_cannot_be_made_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A volume not mounted or read-only: the database's directory cannot be created.
+    (tmp_path / "not-a-directory").touch()
+    url = f"sqlite:///{tmp_path}/not-a-directory/predictions.db"
+    assert main(["--url", url, "status"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{url}: the store failed: [Errno 17] File exists")
+
+
 def test_prune_applies_retention_now(logged: Store, capsys: pytest.CaptureFixture[str]) -> None:
     days = (datetime.now(UTC) - (T0 + 1.2 * HOUR)).total_seconds() / 86400
     assert main(["prune", "--retention-days", str(days)]) == 0
