@@ -165,20 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             _connect(store)
         return _run(args, settings, store)
     except SchemaMissing as exc:  # PostgreSQL: the search path leads to no schema
-        print(f"{store.display_url}: {exc}", file=sys.stderr)
-        return 1
+        return _unusable(args, settings, store, str(exc), reachable=True)
     except (OperationalError, _StoreUnreachable) as exc:
         # The store is down or unreachable: the runbook sends on-call here exactly then, so say
         # that in one line (not a chained driver traceback), and still show what the spool holds.
         reason = " ".join(str(exc.orig if isinstance(exc, OperationalError) else exc).split())
-        print(f"{store.display_url}: the store failed: {reason}", file=sys.stderr)
-        if args.command == "status":
-            spool = _spool_status(Path(settings.prediction_log_spool_dir))
-            status = {"store": store.display_url, "reachable": False, "error": reason}
-            print(_dumps({**status, "spool": spool}))
-        return 1
+        return _unusable(args, settings, store, f"the store failed: {reason}", reachable=False)
     finally:
         store.close()
+
+
+def _unusable(
+    args: argparse.Namespace, settings: Settings, store: Store, error: str, reachable: bool
+) -> int:
+    """One line on stderr for a store that cannot be used; ``status`` still shows the spool."""
+    print(f"{store.display_url}: {error}", file=sys.stderr)
+    if args.command == "status":
+        spool = _spool_status(Path(settings.prediction_log_spool_dir))
+        status = {"store": store.display_url, "reachable": reachable, "error": error}
+        print(_dumps({**status, "spool": spool}))
+    return 1
 
 
 def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:

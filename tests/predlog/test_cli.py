@@ -174,14 +174,27 @@ def test_init_creates_the_tables_and_commands_refuse_a_store_without_them(
 
 
 def test_commands_name_a_search_path_schema_that_does_not_exist(
-    missing_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+    missing_schema: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     url, schema = missing_schema
+    monkeypatch.setenv("PREDICTION_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    spool = Spool(tmp_path / "spool", 10**8)
+    spool.append([to_entry(rejection_event())])
+    spool.close()
     for command in ("status", "init", "migrate"):
         assert main(["--url", url, command]) == 1
-        err = capsys.readouterr().err
-        assert f'schema "{schema}" of the search path (search_path={schema}) does not exist' in err
-        assert f"CREATE SCHEMA {schema};" in err
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert f'schema "{schema}" of the search path (search_path={schema}) does not exist' in line
+        assert f"CREATE SCHEMA {schema};" in line
+    # As with a store that is down: status still shows what waits in the spool.
+    assert main(["--url", url, "status"]) == 1
+    status = orjson.loads(capsys.readouterr().out)
+    assert (status["reachable"], status["spool"]["segments"]) == (True, 1)
+    assert f"CREATE SCHEMA {schema};" in status["error"]
 
 
 def test_times_are_iso_or_relative() -> None:
