@@ -47,7 +47,6 @@ class BatcherFull(RuntimeError):
             f"the server is overloaded: {queued} rows are waiting for the model (at most "
             f"{limit}); retry later"
         )
-        self.queued = queued
 
 
 class MicroBatcher(Generic[Row, Result]):

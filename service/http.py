@@ -58,9 +58,8 @@ _READ_HEADERS = frozenset(
 )
 Header = tuple[bytes, bytes]
 JSON_CONTENT: Header = (b"content-type", b"application/json")
-# On a 503 (model queue full, or shutting down): when a client or load balancer may try again.
+# On every 503 (model queue full, or shutting down): when a client or load balancer may retry.
 RETRY_AFTER: Header = (b"retry-after", b"1")
-UNAVAILABLE = 503
 
 
 class JSONResponse(Response):
@@ -189,8 +188,11 @@ async def send_response(
     request_id: str | None,
     headers: Sequence[Header] = (JSON_CONTENT,),
 ) -> None:
-    """An answer written straight to the ASGI server, with ``X-Request-ID`` when known."""
+    """An answer written straight to the ASGI server, with ``X-Request-ID`` when known, and
+    ``Retry-After`` on a 503."""
     raw = [*headers, (b"content-length", b"%d" % len(body))]
+    if status == 503:
+        raw.append(RETRY_AFTER)
     if request_id is not None:
         raw.append((b"x-request-id", request_id.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -228,8 +230,7 @@ class PredictEndpoint:
         with tracing.server_span("POST /predict", headers, _HTTP_SPAN) as span:
             status, body, request_id = await self._predict(headers, receive)
             tracing.end_status(span, status)
-        extra = (RETRY_AFTER,) if status == UNAVAILABLE else ()
-        await send_response(send, status, body, request_id, (JSON_CONTENT, *extra))
+        await send_response(send, status, body, request_id)
 
     async def _predict(self, headers: dict[str, str], receive: Receive) -> tuple[int, bytes, str]:
         predictor = self._get_predictor()

@@ -161,6 +161,11 @@ def body_excerpt(body: bytes) -> str:
     return body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace")
 
 
+def _unavailable(exc: BatcherClosed | BatcherFull) -> RequestRejected:
+    """The 503 of a request the model cannot take: shutting down, or its queue full."""
+    return RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
+
+
 class Predictor:
     """One per worker process: the loaded model, its validator, the batcher and the sinks."""
 
@@ -235,7 +240,7 @@ class Predictor:
             self.reject(ctx, ctx.cancellation())
             raise
         except (BatcherClosed, BatcherFull) as exc:
-            failure = RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
+            failure = _unavailable(exc)
             self.reject(ctx, failure)
             raise failure from exc
         except Exception:
@@ -253,7 +258,7 @@ class Predictor:
         try:
             self._batcher.check_room()
         except BatcherFull as exc:
-            raise RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503) from exc
+            raise _unavailable(exc) from exc
 
     def reject(
         self,

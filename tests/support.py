@@ -11,7 +11,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,19 @@ class ServedService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def served_with_log(prefix: str, env: Mapping[str, str]) -> Iterator[tuple[ServedService, Path]]:
+    """A served service (``env`` added) whose prediction log is a fresh SQLite file; with its
+    path, to query what was recorded."""
+    store = Path(tempfile.mkdtemp(prefix=prefix)) / "predictions.db"
+    log_env = {
+        "PREDICTION_LOG_URL": f"sqlite:///{store}",
+        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
+    }
+    with ServedService(env={**log_env, **env}) as served:
+        yield served, store
 
 
 class HeldEstimator:

@@ -25,8 +25,6 @@ from starlette.types import Receive, Scope, Send
 from service import tracing
 from service.http import (
     JSON_CONTENT,
-    RETRY_AFTER,
-    UNAVAILABLE,
     Header,
     JSONResponse,
     decode_json,
@@ -279,8 +277,6 @@ class InferEndpoint:
         with tracing.server_span("POST /v2/models/{name}/infer", headers, _INFER_SPAN) as span:
             status, body, request_id, extra = await self._infer(params, headers, receive)
             tracing.end_status(span, status)
-        if status == UNAVAILABLE:
-            extra = [*extra, RETRY_AFTER]
         await send_response(send, status, body, request_id, extra)
 
     async def _infer(

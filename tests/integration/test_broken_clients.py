@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.integration.test_observability import scrape, total
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows
+from tests.support import ServedService, example_rows, served_with_log
 
 TIMEOUT_SECONDS = 6
 BODY = json.dumps({"instances": example_rows(1)}).encode()
@@ -24,20 +23,16 @@ BODY = json.dumps({"instances": example_rows(1)}).encode()
 
 @pytest.fixture(scope="module")
 def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
-    store = Path(tempfile.mkdtemp(prefix="broken-clients-")) / "predictions.db"
-    env = {
-        "REQUEST_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-        "PREDICTION_LOG_URL": f"sqlite:///{store}",
-        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
-    }
-    with ServedService(env=env) as served:
-        yield served, store
+    with served_with_log("broken-clients-", {"REQUEST_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)}) as s:
+        yield s
 
 
-def send_head(served: ServedService, request_id: str, content_length: int) -> socket.socket:
+def send_head(
+    served: ServedService, request_id: str, content_length: int, path: str = "/predict"
+) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10)
     sock.sendall(
-        f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         f"X-Request-ID: {request_id}\r\nContent-Length: {content_length}\r\n\r\n".encode()
     )
     return sock
@@ -83,12 +78,8 @@ def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
     served, store = service
     request_id = f"slow-body-{path.count('/')}"
     before = scrape(served.url)
-    sock = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        f"X-Request-ID: {request_id}\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
-        + BODY[:10]
-    )
+    sock = send_head(served, request_id, len(BODY), path)
+    sock.sendall(BODY[:10])
     answer = sock.recv(65536)  # BentoML's 504, after REQUEST_TIMEOUT_SECONDS
     sock.close()
     assert answer.startswith(b"HTTP/1.1 504 "), answer

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from tests.integration.test_observability import scrape, total
 from tests.oip_support import rest_body
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows
+from tests.support import ServedService, example_rows, served_with_log
 
 QUEUED_ROWS = 1000
 BURST = 24  # concurrent 1000-instance requests: far more than 2 workers' queues hold
@@ -25,14 +24,8 @@ BURST = 24  # concurrent 1000-instance requests: far more than 2 workers' queues
 
 @pytest.fixture(scope="module")
 def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
-    store = Path(tempfile.mkdtemp(prefix="overload-")) / "predictions.db"
-    env = {
-        "MAX_QUEUED_ROWS": str(QUEUED_ROWS),
-        "PREDICTION_LOG_URL": f"sqlite:///{store}",
-        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
-    }
-    with ServedService(env=env) as served:
-        yield served, store
+    with served_with_log("overload-", {"MAX_QUEUED_ROWS": str(QUEUED_ROWS)}) as served:
+        yield served
 
 
 @pytest.mark.parametrize("path", ["/predict", "/v2/models/credit_risk/infer"])
