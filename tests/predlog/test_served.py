@@ -30,6 +30,7 @@ from tests.predlog.helpers import TcpProxy, row_keys, wait_until
 from tests.support import ServedService, example_rows
 
 ROWS = example_rows(200)
+BATCH_ROWS = 500  # rows per store transaction in the outage test
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
         spool,
         PREDICTION_LOG_FLUSH_INTERVAL_SECONDS="0.1",
         PREDICTION_LOG_RETRY_MAX_SECONDS="0.5",
+        PREDICTION_LOG_BATCH_SIZE=str(BATCH_ROWS),
     )
     answers: list[Answer | None] = []
     stop = threading.Event()
@@ -230,7 +232,11 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
     assert len(summaries) == 2
     spooled = sum(s["spooled"] for s in summaries)
     assert spooled > 0
-    assert sum(s["replayed"] for s in summaries) == spooled
+    # A batch whose commit reached PostgreSQL just before the cut but whose answer was lost is
+    # spooled, then found in the store by the replay and not counted as replayed (README, the
+    # prediction log's counters): at most the one batch each worker had in flight at the cut.
+    replayed = sum(s["replayed"] for s in summaries)
+    assert spooled - 2 * BATCH_ROWS <= replayed <= spooled
     assert sum(s["dropped"] for s in summaries) == 0
     assert sum(s["write_errors"] for s in summaries) > 0
     assert sum(s["written"] for s in summaries) + spooled == len(expected[0]) + len(expected[1])
