@@ -20,6 +20,7 @@ Imports Evidently, which takes seconds: only the drift child process imports thi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from evidently.legacy.calculations.stattests.registry import (
     register_stattest,
 )
 from evidently.legacy.core import ColumnType
+from evidently.legacy.renderers.html_widgets import CounterData, counter
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 from scipy.stats import chi2_contingency
@@ -95,11 +97,18 @@ def compute_drift(
     current: pd.DataFrame,
     contract: FeatureContract,
     timestamp: datetime | None = None,
+    name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    header: Sequence[tuple[str, str]] = (),
 ) -> DriftResult:
     """Compare ``current`` with ``reference`` (both: the contract's features and its score).
 
     ``timestamp`` is the snapshot's time (the run's, UTC); Evidently's default is the local time
-    without a zone.
+    without a zone. ``name`` (the run id) and ``metadata`` go into the snapshot (for notebooks:
+    ``Snapshot.load(path).dump_dict()["metadata"]``); ``header`` (label, value pairs) heads the
+    HTML report. Evidently's own report names neither the model nor when the compared data was
+    received, so a report opened on its own (``GET /drift/report``, a file kept for weeks)
+    would not say what it is about.
     """
     columns = [*contract.feature_names, contract.score_name]
     definition = data_definition(contract)
@@ -125,7 +134,14 @@ def compute_drift(
             Dataset.from_pandas(current[columns], data_definition=definition),
             Dataset.from_pandas(reference[columns], data_definition=definition),
             timestamp=timestamp or datetime.now(UTC),
+            metadata=dict(metadata or {}),
+            name=name,
         )
+    if header:
+        # Evidently has no public way to add a widget to a report; its snapshot keeps its widgets
+        # in this list, which both the HTML and the saved snapshot (hence a rebuilt report) show.
+        counters = [CounterData(label, value) for label, value in header]
+        snapshot._widgets.insert(0, counter(counters=counters, title=name or ""))
     return _result(snapshot, contract)
 
 

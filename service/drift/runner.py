@@ -73,10 +73,12 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
         return DriftSummary(
             "insufficient_data", duration_seconds=time.perf_counter() - started, **common
         )
-    result = compute_drift(_reference(job["reference_path"]), window, contract, computed_at)
+    reference = _reference(job["reference_path"])
+    name = snapshots.run_name(job["slot"], job["model_tag"])
+    metadata, header = describe(job, window, len(reference), computed_at)
+    result = compute_drift(reference, window, contract, computed_at, name, metadata, header)
     directory = Path(job["snapshot_dir"])
     directory.mkdir(parents=True, exist_ok=True)
-    name = snapshots.run_name(job["slot"], job["model_tag"])
     snapshots.write_snapshot(directory / f"{name}.json", result.snapshot)
     snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
     snapshots.prune(directory, job["keep"], job["keep_reports"])
@@ -91,6 +93,42 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
         report=f"{name}.html",
         **common,
     )
+
+
+def describe(
+    job: dict[str, Any], window: pd.DataFrame, reference_rows: int, computed_at: datetime
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """What a run compared, as its snapshot's metadata and as the head of its HTML report: the
+    model, the window (size and when its data was received) and the reference."""
+    newest, oldest = window.attrs["newest_received_at"], window.attrs["oldest_received_at"]
+    max_age = job["max_age_seconds"]
+    metadata = {
+        "model": job["model_tag"],
+        "computed_at": computed_at.isoformat(),
+        "window_size": str(len(window)),
+        "window_oldest_at": oldest.isoformat() if oldest else "",
+        "window_newest_at": newest.isoformat() if newest else "",
+        "window_max_age_seconds": str(max_age),
+        "reference_size": str(reference_rows),
+        "reference": "the model's registered reference data: its training rows' features, "
+        "scored out of fold",
+    }
+    received = f"received {_second(oldest)} to {_second(newest)} UTC" if newest else ""
+    bound = f", at most {max_age:g} s old" if max_age else ""
+    header = [
+        ("model", job["model_tag"]),
+        (
+            f"current: the newest logged instances of this model{bound}, {received}",
+            f"{len(window)} instances",
+        ),
+        (f"reference: {metadata['reference']}", f"{reference_rows} rows"),
+        ("computed at (UTC)", _second(computed_at)),
+    ]
+    return metadata, header
+
+
+def _second(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S}" if at else ""
 
 
 def serve(jobs: IO[str], answers: IO[str]) -> None:

@@ -89,3 +89,41 @@ def test_a_runs_snapshot_loads_back_into_evidently_and_rebuilds_its_report(
     rebuilt = (tmp_path / "rebuilt.html").read_text()
     assert model.contract.score_name in rebuilt
     assert feature in rebuilt
+
+
+def test_a_runs_report_and_snapshot_say_what_was_compared(
+    store: Store, store_url: str, model: LoadedModel, tmp_path: Path
+) -> None:
+    # A report opened on its own (GET /drift/report, a kept file) names the model, the window
+    # (its size and when its data was received) and the reference it was compared with;
+    # Evidently's report alone says none of them.
+    from evidently.core.report import Snapshot
+
+    newest = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    oldest = newest - timedelta(hours=2)
+    log_predictions(store, model, sample(100, seed=4), received_at=oldest)
+    log_predictions(store, model, sample(20, seed=5), received_at=newest, per_request=20)
+    job = {**a_job(store_url, model, tmp_path), "slot": 1_700_000_000}
+
+    summary = run_job(job)
+
+    reference_rows = len(model.reference())
+    html = (tmp_path / summary.report).read_text()
+    for shown in (
+        model.tag,
+        "120 instances",
+        "received 2026-03-04 03:06:07 to 2026-03-04 05:06:07 UTC",
+        f"{reference_rows} rows",
+    ):
+        assert shown in html, shown
+    loaded = Snapshot.load(tmp_path / summary.report.replace(".html", ".json"))
+    assert loaded.dump_dict()["name"] == summary.report.removesuffix(".html")
+    metadata = loaded.dump_dict()["metadata"]
+    assert metadata["model"] == model.tag
+    assert metadata["window_size"] == "120"
+    assert metadata["window_oldest_at"] == oldest.isoformat()
+    assert metadata["window_newest_at"] == newest.isoformat()
+    assert metadata["reference_size"] == str(reference_rows)
+    # A report rebuilt from the snapshot (README: DRIFT_REPORTS_KEEP) is headed the same way.
+    loaded.save_html(str(tmp_path / "rebuilt.html"))
+    assert model.tag in (tmp_path / "rebuilt.html").read_text()

@@ -174,6 +174,8 @@ def test_traffic_like_the_data_set_shows_no_drift(drifting: ServedService) -> No
     assert report.status_code == 200
     assert report.headers["content-type"].startswith("text/html")
     assert all(name in report.text for name in CONTRACT.feature_names)  # this model's report
+    assert state["model"] in report.text  # and it says so, with its window
+    assert f"{state['window_size']} instances" in report.text
 
 
 def test_shifted_features_are_flagged_in_drift_and_metrics(drifting: ServedService) -> None:
