@@ -447,7 +447,10 @@ def model_health() -> model.Dashboard:
         series(
             "Drift score per feature",
             "Each feature's drift statistic from the last runs (its test is in the table "
-            "beside). Normal: below its threshold; a feature crossing it counts as drifted.",
+            "beside): a p-value for tests (K-S, chi-square, Z: drifted below the threshold, "
+            "0.05), a distance for distances (Wasserstein, Jensen-Shannon: drifted at or above "
+            "it, 0.1). Normal: p-values above 0.05 (about one feature in twenty dips below by "
+            "chance), distances below 0.1.",
             query(f"max by (feature) (model_drift_feature_score{{{M}}})", "{{feature}}"),
         ),
         tabular(
@@ -474,7 +477,9 @@ def model_health() -> model.Dashboard:
         series(
             "Prediction drift",
             "Drift statistic of the predicted scores against the reference, with its threshold, "
-            "and the verdict (1: drifted). Normal: score below threshold, drifted 0.",
+            "and the verdict (1: drifted). The statistic is a p-value (K-S: drifted below the "
+            "threshold) or, with over 1000 reference rows, a distance (drifted at or above it). "
+            "Normal: drifted 0.",
             query(f"max(model_drift_prediction_score{{{M}}})", "score"),
             query(f"max(model_drift_prediction_threshold{{{M}}})", "threshold"),
             query(f"max(model_drift_prediction_drifted{{{M}}})", "drifted"),
