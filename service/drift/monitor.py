@@ -119,6 +119,8 @@ class DriftMonitor:
     def state(self) -> dict[str, Any]:
         """The latest run in the shape of ``GET /drift``."""
         latest, completed = self._latest, self._completed
+        # Every key in every status (null where it has no value), so that a client reading
+        # GET /drift never meets a KeyError only while a run is pending or failed.
         base: dict[str, Any] = {
             "status": "pending",  # no run of the served model yet
             "model": self.model.tag,
@@ -128,6 +130,7 @@ class DriftMonitor:
             "window_oldest_at": None,
             "dataset_drift": None,
             "drifted_share": None,
+            "drift_share_threshold": None,
             "features": {},
             "prediction": None,
             "interval_seconds": self.config.interval_seconds,
@@ -135,6 +138,8 @@ class DriftMonitor:
             "run_id": None,
             "duration_seconds": None,
             "error": None,
+            "report": None,
+            "last_completed": None,
         }
         if latest is None:
             return base

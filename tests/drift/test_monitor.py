@@ -260,3 +260,25 @@ def test_a_run_ending_while_the_store_is_down_is_recorded_once_it_is_back(
     assert run.slot == monitor.current_slot()
     assert (run.status, run.error) == ("failed", "OperationalError: connection refused")
     assert not monitor.runs.running_since(utc_ago(3600))  # the next slots are not skipped
+
+
+def test_get_drift_has_every_key_whatever_the_status(
+    monitor: DriftMonitor, model: LoadedModel
+) -> None:
+    # README: GET /drift has one shape; a client reading e.g. its "report" must not get a
+    # KeyError only while the served model's run is pending or failed.
+    pending = monitor.state()
+    slot = monitor.current_slot()
+    _finished(monitor, slot - 120, "host:1")
+    monitor.refresh()
+    ok = monitor.state()
+    assert monitor.runs.claim(slot - 60, 60, "host:1")
+    monitor.runs.finish(slot - 60, "failed", None, "RuntimeError: boom")
+    monitor.refresh()
+    failed = monitor.state()
+
+    assert (pending["status"], ok["status"], failed["status"]) == ("pending", "ok", "failed")
+    assert set(pending) == set(ok) == set(failed)
+    assert (pending["report"], pending["drift_share_threshold"]) == (None, None)
+    assert failed["last_completed"]["report"] == ok["report"]
+    assert ok["last_completed"] is None
