@@ -54,6 +54,20 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+EXPORT_SUFFIXES = (".parquet", ".csv")
+
+
+def export_path(value: str) -> Path:
+    """``--out``: a file named ``.parquet`` or ``.csv``, the format it is written in."""
+    path = Path(value)
+    if path.suffix not in EXPORT_SUFFIXES:
+        # Anything else was written as CSV whatever its name (a week.json holding CSV).
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: the file name must end in .parquet or .csv, the format written"
+        )
+    return path
+
+
 def export_frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
     """Rows as a flat frame: for predictions, one column per feature (a feature whose name is
     taken by a log column becomes ``feature_<name>``); JSON columns of rejections as text."""
@@ -122,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = commands.add_parser("export", help="export a time range to Parquet or CSV")
     ex.add_argument("--since", type=parse_time, required=True, help="start (inclusive)")
     ex.add_argument("--until", type=parse_time, help="end (exclusive; default: now)")
-    ex.add_argument("--out", type=Path, required=True, help="FILE.parquet or FILE.csv")
+    ex.add_argument("--out", type=export_path, required=True, help="FILE.parquet or FILE.csv")
     ex.add_argument("--table", choices=sorted(DATA_TABLES), default="predictions")
 
     show = commands.add_parser("show", help="every row of one request, as JSON")

@@ -80,6 +80,21 @@ def test_an_empty_range_exports_an_empty_file_with_the_columns(
     assert len(pd.read_parquet(out)) == 0
 
 
+@pytest.mark.parametrize("name", ["week.json", "week", "week.PARQUET", "week.parquet.gz"])
+def test_an_export_file_of_another_format_is_refused_naming_out(
+    logged: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # It was written as CSV whatever its name: a week.json holding CSV, a week.PARQUET too.
+    out = tmp_path / name
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--since", "2025-06-01", "--out", str(out)])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--out" in error
+    assert "must end in .parquet or .csv" in error
+    assert not out.exists()
+
+
 def test_a_feature_named_like_a_log_column_is_prefixed() -> None:
     (row,) = instance_rows(to_entry(prediction_event(1)).rows[0])
     row["features"] = {"label": "x", "amount": 3}
