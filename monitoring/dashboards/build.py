@@ -72,16 +72,27 @@ def single(
 
 
 def tabular(
-    title: str, description: str, *queries: prom.Dataquery, w: int = 12, h: int = 6
+    title: str,
+    description: str,
+    *queries: prom.Dataquery,
+    w: int = 12,
+    h: int = 6,
+    values: dict[str, str | None] | None = None,
 ) -> Panel:
+    """A table of instant queries, merged on their labels. Grafana names the value column of
+    each query ``Value #<refId>`` (A, B, ... in order) when there are several: ``values`` names
+    them for the reader (None hides one, e.g. an info metric's constant 1)."""
     panel = _common(table.Panel(), title, description, list(queries), w, h)
     if len(queries) > 1:
         panel = panel.with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+    exclude = {"Time": True, "__name__": True, "job": True}
+    exclude |= {column: True for column, name in (values or {}).items() if name is None}
+    rename = {column: name for column, name in (values or {}).items() if name is not None}
+    options: dict[str, object] = {"excludeByName": exclude}
+    if rename:
+        options["renameByName"] = rename
     return panel.with_transformation(
-        model.DataTransformerConfig(
-            id_val="organize",
-            options={"excludeByName": {"Time": True, "__name__": True, "job": True}},
-        )
+        model.DataTransformerConfig(id_val="organize", options=options)
     )
 
 
@@ -473,6 +484,8 @@ def model_health() -> model.Dashboard:
                 fmt="table",
             ),
             h=8,
+            # A: the method's info series (always 1), B: the threshold, C: the verdict
+            values={"Value #A": None, "Value #B": "threshold", "Value #C": "drifted (1 = yes)"},
         ),
         series(
             "Prediction drift",

@@ -86,6 +86,19 @@ def test_layout_descriptions_datasource_and_variables(path: Path) -> None:
     assert names == expected
 
 
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_a_table_of_several_queries_names_each_value_column(path: Path) -> None:
+    # Grafana calls the value of each of several table queries "Value #<refId>": left so, the
+    # reader of "Drift test per feature" saw three numbers under A, B and C with no name.
+    for panel in panels(load(path)):
+        if panel["type"] != "table" or len(panel["targets"]) < 2:
+            continue
+        (organize,) = [t["options"] for t in panel["transformations"] if t["id"] == "organize"]
+        named = {**organize.get("renameByName", {}), **organize["excludeByName"]}
+        for target in panel["targets"]:
+            assert f"Value #{target['refId']}" in named, (panel["title"], target["refId"])
+
+
 def test_process_metrics_are_the_services_only() -> None:
     # every scraped process exports process_*: Prometheus's own must not appear with $instance All
     found = 0
