@@ -427,31 +427,50 @@ def model_health() -> model.Dashboard:
             "Dataset drift",
             "Whether the last drift run found the recent inputs drifted from the training data "
             "(1). Normal: 0. Sustained 1 fires DatasetDriftSustained.",
-            query(f"max(model_drift_dataset_drifted{{{M}}})", "dataset drifted"),
+            query(
+                f"max by (model_version) (model_drift_dataset_drifted{{{M}}})",
+                "dataset drifted {{model_version}}",
+            ),
         ),
         single(
             "Share of drifted features",
             "Share of features whose drift test failed in the last run. Normal: near 0.",
-            query(f"max(model_drift_drifted_features_ratio{{{M}}})", "drifted share"),
+            query(
+                f"max by (model_version) (model_drift_drifted_features_ratio{{{M}}})",
+                "drifted share {{model_version}}",
+            ),
             unit="percentunit",
         ),
         single(
             "Drift window",
             "Logged instances in the drift window, and whether they are too few for a "
             "verdict (insufficient data: 1). Normal: DRIFT_WINDOW_SIZE, insufficient 0.",
-            query(f"max(model_drift_window_instances{{{M}}})", "window instances"),
-            query(f"max(model_drift_insufficient_data{{{M}}})", "insufficient data"),
+            query(
+                f"max by (model_version) (model_drift_window_instances{{{M}}})",
+                "window instances {{model_version}}",
+            ),
+            query(
+                f"max by (model_version) (model_drift_insufficient_data{{{M}}})",
+                "insufficient data {{model_version}}",
+            ),
         ),
         single(
             "Last drift run",
             "Seconds since the last drift run, how long it took, and the age of the newest "
             "instance in its window. Normal: under DRIFT_INTERVAL_SECONDS; over three intervals "
             "fires DriftMonitorStale. A growing data age: no traffic, drift runs on old data.",
-            query(f"time() - max(model_drift_last_run_timestamp_seconds{{{M}}})", "age"),
-            query(f"max(model_drift_last_run_duration_seconds{{{M}}})", "duration"),
             query(
-                f"time() - max(model_drift_window_newest_timestamp_seconds{{{M}}})",
-                "window newest data age",
+                f"time() - max by (model_version) (model_drift_last_run_timestamp_seconds{{{M}}})",
+                "age {{model_version}}",
+            ),
+            query(
+                f"max by (model_version) (model_drift_last_run_duration_seconds{{{M}}})",
+                "duration {{model_version}}",
+            ),
+            query(
+                "time() - max by (model_version)"
+                f" (model_drift_window_newest_timestamp_seconds{{{M}}})",
+                "window newest data age {{model_version}}",
             ),
             unit="s",
         ),
@@ -462,24 +481,27 @@ def model_health() -> model.Dashboard:
             "0.05), a distance for distances (Wasserstein, Jensen-Shannon: drifted at or above "
             "it, 0.1). Normal: p-values above 0.05 (about one feature in twenty dips below by "
             "chance), distances below 0.1.",
-            query(f"max by (feature) (model_drift_feature_score{{{M}}})", "{{feature}}"),
+            query(
+                f"max by (feature, model_version) (model_drift_feature_score{{{M}}})",
+                "{{feature}} {{model_version}}",
+            ),
         ),
         tabular(
             "Drift test per feature",
             "Per feature: the test, its threshold and whether it drifted in the last run "
             "(1). Normal: drifted 0 for (almost) every feature.",
             query(
-                f"max by (feature, method) (model_drift_feature_method_info{{{M}}})",
+                f"max by (feature, method, model_version) (model_drift_feature_method_info{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
             query(
-                f"max by (feature) (model_drift_feature_threshold{{{M}}})",
+                f"max by (feature, model_version) (model_drift_feature_threshold{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
             query(
-                f"max by (feature) (model_drift_feature_drifted{{{M}}})",
+                f"max by (feature, model_version) (model_drift_feature_drifted{{{M}}})",
                 instant=True,
                 fmt="table",
             ),
@@ -493,9 +515,18 @@ def model_health() -> model.Dashboard:
             "and the verdict (1: drifted). The statistic is a p-value (K-S: drifted below the "
             "threshold) or, with over 1000 reference rows, a distance (drifted at or above it). "
             "Normal: drifted 0.",
-            query(f"max(model_drift_prediction_score{{{M}}})", "score"),
-            query(f"max(model_drift_prediction_threshold{{{M}}})", "threshold"),
-            query(f"max(model_drift_prediction_drifted{{{M}}})", "drifted"),
+            query(
+                f"max by (model_version) (model_drift_prediction_score{{{M}}})",
+                "score {{model_version}}",
+            ),
+            query(
+                f"max by (model_version) (model_drift_prediction_threshold{{{M}}})",
+                "threshold {{model_version}}",
+            ),
+            query(
+                f"max by (model_version) (model_drift_prediction_drifted{{{M}}})",
+                "drifted {{model_version}}",
+            ),
         ),
         series(
             "Drift runs by status",
@@ -503,8 +534,8 @@ def model_health() -> model.Dashboard:
             "fills); failed runs fire DriftMonitorFailing. The configured interval is shown too.",
             # each run is counted once, by the replica that ran it: summed, unlike the gauges
             query(
-                f"sum by (status) (increase(model_drift_runs_total{{{M}}}[{RATE}]))",
-                "{{status}}",
+                f"sum by (status, model_version) (increase(model_drift_runs_total{{{M}}}[{RATE}]))",
+                "{{status}} {{model_version}}",
             ),
             query(f"max(model_drift_interval_seconds{{{SEL}}})", "interval (s)"),
         ),

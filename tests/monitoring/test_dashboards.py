@@ -159,6 +159,56 @@ def test_drift_runs_add_up_over_the_replicas(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_drift_panels_show_each_model_version_on_its_own() -> None:
+    # With "All" model versions (the selector's default) during a rolling deploy, max() over
+    # both versions showed one version's "drifted" as the dataset's, and the larger of two
+    # p-values per feature hid the other's drift: every drift series keeps its model_version.
+    drift = [
+        (panel, e)
+        for _, panel, e in expressions()
+        if "model_drift_" in e and "model_drift_interval_seconds" not in e
+    ]
+    assert drift
+    for panel, expr in drift:
+        aggregations = re.findall(r"\b(?:max|sum)\b\s*(by\s*\(([^)]*)\))?\s*\(", expr)
+        assert aggregations, (panel, expr)
+        for _by, labels in aggregations:
+            assert "model_version" in labels.replace(" ", "").split(","), (panel, expr)
+    (expr,) = [e for panel, e in drift if panel == "Dataset drift"]
+    case = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {
+                        "series": "model_drift_dataset_drifted"
+                        f'{{job="credit-risk-service",instance="{i}:3000",model_version="{v}"}}',
+                        "values": f"{drifted}x10",
+                    }
+                    for i, v, drifted in (("a", "old", 1), ("b", "new", 0), ("c", "new", 0))
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": '{model_version="old"}', "value": 1},
+                            {"labels": '{model_version="new"}', "value": 0},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    with (MONITORING.parent / "var").joinpath("dashboard-versions-test.yml") as path:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(case))
+        result = run(tool("promtool"), "test", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     served: ServedService,
 ) -> None:
