@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -156,6 +157,10 @@ def lower_priority() -> None:
 
 
 def main() -> None:
+    # Ctrl-C in the terminal of `bentoml serve` reaches the whole process group, this child too:
+    # its worker decides when it ends (closing stdin, or killing it mid-run), so the child does
+    # not die of the signal on its own, with a KeyboardInterrupt traceback in the service's log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority()
     import service.drift.compute  # noqa: F401  (the slow import, before saying ready)
 

@@ -3,6 +3,9 @@ summary (kept in ``drift_runs``, served by GET /drift) and in the metrics."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from service.metrics import DriftMetrics
 from service.model import CONTRACT_FILE, REFERENCE_FILE, LoadedModel
 from service.predlog.store import Store
 from tests.drift.helpers import log_predictions, sample
+from tests.support import ROOT
 
 
 def a_job(store_url: str, model: LoadedModel, snapshot_dir: Path) -> dict[str, object]:
@@ -127,3 +131,29 @@ def test_a_runs_report_and_snapshot_say_what_was_compared(
     # A report rebuilt from the snapshot (README: DRIFT_REPORTS_KEEP) is headed the same way.
     loaded.save_html(str(tmp_path / "rebuilt.html"))
     assert model.tag in (tmp_path / "rebuilt.html").read_text()
+
+
+def test_ctrl_c_in_the_terminal_leaves_the_child_to_its_worker() -> None:
+    # Ctrl-C of `make serve` signals the whole process group: the drift child died of it with
+    # a KeyboardInterrupt traceback in the service's log. It ends when its worker closes stdin.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "service.drift.runner"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
+        assert child.stdout.readline().strip() == '{"ready": true}'  # Evidently imported
+        child.send_signal(signal.SIGINT)
+        child.stdin.close()  # its worker stopping
+        child.wait(60)
+        errors = child.stderr.read()
+    finally:
+        child.kill()
+    assert child.returncode == 0, errors
+    assert "KeyboardInterrupt" not in errors
