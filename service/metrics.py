@@ -628,7 +628,7 @@ class DriftMetrics:
         )
         self._last_run = gauge(
             "last_run_timestamp_seconds",
-            "Unix time of the last completed run (ok or insufficient_data); 0 before any.",
+            "Unix time the last completed run (ok or insufficient_data) started; 0 before any.",
         )
         self._duration = gauge("last_run_duration_seconds", "Duration of the last completed run.")
         # Not a property of the model: the setting, one series per instance.
