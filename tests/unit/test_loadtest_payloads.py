@@ -24,6 +24,7 @@ from loadtests.slo import Slo, judge
 from models.contract import CONTRACT
 from service.contract import CategoricalFeature, FeatureContract, IntegerFeature, NumberFeature
 from service.http import decode_json
+from service.settings import Settings
 from service.validation import InstanceValidator, Reason, RequestRejected
 from tests.support import DATA_PATH, example_rows
 
@@ -112,6 +113,31 @@ def test_out_of_range_cases_are_out_of_range_for_any_bounds() -> None:
     for case in cases:
         status, answer = answer_of(validator, case.body)
         assert case.matches(status, answer), (case.field, orjson.loads(case.body), status, answer)
+
+
+def test_the_too_large_batch_fits_the_body_limit_of_a_wide_model() -> None:
+    # A swapped model with 120 features: MAX_BATCH_SIZE + 1 copies of a valid instance were
+    # 6.6 MB, over the default MAX_BODY_BYTES, so the service answered 413 body_too_large, unread,
+    # and InvalidUser counted a failure on every batch_too_large request.
+    contract = FeatureContract(
+        model_name="wide",
+        target="y",
+        positive_label="yes",
+        negative_label="no",
+        features=tuple(
+            NumberFeature(f"lab_measurement_{i:03d}_mmol_per_litre", 0.0, 1e6) for i in range(120)
+        ),
+    )
+    max_instances = Settings.model_fields["max_batch_size"].default
+    factory = PayloadFactory.synthetic(contract, rows=20)
+    (case,) = [
+        c
+        for c in invalid_cases(factory, max_instances=max_instances)
+        if c.reason == Reason.BATCH_TOO_LARGE
+    ]
+    assert len(case.body) <= Settings.model_fields["max_body_bytes"].default
+    status, answer = answer_of(InstanceValidator(contract, max_instances), case.body)
+    assert case.matches(status, answer), (status, answer)
 
 
 def test_an_invalid_case_does_not_match_other_answers(factory: PayloadFactory) -> None:
