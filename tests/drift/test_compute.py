@@ -13,6 +13,7 @@ import warnings
 import pandas as pd
 
 from service.drift.compute import compute_drift
+from service.drift.summary import ColumnDrift
 from service.model import LoadedModel
 from tests.drift.helpers import SHIFTED, SHIFTS, sample
 
@@ -33,10 +34,23 @@ def test_traffic_like_the_data_set_does_not_drift(model: LoadedModel) -> None:
     assert result.dataset_drift is False
     assert result.prediction.drifted is False
     assert set(result.features) == set(model.contract.feature_names)
-    for feature in result.features.values():  # p-value tests at Evidently's default threshold
-        assert feature.threshold == 0.05
-        assert 0 <= feature.score <= 1
-        assert feature.drifted == (feature.score < feature.threshold)
+    for feature in result.features.values():
+        assert_default_verdict(feature)
+
+
+def assert_default_verdict(feature: ColumnDrift) -> None:
+    """Evidently's default test and threshold (README "Data drift"): p-values drift below 0.05
+    (the example's reference: at most 1000 rows), distances at or above 0.1 (a swapped model's
+    larger reference)."""
+    if "p_value" in feature.method:
+        assert feature.threshold == 0.05, feature
+        assert 0 <= feature.score <= 1, feature
+        assert feature.drifted == (feature.score < feature.threshold), feature
+    else:
+        assert "distance" in feature.method, feature
+        assert feature.threshold == 0.1, feature
+        assert feature.score >= 0, feature
+        assert feature.drifted == (feature.score >= feature.threshold), feature
 
 
 def test_shifted_features_are_flagged_and_the_others_are_not(model: LoadedModel) -> None:
@@ -86,7 +100,12 @@ def test_a_large_window_of_the_reference_population_does_not_drift(model: Loaded
     flagged = [name for name, f in result.features.items() if f.drifted]
     assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
     assert result.dataset_drift is False
-    assert result.features["purpose"].method == "chi-square two-sample p_value"
+    # The categories' test (750 reference rows: p-values) is the two-sample chi-square.
+    many = [
+        f.name for f in model.contract.of_kind("categorical") if reference[f.name].nunique() > 2
+    ]
+    for name in many:
+        assert result.features[name].method == "chi-square two-sample p_value", name
 
 
 def test_one_instance_of_a_value_the_reference_lacks_is_not_drift(model: LoadedModel) -> None:
