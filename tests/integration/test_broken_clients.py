@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from models.contract import CONTRACT
+from service.oip.rest import infer_endpoint
 from tests.integration.test_observability import scrape, total
 from tests.predlog.helpers import wait_until
 from tests.support import ServedService, example_rows, served_with_log
 
 TIMEOUT_SECONDS = 6
+# The served model's v2 infer route: the contract's name, whatever model a fork serves.
+V2_INFER = infer_endpoint(CONTRACT.model_name)
 BODY = json.dumps({"instances": example_rows(1)}).encode()
 
 
@@ -71,7 +75,7 @@ def test_a_client_gone_mid_body_is_a_499_and_leaves_nothing_in_flight(
     )
 
 
-@pytest.mark.parametrize("path", ["/predict", "/v2/models/credit_risk/infer"])
+@pytest.mark.parametrize("path", ["/predict", V2_INFER])
 def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
     service: tuple[ServedService, Path], path: str
 ) -> None:

@@ -13,12 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from models.contract import CONTRACT
+from service.oip.rest import infer_endpoint
 from tests.integration.test_observability import scrape, total
 from tests.oip_support import rest_body
 from tests.predlog.helpers import wait_until
 from tests.support import ServedService, example_rows, served_with_log
 
 QUEUED_ROWS = 1000
+# The served model's v2 infer route: the contract's name, whatever model a fork serves.
+V2_INFER = infer_endpoint(CONTRACT.model_name)
 BURST = 24  # concurrent 1000-instance requests: far more than 2 workers' queues hold
 
 
@@ -28,7 +32,7 @@ def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
         yield served
 
 
-@pytest.mark.parametrize("path", ["/predict", "/v2/models/credit_risk/infer"])
+@pytest.mark.parametrize("path", ["/predict", V2_INFER])
 def test_a_burst_beyond_the_queue_is_refused_with_503_and_retry_after(
     service: tuple[ServedService, Path], path: str
 ) -> None:
