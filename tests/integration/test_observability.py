@@ -36,19 +36,7 @@ from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.predlog.helpers import wait_until
-from tests.support import ROOT, ServedService, example_rows, free_port
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
+from tests.support import ROOT, Samples, ServedService, example_rows, free_port, scrape, total
 
 # Counters the workers' threads apply once per REQUEST_FLUSH_SECONDS, not at once.
 DEFERRED = ("inference_requests_total", "bentoml_service_request_total", "model_predictions_total")
@@ -70,12 +58,6 @@ def settled_scrape(url: str, timeout: float = 30.0) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum over every series of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 def post_fresh(url: str, body: Any) -> httpx.Response:

@@ -15,10 +15,9 @@ import pytest
 
 from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
-from tests.integration.test_observability import scrape, total
 from tests.oip_support import rest_body
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows, served_with_log
+from tests.support import ServedService, example_rows, scrape, served_with_log, total
 
 QUEUED_ROWS = 1000
 # The served model's v2 infer route: the contract's name, whatever model a fork serves.

@@ -16,3 +16,27 @@ def test_every_setting_is_in_the_readme_table_with_its_default() -> None:
         # MODEL_TAG's default follows the contract (models/contract.py): documented as such.
         default = "<model_name>:latest" if name == "model_tag" else str(field.default)
         assert rows[name.upper()] == default, name
+
+
+# Of these only a part is data-specific, and the rest of the suite uses the other part.
+PARTLY_DATA_SPECIFIC = {"tests/drift/helpers.py"}  # its SHIFTS/SHIFTED only
+
+
+def test_no_test_of_the_machinery_imports_a_file_the_readme_calls_data_specific() -> None:
+    # README "Serving your own model" tells a fork to adapt or delete those files: a test of the
+    # machinery that imports one (test_overload.py took scrape() from test_observability.py)
+    # breaks when it is deleted.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Serving your own model", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", section)) - PARTLY_DATA_SPECIFIC
+    assert "tests/integration/test_observability.py" in listed
+    modules = {path.removesuffix(".py").replace("/", ".") for path in listed}
+    importing = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        name = str(path.relative_to(ROOT))
+        if name in listed:
+            continue
+        for module in modules:
+            if re.search(rf"^\s*(from|import) {re.escape(module)}\b", path.read_text(), re.M):
+                importing.append((name, module))
+    assert importing == []
