@@ -423,6 +423,8 @@ def test_typed_contents_in_another_field_are_invalid_argument_naming_it(
             tensor.contents.int_contents.extend(values)
         elif feature.kind == "categorical":
             tensor.contents.bytes_contents.extend(v.encode() for v in values)
+        elif feature.kind == "number":  # a swapped model's FP64 features: every other is valid
+            tensor.contents.fp64_contents.extend(values)
         else:
             tensor.contents.int64_contents.extend(values)
     with pytest.raises(grpc.RpcError) as info:
