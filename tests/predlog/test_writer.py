@@ -166,7 +166,8 @@ def test_postgresql_cut_off_mid_load(
         if i == 450:
             proxy.restore()
         time.sleep(0.002)
-    wait_until(lambda: writer.stats.total("replayed") == writer.stats.total("spooled"))
+    writer.flush()  # every event written or spooled; then the spool replayed
+    wait_until(lambda: writer.stats.up and not writer.spool.segments())
     writer.close()
     store.close()
     direct = Store(postgresql_url)
@@ -174,6 +175,11 @@ def test_postgresql_cut_off_mid_load(
     direct.close()
     stats = writer.stats
     assert stats.total("spooled") > 0
+    # A batch whose commit reached PostgreSQL just before the cut but whose answer was lost is
+    # spooled, then found in the store by the replay and not counted as replayed (README, the
+    # prediction log's counters): at most the one batch the writer had in flight at the cut.
+    spooled, replayed = stats.total("spooled"), stats.total("replayed")
+    assert spooled - FAST.batch_rows <= replayed <= spooled
     assert stats.total("written") + stats.total("spooled") == rows_of(published)
     assert stats.total("dropped") == 0
     assert sum(stats.failures.values()) > 0
