@@ -196,6 +196,15 @@ async def test_a_failing_model_answers_internal_without_details(broken_stack: St
     assert statuses == [500, 500]
 
 
+def _infer_started() -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "inference.GRPCInferenceService",
+        "grpc_method": "ModelInfer",
+    }
+    return REGISTRY.get_sample_value("grpc_server_started_total", labels) or 0.0
+
+
 def _infer_handled(code: str) -> float:
     labels = {
         "grpc_type": "unary",
@@ -225,12 +234,16 @@ async def test_a_passed_deadline_and_a_client_cancel_are_told_apart(
     monkeypatch.setattr(tracing, "_exporting", True)
     monkeypatch.setattr(tracing, "get_tracer", lambda: provider.get_tracer("test"))
     before = {code: _infer_handled(code) for code in ("DeadlineExceeded", "Canceled")}
+    started = _infer_started()
     inputs = triton_inputs(triton_aio, example_rows(1))
+    # The model is held: any deadline passes. 1 s, not less: the first call on the channel also
+    # connects, and must reach the server before its deadline on a busy machine.
     with pytest.raises(InferenceServerException) as info:
-        await slow_stack.grpc.infer(MODEL, inputs, request_id="late", client_timeout=0.3)
+        await slow_stack.grpc.infer(MODEL, inputs, request_id="late", client_timeout=1)
     assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     call = asyncio.ensure_future(slow_stack.grpc.infer(MODEL, inputs, request_id="gone"))
-    await asyncio.sleep(0.3)
+    # Cancelled once the server has the call (cancelled before, it never reaches the server).
+    await _eventually(lambda: _infer_started() - started == 2)
     call.cancel()
     with suppress(asyncio.CancelledError):
         await call
