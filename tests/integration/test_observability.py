@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.predlog.helpers import wait_until
-from tests.support import ROOT, Samples, ServedService, example_rows, free_port, scrape, total
+from tests.support import ROOT, Samples, ServedService, example_rows, scrape, total
 
 # Counters the workers' threads apply once per REQUEST_FLUSH_SECONDS, not at once.
 DEFERRED = ("inference_requests_total", "bentoml_service_request_total", "model_predictions_total")
@@ -458,18 +459,25 @@ def test_with_the_collector_unreachable_predictions_answer_and_lost_spans_are_co
 ) -> None:
     # Nothing listens on the port: each export is refused, retried until the exporter's 1 s
     # timeout, and given up (failed); meanwhile the 8-span queue overflows (dropped).
-    refused = f"http://127.0.0.1:{free_port()}"
+    # A port bound and never listening: connections to it are refused, and no other process
+    # can take it meanwhile (a port merely seen free could be listened on by then).
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
     requests = 20
-    with ServedService(
-        env={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": refused,
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_BSP_MAX_QUEUE_SIZE": "8",
-            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
-        },
-        workers=1,
-    ) as service:
+    with (
+        closed,
+        ServedService(
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": refused,
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "OTEL_BSP_MAX_QUEUE_SIZE": "8",
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+            },
+            workers=1,
+        ) as service,
+    ):
         assert span_counts(service.url) == (0, 0, 0)  # the series exist from the start
         for _ in range(requests):
             response = post_fresh(service.url, {"instances": example_rows(1)})

@@ -44,7 +44,7 @@ from tests.support import ServedService, example_rows, free_port
 class Webhook:
     """Alertmanager's webhook notifications, as received."""
 
-    port: int = field(default_factory=free_port)
+    port: int = 0  # chosen by the OS when serving: a port seen free could be taken by then
     notifications: list[dict[str, Any]] = field(default_factory=list)
 
     def firing(self, alertname: str) -> list[dict[str, Any]]:
@@ -69,6 +69,7 @@ class Webhook:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = server.server_address[1]
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
 
