@@ -96,23 +96,53 @@ class ServedService:
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         home = Path(tempfile.mkdtemp(prefix="bentoml-serve-home-"))
         (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
         self.env = {
             **os.environ,
             "BENTOML_HOME": str(home),
             "WORKERS": str(workers),
-            "GRPC_PORT": str(self.grpc_port),
             **(env or {}),
         }
+        self._grpc_port_given = "GRPC_PORT" in (env or {})
+        self._choose_ports()
         self.output = ""
-        self._log_path = Path(self.env.get("TMPDIR", "/tmp")) / f"bentoml-serve-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> ServedService:
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+        self._chosen_port = self.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        if self._grpc_port_given:
+            self.grpc_port = int(self.env["GRPC_PORT"])
+        else:
+            self.grpc_port = free_port()
+            self.env["GRPC_PORT"] = str(self.grpc_port)
+        self._log_path = Path(self.env.get("TMPDIR", "/tmp")) / f"bentoml-serve-{self.port}.log"
+
+    def _lost_a_chosen_port(self, log: str) -> bool:
+        """Whether the process could not bind a port chosen here (not one the test set): seen
+        free, then taken by another process on the machine before `bentoml serve` bound it."""
+        http_lost = self.port == self._chosen_port and "[Errno 98] Address already in use" in log
+        grpc_lost = (
+            not self._grpc_port_given
+            and self.env["GRPC_PORT"] == str(self.grpc_port)
+            and f"GRPC_PORT 0.0.0.0:{self.grpc_port} is in use" in log
+        )
+        return http_lost or grpc_lost
+
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> ServedService:
+        """Start and wait until ready; on other ports if one chosen here was taken meanwhile."""
+        for _ in range(attempts - 1):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if not self._lost_a_chosen_port(str(exc)):
+                    raise
+            self._choose_ports()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServedService:
         log = self._log_path.open("wb")
         self._proc = subprocess.Popen(
             [str(VENV_BIN / "bentoml"), "serve", "--port", str(self.port), "--host", "127.0.0.1"],

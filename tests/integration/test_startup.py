@@ -4,6 +4,9 @@ its own `bentoml serve`."""
 
 from __future__ import annotations
 
+import socket
+
+import httpx
 import pytest
 
 from tests.support import ServedService
@@ -29,3 +32,16 @@ def test_an_unsupported_prediction_log_url_stops_the_service(model_tag: str) -> 
         info.value
     )
     assert "Traceback" not in str(info.value)
+
+
+def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> None:
+    """The harness (tests/support.py): a port seen free may be taken by another process on the
+    shared machine before `bentoml serve` binds it; the tests must not fail for it."""
+    service = ServedService(workers=1)
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", service.port))
+        taker.listen()
+        taken = service.port
+        with service:
+            assert service.port != taken
+            assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200

@@ -31,3 +31,21 @@ def test_example_rows_are_the_training_data_of_models_train(
     expected = [{name: row[name] for name in CONTRACT.feature_names} for row in changed]
     assert support.example_rows() == expected
     assert support.example_rows(1) == expected[:1]
+
+
+def test_a_served_service_starts_again_only_for_a_port_it_chose() -> None:
+    # A port seen free and taken by another process before `bentoml serve` bound it: started
+    # again on other ports. Not for a port the test set (a test of a taken port expects the exit).
+    chosen = support.ServedService()
+    http_taken = "OSError: [Errno 98] Address already in use"
+    grpc_taken = f"GRPC_PORT 0.0.0.0:{chosen.grpc_port} is in use; free it"
+    assert chosen._lost_a_chosen_port(http_taken)
+    assert chosen._lost_a_chosen_port(grpc_taken)
+    assert not chosen._lost_a_chosen_port("invalid settings (environment variables):")
+    given = support.ServedService(env={"GRPC_PORT": str(chosen.grpc_port)})
+    assert not given._lost_a_chosen_port(grpc_taken)
+    assert given._lost_a_chosen_port(http_taken)
+    chosen.env["GRPC_PORT"] = str(chosen.port)  # set by the test after construction
+    assert not chosen._lost_a_chosen_port(f"GRPC_PORT 0.0.0.0:{chosen.port} is in use")
+    chosen.port = 3000
+    assert not chosen._lost_a_chosen_port(http_taken)
