@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from service.events import Event, PredictionEvent
 from service.predlog.observer import CountingObserver, LogObserver, Observers, Operation
@@ -53,6 +54,8 @@ from service.predlog.store import SchemaMismatch, Store, is_refusal
 log = logging.getLogger(__name__)
 # Longest a turn stuck in the store goes without the backlog being reported.
 WATCH_SECONDS = 1.0
+# What ended the writer's wait: a full batch queued, wake() (flush, close), or neither.
+Wakeup = Literal["rows", "wake", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,14 @@ class _EventQueue:
             self._rows -= rows
         return taken
 
-    def wait(self, timeout: float) -> bool:
-        """Until woken or ``timeout``; True if only a full batch woke it."""
+    def wait(self, timeout: float) -> Wakeup:
+        """Until woken or ``timeout`` (none at all if 0): what ended the wait."""
         with self._cond:
             if not self._woken and timeout > 0:
                 self._cond.wait(timeout)
-            by_rows = self._woken and self._by_rows
+            woken: Wakeup = "timeout" if not self._woken else "rows" if self._by_rows else "wake"
             self._woken = self._by_rows = False
-        return by_rows
+        return woken
 
     def wake(self) -> None:
         with self._cond:
@@ -248,9 +251,16 @@ class Writer:
     def _run(self) -> None:
         while True:
             timeout = 0.0 if self._replay is not None else self.config.flush_interval
-            by_rows = self._queue.wait(timeout)
+            woken = self._queue.wait(timeout)
             closing = self._closing.is_set()
-            housekeeping = not by_rows or time.monotonic() >= self._housekeeping_at
+            # The housekeeping (replay look-up, report, spool scan) once per flush interval, or
+            # when asked (flush, close). Not after a replay's poll (timeout 0), which comes back
+            # at once: a long replay would scan the spool after each of its batches.
+            housekeeping = (
+                woken == "wake"
+                or (woken == "timeout" and timeout > 0)
+                or time.monotonic() >= self._housekeeping_at
+            )
             self._turn_started = time.monotonic()
             try:
                 self._turn(closing, housekeeping)

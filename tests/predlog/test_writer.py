@@ -474,6 +474,29 @@ def test_under_sustained_load_the_spool_is_still_replayed_and_reported_once_per_
     assert turns >= 3 * len(scans)
 
 
+def test_a_long_replay_scans_the_spool_once_per_interval_not_after_each_batch(
+    sqlite_url: str, make_writer: MakeWriter, tmp_path: Path
+) -> None:
+    # A replay polls the queue between its batches instead of waiting a flush interval; the
+    # housekeeping (report, spool scan) must still come once per interval, or a spool of hours
+    # of outage is scanned after each of its batches.
+    left = Spool(tmp_path / "spool", 10**8)
+    backlog = [rejection_event() for _ in range(30)]
+    left.append([to_entry(e) for e in backlog])
+    left.close()
+    writer = make_writer(
+        sqlite_url, tmp_path / "spool", start=False, batch_rows=1, flush_interval=3600
+    )
+    scans = []
+    scan = writer.spool.scan
+    writer.spool.scan = lambda: scans.append(1) or scan()  # type: ignore[method-assign]
+    writer.start()
+    writer.flush()  # a turn now, not in an hour: its housekeeping finds the segment
+    wait_until(lambda: not writer.spool.segments())
+    assert writer.stats.total("replayed") == 30  # 30 batches, one after the other
+    assert len(scans) == 1  # by that first turn only
+
+
 def test_a_line_that_is_not_an_entry_is_dropped_and_the_lines_after_it_replayed(
     sqlite_url: str, make_writer: MakeWriter, tmp_path: Path
 ) -> None:
