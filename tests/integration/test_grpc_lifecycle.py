@@ -18,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
+from tests.integration.test_observability import scrape, total
 from tests.oip_support import triton_inputs
+from tests.predlog.helpers import wait_until
 from tests.support import ServedService, example_rows, free_port
 
 
@@ -98,11 +100,19 @@ def test_calls_cut_by_the_end_of_the_shutdown_grace_are_recorded_as_unavailable(
                 time.sleep(0.05)
         client.close()
 
+    def in_flight() -> float:
+        samples = scrape(service.url)
+        infer = {"grpc_method": "ModelInfer"}
+        started = total(samples, "grpc_server_started_total", **infer)
+        return started - total(samples, "grpc_server_handled_total", **infer)
+
     threads = [threading.Thread(target=load) for _ in range(12)]
     try:
         for thread in threads:
             thread.start()
-        time.sleep(2)
+        # SIGTERM once calls wait for the model (not after a fixed time: the clients may not
+        # have sent any yet on a busy machine, and no call would be cut).
+        wait_until(lambda: in_flight() >= 4, timeout=60)
     finally:
         exit_code = service.stop()
         stop.set()
