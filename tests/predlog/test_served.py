@@ -186,16 +186,20 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
         PREDICTION_LOG_BATCH_SIZE=str(BATCH_ROWS),
     )
     answers: list[Answer | None] = []
+    failures: list[BaseException] = []  # send()'s assertions, raised in the load threads
     stop = threading.Event()
     served = ServedService(env=env, workers=2).start()
     try:  # a failure must not leave the server and the load running
         with httpx.Client(base_url=served.url, timeout=30) as client:
 
             def load() -> None:
-                for body, instances in payloads(10**6, 10**6):
-                    if stop.is_set():
-                        return
-                    answers.append(send(client, body, instances))
+                try:
+                    for body, instances in payloads(10**6, 10**6):
+                        if stop.is_set():
+                            return
+                        answers.append(send(client, body, instances))
+                except BaseException as exc:  # a thread's exception would only be printed
+                    failures.append(exc)
 
             threads = [threading.Thread(target=load) for _ in range(4)]
             for thread in threads:
@@ -220,6 +224,7 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
         served.stop()
     # Every prediction was answered, during the outage too; after SIGTERM, requests find the
     # port closed (no answer, hence no row).
+    assert failures == []
     assert during_outage >= 10
     assert None not in answers[:before_sigterm]
     answered = [a for a in answers if a is not None]
