@@ -20,6 +20,7 @@ Imports Evidently, which takes seconds: only the drift child process imports thi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ from scipy.stats import chi2_contingency
 
 from service.contract import CategoricalFeature, FeatureContract
 from service.drift.summary import ColumnDrift
+
+log = logging.getLogger(__name__)
 
 # Evidently's default: the dataset drifts when at least this share of the columns drift.
 DRIFT_SHARE = 0.5
@@ -138,11 +141,20 @@ def compute_drift(
             name=name,
         )
     if header:
-        # Evidently has no public way to add a widget to a report; its snapshot keeps its widgets
-        # in this list, which both the HTML and the saved snapshot (hence a rebuilt report) show.
-        counters = [CounterData(label, value) for label, value in header]
-        snapshot._widgets.insert(0, counter(counters=counters, title=name or ""))
+        _head(snapshot, header, name or "")
     return _result(snapshot, contract)
+
+
+def _head(snapshot: Snapshot, header: Sequence[tuple[str, str]], title: str) -> None:
+    # Evidently has no public way to add a widget to a report; its snapshot keeps its widgets
+    # in this list, which both the HTML and the saved snapshot (hence a rebuilt report) show. A
+    # later Evidently may keep them elsewhere: the report then goes without its head, and the
+    # run (the verdict, the metrics) goes on.
+    try:
+        counters = [CounterData(label, value) for label, value in header]
+        snapshot._widgets.insert(0, counter(counters=counters, title=title))
+    except Exception:
+        log.warning("could not head drift report %s with what it compared", title, exc_info=True)
 
 
 def _methods(
