@@ -18,10 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
-from tests.integration.test_observability import scrape, total
 from tests.oip_support import triton_inputs
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows, free_port
+from tests.support import ServedService, example_rows, free_port, scrape, total
 
 
 @pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "so_reuseport"])
