@@ -24,13 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
 from tests.oip_support import DATATYPES, rest_body, triton_inputs
-from tests.support import ROOT, ServedService, example_rows
+from tests.support import ROOT, Samples, ServedService, example_rows, scrape
 
 MODEL = CONTRACT.model_name
 SCORE = CONTRACT.score_name
@@ -653,19 +652,9 @@ def test_both_workers_answer_grpc(served: ServedService) -> None:
             chan.close()
 
 
-def scrape(served: ServedService) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(f"{served.url}/metrics").text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("grpc_server_")
-        for sample in family.samples
-    }
-
-
 def delta(
-    before: dict[tuple[str, frozenset[tuple[str, str]]], float],
-    after: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    before: Samples,
+    after: Samples,
     name: str,
     **labels: str,
 ) -> float:
@@ -674,7 +663,7 @@ def delta(
 
 
 def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: ServedService) -> None:
-    before = scrape(served)
+    before = scrape(served.url)
     ok, refused = 9, 4
     for _ in range(ok):  # a new client each time: a new connection, spread over both workers
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
@@ -687,7 +676,7 @@ def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: Served
         client.close()
     with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as chan:
         health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
-    after = scrape(served)
+    after = scrape(served.url)
 
     infer = {"grpc_type": "unary", "grpc_service": INFERENCE_SERVICE, "grpc_method": "ModelInfer"}
     assert delta(before, after, "grpc_server_started_total", **infer) == ok + refused

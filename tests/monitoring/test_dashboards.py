@@ -129,37 +129,16 @@ def test_drift_runs_add_up_over_the_replicas(tmp_path: Path) -> None:
         for _, panel, e in expressions()
         if panel == "Drift runs by status" and "model_drift_runs_total" in e
     ]
-    case = {
-        "rule_files": [],
-        "evaluation_interval": "15s",
-        "tests": [
-            {
-                "interval": "15s",
-                "input_series": [
-                    {
-                        "series": "model_drift_runs_total"
-                        f'{{job="credit-risk-service",instance="{i}:3000",status="ok"}}',
-                        "values": "0+0.25x40",
-                    }
-                    for i in ("a", "b")
-                ],
-                "promql_expr_test": [
-                    {
-                        "expr": expr,
-                        "eval_time": "5m",
-                        "exp_samples": [{"labels": '{status="ok"}', "value": 2}],
-                    }
-                ],
-            }
-        ],
+    series = {
+        f'model_drift_runs_total{{job="credit-risk-service",instance="{i}:3000",status="ok"}}': (
+            "0+0.25x40"
+        )
+        for i in ("a", "b")
     }
-    path = tmp_path / "drift_runs_test.yml"
-    path.write_text(json.dumps(case))
-    result = run(tool("promtool"), "test", "rules", path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_promql(tmp_path, expr, series, "5m", {'{status="ok"}': 2})
 
 
-def test_drift_panels_show_each_model_version_on_its_own() -> None:
+def test_drift_panels_show_each_model_version_on_its_own(tmp_path: Path) -> None:
     # With "All" model versions (the selector's default) during a rolling deploy, max() over
     # both versions showed one version's "drifted" as the dataset's, and the larger of two
     # p-values per feature hid the other's drift: every drift series keeps its model_version.
@@ -175,37 +154,40 @@ def test_drift_panels_show_each_model_version_on_its_own() -> None:
         for _by, labels in aggregations:
             assert "model_version" in labels.replace(" ", "").split(","), (panel, expr)
     (expr,) = [e for panel, e in drift if panel == "Dataset drift"]
+    series = {
+        "model_drift_dataset_drifted"
+        f'{{job="credit-risk-service",instance="{i}:3000",model_version="{v}"}}': f"{drifted}x10"
+        for i, v, drifted in (("a", "old", 1), ("b", "new", 0), ("c", "new", 0))
+    }
+    expected = {'{model_version="old"}': 1, '{model_version="new"}': 0}
+    assert_promql(tmp_path, expr, series, "1m", expected)
+
+
+def assert_promql(
+    tmp_path: Path, expr: str, series: dict[str, str], at: str, expected: dict[str, float]
+) -> None:
+    """``promtool test rules``: ``expr`` over ``series`` (series: promtool's values notation,
+    sampled every 15 s) gives exactly the ``expected`` samples (labels: value) at ``at``."""
     case = {
         "rule_files": [],
         "evaluation_interval": "15s",
         "tests": [
             {
                 "interval": "15s",
-                "input_series": [
-                    {
-                        "series": "model_drift_dataset_drifted"
-                        f'{{job="credit-risk-service",instance="{i}:3000",model_version="{v}"}}',
-                        "values": f"{drifted}x10",
-                    }
-                    for i, v, drifted in (("a", "old", 1), ("b", "new", 0), ("c", "new", 0))
-                ],
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
                 "promql_expr_test": [
                     {
                         "expr": expr,
-                        "eval_time": "1m",
-                        "exp_samples": [
-                            {"labels": '{model_version="old"}', "value": 1},
-                            {"labels": '{model_version="new"}', "value": 0},
-                        ],
+                        "eval_time": at,
+                        "exp_samples": [{"labels": k, "value": v} for k, v in expected.items()],
                     }
                 ],
             }
         ],
     }
-    with (MONITORING.parent / "var").joinpath("dashboard-versions-test.yml") as path:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(case))
-        result = run(tool("promtool"), "test", "rules", path)
+    path = tmp_path / "promql_test.yml"
+    path.write_text(json.dumps(case))
+    result = run(tool("promtool"), "test", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
