@@ -13,7 +13,10 @@ run (``pending``, the verdict gauges NaN), and replicas of two versions side by 
 deploy) each run and show their own.
 
 Nothing here is on the request path: the routes read what the thread cached. A store that is
-down only delays the runs (logged); a run that fails is recorded as failed and counted.
+down only delays the runs (logged); a run that fails is recorded as failed and counted. A run cut
+short by the worker's own shutdown (a deploy, a restart) is not a failure of drift: its claim is
+released, nothing is counted, and the slot is run by a worker that claims it next (a replica that
+found it claimed, or the restarted worker), while ``GET /drift`` keeps showing the run before.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class DriftMonitor:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread; a run in progress is killed (and recorded as failed)."""
+        """Stop the thread; a run in progress is killed and its slot's claim released."""
         self._stop.set()
         self.process.stop()
         if self._thread.ident is not None:  # started
@@ -195,6 +198,9 @@ class DriftMonitor:
     def _loop(self) -> None:
         schema_ready = False
         attempted: int | None = None
+        # The slot another process claimed: tried again if that process gives its claim back
+        # (its shutdown cut the run short), so that a deploy does not cost the interval's run.
+        contested: int | None = None
         while not self._stop.is_set():
             try:
                 if not schema_ready:
@@ -205,37 +211,48 @@ class DriftMonitor:
                     schema_ready = True
                 self._finish()
                 slot = self.current_slot()
-                if slot != attempted:
+                if slot != attempted or (slot == contested and not self.runs.claimed(slot)):
                     attempted = slot
-                    self._maybe_run(slot)
+                    contested = slot if self._maybe_run(slot) else None
                 self.refresh()
             except Exception as exc:  # the store is down: try again next poll
                 self._log_error(exc)
             next_slot = self.current_slot() + self.config.interval_seconds
             self._stop.wait(min(self._poll, max(next_slot - time.time(), 0.01)))
 
-    def _maybe_run(self, slot: int) -> None:
+    def _maybe_run(self, slot: int) -> bool:
+        """Claim ``slot`` and run it if no other process did; True if another process holds
+        its claim."""
         # A worker whose child still has to import Evidently lets a warm one win the slot.
         if not self.process.warm and self._stop.wait(self._cold_delay):
-            return
+            return False
         if self.runs.running_since(utc_ago(self._longest_run)):
-            return  # the previous run is still going; do not pile runs up
-        if self.runs.claim(slot, self.config.interval_seconds, self.identity):
-            self.run(slot)
+            # The previous run is still going (do not pile runs up), or this slot's, in another
+            # process.
+            return self.runs.claimed(slot)
+        if not self.runs.claim(slot, self.config.interval_seconds, self.identity):
+            return True
+        self.run(slot)
+        return False
 
-    def run(self, slot: int) -> Status:
-        """Run drift for the claimed ``slot`` and record the outcome."""
+    def run(self, slot: int) -> Status | None:
+        """Run drift for the claimed ``slot`` and record the outcome; None when the worker's
+        shutdown cut it short (no outcome: the claim is released, nothing is counted)."""
         summary: DriftSummary | None = None
         error: str | None = None
+        if self._stop.is_set():  # stopped since the claim: start no child that nobody kills
+            self._release(slot)
+            return None
         try:
             summary = DriftSummary.from_dict(
                 self.process.run(self.job(slot), self.config.run_timeout_seconds)
             )
             status: Status = summary.status
         except RunFailed as exc:
+            if self._stop.is_set():  # stop() killed the child: drift did not fail
+                self._release(slot)
+                return None
             status, error = "failed", str(exc)
-            if self._stop.is_set():  # stop() killed the child: say so rather than "exited"
-                error = "interrupted: the worker was shutting down"
             log.warning("drift run %s failed: %s", self._run_name(slot), error)
         if self.metrics is not None:
             self.metrics.count(status)
@@ -252,6 +269,28 @@ class DriftMonitor:
                 exc,
             )
         return status
+
+    def _release(self, slot: int) -> None:
+        """Give the claim of ``slot`` back: a failed run would show in GET /drift and count
+        towards DriftMonitorFailing after every deploy, and the slot would go without a run."""
+        try:
+            self.runs.release(slot, self.identity)
+        except Exception as exc:  # the thread ends: no later poll to try again
+            log.warning(
+                "drift run %s was cut short by the worker's shutdown and the store at %s failed "
+                "releasing its slot: %s; the run stays 'running' until it is closed as failed "
+                "(after %.0fs)",
+                self._run_name(slot),
+                self.store.display_url,
+                exc,
+                self._longest_run,
+            )
+            return
+        log.info(
+            "drift run %s cut short by the worker's shutdown; its slot is released for another "
+            "worker to run",
+            self._run_name(slot),
+        )
 
     def _finish(self) -> None:
         """Record the ended run's outcome in its row, if not done yet."""

@@ -8,7 +8,8 @@ in exactly one process serving that model, the others find the row there (``ON C
 NOTHING`` returns no row). Replicas serving another model version (a rolling deploy) claim rows
 of their own, so each version gets its runs, on its own window. The row then receives the run's
 status and summary, which every worker serving the model reads back to export the same metrics;
-a worker never reads another model's runs.
+a worker never reads another model's runs. A run cut short by its own worker's shutdown is no
+outcome: its worker deletes the row (``release``), so that the slot can be claimed again.
 
 The table has a MetaData of its own, created with ``checkfirst``: adding drift does not change
 the prediction log's tables, so its SCHEMA_VERSION stays as it is. A table of the first version
@@ -197,6 +198,29 @@ class DriftRuns:
                 update(drift_runs).where(self._mine, drift_runs.c.slot == slot).values(values)
             )
 
+    def release(self, slot: int, claimed_by: str) -> bool:
+        """Give up ``claimed_by``'s claim of ``slot`` while its run is still 'running' (its worker
+        is shutting down): the row goes, so that the slot can be claimed again, and this model's
+        newest run is again the one before. Returns whether there was such a claim."""
+        with self.store.engine.begin() as conn:
+            return (
+                conn.execute(
+                    delete(drift_runs).where(
+                        self._mine,
+                        drift_runs.c.slot == slot,
+                        drift_runs.c.status == RUNNING,
+                        drift_runs.c.claimed_by == claimed_by,
+                    )
+                ).rowcount
+                > 0
+            )
+
+    def claimed(self, slot: int) -> bool:
+        """Does a row (a claim, running or ended) hold ``slot`` for this model?"""
+        query = select(func.count()).where(self._mine, drift_runs.c.slot == slot)
+        with self.store.read() as conn:
+            return bool(conn.execute(query).scalar_one())
+
     def latest(self, completed: bool = False) -> Run | None:
         """This model's newest finished run (``completed``: the newest with a summary)."""
         return self._newest(COMPLETED if completed else (*COMPLETED, "failed"))
@@ -233,7 +257,7 @@ class DriftRuns:
 
     def stale_before(self, cutoff: datetime) -> int:
         """Mark runs still 'running' that were claimed before ``cutoff`` as failed (their worker
-        died mid-run); returns how many."""
+        died mid-run without releasing its claim); returns how many."""
         with self.store.engine.begin() as conn:
             return conn.execute(
                 update(drift_runs)

@@ -1,9 +1,11 @@
-"""The drift monitor's answers from what it cached (no child process: a stand-in, if any)."""
+"""The drift monitor: its answers from what it cached, its claims and their outcomes (a stand-in
+child process, or the real one where its kill is the point)."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -282,3 +284,87 @@ def test_get_drift_has_every_key_whatever_the_status(
     assert (pending["report"], pending["drift_share_threshold"]) == (None, None)
     assert failed["last_completed"]["report"] == ok["report"]
     assert ok["last_completed"] is None
+
+
+def _early_in_its_slot(monitor: DriftMonitor, margin: float = 15.0) -> int:
+    """The current slot, once at least ``margin`` seconds of it are left (a test's claims and
+    retries must meet in one slot)."""
+    left = monitor.current_slot() + monitor.config.interval_seconds - time.time()
+    if left < margin:
+        time.sleep(left + 0.1)
+    return monitor.current_slot()
+
+
+def test_a_run_cut_short_by_the_workers_shutdown_is_no_failure_and_its_slot_is_run_again(
+    monitors: Monitors, model: LoadedModel
+) -> None:
+    # A deploy: the worker stops while its (real) drift process is running the slot's run.
+    _finished(monitors(model), 60, "host:1")  # the run before, which GET /drift showed
+    metrics, registry = _metrics(model)
+    worker = monitors(model, metrics)
+    slot = _early_in_its_slot(worker)
+    worker.start()
+    wait_until(lambda: worker.process._proc is not None, timeout=10)  # the child is started
+    assert worker.runs.running_since(utc_ago(60))
+
+    worker.stop()
+
+    failed = {"model_version": model.version, "status": "failed"}
+    assert registry.get_sample_value("model_drift_runs_total", failed) == 0
+    # After the restart: GET /drift shows the run before, not a failure...
+    restarted = monitors(model)
+    restarted.refresh()
+    state = restarted.state()
+    assert (state["status"], state["run_id"]) == ("ok", snapshots.run_name(60, model.tag))
+    assert not restarted.runs.running_since(utc_ago(3600))  # the next slots are not skipped
+    # ...and the interval's slot is claimed and run again.
+    restarted.process = _WarmProcess()  # type: ignore[assignment]
+    restarted._maybe_run(slot)
+    restarted.refresh()
+    assert restarted.state()["run_id"] == snapshots.run_name(slot, model.tag)
+    assert restarted.state()["status"] == "ok"
+
+
+class _KilledProcess:
+    """A warm child whose run goes on until the worker's shutdown kills it."""
+
+    warm = True
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self._killed = threading.Event()
+
+    def run(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.started.set()
+        self._killed.wait(30)
+        raise RunFailed("the drift process exited (code -9)")
+
+    def stop(self) -> None:
+        self._killed.set()
+
+
+def test_a_slot_given_back_by_a_replica_shutting_down_is_run_by_another_in_the_interval(
+    monitors: Monitors, model: LoadedModel
+) -> None:
+    # A rolling deploy: the old replica's worker claimed the slot, and is stopped mid-run.
+    leaving, staying = monitors(model), monitors(model)
+    leaving.identity, staying.identity = "replica-a:7", "replica-b:7"
+    leaving.process = _KilledProcess()  # type: ignore[assignment]
+    staying.process = _WarmProcess()  # type: ignore[assignment]
+    staying._poll = 0.05
+    slot = _early_in_its_slot(leaving)
+    running = threading.Thread(target=leaving._maybe_run, args=(slot,))
+    running.start()
+    assert leaving.process.started.wait(5)
+    staying.start()
+    wait_until(lambda: staying.state()["status"] == "pending" and staying._thread.is_alive())
+    time.sleep(0.5)  # the staying worker found the slot claimed (several polls)
+    assert staying.runs.running_since(utc_ago(60))
+
+    leaving.stop()
+    running.join(10)
+
+    wait_until(lambda: staying.state()["run_id"] == snapshots.run_name(slot, model.tag), 10)
+    run = staying.runs.latest()
+    assert run is not None
+    assert (run.slot, run.status, run.claimed_by) == (slot, "ok", "replica-b:7")

@@ -135,6 +135,28 @@ def test_each_model_claims_and_reads_back_its_own_runs(store: Store) -> None:
     assert new.prune(keep=1) == 2
 
 
+def test_only_the_claimant_releases_its_claim_and_only_while_its_run_is_going(
+    store: Store,
+) -> None:
+    runs, other_model = DriftRuns(store, MODEL), DriftRuns(store, "credit_risk:v2")
+    runs.ensure_schema()
+    assert runs.claim(60, 60, "a")
+    runs.finish(60, "ok", ok_summary(), None)
+    assert runs.claim(120, 60, "a")
+    assert other_model.claim(120, 60, "a")
+
+    assert not runs.release(120, "b")  # another worker's claim stays
+    assert not runs.release(60, "a")  # an ended run stays
+    assert runs.release(120, "a")
+
+    assert not runs.claimed(120)
+    assert other_model.claimed(120)  # the other model's claim of the slot stays
+    latest = runs.latest()
+    assert latest is not None
+    assert latest.slot == 60  # the run before is the newest again
+    assert runs.claim(120, 60, "b")  # the slot can be claimed again
+
+
 def _first_version(metadata: MetaData) -> Table:
     """drift_runs as the first version created it: the slot alone as its key, no model_tag."""
     return Table(
