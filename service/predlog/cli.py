@@ -27,8 +27,12 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+from sqlalchemy import DateTime, Float, Integer
 from sqlalchemy.exc import OperationalError
 
+import models.contract
+from service.contract import FeatureContract, FeatureKind
 from service.predlog.schema import DATA_TABLES, SCHEMA_VERSION, predictions
 from service.predlog.spool import QUARANTINE, Spool
 from service.predlog.store import SchemaMissing, Store
@@ -68,16 +72,23 @@ def export_path(value: str) -> Path:
     return path
 
 
-def export_frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
+def export_frame(
+    rows: list[dict[str, Any]], table: str, contract: FeatureContract | None = None
+) -> pd.DataFrame:
     """Rows as a flat frame: for predictions, one column per feature (a feature whose name is
-    taken by a log column becomes ``feature_<name>``); JSON columns of rejections as text."""
+    taken by a log column becomes ``feature_<name>``): the ``contract``'s first, in its order,
+    whether or not the rows have them (an empty range), then any other the rows have (an older
+    model's); JSON columns of rejections as text."""
     columns = predictions.columns if table == "predictions" else DATA_TABLES[table].columns
     frame = pd.DataFrame(rows, columns=[c.name for c in columns])
     if table == "predictions":
         features = pd.DataFrame(list(frame.pop("features")), index=frame.index)
-        features.columns = [
-            f"feature_{c}" if c in frame.columns else str(c) for c in features.columns
-        ]
+        if contract is not None:
+            names = list(contract.feature_names)
+            features = features.reindex(
+                columns=[*names, *(c for c in features.columns if c not in names)]
+            )
+        features.columns = [_feature_column(str(c)) for c in features.columns]
         frame = pd.concat([frame, features], axis=1)
     else:
         frame["errors"] = [orjson.dumps(e).decode() for e in frame["errors"]]
@@ -85,16 +96,65 @@ def export_frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
     return frame
 
 
-def export(store: Store, table: str, since: datetime, until: datetime, out: Path) -> int:
+def _feature_column(name: str) -> str:
+    log_columns = {c.name for c in predictions.columns}
+    return f"feature_{name}" if name in log_columns else name
+
+
+# The Parquet type of a feature of each kind: a `number` is a double even where every value
+# happens to be whole.
+_FEATURE_TYPES: dict[FeatureKind, pa.DataType] = {
+    "categorical": pa.string(),
+    "integer": pa.int64(),
+    "number": pa.float64(),
+}
+
+
+def export_schema(frame: pd.DataFrame, table: str, contract: FeatureContract) -> pa.Schema:
+    """The Parquet types of an export, from the log's columns and the contract's features rather
+    than from the values: an empty range, or a column without a value in it (no traced request:
+    ``trace_id``), has the types of any other export, so that a notebook reading one export
+    after another (or them all as one data set) meets the same schema."""
+    declared: dict[str, pa.DataType] = {}
+    columns = predictions.columns if table == "predictions" else DATA_TABLES[table].columns
+    for column in columns:
+        if isinstance(column.type, DateTime):
+            declared[column.name] = pa.timestamp("ns", tz="UTC")
+        elif isinstance(column.type, Integer):
+            declared[column.name] = pa.int64()
+        elif isinstance(column.type, Float):
+            declared[column.name] = pa.float64()
+        else:  # strings, and JSON columns written as text
+            declared[column.name] = pa.string()
+    if table == "predictions":
+        for feature in contract.features:
+            declared[_feature_column(feature.name)] = _FEATURE_TYPES[feature.kind]
+    inferred = pa.Schema.from_pandas(frame, preserve_index=False)
+    # A column neither declares (another model's feature) keeps the type of its values.
+    return pa.schema(
+        [pa.field(field.name, declared.get(field.name, field.type)) for field in inferred]
+    )
+
+
+def export(
+    store: Store,
+    table: str,
+    since: datetime,
+    until: datetime,
+    out: Path,
+    contract: FeatureContract = models.contract.CONTRACT,
+) -> int:
     """Write the rows of ``[since, until)`` to ``out`` (.parquet or .csv); returns the row count.
+    Every export of a table has the same columns, an empty one too (predictions: at least the
+    ``contract``'s features), and in Parquet the same types.
 
     The range is held in memory while it is written: export a long history in slices.
     """
-    parts = [export_frame(rows, table) for rows in store.iter_rows(table, since, until)]
-    frame = pd.concat(parts, ignore_index=True) if parts else export_frame([], table)
+    parts = [export_frame(rows, table, contract) for rows in store.iter_rows(table, since, until)]
+    frame = pd.concat(parts, ignore_index=True) if parts else export_frame([], table, contract)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        frame.to_parquet(out, index=False)
+        frame.to_parquet(out, index=False, schema=export_schema(frame, table, contract))
     else:
         frame.to_csv(out, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
     return len(frame)

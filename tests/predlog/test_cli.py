@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from models.contract import CONTRACT
-from service.predlog.cli import export_frame, main, parse_time
+from service.contract import NumberFeature
+from service.predlog.cli import export, export_frame, main, parse_time
 from service.predlog.records import instance_rows, to_entry
 from service.predlog.schema import SCHEMA_VERSION
 from service.predlog.spool import Spool
@@ -72,12 +76,53 @@ def test_export_to_csv_with_an_offset_and_rejections(logged: Store, tmp_path: Pa
     assert list(pd.read_csv(predictions)["request_id"]) == ["at-10"] + ["at-11"] * 3 + ["at-12"] * 2
 
 
-def test_an_empty_range_exports_an_empty_file_with_the_columns(
-    logged: Store, tmp_path: Path
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_an_empty_range_exports_the_columns_and_types_of_a_full_one(
+    store: Store,
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
 ) -> None:
-    out = tmp_path / "none.parquet"
-    assert main(["export", "--since", "2030-01-01", "--out", str(out)]) == 0
-    assert len(pd.read_parquet(out)) == 0
+    # A data scientist's notebook reads a weekly export; a quiet week must not break it.
+    monkeypatch.setenv("PREDICTION_LOG_URL", store_url)
+    store.write([to_entry(prediction_event(2, "a", T0)), to_entry(rejection_event("r", T0))])
+    for table in ("predictions", "rejections"):
+        full, empty = tmp_path / f"{table}-full{suffix}", tmp_path / f"{table}-empty{suffix}"
+        export = ["export", "--table", table, "--out"]
+        assert main([*export, str(full), "--since", "2025-06-01", "--until", "2025-06-02"]) == 0
+        assert main([*export, str(empty), "--since", "2030-01-01", "--until", "2030-01-08"]) == 0
+
+        read = pd.read_parquet if suffix == ".parquet" else pd.read_csv
+        full_frame, empty_frame = read(full), read(empty)
+        assert (len(full_frame), len(empty_frame)) == (2 if table == "predictions" else 1, 0)
+        assert list(empty_frame.columns) == list(full_frame.columns)
+        if table == "predictions":
+            assert set(CONTRACT.feature_names) <= set(empty_frame.columns)
+        if suffix == ".parquet":
+            # The same Parquet types (none `null`: trace_id has no value in either), so that
+            # the weeks read as one data set, and the same dtypes in pandas.
+            schema = pq.read_schema(empty).remove_metadata()
+            assert schema == pq.read_schema(full).remove_metadata()
+            assert not [f.name for f in schema if pa.types.is_null(f.type)]
+            assert empty_frame.dtypes.to_dict() == full_frame.dtypes.to_dict()
+            assert len(pq.ParquetDataset([full, empty]).read()) == len(full_frame)
+
+
+def test_a_number_feature_is_a_double_even_when_its_values_are_whole(
+    store: Store, tmp_path: Path
+) -> None:
+    feature = NumberFeature("amount", 0, 10)
+    contract = replace(CONTRACT, features=(*CONTRACT.features, feature))
+    event = prediction_event(1, "whole", T0)
+    event = replace(event, instances=[{**event.instances[0], "amount": 3}])
+    store.write([to_entry(event)])
+    out = tmp_path / "whole.parquet"
+
+    export(store, "predictions", T0, T0 + HOUR, out, contract)
+
+    assert pq.read_schema(out).field("amount").type == pa.float64()
+    assert pd.read_parquet(out)["amount"].tolist() == [3.0]
 
 
 @pytest.mark.parametrize("name", ["week.json", "week", "week.PARQUET", "week.parquet.gz"])
