@@ -5,16 +5,29 @@ snapshot) and answers one line on stdout: ``{"summary": {...}}`` or ``{"error": 
 lowers its own priority first (``lower_priority``), so that the serving workers keep the CPU, and
 imports Evidently once (seconds of CPU), then says ``{"ready": true}``. The store connection, the
 contract and the reference data are kept between jobs. It exits when stdin closes (its worker
-stopped or died).
+stopped or died) or its worker kills it; it ignores SIGINT and SIGTERM, which reach it with its
+worker's.
 """
 
 from __future__ import annotations
+
+import signal
+
+if __name__ == "__main__":
+    # Its worker decides when the child ends (closing stdin, or killing it mid-run), not a
+    # signal meant for the worker: Ctrl-C in the terminal of `bentoml serve` reaches the whole
+    # process group (the child died with a KeyboardInterrupt traceback in the service's log),
+    # and BentoML stops a worker by sending SIGTERM to its children too (circus' stop_children),
+    # so a run going on at a deploy died before its worker's shutdown could tell a cut-short run
+    # from a failed one (it was recorded and counted as failed). Ignored before the imports
+    # below, which take seconds.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 import contextlib
 import functools
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -157,10 +170,6 @@ def lower_priority() -> None:
 
 
 def main() -> None:
-    # Ctrl-C in the terminal of `bentoml serve` reaches the whole process group, this child too:
-    # its worker decides when it ends (closing stdin, or killing it mid-run), so the child does
-    # not die of the signal on its own, with a KeyboardInterrupt traceback in the service's log.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     lower_priority()
     import service.drift.compute  # noqa: F401  (the slow import, before saying ready)
 

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from service.drift.runner import run_job
@@ -133,9 +134,11 @@ def test_a_runs_report_and_snapshot_say_what_was_compared(
     assert model.tag in (tmp_path / "rebuilt.html").read_text()
 
 
-def test_ctrl_c_in_the_terminal_leaves_the_child_to_its_worker() -> None:
+def test_the_signals_stopping_its_worker_leave_the_child_to_its_worker() -> None:
     # Ctrl-C of `make serve` signals the whole process group: the drift child died of it with
-    # a KeyboardInterrupt traceback in the service's log. It ends when its worker closes stdin.
+    # a KeyboardInterrupt traceback in the service's log. BentoML stops a worker with SIGTERM to
+    # it and its children: the child died before its worker's shutdown could release the run
+    # (test_shutdown.py). It ends when its worker closes stdin (or kills it).
     child = subprocess.Popen(
         [sys.executable, "-m", "service.drift.runner"],
         cwd=ROOT,
@@ -150,6 +153,9 @@ def test_ctrl_c_in_the_terminal_leaves_the_child_to_its_worker() -> None:
         assert child.stderr is not None
         assert child.stdout.readline().strip() == '{"ready": true}'  # Evidently imported
         child.send_signal(signal.SIGINT)
+        child.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(1)  # still there for its worker
         child.stdin.close()  # its worker stopping
         child.wait(60)
         errors = child.stderr.read()
