@@ -35,6 +35,7 @@ from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import infer_endpoint, v2_routes
 from service.oip.server import GrpcServer, check_port_free, serving_http_port
 from service.oip.servicer import INFER_RPC
+from service.openapi import openapi_routes
 from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings
 
@@ -68,6 +69,7 @@ http_app = build_http_app(
     extra_routes=[
         *v2_routes(_current_protocol, settings.max_body_bytes),
         *drift_routes(_current_drift),
+        *openapi_routes(_current_predictor, SERVICE_NAME, server_version()),
     ],
 )
 

@@ -14,6 +14,9 @@ from typing import Any
 import bentoml
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 from starlette.testclient import TestClient
 
 from models.contract import CONTRACT
@@ -214,6 +217,55 @@ def test_model_endpoint_describes_tag_metadata_and_contract(
     assert body["metadata"]["dataset"]["sha256"]
     assert [f["name"] for f in body["contract"]["features"]] == list(CONTRACT.feature_names)
     assert body["instance_schema"]["required"] == list(CONTRACT.feature_names)
+
+
+def openapi_validator(document: dict[str, Any], name: str) -> Draft202012Validator:
+    """A validator of the document's component schema ``name``, its references resolved."""
+    registry = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(document))
+    return Draft202012Validator(
+        {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry
+    )
+
+
+def answer_schema(operation: dict[str, Any], status: int) -> str:
+    """The component schema name of an operation's answer ``status``."""
+    ref = operation["responses"][str(status)]["content"]["application/json"]["schema"]["$ref"]
+    return str(ref).rsplit("/", 1)[1]
+
+
+def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.Client) -> None:
+    # BentoML's document (here before) listed only its probes: no /predict, no request or answer
+    # body, nothing for a client generator.
+    response = client.get("/docs.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    predict_op = document["paths"]["/predict"]["post"]
+    infer_op = document["paths"]["/v2/models/{name}/infer"]["post"]
+    for operation, path in ((predict_op, "/predict"), (infer_op, "/v2/models/credit_risk/infer")):
+        request = operation["requestBody"]["content"]["application/json"]
+        example = request["example"]
+        openapi_validator(document, request["schema"]["$ref"].rsplit("/", 1)[1]).validate(example)
+        answered = client.post(path, json=example)
+        assert answered.status_code == 200, answered.text
+        openapi_validator(document, answer_schema(operation, 200)).validate(answered.json())
+
+    request_schema = openapi_validator(document, "PredictRequest")
+    rows = example_rows(2)
+    rows[0]["housing"] = "castle"
+    rows[1]["age_in_years"] = 17
+    del rows[1]["telephone"]
+    rows[1]["telefone"] = "none"
+    assert not request_schema.is_valid({"instances": rows})
+    assert not request_schema.is_valid({"instances": example_rows(1) * 1001})
+    refused = [
+        (predict_op, predict(client, {"instances": rows}), 400),
+        (predict_op, predict(client, {"instances": example_rows(1) * 1001}), 413),
+        (infer_op, client.post("/v2/models/credit_risk/infer", json={"inputs": []}), 400),
+    ]
+    for operation, answer, status in refused:
+        assert answer.status_code == status, answer.text
+        openapi_validator(document, answer_schema(operation, status)).validate(answer.json())
 
 
 def test_health_endpoints(served: ServedService) -> None:
