@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from models.contract import CONTRACT
 from service import prometheus_dir
 from service.balance import Board
-from tests.support import ServedService, example_rows
+from tests.support import ROOT, ServedService, example_rows
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -315,3 +315,37 @@ def test_keep_alive_connections_are_spread_over_the_workers(served: ServedServic
     finally:
         for http in clients:
             http.close()
+
+
+# -- the README's examples -----------------------------------------------------------------------
+
+
+def test_readme_predict_examples_answer_what_they_show(served: ServedService) -> None:
+    text = (ROOT / "README.md").read_text()
+    example = re.search(
+        r"\$ curl -s localhost:3000/predict .*?-d '(.*?)'\n(\{.*?\})\n```", text, re.DOTALL
+    )
+    assert example is not None
+    payload, shown = json.loads(example.group(1)), json.loads(example.group(2))
+    answer = httpx.post(f"{served.url}/predict", json=payload).json()
+    assert answer.keys() == shown.keys()
+    ((label, score),) = [tuple(p.values()) for p in answer["predictions"]]
+    ((shown_label, shown_score),) = [tuple(p.values()) for p in shown["predictions"]]
+    # The probability to the last few bits, which depend on the CPU's BLAS kernels that trained
+    # the model (the README's was trained on another machine).
+    assert (label, score) == (shown_label, pytest.approx(shown_score, rel=1e-9))
+
+    # "Validation errors": the same instance, with the values its elided body names.
+    section = text[text.index("## Validation errors") :]
+    refused = re.search(r"\$ curl .*?-d '(.*?)'\n(\{.*?\})\n```", section, re.DOTALL)
+    assert refused is not None
+    changes = {
+        name: json.loads(value)
+        for name, value in re.findall(r'"(\w+)": ("[^"]*"|-?\d+)', refused.group(1))
+    }
+    assert changes
+    row = {**payload["instances"][0], **changes}
+    response = httpx.post(f"{served.url}/predict", json={"instances": [row]})
+    assert response.status_code == 400
+    shown_error = json.loads(refused.group(2))
+    assert {**response.json(), "request_id": None} == {**shown_error, "request_id": None}
