@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -270,6 +271,58 @@ class PredictEndpoint:
         return 200, orjson.dumps(predictor.render(ctx, predictions)), ctx.request_id
 
 
+# The methods a route that does not take them answers with a JSON 405 (see refuse_other_methods).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_not_allowed_body(message: str) -> dict[str, Any]:
+    """The 405 body of the routes of this module: ``error`` holds a code, as in other errors."""
+    return {"error": "method_not_allowed", "message": message}
+
+
+def refuse_other_methods(
+    routes: Sequence[BaseRoute],
+    error_body: Callable[[str], dict[str, Any]] = method_not_allowed_body,
+) -> list[BaseRoute]:
+    """``routes``, each path followed by a route answering the methods none of them takes with a
+    JSON 405 naming the ones it does (``error_body`` of the message) and ``Allow``.
+
+    Starlette answers those with a plain-text "Method Not Allowed", which a client that parses
+    every answer as JSON (tritonclient among them) reports as a decoding error rather than as
+    the mistake it made. Placed right after the path's last route: a later catch-all route
+    (``/v2/{path}``) would otherwise take them as unknown paths.
+    """
+    taken: dict[str, set[str]] = {}
+    last: dict[str, int] = {}
+    for index, route in enumerate(routes):
+        if isinstance(route, Route) and route.methods:
+            taken.setdefault(route.path, set()).update(route.methods)
+            last[route.path] = index
+    refusals = {
+        last[path]: _method_not_allowed(path, methods, error_body)
+        for path, methods in taken.items()
+        if HTTP_METHODS - methods
+    }
+    result: list[BaseRoute] = []
+    for index, route in enumerate(routes):
+        result.append(route)
+        if index in refusals:
+            result.append(refusals[index])
+    return result
+
+
+def _method_not_allowed(
+    path: str, methods: set[str], error_body: Callable[[str], dict[str, Any]]
+) -> Route:
+    allowed = ", ".join(sorted(methods))
+
+    async def refuse(request: Request) -> Response:
+        message = f"{request.method} {request.url.path}: this route takes {allowed}"
+        return JSONResponse(error_body(message), status_code=405, headers={"allow": allowed})
+
+    return Route(path, refuse, methods=sorted(HTTP_METHODS - methods))
+
+
 def build_http_app(
     get_predictor: Callable[[], Predictor],
     max_body_bytes: int,
@@ -278,17 +331,21 @@ def build_http_app(
     """The routes; ``get_predictor`` returns the worker's :class:`Predictor` at request time.
 
     ``extra_routes`` are other APIs served on the same port (the Open Inference Protocol's v2).
+    Every route's other methods are answered with a JSON 405 (the paths of ``extra_routes`` that
+    already refuse them their own way are left as they are).
     """
 
     async def model(request: Request) -> Response:
         return JSONResponse(get_predictor().describe())
 
     return MountedRoutes(
-        routes=[
-            Route("/predict", PredictEndpoint(get_predictor, max_body_bytes), methods=["POST"]),
-            Route("/model", model, methods=["GET"]),
-            *extra_routes,
-        ]
+        routes=refuse_other_methods(
+            [
+                Route("/predict", PredictEndpoint(get_predictor, max_body_bytes), methods=["POST"]),
+                Route("/model", model, methods=["GET"]),
+                *extra_routes,
+            ]
+        )
     )
 
 

@@ -24,11 +24,13 @@ from starlette.types import Receive, Scope, Send
 
 from service import tracing
 from service.http import (
+    HTTP_METHODS,
     JSON_CONTENT,
     Header,
     JSONResponse,
     decode_json,
     read_body,
+    refuse_other_methods,
     request_headers,
     seen_body,
     send_response,
@@ -353,16 +355,37 @@ def v2_routes(
             return v2_error(exc)
         return Response(status_code=200 if is_ready else 503)
 
+    async def unknown_route(request: Request) -> Response:
+        # JSON with the message in "error", as the protocol's clients read every error (a plain
+        # "Not Found" reached tritonclient's users as "an exception occurred in the client while
+        # decoding the response"), e.g. for the model configuration or statistics extensions.
+        message = (
+            f"{request.method} {request.url.path}: no such route; this server serves the Open "
+            f"Inference Protocol's health, metadata and infer routes for model "
+            f"{get_protocol().model_name!r}"
+        )
+        return JSONResponse({"error": message}, status_code=404)
+
     infer = InferEndpoint(get_protocol, max_body_bytes)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     return [
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        *(Route(path, model_metadata, methods=["GET"]) for path in (model, versioned)),
-        *(Route(f"{path}/ready", model_ready, methods=["GET"]) for path in (model, versioned)),
-        *(Route(f"{path}/infer", infer, methods=["POST"]) for path in (model, versioned)),
+        *refuse_other_methods(
+            [
+                Route("/v2", server_metadata, methods=["GET"]),
+                Route("/v2/health/live", live, methods=["GET"]),
+                Route("/v2/health/ready", ready, methods=["GET"]),
+                *(Route(path, model_metadata, methods=["GET"]) for path in (model, versioned)),
+                *(
+                    Route(f"{path}/ready", model_ready, methods=["GET"])
+                    for path in (model, versioned)
+                ),
+                *(Route(f"{path}/infer", infer, methods=["POST"]) for path in (model, versioned)),
+            ],
+            lambda message: {"error": message},
+        ),
+        # Last: any other path under /v2 (the routes above, and their 405s, match first).
+        Route("/v2/{path:path}", unknown_route, methods=sorted(HTTP_METHODS)),
     ]
 
 

@@ -268,6 +268,28 @@ def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.C
         openapi_validator(document, answer_schema(operation, status)).validate(answer.json())
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/predict", "POST"),
+        ("PUT", "/predict", "POST"),
+        ("POST", "/model", "GET, HEAD"),
+        ("DELETE", "/drift", "GET, HEAD"),
+    ],
+)
+def test_a_method_a_route_does_not_take_is_refused_in_json(
+    client: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    # It was Starlette's plain-text "Method Not Allowed".
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json() == {
+        "error": "method_not_allowed",
+        "message": f"{method} {path}: this route takes {allowed}",
+    }
+
+
 def test_health_endpoints(served: ServedService) -> None:
     assert httpx.get(f"{served.url}/livez").status_code == 200
     assert httpx.get(f"{served.url}/readyz").status_code == 200

@@ -514,6 +514,30 @@ def test_unknown_model_or_version_is_not_found(
     assert grpc_info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_v2_rest_unknown_routes_and_methods_are_refused_in_json(
+    served: ServedService, http_client: triton_http.InferenceServerClient
+) -> None:
+    # Plain-text "Not Found" / "Method Not Allowed" reached tritonclient's users as "an
+    # exception occurred in the client while decoding the response: Parse error".
+    with pytest.raises(InferenceServerException) as info:
+        http_client.get_model_config(MODEL)
+    assert info.value.status() == "404"
+    assert info.value.message().startswith(f"GET /v2/models/{MODEL}/config: no such route")
+    response = httpx.get(f"{served.url}/v2/repository/index")
+    assert response.status_code == 404
+    assert "no such route" in response.json()["error"]
+    for method, path, allowed in [
+        ("GET", f"/v2/models/{MODEL}/infer", "POST"),
+        ("PUT", f"/v2/models/{MODEL}/versions/1/infer", "POST"),
+        ("POST", f"/v2/models/{MODEL}", "GET, HEAD"),
+        ("DELETE", "/v2/health/ready", "GET, HEAD"),
+    ]:
+        response = httpx.request(method, f"{served.url}{path}")
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed
+        assert response.json() == {"error": f"{method} {path}: this route takes {allowed}"}
+
+
 def rest_with(rows: list[dict[str, Any]], name: str, **changes: Any) -> dict[str, Any]:
     body = rest_body(rows)
     body["inputs"] = [{**t, **changes} if t["name"] == name else t for t in body["inputs"]]
