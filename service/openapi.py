@@ -141,7 +141,14 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
         "FieldError": error,
         "Error": {
             "type": "object",
-            "properties": {"error": {"const": "invalid_request"}, **error_listing},
+            "properties": {
+                "error": {
+                    "enum": ["invalid_request", Reason.UNAVAILABLE.value],
+                    "description": "`invalid_request` (4xx: correct the request) or "
+                    "`unavailable` (503: retry later)",
+                },
+                **error_listing,
+            },
             "required": ["error", "message", "error_count", "errors", "request_id"],
         },
         "InternalError": {

@@ -122,7 +122,9 @@ class RequestRejected(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "error": "invalid_request",
+            # What a client decides on: a request to correct (4xx), or the server's condition
+            # (503 "unavailable": retry later), as a 500's "internal_error" is.
+            "error": "invalid_request" if self.status < 500 else self.errors[0].reason.value,
             "message": self.summary,
             "error_count": len(self.errors),
             "errors": [e.to_dict() for e in self.errors[:MAX_REPORTED_ERRORS]],

@@ -58,6 +58,10 @@ def test_a_burst_beyond_the_queue_is_refused_with_503_and_retry_after(
     for answer in refused:
         assert answer.headers["retry-after"] == "1"
         assert "overloaded" in answer.text
+        refusal = answer.json()
+        assert refusal["errors"][0]["reason"] == "unavailable"
+        if path == "/predict":  # it said "invalid_request": as if the client had to change it
+            assert refusal["error"] == "unavailable"
 
     def recorded() -> set[str]:
         with sqlite3.connect(store) as db:

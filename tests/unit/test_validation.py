@@ -191,6 +191,12 @@ def test_reported_errors_are_capped_but_counted() -> None:
     assert len(body["errors"]) == MAX_REPORTED_ERRORS
 
 
+def test_the_error_code_says_whether_the_request_or_the_server_is_at_fault() -> None:
+    assert rejection({"instances": []}).to_dict()["error"] == "invalid_request"
+    busy = RequestRejected.request_level(Reason.UNAVAILABLE, "overloaded", status=503)
+    assert busy.to_dict()["error"] == "unavailable"
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
