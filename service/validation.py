@@ -183,7 +183,9 @@ def _integer_check(feat: IntegerFeature) -> Check:
             # orjson decodes integers of 2**64 and beyond as floats: such a client sent an
             # integer, too large, not a fraction.
             if value.is_integer() and not lo <= value <= hi:
-                return Reason.OUT_OF_RANGE, f"{value:.0f} is outside the allowed range {lo}..{hi}"
+                # Up to 309 digits (1e308): shortened like any echoed value.
+                shown = _echo(int(value))
+                return Reason.OUT_OF_RANGE, f"{shown} is outside the allowed range {lo}..{hi}"
             return Reason.WRONG_TYPE, f"expected an integer, got the fraction {_echo(value)}"
         return Reason.WRONG_TYPE, f"expected an integer, got {_json_type(value)}"
 

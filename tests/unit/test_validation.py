@@ -286,3 +286,12 @@ def test_large_batches_refuse_wrong_keys(change: Any) -> None:
     change(rows[5])
     exc = rejection({"instances": rows})
     assert {e.instance for e in exc.errors} == {5}
+
+
+def test_a_huge_integral_number_is_echoed_shortened() -> None:
+    # 1e308 decodes as a float, reported as the integer it is: all 309 digits of it.
+    row = {**valid_row(), "credit_amount": 1e308}
+    (error,) = rejection({"instances": [row]}).errors
+    assert error.reason is Reason.OUT_OF_RANGE
+    assert error.message.startswith("10000000000000000109790636")
+    assert len(error.message) < 160, error.message
