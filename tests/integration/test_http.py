@@ -252,10 +252,12 @@ def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.C
 
     request_schema = openapi_validator(document, "PredictRequest")
     rows = example_rows(2)
-    rows[0]["housing"] = "castle"
-    rows[1]["age_in_years"] = 17
-    del rows[1]["telephone"]
-    rows[1]["telefone"] = "none"
+    # Whatever the model: an unknown category, a value below its domain, a misspelled field.
+    categorical = CONTRACT.of_kind("categorical")[0].name
+    integer = CONTRACT.of_kind("integer")[0]
+    rows[0][categorical] = "no such category"
+    rows[1][integer.name] = integer.minimum - 1
+    rows[1][categorical.upper()] = rows[1].pop(categorical)
     assert not request_schema.is_valid({"instances": rows})
     assert not request_schema.is_valid({"instances": example_rows(1) * 1001})
     refused = [
