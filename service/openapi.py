@@ -266,6 +266,25 @@ def _probe(description: str) -> dict[str, Any]:
     return {"get": {"tags": ["Infrastructure"], "responses": {"200": {"description": description}}}}
 
 
+def _with_versions(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` and, for each model route, its twin naming the version (the served one)."""
+    prefix = "/v2/models/{name}"
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    versioned: dict[str, Any] = {}
+    for path, item in paths.items():
+        if not path.startswith(prefix):
+            continue
+        twin: dict[str, Any] = {}
+        for method, operation in item.items():
+            twin[method] = {
+                **operation,
+                "operationId": operation["operationId"] + "Version",
+                "parameters": [*operation["parameters"], version],
+            }
+        versioned[path.replace(prefix, prefix + "/versions/{version}", 1)] = twin
+    return {**paths, **versioned}
+
+
 def openapi_document(
     contract: FeatureContract, max_batch_size: int, title: str, version: str, model_tag: str
 ) -> dict[str, Any]:
@@ -304,119 +323,163 @@ def openapi_document(
         "tags": [
             {"name": "Predictions"},
             {"name": "Open Inference Protocol"},
+            {"name": "Monitoring"},
             {"name": "Infrastructure"},
         ],
-        "paths": {
-            "/predict": {
-                "post": {
-                    "tags": ["Predictions"],
-                    "operationId": "predict",
-                    "summary": "one prediction per instance, in order",
-                    "parameters": [request_id],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            _JSON: {
-                                "schema": _ref("PredictRequest"),
-                                "example": {"instances": [example]},
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _answer("PredictResponse", "the predictions"),
-                        **_refusals("Error"),
-                    },
-                }
-            },
-            "/model": {
-                "get": {
-                    "tags": ["Predictions"],
-                    "operationId": "describeModel",
-                    "summary": "the model's tag, registration metadata and feature contract",
-                    "responses": {
-                        "200": _json_body(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "model": {"type": "string"},
-                                    "name": {"type": "string"},
-                                    "version": {"type": "string"},
-                                    "decision_threshold": {"type": "number"},
-                                    "metadata": {"type": "object"},
-                                    "contract": {"type": "object"},
-                                    "instance_schema": {"type": "object"},
-                                },
-                                "required": ["model", "name", "version", "contract"],
+        "paths": _with_versions(
+            {
+                "/predict": {
+                    "post": {
+                        "tags": ["Predictions"],
+                        "operationId": "predict",
+                        "summary": "one prediction per instance, in order",
+                        "parameters": [request_id],
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                _JSON: {
+                                    "schema": _ref("PredictRequest"),
+                                    "example": {"instances": [example]},
+                                }
                             },
-                            "the model",
-                        )
-                    },
-                }
-            },
-            "/v2/models/{name}/infer": {
-                "post": {
-                    "tags": ["Open Inference Protocol"],
-                    "operationId": "modelInfer",
-                    "summary": "predictions as output tensors (JSON; Triton's binary tensor "
-                    "extension is taken too, as application/octet-stream)",
-                    "parameters": [*model_params, request_id],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            _JSON: {"schema": _ref("V2InferRequest"), "example": v2_example}
                         },
-                    },
-                    "responses": {
-                        "200": _answer("V2InferResponse", "the output tensors"),
-                        **_refusals("V2Error"),
-                        "404": unknown_model,
-                    },
-                }
-            },
-            "/v2/models/{name}": {
-                "get": {
-                    "tags": ["Open Inference Protocol"],
-                    "operationId": "modelMetadata",
-                    "parameters": model_params,
-                    "responses": {
-                        "200": _json_body(_ref("V2ModelMetadata"), "every input and output"),
-                        "404": unknown_model,
-                    },
-                }
-            },
-            "/v2/models/{name}/ready": {
-                "get": {
-                    "tags": ["Open Inference Protocol"],
-                    "operationId": "modelReady",
-                    "parameters": model_params,
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "shutting down"},
-                        "404": unknown_model,
-                    },
-                }
-            },
-            "/v2": {
-                "get": {
-                    "tags": ["Open Inference Protocol"],
-                    "operationId": "serverMetadata",
-                    "responses": {"200": _json_body(_ref("V2ServerMetadata"), "the server")},
-                }
-            },
-            "/v2/health/live": _probe("live while the process runs"),
-            "/v2/health/ready": {
-                "get": {
-                    "tags": ["Open Inference Protocol"],
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "shutting down"},
-                    },
-                }
-            },
-            "/livez": _probe("live"),
-            "/readyz": _probe("ready: the model is loaded (503 before)"),
-            "/metrics": _probe("Prometheus metrics of all workers"),
-        },
+                        "responses": {
+                            "200": _answer("PredictResponse", "the predictions"),
+                            **_refusals("Error"),
+                        },
+                    }
+                },
+                "/model": {
+                    "get": {
+                        "tags": ["Predictions"],
+                        "operationId": "describeModel",
+                        "summary": "the model's tag, registration metadata and feature contract",
+                        "responses": {
+                            "200": _json_body(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "model": {"type": "string"},
+                                        "name": {"type": "string"},
+                                        "version": {"type": "string"},
+                                        "decision_threshold": {"type": "number"},
+                                        "metadata": {"type": "object"},
+                                        "contract": {"type": "object"},
+                                        "instance_schema": {"type": "object"},
+                                    },
+                                    "required": ["model", "name", "version", "contract"],
+                                },
+                                "the model",
+                            )
+                        },
+                    }
+                },
+                "/v2/models/{name}/infer": {
+                    "post": {
+                        "tags": ["Open Inference Protocol"],
+                        "operationId": "modelInfer",
+                        "summary": "predictions as output tensors (JSON; Triton's binary tensor "
+                        "extension is taken too, as application/octet-stream)",
+                        "parameters": [*model_params, request_id],
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                _JSON: {"schema": _ref("V2InferRequest"), "example": v2_example}
+                            },
+                        },
+                        "responses": {
+                            "200": _answer("V2InferResponse", "the output tensors"),
+                            **_refusals("V2Error"),
+                            "404": unknown_model,
+                        },
+                    }
+                },
+                "/v2/models/{name}": {
+                    "get": {
+                        "tags": ["Open Inference Protocol"],
+                        "operationId": "modelMetadata",
+                        "parameters": model_params,
+                        "responses": {
+                            "200": _json_body(_ref("V2ModelMetadata"), "every input and output"),
+                            "404": unknown_model,
+                        },
+                    }
+                },
+                "/v2/models/{name}/ready": {
+                    "get": {
+                        "tags": ["Open Inference Protocol"],
+                        "operationId": "modelReady",
+                        "parameters": model_params,
+                        "responses": {
+                            "200": {"description": "ready"},
+                            "503": {"description": "shutting down"},
+                            "404": unknown_model,
+                        },
+                    }
+                },
+                "/v2": {
+                    "get": {
+                        "tags": ["Open Inference Protocol"],
+                        "operationId": "serverMetadata",
+                        "responses": {"200": _json_body(_ref("V2ServerMetadata"), "the server")},
+                    }
+                },
+                "/v2/health/live": _probe("live while the process runs"),
+                "/v2/health/ready": {
+                    "get": {
+                        "tags": ["Open Inference Protocol"],
+                        "responses": {
+                            "200": {"description": "ready"},
+                            "503": {"description": "shutting down"},
+                        },
+                    }
+                },
+                "/drift": {
+                    "get": {
+                        "tags": ["Monitoring"],
+                        "operationId": "drift",
+                        "summary": "the latest drift run of the served model (README, Data drift)",
+                        "responses": {
+                            "200": _json_body(
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {
+                                            "enum": ["pending", "ok", "insufficient_data", "failed"]
+                                        },
+                                        "model": {"type": "string"},
+                                        "dataset_drift": {"type": ["boolean", "null"]},
+                                        "drifted_share": {"type": ["number", "null"]},
+                                        "features": {"type": "object"},
+                                        "prediction": {"type": ["object", "null"]},
+                                    },
+                                    "required": ["status", "model", "features"],
+                                },
+                                "the run's verdict per feature and for the score; every key is "
+                                "there in every status (null where it has no value)",
+                            ),
+                            "404": _json_body({"type": "object"}, "drift monitoring is off"),
+                        },
+                    }
+                },
+                "/drift/report": {
+                    "get": {
+                        "tags": ["Monitoring"],
+                        "operationId": "driftReport",
+                        "summary": "the latest completed run's Evidently HTML report",
+                        "responses": {
+                            "200": {"description": "the report", "content": {"text/html": {}}},
+                            "404": _json_body(
+                                {"type": "object"}, "drift is off, or no run has a report yet"
+                            ),
+                        },
+                    }
+                },
+                "/livez": _probe("live"),
+                "/readyz": _probe("ready: the model is loaded (503 before)"),
+                "/metrics": _probe("Prometheus metrics of all workers"),
+            }
+        ),
         "components": {"schemas": _schemas(contract, max_batch_size)},
     }
 

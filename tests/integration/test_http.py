@@ -270,6 +270,26 @@ def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.C
         openapi_validator(document, answer_schema(operation, status)).validate(answer.json())
 
 
+def test_openapi_document_lists_every_route_the_service_serves() -> None:
+    # A route added without its entry would be invisible to client generators and /docs.
+    from starlette.routing import Route
+
+    from service.openapi import openapi_document
+    from service.service import http_app
+
+    document = openapi_document(CONTRACT, 1000, "service", "1", f"{CONTRACT.model_name}:v1")
+    served = {
+        (method.lower(), route.path)
+        for route in http_app.routes
+        if isinstance(route, Route) and ":path}" not in route.path and route.path != "/docs.json"
+        for method in route.methods or ()
+        # The JSON 405s of other methods (service/http.py) and HEAD are not operations.
+        if route.name != "refuse" and method != "HEAD"
+    }
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert served <= documented, served - documented
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
