@@ -1,4 +1,5 @@
-"""The PromQL of the committed dashboards: expressions as Grafana sends them, metric names."""
+"""The PromQL of the committed dashboards (expressions as Grafana sends them) and of the runbook;
+metric names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.monitoring.support import DASHBOARDS
+from tests.monitoring.support import DASHBOARDS, RUNBOOK
 
 # What Grafana puts in place of its variables when it sends a query (the instance and model
 # version variables are regexes; their "All" is .*)
@@ -36,6 +37,34 @@ def expressions() -> list[tuple[str, str, str]]:
         for panel in panels(load(path))
         for target in panel.get("targets", [])
     ]
+
+
+# A code span of the runbook is a query when it selects a series, calls a function or aggregates
+# (`name{`, `name[`, `rate(`, `max by (`); its placeholders are filled in as the on-call would.
+RUNBOOK_QUERY = re.compile(r"[a-z][a-z0-9_:]*[({\[]|\b(?:sum|min|max|avg|count) by \(")
+RUNBOOK_PLACEHOLDERS = ("<version>",)
+
+
+def runbook_code() -> list[str]:
+    """Every code span of the runbook, whitespace of wrapped lines collapsed."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", RUNBOOK.read_text())]
+
+
+def runbook_queries(placeholders: dict[str, str]) -> list[str]:
+    """The runbook's PromQL, ``placeholders`` (each of ``RUNBOOK_PLACEHOLDERS``) filled in."""
+    queries = []
+    for span in runbook_code():
+        if not RUNBOOK_QUERY.search(span) or span.startswith(("python ", "curl ", "GET ")):
+            continue
+        for name in RUNBOOK_PLACEHOLDERS:
+            span = span.replace(name, placeholders[name])
+        queries.append(span)
+    return queries
+
+
+def runbook_names() -> set[str]:
+    """The bare names the runbook gives in code: metric names, and label names and values."""
+    return {span for span in runbook_code() if re.fullmatch(r"[a-z_:][a-z0-9_:]*", span)}
 
 
 def substitute(expr: str) -> str:

@@ -17,7 +17,14 @@ from models.contract import CONTRACT
 from monitoring.dashboards.build import DASHBOARDS as BUILDERS
 from monitoring.dashboards.build import render
 from tests.monitoring.promql import expressions, load, metric_names, panels
-from tests.monitoring.support import DASHBOARDS, MONITORING, recorded_names, run, tool
+from tests.monitoring.support import (
+    DASHBOARDS,
+    MONITORING,
+    RUNBOOK,
+    recorded_names,
+    run,
+    tool,
+)
 from tests.predlog.helpers import wait_until
 from tests.support import ROOT, ServedService, example_rows
 
@@ -218,6 +225,19 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
 def documented_drift_metrics() -> set[str]:
     readme = (ROOT / "README.md").read_text()
     return set(re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", readme, re.M))
+
+
+def test_the_dashboards_panels_and_rows_the_runbook_names_exist() -> None:
+    # The on-call looks for them by the name the runbook gives: the "Availability SLO" row was
+    # "Availability SLO (99.9%)", the "score heatmap" the "Score distribution" panel.
+    text = " ".join(RUNBOOK.read_text().split())
+    lists = re.findall(r'((?:"[^"]+"(?:,| and| or)? )+)(?:panels?|row)\b', text)
+    named = {title for group in lists for title in re.findall(r'"([^"]+)"', group)}
+    titles = {panel["title"] for path in DASHBOARDS for panel in panels(load(path))}
+    assert len(named) >= 6
+    assert named - titles == set()
+    dashboards = set(re.findall(r'"(credit-risk-service / [^"]+)"', text))
+    assert dashboards == {load(path)["title"] for path in DASHBOARDS}
 
 
 def test_dashboards_and_alerts_describe_any_classifier_not_the_example() -> None:

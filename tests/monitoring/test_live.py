@@ -10,6 +10,7 @@ pointed at the webhook. Routing, inhibition, expressions and labels are the comm
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import threading
@@ -27,17 +28,18 @@ import yaml
 
 from models.contract import CONTRACT
 from tests.drift.helpers import sample
-from tests.monitoring.promql import expressions
+from tests.monitoring.promql import expressions, metric_names, runbook_names, runbook_queries
 from tests.monitoring.support import (
     ALERTMANAGER_YML,
     PROMETHEUS_YML,
     RULES,
     load_yaml,
+    recorded_names,
     tool,
 )
 from tests.oip_support import triton_inputs
 from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows, free_port
+from tests.support import ROOT, ServedService, example_rows, free_port
 
 
 @dataclass
@@ -201,6 +203,39 @@ def test_under_normal_traffic_every_dashboard_query_returns_data(stack: Stack) -
         empty = [(panel, expr) for panel, expr in empty if not stack.query(expr)]
     assert empty == []
     assert len(pending) > 30
+
+
+def test_every_runbook_query_runs_on_metrics_prometheus_has(stack: Stack) -> None:
+    # What the on-call pastes from the runbook: valid PromQL (Prometheus answers it) on series
+    # Prometheus has, and no bare name that selects nothing (a histogram's name: its series are
+    # name_bucket, name_sum, name_count).
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    send_traffic(stack.service)
+    # the last run's gauges appear with the first completed drift run (minutes on a loaded
+    # machine, as for the drift panels)
+    wait_until(
+        lambda: stack.query("model_drift_last_run_duration_seconds"), timeout=240, interval=2
+    )
+    version = httpx.get(f"{stack.service.url}/drift", timeout=10).json()["model"].split(":")[1]
+    with httpx.Client(base_url=stack.prometheus, timeout=10) as prometheus:
+
+        def names() -> set[str] | None:
+            # the workers apply request metrics once per REQUEST_FLUSH_SECONDS, then a scrape
+            found = set(prometheus.get("/api/v1/label/__name__/values").json()["data"])
+            return found if "inference_validation_failures_total" in found else None
+
+        series = wait_until(names, timeout=30, interval=1)
+        families = set(prometheus.get("/api/v1/metadata").json()["data"])
+    # Span export is counted only while traces are exported (off here): the README's table
+    readme = (ROOT / "README.md").read_text()
+    tracing = set(re.findall(r"^\| `(trace_spans_[a-z_]+)` \| counter \|", readme, re.M))
+    known = series | recorded_names() | tracing
+    queries = runbook_queries({"<version>": version})
+    assert len(queries) > 25
+    for expr in queries:
+        stack.query(expr)  # 200: valid PromQL
+    assert {name for expr in queries for name in metric_names(expr)} - known == set()
+    assert {name for name in runbook_names() if name in families} - known == set()
 
 
 def test_batch_sizes_are_whole_instances_rows_and_requests(stack: Stack) -> None:
