@@ -1,0 +1,116 @@
+"""Incidents reproduced on the monitoring stack (tests/monitoring/stack.py: a served service, a
+real Prometheus and Alertmanager with the committed rules and routing): the prediction-log store
+refusing connections, a flood of invalid requests, the service down. The alert for each reaches
+the receiver its severity names, nothing else pages, and the runbook's first checks show the
+cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.monitoring.stack import Stack, monitoring_stack
+from tests.predlog.helpers import wait_until
+from tests.support import ROOT, example_rows
+
+# Nothing listens on port 1: every connection is refused, as by a PostgreSQL that is down.
+STORE = "postgresql://postgres@127.0.0.1:1/test"
+
+
+@pytest.fixture(scope="module")
+def stack(model_tag: str) -> Iterator[Stack]:
+    env = {
+        "PREDICTION_LOG_URL": STORE,
+        "PREDICTION_LOG_SPOOL_DIR": tempfile.mkdtemp(prefix="incident-spool-"),
+        "DRIFT_ENABLED": "false",
+    }
+    with monitoring_stack(env) as running:
+        yield running
+
+
+def pages(stack: Stack) -> list[dict[str, Any]]:
+    return [n for n in stack.webhook.notifications if n["receiver"] == "page"]
+
+
+def value(stack: Stack, expr: str) -> float:
+    (sample,) = stack.query(expr)
+    return float(sample["value"][1])
+
+
+def test_a_store_refusing_connections_raises_a_ticket_and_the_runbook_shows_why(
+    stack: Stack,
+) -> None:
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    with httpx.Client(base_url=stack.service.url, timeout=30) as client:
+        for row in example_rows(5):  # answered meanwhile, their rows spooled
+            assert client.post("/predict", json={"instances": [row]}).status_code == 200
+    alerts = wait_until(
+        lambda: stack.webhook.firing("PredictionLogStoreDown"), timeout=60, interval=0.5
+    )
+    assert alerts[0]["receiver"] == "ticket"
+    assert alerts[0]["annotations"]["runbook_url"] == "monitoring/RUNBOOK.md#predictionlogstoredown"
+    # The runbook's first checks: the gauge, the failing operation, the status command
+    assert value(stack, "min(prediction_log_store_up)") == 0
+    errors = stack.query("sum by (operation) (rate(prediction_log_store_errors_total[5m]))")
+    assert {r["metric"]["operation"] for r in errors if float(r["value"][1]) > 0} == {"connect"}
+    spool = stack.service.env["PREDICTION_LOG_SPOOL_DIR"]
+    assert wait_until(lambda: value(stack, "max(prediction_log_spool_bytes)") > 0, timeout=10)
+    status = subprocess.run(
+        [sys.executable, "-m", "service.predlog", "status"],
+        cwd=ROOT,
+        env={**os.environ, "PREDICTION_LOG_URL": STORE, "PREDICTION_LOG_SPOOL_DIR": spool},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 1, status.stderr
+    report = json.loads(status.stdout)
+    assert report["reachable"] is False
+    assert "port 1 failed: Connection refused" in report["error"]
+    assert report["spool"]["segments"] >= 1
+    assert pages(stack) == []
+
+
+def test_a_flood_of_invalid_requests_raises_a_ticket_not_a_page(stack: Stack) -> None:
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    young = dict(example_rows(1)[0], age_in_years=17)
+
+    def flooded() -> list[dict[str, Any]]:
+        with httpx.Client(base_url=stack.service.url, timeout=30) as client:
+            for _ in range(20):
+                assert client.post("/predict", json={"instances": [young]}).status_code == 400
+                broken = client.post("/predict", content=b"{", headers={"Content-Type": "json"})
+                assert broken.status_code == 400
+        return stack.webhook.firing("ValidationFailureSpike")
+
+    alerts = wait_until(flooded, timeout=120, interval=1)
+    assert alerts[0]["receiver"] == "ticket"
+    # The runbook's first check names the fields and rules broken
+    top = stack.query(
+        "topk(10, sum by (field, reason) (rate(inference_validation_failures_total[15m])))"
+    )
+    broken = {(r["metric"]["field"], r["metric"]["reason"]) for r in top}
+    assert {("age_in_years", "out_of_range"), ("$request", "invalid_json")} <= broken
+    # 4xx are the clients' errors, not the service's: no error budget spent, nothing paged
+    assert value(stack, "job:inference_request_errors:ratio_rate5m") == 0
+    assert stack.webhook.firing("ErrorBudgetBurnFast") == []
+    assert pages(stack) == []
+
+
+def test_the_service_down_pages_for_the_instance_and_the_job(stack: Stack) -> None:
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    stack.service.stop()
+    for name in ("ServiceDown", "ServiceJobDown"):
+        alerts = wait_until(lambda n=name: stack.webhook.firing(n), timeout=60, interval=0.5)
+        assert alerts[0]["receiver"] == "page"
+    paged = {a["labels"]["alertname"] for n in pages(stack) for a in n["alerts"]}
+    assert paged == {"ServiceDown", "ServiceJobDown"}
