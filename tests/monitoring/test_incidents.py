@@ -1,8 +1,8 @@
 """Incidents reproduced on the monitoring stack (tests/monitoring/stack.py: a served service, a
 real Prometheus and Alertmanager with the committed rules and routing): the prediction-log store
-refusing connections, a flood of invalid requests, the service down. The alert for each reaches
-the receiver its severity names, nothing else pages, and the runbook's first checks show the
-cause."""
+(the drift monitor's too) refusing connections, a flood of invalid requests, the service down.
+The alert for each reaches the receiver its severity names, nothing else pages, and the
+runbook's first checks show the cause."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def stack(model_tag: str) -> Iterator[Stack]:
     env = {
         "PREDICTION_LOG_URL": STORE,
         "PREDICTION_LOG_SPOOL_DIR": tempfile.mkdtemp(prefix="incident-spool-"),
-        "DRIFT_ENABLED": "false",
+        # the drift monitor claims and reads its runs in the same store
+        "DRIFT_ENABLED": "true",
+        "DRIFT_INTERVAL_SECONDS": "2",
     }
     with monitoring_stack(env) as running:
         yield running
@@ -77,6 +79,10 @@ def test_a_store_refusing_connections_raises_a_ticket_and_the_runbook_shows_why(
     assert report["reachable"] is False
     assert "port 1 failed: Connection refused" in report["error"]
     assert report["spool"]["segments"] >= 1
+    # Drift cannot run either: DriftMonitorStale, with no completed run ever read (the runbook)
+    stale = wait_until(lambda: stack.webhook.firing("DriftMonitorStale"), timeout=60, interval=0.5)
+    assert stale[0]["receiver"] == "ticket"
+    assert value(stack, "max(model_drift_last_run_timestamp_seconds)") == 0
     assert pages(stack) == []
 
 
