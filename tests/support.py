@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
@@ -173,7 +175,14 @@ class ServedService:
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # BentoML starts its workers in process groups of their own: killing the
+                # server's group would leave them holding the ports and spool locks of the
+                # tests that follow.
+                tree = psutil.Process(self._proc.pid).children(recursive=True)
                 os.killpg(self._proc.pid, signal.SIGKILL)
+                for child in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
                 self._proc.wait()
         self.output = self.read_log()
         return self._proc.returncode
