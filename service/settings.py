@@ -20,7 +20,9 @@ def default_model_tag() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # No `inf` or `nan` for a float: every float here is a duration waited on (or subtracted from
+    # now), and an infinite one raises OverflowError in the thread that waits, not here.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     model_tag: str = Field(
         default_factory=default_model_tag,
@@ -149,8 +151,10 @@ class Settings(BaseSettings):
     prediction_log_retention_days: float = Field(
         90,
         ge=0,
+        # The prune deletes rows older than now minus this: a million days is before year 1.
+        le=36_500,
         description="Rows older than this many days are deleted by a periodic prune; 0 keeps "
-        "them forever.",
+        "them forever. At most 36500 (100 years).",
     )
     prediction_log_max_rows: int = Field(
         0,

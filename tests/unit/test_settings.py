@@ -95,3 +95,37 @@ def test_a_drift_minimum_the_window_cannot_reach_is_refused(
     assert "DRIFT_WINDOW_SIZE (500)" in str(info.value)
     monkeypatch.setenv("DRIFT_MIN_SAMPLES", "500")
     assert load_settings().drift_min_samples == 500
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GRPC_SHUTDOWN_GRACE_SECONDS",
+        "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS",
+        "PREDICTION_LOG_RETRY_MAX_SECONDS",
+        "PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS",
+        "PREDICTION_LOG_RETENTION_DAYS",
+        "PREDICTION_LOG_PRUNE_INTERVAL_SECONDS",
+    ],
+)
+def test_an_infinite_duration_is_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # "inf" parses as a float and passes a lower bound, but no wait can take it: a thread's
+    # timeout of inf raises OverflowError, so the prediction log writer, waiting
+    # FLUSH_INTERVAL for records, would die in every worker while the service went on serving.
+    monkeypatch.setenv(name, "inf")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert f"{name}='inf': Input should be a finite number" in str(info.value)
+
+
+def test_a_retention_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The prune deletes rows older than now - RETENTION_DAYS: a million days is before year 1,
+    # and every prune failed (OverflowError) for as long as the service ran. 0 keeps rows forever.
+    monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "1000000")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "PREDICTION_LOG_RETENTION_DAYS='1000000': Input should be less than or equal" in str(
+        info.value
+    )
+    monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "36500")
+    assert load_settings().prediction_log_retention_days == 36500
