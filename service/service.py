@@ -33,7 +33,12 @@ from service.metrics import (
 from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import infer_endpoint, v2_routes
-from service.oip.server import GrpcServer, check_port_free, serving_http_port
+from service.oip.server import (
+    GrpcPortUnavailable,
+    GrpcServer,
+    check_port_free,
+    serving_http_port,
+)
 from service.oip.servicer import INFER_RPC
 from service.openapi import openapi_routes
 from service.predlog import AccessLog, PredictionLog
@@ -177,7 +182,12 @@ class CreditRiskService:
         # Runs once, in `bentoml serve`'s main process, before any worker starts: a taken port
         # stops the service with a clear message instead of serving HTTP only.
         if settings.grpc_enabled:
-            check_port_free(settings.grpc_host, settings.grpc_port, serving_http_port())
+            try:
+                check_port_free(settings.grpc_host, settings.grpc_port, serving_http_port())
+            except GrpcPortUnavailable as exc:
+                # The message alone (exit code 1), as for invalid settings: at the end of
+                # BentoML's CLI traceback an operator would look for a bug rather than a port.
+                raise SystemExit(str(exc)) from None
 
     @bentoml.on_startup
     async def start_balancer(self) -> None:
