@@ -47,11 +47,14 @@ CONTAINER_BACKEND ?= docker
 
 # The image is tagged credit_risk_service:<version> (the bento's tag) and credit_risk_service:latest
 # (what monitoring/compose.yaml runs); a -t replaces containerize's default tag, so both are given.
+# The OCI labels (version, revision, source, created) come from container/oci_labels.py.
 image: model ## build the bento and its OCI image, tagged <version> and latest (CONTAINER_BACKEND=docker|podman|buildah|...)
 	set -eo pipefail; \
 	bento=$$($(BIN)/bentoml build --output tag | tail -n 1); bento=$${bento#__tag__:}; \
 	echo "built bento $$bento"; \
-	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) \
+	found=$$($(BIN)/python container/oci_labels.py "$$bento"); \
+	labels=(); while read -r label; do labels+=(--opt "$$label"); done <<< "$$found"; \
+	$(BIN)/bentoml containerize --backend $(CONTAINER_BACKEND) "$${labels[@]}" \
 	    -t "$$bento" -t credit_risk_service:latest "$$bento"
 
 container-tools: ## install buildah, podman, runc and debootstrap if missing (Debian, as root)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import tarfile
 from pathlib import Path
 
 import bentoml
+import pytest
 
 from service.model import CONTRACT_FILE, MODEL_FILE, REFERENCE_FILE
-from tests.support import build_bento
+from tests.support import ROOT, VENV_BIN, build_bento
 
 
 def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -> None:
@@ -32,3 +34,53 @@ def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -
     envs = {env.name: env.value for env in bento.info.envs}
     assert envs["BENTOML_DO_NOT_TRACK"] == "true"
     assert envs["PREDICTION_LOG_URL"] == "sqlite:////data/predictions.db"
+
+
+def _oci_labels(bento: str, *args: str) -> dict[str, str]:
+    """The labels `make image` passes to `bentoml containerize`: its command, run the same way."""
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "container/oci_labels.py", bento, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    options = result.stdout.splitlines()
+    assert all(line.startswith("label=") for line in options), options  # each follows --opt
+    return dict(line.removeprefix("label=").split("=", 1) for line in options)
+
+
+@pytest.fixture(scope="module")
+def built(model_tag: str) -> str:
+    """A bento of the project, shared by the label tests; its tag."""
+    return build_bento()
+
+
+def test_the_image_is_labelled_with_the_bento_and_the_commit(built: str) -> None:
+    # A registry, a scanner or `docker inspect` tells which bento and commit an image holds.
+    bento = bentoml.get(built)
+    labels = _oci_labels(built)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert labels["org.opencontainers.image.title"] == "credit_risk_service"
+    assert labels["org.opencontainers.image.version"] == bento.tag.version
+    assert labels["org.opencontainers.image.created"] == bento.info.creation_time.isoformat()
+    assert labels["org.opencontainers.image.revision"] == head.stdout.strip()
+
+
+def test_the_source_label_carries_no_credentials(built: str, tmp_path: Path) -> None:
+    # An HTTPS remote may hold a token (CI clones often do): an image label is public.
+    checkout = tmp_path / "checkout"
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    remote = "https://ci:s3cret@git.example.com/team/credit-risk.git"
+    subprocess.run([*git, "remote", "add", "origin", remote], check=True)
+    labels = _oci_labels(built, "--git-dir", str(checkout))
+    assert (
+        labels["org.opencontainers.image.source"] == "https://git.example.com/team/credit-risk.git"
+    )
+    outside = _oci_labels(built, "--git-dir", str(tmp_path))
+    assert "org.opencontainers.image.revision" not in outside  # not a checkout: no commit

@@ -7,6 +7,7 @@ They need root, buildah, podman, runc and debootstrap (``make container-tools`` 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -29,15 +30,29 @@ def oci() -> Oci:
 
 @pytest.fixture(scope="session")
 def image(oci: Oci, model_tag: str) -> str:
-    """`bentoml build`, then `bentoml containerize credit_risk_service:latest`; the image name.
+    """`bentoml build`, then `bentoml containerize credit_risk_service:latest` with the OCI
+    labels `make image` gives it; the image name.
 
     Keeps the image afterwards: it is the build cache of the next run.
     """
     with oci.build_context(ROOT) as context:
         bento = build_bento(context)
         assert bento.startswith("credit_risk_service:")
+        # As `make image` runs it; the copy has no .git, so revision and source are ROOT's.
+        labels = subprocess.run(
+            [str(VENV_BIN / "python"), "container/oci_labels.py", bento, "--git-dir", str(ROOT)],
+            cwd=context,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()
         # `latest` is the bento just built: the test's BENTOML_HOME is its own.
-        oci.containerize("credit_risk_service:latest", bentoml=VENV_BIN / "bentoml")
+        oci.containerize(
+            "credit_risk_service:latest",
+            bentoml=VENV_BIN / "bentoml",
+            options=[item for label in labels for item in ("--opt", label)],
+        )
     image = f"localhost/{bento}"
     assert oci.image_exists(image)
     oci.remove_other_images(keep=image)

@@ -234,11 +234,12 @@ class Oci:
             shutil.copytree(project, context, ignore=_NOT_BUILD_INPUT)
             yield context
 
-    def containerize(self, bento: str, bentoml: Path) -> None:
-        """``bentoml containerize --backend buildah BENTO``: image ``localhost/NAME:VERSION``."""
+    def containerize(self, bento: str, bentoml: Path, options: Sequence[str] = ()) -> None:
+        """``bentoml containerize --backend buildah [OPTIONS] BENTO``: image
+        ``localhost/NAME:VERSION``."""
         self.ensure_base_image()
         _run(
-            [str(bentoml), "containerize", "--backend", "buildah", bento],
+            [str(bentoml), "containerize", "--backend", "buildah", *options, bento],
             {**self.env, "BENTOML_DO_NOT_TRACK": "true"},
             timeout=1800,
             log=self.logs / "containerize.log",

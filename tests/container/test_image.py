@@ -43,6 +43,14 @@ def test_image_runs_bentoml_entrypoint_as_non_root_with_data_volume(oci: Oci, im
     assert env["BENTOML_DO_NOT_TRACK"] == "true"
 
 
+def test_image_carries_the_oci_labels_of_its_bento(oci: Oci, image: str) -> None:
+    # `docker inspect`, a registry or a scanner tells which bento (and commit) an image holds.
+    version = image.rsplit(":", 1)[1]
+    assert oci.image_label(image, "org.opencontainers.image.version") == version
+    assert oci.image_label(image, "org.opencontainers.image.title") == "credit_risk_service"
+    assert oci.image_label(image, "org.opencontainers.image.created")
+
+
 def test_data_directory_belongs_to_the_service_user(oci: Oci, image: str) -> None:
     # Docker gives a new named volume (`-v credit-risk-data:/data`) the ownership of the image's
     # directory; a mount point the image lacks would be root's, and the service could not write.
