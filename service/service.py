@@ -51,7 +51,13 @@ GC_THRESHOLDS = (10_000, 20, 20)  # gc.set_threshold: generations 0, 1, 2 (see _
 # In the `bentoml serve` process, before it prepares the workers' metrics directory.
 prometheus_dir.use_own()
 # Before BentoML builds its middleware: the prediction routes open their own server spans.
-tracer_provider = tracing.configure_tracing(SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"])
+try:
+    tracer_provider = tracing.configure_tracing(
+        SERVICE_NAME, self_traced=[r"/predict\b", r"/infer\b"]
+    )
+except tracing.UnsupportedTracingSetting as exc:
+    # Stopped as invalid settings are (service/settings.py): the message alone, exit code 1.
+    raise SystemExit(f"invalid settings (environment variables):\n  {exc}") from None
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()
 

@@ -58,6 +58,10 @@ UNTRACED_ROUTES = [r"/livez\b", r"/readyz\b", r"/metrics\b"]
 DEFAULT_MAX_QUEUE_SIZE = 2048
 
 
+class UnsupportedTracingSetting(ValueError):
+    """An ``OTEL_*`` variable names an exporter or protocol this service does not offer."""
+
+
 def _env(name: str) -> str:
     return os.environ.get(name, "").strip().lower()
 
@@ -77,10 +81,19 @@ def exporter_from_env() -> SpanExporter | None:
     if kind == "console":
         return ConsoleSpanExporter()
     if kind != "otlp":
-        raise ValueError(
+        raise UnsupportedTracingSetting(
             f"OTEL_TRACES_EXPORTER={kind!r} is not supported: use otlp, console or none"
         )
-    protocol = _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL")
+    # The per-signal variable wins; the message names the one that was read.
+    protocol_variable = next(
+        (
+            v
+            for v in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            if _env(v)
+        ),
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    )
+    protocol = _env(protocol_variable)
     if protocol in ("", "http/protobuf"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -91,7 +104,9 @@ def exporter_from_env() -> SpanExporter | None:
         )
 
         return GrpcSpanExporter()
-    raise ValueError(f"OTLP protocol {protocol!r} is not supported: use http/protobuf or grpc")
+    raise UnsupportedTracingSetting(
+        f"{protocol_variable}={protocol!r} is not supported: use http/protobuf or grpc"
+    )
 
 
 # Whether spans go anywhere (an exporter is configured). When not, server_span() and span() take a

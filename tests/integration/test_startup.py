@@ -45,3 +45,33 @@ def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> Non
         with service:
             assert service.port != taken
             assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "OTEL_TRACES_EXPORTER='zipkin' is not supported: use otlp, console or none",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+            },
+            "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported: use http/protobuf or grpc",
+        ),
+    ],
+    ids=["exporter", "protocol"],
+)
+def test_an_unsupported_tracing_setting_stops_the_service_naming_it(
+    model_tag: str, env: dict[str, str], says: str
+) -> None:
+    # The OTEL_* variables are settings too: the same one line as for the others, no traceback.
+    service = ServedService(env=env, workers=1)
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start(timeout=60)
+    assert "invalid settings (environment variables):" in str(info.value)
+    assert says in str(info.value)
+    assert "Traceback" not in str(info.value)
+    assert service.stop() == 1
