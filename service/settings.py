@@ -47,8 +47,12 @@ class Settings(BaseSettings):
         description="Serve gRPC (Open Inference Protocol) on GRPC_PORT beside HTTP. When false, "
         "only HTTP is served (v2 REST included).",
     )
+    # min_length: an empty value (a template's unset variable) passed the start-up port check,
+    # which binds "" as every address, and then failed in every worker, restarted forever.
     grpc_host: str = Field(
-        "0.0.0.0", description="Address the gRPC server binds; `::` for IPv6 and IPv4."
+        "0.0.0.0",
+        min_length=1,
+        description="Address the gRPC server binds; `::` for IPv6 and IPv4.",
     )
     grpc_port: int = Field(
         3001,
@@ -127,6 +131,7 @@ class Settings(BaseSettings):
     )
     prediction_log_spool_dir: str = Field(
         "var/predlog-spool",
+        min_length=1,  # empty would be the working directory: in the image, the code's
         description="Directory of the local spool holding records the store could not take yet; "
         "replayed when the store is back, also by the next process after a crash. Shared by the "
         "workers; put it on a persistent volume to survive a container restart.",
@@ -206,6 +211,7 @@ class Settings(BaseSettings):
     )
     drift_snapshot_dir: str = Field(
         "var/drift",
+        min_length=1,  # as PREDICTION_LOG_SPOOL_DIR
         description="Directory of the Evidently snapshots (JSON) and HTML reports of the runs; "
         "GET /drift/report serves the latest. Share it between replicas (or accept that a "
         "replica serves only the reports it computed).",

@@ -129,3 +129,16 @@ def test_a_retention_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyP
     )
     monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "36500")
     assert load_settings().prediction_log_retention_days == 36500
+
+
+@pytest.mark.parametrize("name", ["GRPC_HOST", "PREDICTION_LOG_SPOOL_DIR", "DRIFT_SNAPSHOT_DIR"])
+def test_an_empty_address_or_directory_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # A variable left empty by a deployment template: GRPC_HOST= passed the start-up port check
+    # (binding "" is every address) and then failed in every worker, restarted forever; an empty
+    # directory is the working directory, the image's code.
+    monkeypatch.setenv(name, "")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert f"{name}='': String should have at least 1 character" in str(info.value)
