@@ -166,6 +166,15 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
             "properties": {"error": {"type": "string"}, **error_listing},
             "required": ["error"],
         },
+        "V2Tensor": {
+            **tensor_meta,
+            "properties": {
+                **tensor_meta["properties"],
+                "data": {"type": "array", "description": "the values, flat, in row-major order"},
+                "parameters": {"type": "object"},
+            },
+            "required": [*tensor_meta["required"], "data"],
+        },
         "V2InferRequest": {
             "type": "object",
             "properties": {
@@ -173,14 +182,7 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
                 "parameters": {"type": "object"},
                 "inputs": {
                     "type": "array",
-                    "items": {
-                        **tensor_meta,
-                        "properties": {
-                            **tensor_meta["properties"],
-                            "data": {"type": "array"},
-                            "parameters": {"type": "object"},
-                        },
-                    },
+                    "items": _ref("V2Tensor"),
                     "description": "one tensor per feature, named after it, of shape [batch]: "
                     "GET /v2/models/{name} lists them",
                 },
@@ -206,14 +208,7 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
                 "id": {"type": "string"},
                 "outputs": {
                     "type": "array",
-                    "items": {
-                        **tensor_meta,
-                        "properties": {
-                            **tensor_meta["properties"],
-                            "data": {"type": "array"},
-                            "parameters": {"type": "object"},
-                        },
-                    },
+                    "items": _ref("V2Tensor"),
                 },
             },
             "required": ["model_name", "model_version", "id", "outputs"],
