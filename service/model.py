@@ -82,7 +82,6 @@ def register_model(
     contract: FeatureContract,
     reference: pd.DataFrame,
     metadata: dict[str, Any],
-    labels: dict[str, str] | None = None,
 ) -> str:
     """Save a trained model with everything an audit needs; return its tag ``name:version``.
 
@@ -103,9 +102,7 @@ def register_model(
     missing = {*contract.feature_names, contract.score_name} - set(reference.columns)
     if missing:
         raise ValueError(f"reference data lacks columns {sorted(missing)}")
-    with bentoml.models.create(
-        contract.model_name, labels=labels or {}, metadata=metadata
-    ) as stored:
+    with bentoml.models.create(contract.model_name, metadata=metadata) as stored:
         path = Path(stored.path)
         joblib.dump(estimator, path / MODEL_FILE)
         (path / CONTRACT_FILE).write_text(contract.to_json())
