@@ -87,7 +87,8 @@ class FieldError:
     field: str
     reason: Reason
     message: str
-    # Bounded label for metrics: a contract feature name, REQUEST_FIELD or UNKNOWN_FIELD.
+    # Bounded label for metrics: a contract feature or excluded name, REQUEST_FIELD or
+    # UNKNOWN_FIELD.
     metric_field: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +101,13 @@ class FieldError:
 
 
 class RequestRejected(Exception):
-    """A request that must be answered 4xx (gRPC: INVALID_ARGUMENT) with ``errors``."""
+    """A request answered with ``errors`` instead of predictions, with HTTP ``status``.
+
+    Mostly the client's mistake (4xx; gRPC INVALID_ARGUMENT or NOT_FOUND), but the same shape
+    records the server's condition too (500, 503 unavailable, 504 timeout) and a client that
+    gave up (499, :data:`CLIENT_CLOSED`): every request not answered with predictions is logged
+    and counted the same way.
+    """
 
     def __init__(self, errors: list[FieldError], status: int = 400) -> None:
         super().__init__(errors[0].message if errors else "invalid request")
