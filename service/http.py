@@ -4,8 +4,11 @@ The routes are plain ASGI and Starlette routes rather than ``@bentoml.api`` meth
 refused request must get our error body (instance index, field, reason) and still be logged and
 counted: a ``@bentoml.api`` input model is parsed by BentoML before our code runs, and BentoML 1.4
 answers its own 4xx errors with a different shape. BentoML still wraps these routes in its
-middleware (request metrics, tracing, timeouts) and serves ``/livez``, ``/readyz`` and
-``/metrics``.
+middleware (request metrics, timeouts, and tracing, except for the prediction endpoints, which
+open their own server span) and serves ``/livez``, ``/readyz`` and ``/metrics``.
+
+The body reading, JSON decoding, answer writing and 405 helpers here are also those of the v2
+REST routes (``service/oip/rest.py``), so both HTTP APIs refuse a request the same way.
 """
 
 from __future__ import annotations
@@ -282,10 +285,10 @@ def method_not_allowed_body(message: str) -> dict[str, Any]:
 
 def refuse_other_methods(
     routes: Sequence[BaseRoute],
-    error_body: Callable[[str], dict[str, Any]] = method_not_allowed_body,
+    body_of: Callable[[str], dict[str, Any]] = method_not_allowed_body,
 ) -> list[BaseRoute]:
     """``routes``, each path followed by a route answering the methods none of them takes with a
-    JSON 405 naming the ones it does (``error_body`` of the message) and ``Allow``.
+    JSON 405 naming the ones it does (``body_of`` the message) and ``Allow``.
 
     Starlette answers those with a plain-text "Method Not Allowed", which a client that parses
     every answer as JSON (tritonclient among them) reports as a decoding error rather than as
@@ -299,7 +302,7 @@ def refuse_other_methods(
             taken.setdefault(route.path, set()).update(route.methods)
             last[route.path] = index
     refusals = {
-        last[path]: _method_not_allowed(path, methods, error_body)
+        last[path]: _method_not_allowed(path, methods, body_of)
         for path, methods in taken.items()
         if HTTP_METHODS - methods
     }
@@ -312,13 +315,13 @@ def refuse_other_methods(
 
 
 def _method_not_allowed(
-    path: str, methods: set[str], error_body: Callable[[str], dict[str, Any]]
+    path: str, methods: set[str], body_of: Callable[[str], dict[str, Any]]
 ) -> Route:
     allowed = ", ".join(sorted(methods))
 
     async def refuse(request: Request) -> Response:
         message = f"{request.method} {request.url.path}: this route takes {allowed}"
-        return JSONResponse(error_body(message), status_code=405, headers={"allow": allowed})
+        return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
 
     return Route(path, refuse, methods=sorted(HTTP_METHODS - methods))
 
