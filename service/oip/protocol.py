@@ -116,9 +116,10 @@ class InferenceProtocol:
     ) -> InferResult:
         """Parse, validate and predict.
 
-        Raises :class:`RequestRejected` (recorded) for a refused request, or the model's exception
-        (recorded by the predictor) when the model fails. ``describe()`` is called only for a
-        refused request: the body, or a readable account of it, kept cut short in its log.
+        Raises :class:`InferRejected` for a refused request and :class:`InferFailed` when the
+        model, or the server before it, fails; both are recorded already and carry the context
+        to answer with. ``describe()`` is called only for a request refused or failed before the
+        model call: the body, or a readable account of it, kept cut short in its log.
         The protocol's ``id``, when usable as a request id, replaces the one from the header:
         tritonclient's ``request_id`` argument sets it.
         """
