@@ -214,7 +214,8 @@ class FeatureContract:
         """Validated instances as a DataFrame in the contract's column order and dtypes.
 
         Built column by column from typed arrays: no dtype inference, about twice as fast as
-        ``DataFrame.from_records`` (the model thread pays it for every merged call).
+        ``DataFrame.from_records``. The model thread builds every merged call's frame the same
+        way, from the columns directly (:meth:`arrays_of_columns`, :meth:`frame_of_arrays`).
         """
         return self.frame_of_columns(self.columns_of_rows(rows))
 
