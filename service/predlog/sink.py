@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from service.events import Event
-from service.predlog.observer import CountingObserver, LogObserver
+from service.predlog.observer import LogObserver
 from service.predlog.retention import Pruner
 from service.predlog.spool import Spool
 from service.predlog.store import Store
@@ -62,20 +62,12 @@ class PredictionLog:
         prediction_log.start()
         return prediction_log
 
-    @property
-    def stats(self) -> CountingObserver:
-        return self.writer.stats
-
     def start(self) -> None:
         self.writer.start()
         self.pruner.start()
 
     def publish(self, event: Event) -> None:
         self.writer.publish(event)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until everything published so far is in the store or the spool."""
-        self.writer.flush(timeout)
 
     def close(self) -> None:
         """Stop pruning, write or spool everything queued, seal the spool. Call it after the last
