@@ -8,8 +8,8 @@ BentoML serves ``/metrics`` from whichever worker gets the scrape and merges eve
 through prometheus_client's multiprocess mode, in which only values written when they change are
 exported. Everything here is therefore push-style and created inside the worker
 (:class:`ServiceMetrics` is built by the service's ``__init__``): counters and histograms sum over
-workers; each gauge declares how workers combine (``livesum``, ``livemax``...). Tests pass a fresh
-``CollectorRegistry``.
+workers; each gauge declares how workers combine (``livesum``, ``livemax``...). The service
+passes ``registry=None`` (service/service.py says why); tests pass a fresh ``CollectorRegistry``.
 
 Where the numbers come from:
 
@@ -122,7 +122,7 @@ class ServiceMetrics:
     def __init__(
         self,
         model: LoadedModel,
-        registry: CollectorRegistry = REGISTRY,
+        registry: CollectorRegistry | None = REGISTRY,
         endpoints: Sequence[tuple[str, str]] = (),
     ) -> None:
         """``endpoints``: the (transport, endpoint) pairs that answer predictions."""
@@ -406,7 +406,7 @@ def take_all(queue: deque[T]) -> list[T]:
 class PredictionLogMetrics:
     """The prediction log's ``LogObserver`` (service/predlog/observer.py) as Prometheus metrics."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         r = registry
 
         def rows(name: str, what: str, extra: Sequence[str] = ()) -> Counter:
@@ -505,7 +505,7 @@ class TraceMetrics:
     ``REQUEST_FLUSH_SECONDS``. Created only when spans are exported.
     """
 
-    def __init__(self, counts: SpanCounts, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, counts: SpanCounts, registry: CollectorRegistry | None = REGISTRY) -> None:
         self._counts = counts
         self._exported = Counter(
             "trace_spans_exported",
@@ -566,7 +566,7 @@ class DriftMetrics:
         features: Sequence[str],
         interval_seconds: float,
         model_version: str,
-        registry: CollectorRegistry = REGISTRY,
+        registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
         def family(name: str, what: str, labels: Sequence[str]) -> Gauge:
             return Gauge(
@@ -720,7 +720,7 @@ class ProcessMetrics:
     spent), the rest as live-summed gauges. ``service_workers`` counts the live workers.
     """
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self._cpu = Counter(
             "process_cpu_seconds", "CPU time of the worker processes.", registry=registry
         )
