@@ -46,7 +46,9 @@ from service.validation import (
 
 log = logging.getLogger(__name__)
 # Client-supplied request ids are echoed into logs and headers: keep them short and printable.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+# The OpenAPI document states the same pattern (service/openapi.py).
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/+=-]{1,128}"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 BODY_EXCERPT_BYTES = 256
 MODEL_FAILED = "the model failed to answer; the server log has the details"
 SERVER_FAILED = "the server failed on this request; the server log has the details"

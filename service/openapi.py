@@ -20,14 +20,11 @@ from starlette.routing import BaseRoute, Route
 
 from service.contract import CategoricalFeature, FeatureContract
 from service.http import JSONResponse
-from service.inference import Predictor
+from service.inference import REQUEST_ID_PATTERN, Predictor
 from service.oip.tensors import DATATYPES
 from service.validation import Reason
 
 OPENAPI_VERSION = "3.1.0"
-# The pattern a client's X-Request-ID must match to be used (service/inference.py); any other
-# value is replaced by a generated id rather than refused.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:/+=-]{1,128}$"
 _JSON = "application/json"
 
 
@@ -289,7 +286,8 @@ def openapi_document(
         "in": "header",
         "required": False,
         "description": "used as the request id when it matches; otherwise one is generated",
-        "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+        # Anchored: a JSON Schema pattern matches anywhere in the value.
+        "schema": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
     }
     model_params = [
         {"name": "name", "in": "path", "required": True, "schema": {"const": contract.model_name}}
