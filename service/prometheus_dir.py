@@ -53,7 +53,7 @@ def use_own() -> Path | None:
     return directory
 
 
-def forget_dead_workers(directory: str | None = None) -> None:
+def forget_dead_workers() -> None:
     """Remove the live-gauge files of worker processes that are gone.
 
     In multiprocess mode each worker writes its live gauges (``livesum``, ``livemax``...) to
@@ -63,7 +63,7 @@ def forget_dead_workers(directory: str | None = None) -> None:
     (``service_workers`` one too many, its memory and fds counted, a store outage or a backlog
     it saw never ending for the alerts). Every worker's process sampler calls this.
     """
-    directory = directory or os.environ.get(ENV)
+    directory = os.environ.get(ENV)
     if not directory:
         return
     for path in Path(directory).glob("gauge_live*_*.db"):
