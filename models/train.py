@@ -51,7 +51,8 @@ HYPERPARAMETERS: dict[str, Any] = {"C": 0.1, "solver": "lbfgs", "max_iter": 2000
 # lie around 0.75-0.80; a model below 0.70 means something broke (data, features, code).
 MIN_ROC_AUC = 0.70
 # The data set's documented cost matrix: calling a bad risk good costs 5, a good risk bad costs 1.
-# The threshold that minimises expected cost is cost_fp / (cost_fp + cost_fn) = 1/6.
+# For an applicant of (calibrated) score p, "bad" costs (1 - p) * 1 in expectation and "good"
+# p * 5: "bad" is the cheaper answer from p = 1/6 up, the threshold that minimises expected cost.
 COST_BAD_AS_GOOD = 5.0
 COST_GOOD_AS_BAD = 1.0
 DECISION_THRESHOLD = COST_GOOD_AS_BAD / (COST_GOOD_AS_BAD + COST_BAD_AS_GOOD)
