@@ -70,9 +70,10 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
 
     def __init__(self, app: ASGIApp, *args: object, **kwargs: object) -> None:
         super().__init__(app, *args, **kwargs)  # type: ignore[arg-type]
-        # endpoint -> requests in flight, only while there are any: written by the event loop only
+        # path -> requests in flight, only while there are any: written by the event loop only
         self._in_flight: dict[str, int] = {}
-        self._done: deque[tuple[str, int, float]] = deque()  # thread-safe append and popleft
+        # (path, status, seconds) of finished requests: thread-safe append and popleft
+        self._done: deque[tuple[str, int, float]] = deque()
         self._last_request = 0.0  # wall-clock time of the last request outside skip_paths
         self._skip = tuple(self.skip_paths)
         self._shown: set[str] = set()  # endpoints in flight at the last turn
@@ -86,8 +87,9 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             return
         if self._flusher is None:
             self._start(scope)
-        endpoint: str = scope["path"]
-        if not endpoint.startswith(self._skip):
+        # The raw path: the flushing thread maps it to its route's endpoint label (_label).
+        path: str = scope["path"]
+        if not path.startswith(self._skip):
             self._last_request = time.time()
         started = default_timer()
         status = 0
@@ -98,19 +100,19 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             if kind == "http.response.start":
                 status = message["status"]
             elif kind == "http.response.body" and not message.get("more_body", False):
-                self._done.append((endpoint, status, max(default_timer() - started, 0.0)))
+                self._done.append((path, status, max(default_timer() - started, 0.0)))
             await send(message)
 
         in_flight = self._in_flight
-        in_flight[endpoint] = in_flight.get(endpoint, 0) + 1
+        in_flight[path] = in_flight.get(path, 0) + 1
         try:
             await self.app(scope, receive, send_recorded)
         finally:
-            left = in_flight[endpoint] - 1
+            left = in_flight[path] - 1
             if left:
-                in_flight[endpoint] = left
-            else:  # the dict holds only busy endpoints, however many paths clients try
-                del in_flight[endpoint]
+                in_flight[path] = left
+            else:  # only busy paths stay: the dict stays small whatever paths clients try
+                del in_flight[path]
 
     def _start(self, scope: Scope) -> None:
         if not self._is_setup:
