@@ -9,6 +9,7 @@ threads, off the request path. :class:`Sinks` enforces the "never raise" part.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -69,8 +70,8 @@ class EventSink(Protocol):
 class Sinks:
     """Fans an event out to every sink; a failing sink is logged, never propagated."""
 
-    def __init__(self, sinks: list[EventSink] | None = None) -> None:
-        self._sinks: list[EventSink] = list(sinks or [])
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self._sinks: list[EventSink] = list(sinks)
 
     def publish(self, event: Event) -> None:
         for sink in self._sinks:

@@ -185,7 +185,7 @@ class Predictor:
         self._model_observer = model_observer
         self.contract = model.contract
         self.validator = InstanceValidator(model.contract, max_instances)
-        self.sinks = Sinks(list(sinks))
+        self.sinks = Sinks(sinks)
         self._batcher: MicroBatcher[Instance, Prediction] = MicroBatcher(
             self._predict_rows, max_model_batch_rows, on_batch, max_queued_rows
         )
