@@ -1,9 +1,10 @@
 """The transport-independent core: validate, predict, and tell the side channels.
 
-HTTP routes and the gRPC servicer are thin adapters around :class:`Predictor`: they turn their
-payload into instances, call :meth:`Predictor.predict` or :meth:`Predictor.reject`, and render the
-answer. Every answered request produces exactly one event for the sinks (prediction log, metrics,
-access log), so all transports are logged and counted the same way.
+``POST /predict`` (service/http.py) and the Open Inference Protocol's gRPC and v2 REST (through
+service/oip/protocol.py) are thin adapters around :class:`Predictor`: they turn their payload into
+instances, call :meth:`Predictor.predict` or :meth:`Predictor.reject`, and render the answer.
+Every answered request produces exactly one event for the sinks (prediction log, metrics, access
+log), so all transports are logged and counted the same way.
 """
 
 from __future__ import annotations
