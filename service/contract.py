@@ -126,6 +126,19 @@ class FeatureContract:
     def feature(self, name: str) -> Feature:
         return self._by_name[name]
 
+    def example_instance(self) -> dict[str, Any]:
+        """A valid instance: each categorical feature's first category, each numeric feature's
+        smallest value seen in training (else its domain minimum)."""
+        example: dict[str, Any] = {}
+        for feat in self.features:
+            if isinstance(feat, CategoricalFeature):
+                example[feat.name] = feat.categories[0]
+            else:
+                example[feat.name] = (
+                    feat.minimum if feat.training_min is None else feat.training_min
+                )
+        return example
+
     def of_kind(self, kind: FeatureKind) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.kind == kind)
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from service import tracing
 from service.batching import BatcherClosed, BatcherFull, BatchObserver, MicroBatcher
-from service.contract import CategoricalFeature
 from service.events import (
     EventSink,
     Prediction,
@@ -194,11 +193,7 @@ class Predictor:
     def warm_up(self) -> None:
         """One model call before the first request: the first call pays one-time costs (half a
         second measured here) that would otherwise land on a client."""
-        row = {
-            f.name: f.categories[0] if isinstance(f, CategoricalFeature) else f.minimum
-            for f in self.contract.features
-        }
-        self.model.score(self.contract.frame([row]))
+        self.model.score(self.contract.frame([self.contract.example_instance()]))
 
     def _predict_rows(self, parts: list[Sequence[Instance]]) -> list[Prediction]:
         # Runs on the batcher's model thread: one call for the merged requests' instances.

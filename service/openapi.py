@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.contract import CategoricalFeature, FeatureContract
+from service.contract import FeatureContract
 from service.http import JSONResponse
 from service.inference import REQUEST_ID_PATTERN, Predictor
 from service.oip.tensors import DATATYPES
@@ -46,18 +46,6 @@ _REQUEST_ID_HEADER = {
 
 def _answer(schema: str, description: str) -> dict[str, Any]:
     return {**_json_body(_ref(schema), description), "headers": _REQUEST_ID_HEADER}
-
-
-def example_instance(contract: FeatureContract) -> dict[str, Any]:
-    """A valid instance: each categorical feature's first category, each numeric feature's
-    smallest value seen in training (else its domain minimum)."""
-    example: dict[str, Any] = {}
-    for feat in contract.features:
-        if isinstance(feat, CategoricalFeature):
-            example[feat.name] = feat.categories[0]
-        else:
-            example[feat.name] = feat.minimum if feat.training_min is None else feat.training_min
-    return example
 
 
 def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
@@ -292,7 +280,7 @@ def openapi_document(
     model_params = [
         {"name": "name", "in": "path", "required": True, "schema": {"const": contract.model_name}}
     ]
-    example = example_instance(contract)
+    example = contract.example_instance()
     v2_example = {
         "inputs": [
             {
