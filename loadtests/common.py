@@ -237,7 +237,17 @@ def _discover(environment: Environment) -> Target:
 
 def _describe(host: str, model_tag: str) -> tuple[str, FeatureContract]:
     """The served model's tag and contract; from the local store when the host cannot say."""
-    answer = requests.get(f"{host}/model", timeout=30)
+    url = f"{host}/model"
+    try:
+        answer = requests.get(url, timeout=30)
+    except requests.RequestException as exc:
+        # requests nests urllib3's errors (80 lines of chained tracebacks, the cause at the end):
+        # the innermost reason is what a user needs ("Connection refused", a timeout, DNS).
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        raise RuntimeError(
+            f"the service at {host} does not answer (GET {url}: {reason or exc}): is it running? "
+            "Give its URL with --host"
+        ) from None
     if answer.status_code == 404:
         stored = bentoml.models.get(model_tag)
         contract = FeatureContract.from_json((Path(stored.path) / CONTRACT_FILE).read_text())

@@ -389,3 +389,20 @@ def test_a_host_with_a_trailing_slash_is_loaded(served: ServedService, tmp_path:
     stats = stats_by_name(tmp_path)
     assert stats["/predict [1]"]["num_requests"] > 0, why
     assert stats["/v2/models/[model]/infer [20]"]["num_requests"] > 0, why
+
+
+def test_a_service_that_does_not_answer_is_named_in_one_clear_error(tmp_path: Path) -> None:
+    # The first thing a run does is read the contract (GET /model): with the service down or a
+    # wrong --host, that printed some 80 lines of chained urllib3 and requests tracebacks.
+    host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    command = [str(VENV_BIN / "locust"), "-f", "loadtests/locustfile.py", "--host", host]
+    command += ["--headless", "-u", "1", "-r", "1", "-t", "5s", "SteadyUser"]
+    result = subprocess.run(
+        command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"the service at {host} does not answer (GET {host}/model: " in result.stderr
+    assert "Connection refused" in result.stderr, result.stderr
+    assert "is it running? Give its URL with --host" in result.stderr, result.stderr
+    assert "During handling of the above exception" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) < 20, result.stderr
