@@ -167,6 +167,9 @@ def _check_load(options: Any) -> None:
         raise ValueError(f"--batch-size must be at least 1 (got {options.batch_size})")
     if options.user_rps < 0:
         raise ValueError(f"--user-rps must be 0 (no pacing) or more (got {options.user_rps:g})")
+    # Checked again by Drift, but only once the host has answered, and without the option's name.
+    if not 0 <= options.drift_fraction <= 1:
+        raise ValueError(f"--drift-fraction must be within 0..1 (got {options.drift_fraction:g})")
 
 
 def target(environment: Environment) -> Target:

@@ -14,7 +14,12 @@ from tests.support import ROOT, VENV_BIN
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--slo-p99-ms", "0"), ("--batch-size", "0"), ("--user-rps", "-1")],
+    [
+        ("--slo-p99-ms", "0"),
+        ("--batch-size", "0"),
+        ("--user-rps", "-1"),
+        ("--drift-fraction", "1.5"),
+    ],
 )
 def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> None:
     # Nothing listens on the host: the option must be refused before the target is asked.
