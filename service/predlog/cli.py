@@ -128,12 +128,25 @@ def export_schema(frame: pd.DataFrame, table: str, contract: FeatureContract) ->
             declared[column.name] = pa.string()
     if table == "predictions":
         for feature in contract.features:
-            declared[_feature_column(feature.name)] = _FEATURE_TYPES[feature.kind]
+            name, kind = _feature_column(feature.name), _FEATURE_TYPES[feature.kind]
+            # Rows from before a model swap may hold values of another kind (fractions where
+            # this contract has an integer): they keep the type of their values rather than
+            # refuse the whole export.
+            if name not in frame or _fits(frame[name], kind):
+                declared[name] = kind
     inferred = pa.Schema.from_pandas(frame, preserve_index=False)
     # A column neither declares (another model's feature) keeps the type of its values.
     return pa.schema(
         [pa.field(field.name, declared.get(field.name, field.type)) for field in inferred]
     )
+
+
+def _fits(column: pd.Series, kind: pa.DataType) -> bool:
+    try:
+        pa.array(column, type=kind, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
 
 
 def export(

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.contract import CONTRACT
-from service.contract import NumberFeature
+from service.contract import IntegerFeature, NumberFeature
 from service.predlog.cli import export, export_frame, main, parse_time
 from service.predlog.records import instance_rows, to_entry
 from service.predlog.schema import SCHEMA_VERSION
@@ -123,6 +123,24 @@ def test_a_number_feature_is_a_double_even_when_its_values_are_whole(
 
     assert pq.read_schema(out).field("amount").type == pa.float64()
     assert pd.read_parquet(out)["amount"].tolist() == [3.0]
+
+
+def test_an_integer_feature_that_held_fractions_under_an_earlier_model_exports(
+    store: Store, tmp_path: Path
+) -> None:
+    # The served contract says integer; a month's rows from before the swap hold fractions.
+    feature = IntegerFeature("amount", 0, 10)
+    contract = replace(CONTRACT, features=(*CONTRACT.features, feature))
+    event = prediction_event(2, "swap", T0)
+    first, second = event.instances
+    event = replace(event, instances=[{**first, "amount": 2.5}, {**second, "amount": 3}])
+    store.write([to_entry(event)])
+    out = tmp_path / "swap.parquet"
+
+    assert export(store, "predictions", T0, T0 + HOUR, out, contract) == 2
+
+    assert pq.read_schema(out).field("amount").type == pa.float64()
+    assert pd.read_parquet(out)["amount"].tolist() == [2.5, 3.0]
 
 
 @pytest.mark.parametrize("name", ["week.json", "week", "week.PARQUET", "week.parquet.gz"])
