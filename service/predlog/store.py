@@ -316,6 +316,14 @@ class Store:
         """A connection for reads only (SQLite: a plain BEGIN, which never waits for writers)."""
         return self.engine.connect().execution_options(**{_READONLY: True})
 
+    def probe(self) -> None:
+        """Raise unless the store would take a write now: a write transaction opened and rolled
+        back (SQLite takes its write lock, so a read-only or vanished file fails too)."""
+        with self.engine.connect() as conn:
+            conn.begin()
+            conn.execute(text("SELECT 1"))
+            conn.rollback()
+
     # Schema
 
     def check_search_path(self, conn: Connection) -> None:

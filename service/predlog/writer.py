@@ -66,6 +66,10 @@ class WriterConfig:
     retry_initial: float = 0.5
     retry_max: float = 30.0
     shutdown_timeout: float = 10.0
+    # An idle writer asks the store whether it still answers after this long without a word
+    # from it: without writes, a store gone down would show on prediction_log_store_up (and
+    # PredictionLogStoreDown) only once traffic came back and was spooled.
+    idle_probe_seconds: float = 30.0
 
 
 class _EventQueue:
@@ -156,6 +160,7 @@ class Writer:
         self._up = False
         self._retry_at = 0.0  # monotonic time of the next reconnection attempt
         self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and report
+        self._answered_at = 0.0  # monotonic time the store last took a write or a probe
         self._backoff = config.retry_initial
         self._outage_reasons: set[str] = set()  # why the store is down, as logged this outage
         self._inflight: list[Entry] = []
@@ -203,6 +208,7 @@ class Writer:
         except Exception as exc:
             self._store_failed("connect", exc)
         else:
+            self._answered_at = time.monotonic()
             self._set_up(True)
         self._thread.start()
         self._watchdog.start()
@@ -302,8 +308,21 @@ class Writer:
             self._replay_batch()
         self.spool.sync()
         if housekeeping:
+            if self._up and not closing and self._idle_for() >= self.config.idle_probe_seconds:
+                self._probe()
             self._report()
             self._housekeeping_at = time.monotonic() + self.config.flush_interval
+
+    def _idle_for(self) -> float:
+        return time.monotonic() - self._answered_at
+
+    def _probe(self) -> None:
+        try:
+            self.store.probe()
+        except Exception as exc:
+            self._store_failed("connect", exc)
+            return
+        self._answered_at = time.monotonic()
 
     def _convert(self, events: list[Event]) -> list[Entry]:
         entries: list[Entry] = []
@@ -335,6 +354,7 @@ class Writer:
                 self._store_failed(operation, exc)
                 return False
             return self._write_one_by_one(entries, operation, exc)
+        self._answered_at = time.monotonic()
         with self._handover:
             # Taken over: close() spooled these entries and counted them so; a replay of that
             # spool finds them in the store and counts nothing.
@@ -442,6 +462,7 @@ class Writer:
             self._store_failed("connect", exc)
             return
         self._backoff = self.config.retry_initial
+        self._answered_at = time.monotonic()
         self._set_up(True)
         log.warning(
             "prediction log store %s answers; %d spool segment(s) to replay",

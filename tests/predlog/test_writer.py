@@ -3,6 +3,7 @@ or comes back, the spool cap, and shutdown. Every row is accounted for by the co
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -204,6 +205,38 @@ def test_a_store_down_at_startup_is_not_fatal(
     writer.flush()
     assert row_keys(writer.store) == expected_keys(published)
     assert (writer.stats.age, writer.stats.depth) == (0, 0)
+
+
+def test_an_idle_writer_notices_the_store_going_down_and_coming_back(
+    postgresql_url: str, proxy: TcpProxy, make_writer: MakeWriter
+) -> None:
+    # No traffic at night: on-call still learns the store is down (prediction_log_store_up)
+    # before the morning's requests are spooled.
+    writer = make_writer(proxy.url_for(postgresql_url), idle_probe_seconds=0.2)
+    assert writer.stats.up is True
+    proxy.cut()
+    wait_until(lambda: writer.stats.up is False, timeout=10)
+    assert writer.stats.failures["connect"] >= 1
+    proxy.restore()
+    wait_until(lambda: writer.stats.up is True, timeout=10)
+    assert writer.stats.total("spooled") == 0  # nothing was published
+
+
+def test_a_busy_writer_does_not_probe(store_url: str, make_writer: MakeWriter) -> None:
+    writer = make_writer(store_url, idle_probe_seconds=2.0)
+    writer.publish(prediction_event(1, "first"))
+    writer.flush()  # the first write's one-time costs, before the timed loop
+    probes: list[float] = []
+    probe = writer.store.probe
+    writer.store.probe = lambda: (probes.append(time.monotonic()), probe())[1]  # type: ignore[method-assign]
+    deadline = time.monotonic() + 3.0
+    for i in itertools.count():
+        if time.monotonic() > deadline:
+            break
+        writer.publish(prediction_event(1, f"busy-{i}"))
+        writer.flush()
+    assert probes == []  # each write says the store answers
+    wait_until(lambda: bool(probes), timeout=10)  # idle: asked
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
