@@ -87,6 +87,20 @@ def build_bento(context: Path = ROOT) -> str:
     return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
+def oci_label_options(bento: str, *args: str, context: Path = ROOT) -> list[str]:
+    """The ``label=KEY=VALUE`` options `make image` passes to `bentoml containerize` (each after
+    ``--opt``) for ``bento``: container/oci_labels.py, run as the Makefile runs it."""
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "container/oci_labels.py", bento, *args],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
 class ServedService:
     """A real ``bentoml serve`` of this project, started in a subprocess on free ports.
 

@@ -10,7 +10,7 @@ import bentoml
 import pytest
 
 from service.model import CONTRACT_FILE, MODEL_FILE, REFERENCE_FILE
-from tests.support import ROOT, VENV_BIN, build_bento
+from tests.support import ROOT, build_bento, oci_label_options
 
 
 def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -> None:
@@ -37,16 +37,8 @@ def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -
 
 
 def _oci_labels(bento: str, *args: str) -> dict[str, str]:
-    """The labels `make image` passes to `bentoml containerize`: its command, run the same way."""
-    result = subprocess.run(
-        [str(VENV_BIN / "python"), "container/oci_labels.py", bento, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    options = result.stdout.splitlines()
+    """The labels `make image` passes to `bentoml containerize`."""
+    options = oci_label_options(bento, *args)
     assert all(line.startswith("label=") for line in options), options  # each follows --opt
     return dict(line.removeprefix("label=").split("=", 1) for line in options)
 

@@ -7,14 +7,13 @@ They need root, buildah, podman, runc and debootstrap (``make container-tools`` 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.container.oci import BENTO_USER_UID, Container, Oci, StartContainer, missing_tools
-from tests.support import ROOT, VENV_BIN, build_bento, free_port
+from tests.support import ROOT, VENV_BIN, build_bento, free_port, oci_label_options
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +38,7 @@ def image(oci: Oci, model_tag: str) -> str:
         bento = build_bento(context)
         assert bento.startswith("credit_risk_service:")
         # As `make image` runs it; the copy has no .git, so revision and source are ROOT's.
-        labels = subprocess.run(
-            [str(VENV_BIN / "python"), "container/oci_labels.py", bento, "--git-dir", str(ROOT)],
-            cwd=context,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout.split()
+        labels = oci_label_options(bento, "--git-dir", str(ROOT), context=context)
         # `latest` is the bento just built: the test's BENTOML_HOME is its own.
         oci.containerize(
             "credit_risk_service:latest",
