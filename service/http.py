@@ -276,6 +276,8 @@ class PredictEndpoint:
 
 # The methods a route that does not take them answers with a JSON 405 (see refuse_other_methods).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The name of those 405 routes: they are no operation of the API.
+METHOD_NOT_ALLOWED = "method_not_allowed"
 
 
 def method_not_allowed_body(message: str) -> dict[str, Any]:
@@ -323,7 +325,7 @@ def _method_not_allowed(
         message = f"{request.method} {request.url.path}: this route takes {allowed}"
         return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
 
-    return Route(path, refuse, methods=sorted(HTTP_METHODS - methods))
+    return Route(path, refuse, methods=sorted(HTTP_METHODS - methods), name=METHOD_NOT_ALLOWED)
 
 
 def build_http_app(
