@@ -192,6 +192,31 @@ def test_refused_requests_miss_the_error_budget(served: ServedService, tmp_path:
     assert stats["/predict [1]"]["num_failures"] == 0
 
 
+def test_invalid_users_too_large_batch_exceeds_the_limit_the_service_states(
+    served: ServedService,
+) -> None:
+    # The served document says 1000; a MAX_BATCH_SIZE of 3 in the load generator's environment
+    # is only the fallback for a service that states none.
+    script = f"""
+import locust  # noqa: F401  (first: it monkey-patches what loadtests.common imports)
+from argparse import Namespace
+from loadtests.common import ASK_THE_SERVICE, _batch_limit
+
+print(_batch_limit({served.url!r}, Namespace(max_batch_size=ASK_THE_SERVICE)))
+print(_batch_limit("http://127.0.0.1:9", Namespace(max_batch_size=ASK_THE_SERVICE)))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MAX_BATCH_SIZE": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1000", "3"], result.stderr[-2000:]
+
+
 def test_with_several_processes_only_the_master_judges(
     served: ServedService, tmp_path: Path
 ) -> None:

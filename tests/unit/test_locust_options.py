@@ -19,6 +19,7 @@ from tests.support import ROOT, VENV_BIN
         ("--batch-size", "0"),
         ("--user-rps", "-1"),
         ("--drift-fraction", "1.5"),
+        ("--max-batch-size", "-2"),
     ],
 )
 def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> None:
@@ -94,3 +95,22 @@ print(json.dumps([
     readme = (ROOT / "README.md").read_text()
     for option, env_var in options:
         assert re.search(rf"^\| `{option}`[^|]*\| `{env_var}` \|", readme, re.M), option
+
+
+def test_the_batch_limit_is_read_from_the_services_openapi_document() -> None:
+    # InvalidUser's too-large batch must exceed the limit the service states, not 1000: a
+    # service taking 5000 answered a batch of 1001 with 200, counted as InvalidUser's failure.
+    script = """
+import locust  # noqa: F401  (first: it monkey-patches what loadtests.common imports)
+from loadtests.common import stated_batch_limit
+from models.contract import CONTRACT
+from service.openapi import openapi_document
+
+document = openapi_document(CONTRACT, 7, "service", "1", f"{CONTRACT.model_name}:v1")
+print(stated_batch_limit(document))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["7"]
