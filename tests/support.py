@@ -207,6 +207,15 @@ class ServedService:
         assert self._proc is not None
         return self._proc.pid
 
+    def worker_pids(self) -> set[int]:
+        """The live worker processes (not the drift child or other helpers)."""
+        pids = set()
+        for proc in psutil.Process(self.pid).children():
+            with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
+                if "_bentoml_impl.worker.service" in " ".join(proc.cmdline()):
+                    pids.add(proc.pid)
+        return pids
+
     def read_log(self) -> str:
         return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
 

@@ -26,7 +26,8 @@ metric::
 
 ``table`` is ``predictions`` or ``rejections`` (``unknown`` for a damaged spool line, whose
 content cannot be read); every label set is bounded. Every accepted row
-ends as exactly one of written, spooled or dropped(``spool_full``); every spooled row later as
+ends as exactly one of written, spooled or dropped(``spool_full``, or ``worker_died`` when its
+process was killed before either); every spooled row later as
 replayed (possibly by another process sharing the spool directory) or dropped(``corrupt``/
 ``refused``). :class:`CountingObserver` keeps these numbers in memory (tests, the shutdown
 summary); :class:`Observers` fans out to several.
@@ -48,11 +49,12 @@ from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-DropReason = Literal["spool_full", "corrupt", "refused"]
+DropReason = Literal["spool_full", "corrupt", "refused", "worker_died"]
 """``spool_full``: the spool was over its size cap, or its disk refused the write. ``corrupt``: a
 spool line torn by a crash or damaged on disk. ``refused``: the store rejected the row itself
 (constraint or data error); the row is kept in the spool's ``quarantine/`` directory for
-inspection, not replayed."""
+inspection, not replayed. ``worker_died``: a process killed outright (SIGKILL, the OOM killer)
+had the rows queued in memory; counted by the process that finds its ledger (ledger.py)."""
 
 Operation = Literal["write", "replay", "prune", "connect"]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from service.events import Event
+from service.predlog.ledger import Ledger
 from service.predlog.observer import LogObserver
 from service.predlog.retention import Pruner
 from service.predlog.spool import Spool
@@ -50,7 +51,9 @@ class PredictionLog:
             retry_max=settings.prediction_log_retry_max_seconds,
             shutdown_timeout=settings.prediction_log_shutdown_timeout_seconds,
         )
-        writer = Writer(store, spool, config, observer)
+        writer = Writer(
+            store, spool, config, observer, Ledger.open(settings.prediction_log_spool_dir)
+        )
         pruner = Pruner(
             store,
             writer.observer,

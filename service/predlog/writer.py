@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from service.events import Event, PredictionEvent
+from service.predlog import ledger as ledgers
+from service.predlog.ledger import Ledger
 from service.predlog.observer import CountingObserver, LogObserver, Observers, Operation
 from service.predlog.records import Entry, event_rows, to_entry
 from service.predlog.spool import Claimed, Spool
@@ -148,10 +150,14 @@ class Writer:
         spool: Spool,
         config: WriterConfig = WriterConfig(),
         observer: LogObserver | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.config = config
+        # Counts what this process holds in memory, and collects dead processes' counts (see
+        # ledger.py); None in a process that serves nothing (the replay command).
+        self.ledger = ledger
         self.stats = CountingObserver()
         self.observer: LogObserver = (
             Observers(self.stats, observer) if observer is not None else self.stats
@@ -187,11 +193,16 @@ class Writer:
     def publish(self, event: Event) -> None:
         """Queue ``event``; when the queue is full, spool it from this thread. Never blocks on
         the store, never raises."""
-        if self._queue.offer(event, event_rows(event)):
+        rows = event_rows(event)
+        if self.ledger is not None:
+            self.ledger.took(event, rows)
+        if self._queue.offer(event, rows):
             return
         entries = self._convert([event])
         if entries:
             self._spool(entries)
+        if self.ledger is not None:
+            self.ledger.settled([event])
 
     # Lifecycle
 
@@ -242,6 +253,8 @@ class Writer:
                 leftover, self._inflight = self._inflight, []
             self._spool(leftover + self._convert(self._queue.take(2**62)))
         self.spool.close()
+        if self.ledger is not None:
+            self.ledger.close()  # everything is written, spooled or counted as dropped
         self.observer.queue_depth(self._queue.rows)
         summary = self.stats.summary()
         left = len(self.spool.segments())
@@ -298,9 +311,13 @@ class Writer:
         budget = self._queue.rows
         while budget > 0 and (events := self._queue.take(self.config.batch_rows)):
             budget -= sum(event_rows(event) for event in events)
-            self._inflight = self._convert(events)
-            self._deliver(self._inflight)
-            self._inflight = []
+            try:
+                self._inflight = self._convert(events)
+                self._deliver(self._inflight)
+                self._inflight = []
+            finally:  # a failed turn spools what it held (_run): settled all the same
+                if self.ledger is not None:
+                    self.ledger.settled(events)
         if not self._up and time.monotonic() >= self._retry_at and not closing:
             self._reconnect()
         # A replay in progress goes on every turn; a new one is looked for with the housekeeping.
@@ -310,6 +327,8 @@ class Writer:
         if housekeeping:
             if self._up and not closing and self._idle_for() >= self.config.idle_probe_seconds:
                 self._probe()
+            if self.ledger is not None:
+                self._count_dead_workers_losses()
             self._report()
             self._housekeeping_at = time.monotonic() + self.config.flush_interval
 
@@ -323,6 +342,21 @@ class Writer:
             self._store_failed("connect", exc)
             return
         self._answered_at = time.monotonic()
+
+    def _count_dead_workers_losses(self) -> None:
+        assert self.ledger is not None
+        for path, lost in ledgers.collect(self.spool.directory, own=self.ledger.path):
+            for table, rows in lost.items():
+                if rows:
+                    self.observer.dropped(table, rows, "worker_died")
+            if any(lost.values()):
+                log.error(
+                    "a process that died without closing its prediction log (killed, out of "
+                    "memory, crashed) had %s in memory, never written or spooled: counted as "
+                    "dropped (worker_died); its ledger was %s",
+                    " and ".join(f"{rows} {table} row(s)" for table, rows in lost.items() if rows),
+                    path.name,
+                )
 
     def _convert(self, events: list[Event]) -> list[Entry]:
         entries: list[Entry] = []

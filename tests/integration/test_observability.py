@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -25,7 +24,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -241,15 +239,6 @@ def test_server_error_series_exist_before_the_first_error(served: ServedService)
     assert missing == []
 
 
-def worker_pids(service: ServedService) -> set[int]:
-    pids = set()
-    for proc in psutil.Process(service.pid).children():
-        with contextlib.suppress(psutil.ZombieProcess, psutil.NoSuchProcess):
-            if "_bentoml_impl.worker.service" in " ".join(proc.cmdline()):
-                pids.add(proc.pid)
-    return pids
-
-
 def test_a_killed_workers_last_values_leave_the_live_gauges(model_tag: str) -> None:
     # A worker killed outright (the OOM killer, SIGKILL) cannot mark itself dead and BentoML
     # starts another: the dead one's last values must not stay in the per-live-worker gauges
@@ -257,13 +246,13 @@ def test_a_killed_workers_last_values_leave_the_live_gauges(model_tag: str) -> N
     # ending for PredictionLogStoreDown) for the rest of the service's life.
     with ServedService(workers=2) as service:
         wait_until(lambda: value(scrape(service.url), "service_workers") == 2, timeout=60)
-        before = worker_pids(service)
+        before = service.worker_pids()
         os.kill(min(before), signal.SIGKILL)
         multiproc = prometheus_dir.directory_for(service.pid)
 
         def replaced() -> bool:
             # the new worker has created its metrics (and counts itself in service_workers)
-            new = worker_pids(service) - before
+            new = service.worker_pids() - before
             return any((multiproc / f"gauge_livesum_{pid}.db").exists() for pid in new)
 
         wait_until(replaced, timeout=120, interval=0.5)

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -165,6 +168,50 @@ def test_a_log_location_that_cannot_be_written_fails_no_prediction(
     assert summary["written"] == summary["spooled"] == 0
     assert "cannot create the prediction log spool" in served.output
     assert "Traceback" not in served.output
+
+
+def test_rows_a_killed_worker_held_in_memory_are_counted_as_dropped(
+    model_tag: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Killed outright (SIGKILL, the OOM killer), a worker cannot write what its log holds in
+    memory, and BentoML starts another. Every row of every answered request must then be in the
+    store or counted as dropped (``worker_died``), never silently missing."""
+    # As above, the rows can only leave memory at shutdown: all of them die with the workers.
+    env = log_env(
+        sqlite_url,
+        tmp_path / "spool",
+        PREDICTION_LOG_FLUSH_INTERVAL_SECONDS="3600",
+        PREDICTION_LOG_BATCH_SIZE="5000",
+    )
+    with ServedService(env=env, workers=2) as served:
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            answers = fire(client, payloads(100, 20))
+        killed = served.worker_pids()
+        assert len(killed) == 2
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            if len(served.worker_pids() - killed) < 2:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200
+            return False
+
+        wait_until(replaced, timeout=180, interval=0.5)
+        assert served.stop() == 0
+    answered = [a for a in answers if a is not None]
+    assert len(answered) == 120
+    held = sum(a.instances for a in answered if a.status == 200) + 20
+    store = Store(sqlite_url)
+    assert row_keys(store) == (set(), set())
+    store.close()
+    summaries = closing_summaries(served.output)
+    assert len(summaries) == 2  # the replacements, which found the ledgers
+    assert sum(s["dropped"] for s in summaries) == held
+    assert sum(s["written"] + s["spooled"] for s in summaries) == 0
+    assert "counted as dropped (worker_died)" in served.output
+    assert not list((tmp_path / "spool").glob("*.ledger"))
 
 
 @pytest.fixture
