@@ -9,8 +9,8 @@ on the event loop.
 
 :class:`DeferredTrafficMetricsMiddleware` exports the same series, with the same labels, buckets
 and meaning. The request path only counts requests in flight and appends ``(endpoint, status,
-seconds)`` to a deque; the worker's metrics thread (``service.metrics.FLUSHER``) applies them
-once a second, grouped, in the same turn as the service's own request metrics, and sets the
+seconds)`` to a deque; the worker's metrics thread (``service.metrics.flusher.FLUSHER``) applies
+them once a second, grouped, in the same turn as the service's own request metrics, and sets the
 in-progress gauge to the count in flight. Scrapes see values at most that stale. Websockets and
 anything that is not HTTP keep BentoML's own code.
 
@@ -41,8 +41,8 @@ from bentoml._internal.server.http import instruments
 from starlette.routing import BaseRoute, Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
-from service.metrics import observe_many, take_all
+from service.metrics import flusher
+from service.metrics.flusher import observe_many, take_all
 
 # BentoML's own class, kept before install() replaces it in its module.
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
@@ -77,7 +77,7 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._last_request = 0.0  # wall-clock time of the last request outside skip_paths
         self._skip = tuple(self.skip_paths)
         self._shown: set[str] = set()  # endpoints in flight at the last turn
-        self._flusher: metrics.Flusher | None = None  # the worker's, from the first request
+        self._flusher: flusher.Flusher | None = None  # the worker's, from the first request
         self._routes: list[tuple[re.Pattern[str], str]] = []  # the app's, from the first request
         self._labels: dict[str, str] = {}  # path -> endpoint label, for the paths seen first
 
@@ -119,7 +119,7 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             self._setup()  # BentoML's: creates the metrics, zero series for the service routes
         # Starlette passes the app this middleware is part of; its routes are complete by now.
         self._routes = route_labels(getattr(scope.get("app"), "routes", ()))
-        self._flusher = metrics.FLUSHER
+        self._flusher = flusher.FLUSHER
         self._flusher.register(self.flush, "BentoML request metrics")
         atexit.register(self.stop)  # the last requests' counts must reach the files
 

@@ -22,8 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from service import bentoml_metrics, metrics
+from service import bentoml_metrics
 from service.bentoml_metrics import DeferredTrafficMetricsMiddleware
+from service.metrics import flusher
 
 BUCKETS = (0.05, 1.0, 10.0)
 SLOW_SECONDS = 0.1  # between the first two buckets
@@ -102,7 +103,7 @@ def series(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, 
 @pytest.fixture(autouse=True)
 def flushed_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's flusher would apply the requests once a second: the tests do."""
-    monkeypatch.setattr(metrics, "FLUSHER", metrics.Flusher(seconds=3600.0))
+    monkeypatch.setattr(flusher, "FLUSHER", flusher.Flusher(seconds=3600.0))
 
 
 def test_the_same_series_as_bentomls_middleware() -> None:
