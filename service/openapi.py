@@ -49,46 +49,19 @@ def _answer(schema: str, description: str) -> dict[str, Any]:
 
 
 def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
-    instance = {k: v for k, v in contract.json_schema().items() if k != "$schema"}
-    error = {
-        "type": "object",
-        "properties": {
-            "instance": {
-                "type": ["integer", "null"],
-                "description": "index of the instance; null for the request as a whole",
-            },
-            "field": {
-                "type": "string",
-                "description": "the feature (or Open Inference Protocol input) at fault, or "
-                "`$request`",
-            },
-            "reason": {"type": "string", "enum": [reason.value for reason in Reason]},
-            "message": {"type": "string"},
-        },
-        "required": ["instance", "field", "reason", "message"],
-    }
-    error_listing = {
-        "message": {"type": "string", "description": "the first error, in one line"},
-        "error_count": {"type": "integer", "minimum": 1},
-        "errors": {
-            "type": "array",
-            "items": _ref("FieldError"),
-            "maxItems": 50,
-            "description": "the first 50 errors",
-        },
-        "request_id": {"type": "string"},
-    }
-    tensor_meta = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "datatype": {"type": "string", "enum": sorted(set(DATATYPES.values()))},
-            "shape": {"type": "array", "items": {"type": "integer"}},
-        },
-        "required": ["name", "datatype", "shape"],
-    }
+    """``components.schemas``: ``#/components/schemas/<name>`` of every body, by family."""
     return {
-        "Instance": instance,
+        **_prediction_schemas(contract, max_batch_size),
+        **_error_schemas(),
+        **_v2_schemas(),
+    }
+
+
+def _prediction_schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
+    """``POST /predict``'s request and answer; ``Instance`` is ``GET /model``'s
+    ``instance_schema``, the validator's own contract."""
+    return {
+        "Instance": {k: v for k, v in contract.json_schema().items() if k != "$schema"},
         "PredictRequest": {
             "type": "object",
             "properties": {
@@ -123,7 +96,41 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
             },
             "required": ["model", "request_id", "predictions"],
         },
-        "FieldError": error,
+    }
+
+
+def _error_schemas() -> dict[str, Any]:
+    """The error bodies: ``Error`` and ``InternalError`` of ``POST /predict``, ``V2Error`` of the
+    Open Inference Protocol; both list the same ``FieldError``s."""
+    error_listing = {
+        "message": {"type": "string", "description": "the first error, in one line"},
+        "error_count": {"type": "integer", "minimum": 1},
+        "errors": {
+            "type": "array",
+            "items": _ref("FieldError"),
+            "maxItems": 50,
+            "description": "the first 50 errors",
+        },
+        "request_id": {"type": "string"},
+    }
+    return {
+        "FieldError": {
+            "type": "object",
+            "properties": {
+                "instance": {
+                    "type": ["integer", "null"],
+                    "description": "index of the instance; null for the request as a whole",
+                },
+                "field": {
+                    "type": "string",
+                    "description": "the feature (or Open Inference Protocol input) at fault, or "
+                    "`$request`",
+                },
+                "reason": {"type": "string", "enum": [reason.value for reason in Reason]},
+                "message": {"type": "string"},
+            },
+            "required": ["instance", "field", "reason", "message"],
+        },
         "Error": {
             "type": "object",
             "properties": {
@@ -151,6 +158,21 @@ def _schemas(contract: FeatureContract, max_batch_size: int) -> dict[str, Any]:
             "properties": {"error": {"type": "string"}, **error_listing},
             "required": ["error"],
         },
+    }
+
+
+def _v2_schemas() -> dict[str, Any]:
+    """The Open Inference Protocol's bodies (v2 REST), but its error (:func:`_error_schemas`)."""
+    tensor_meta = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": sorted(set(DATATYPES.values()))},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+        "required": ["name", "datatype", "shape"],
+    }
+    return {
         "V2Tensor": {
             **tensor_meta,
             "properties": {
