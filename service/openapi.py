@@ -299,22 +299,7 @@ def openapi_document(
         # Anchored: a JSON Schema pattern matches anywhere in the value.
         "schema": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
     }
-    model_params = [
-        {"name": "name", "in": "path", "required": True, "schema": {"const": contract.model_name}}
-    ]
     example = contract.example_instance()
-    v2_example = {
-        "inputs": [
-            {
-                "name": feat.name,
-                "datatype": DATATYPES[feat.kind],
-                "shape": [1],
-                "data": [example[feat.name]],
-            }
-            for feat in contract.features
-        ]
-    }
-    unknown_model = _answer("V2Error", "`unknown_model`: another model name or version")
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -331,159 +316,202 @@ def openapi_document(
         ],
         "paths": _with_versions(
             {
-                "/predict": {
-                    "post": {
-                        "tags": ["Predictions"],
-                        "operationId": "predict",
-                        "summary": "one prediction per instance, in order",
-                        "parameters": [request_id],
-                        "requestBody": {
-                            "required": True,
-                            "content": {
-                                _JSON: {
-                                    "schema": _ref("PredictRequest"),
-                                    "example": {"instances": [example]},
-                                }
-                            },
-                        },
-                        "responses": {
-                            "200": _answer("PredictResponse", "the predictions"),
-                            **_refusals("Error"),
-                        },
-                    }
-                },
-                "/model": {
-                    "get": {
-                        "tags": ["Predictions"],
-                        "operationId": "describeModel",
-                        "summary": "the model's tag, registration metadata and feature contract",
-                        "responses": {
-                            "200": _json_body(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "model": {"type": "string"},
-                                        "name": {"type": "string"},
-                                        "version": {"type": "string"},
-                                        "decision_threshold": {"type": "number"},
-                                        "metadata": {"type": "object"},
-                                        "contract": {"type": "object"},
-                                        "instance_schema": {"type": "object"},
-                                    },
-                                    "required": ["model", "name", "version", "contract"],
-                                },
-                                "the model",
-                            )
-                        },
-                    }
-                },
-                "/v2/models/{name}/infer": {
-                    "post": {
-                        "tags": ["Open Inference Protocol"],
-                        "operationId": "modelInfer",
-                        "summary": "predictions as output tensors (JSON; Triton's binary tensor "
-                        "extension is taken too, as application/octet-stream)",
-                        "parameters": [*model_params, request_id],
-                        "requestBody": {
-                            "required": True,
-                            "content": {
-                                _JSON: {"schema": _ref("V2InferRequest"), "example": v2_example}
-                            },
-                        },
-                        "responses": {
-                            "200": _answer("V2InferResponse", "the output tensors"),
-                            **_refusals("V2Error"),
-                            "404": unknown_model,
-                        },
-                    }
-                },
-                "/v2/models/{name}": {
-                    "get": {
-                        "tags": ["Open Inference Protocol"],
-                        "operationId": "modelMetadata",
-                        "parameters": model_params,
-                        "responses": {
-                            "200": _json_body(_ref("V2ModelMetadata"), "every input and output"),
-                            "404": unknown_model,
-                        },
-                    }
-                },
-                "/v2/models/{name}/ready": {
-                    "get": {
-                        "tags": ["Open Inference Protocol"],
-                        "operationId": "modelReady",
-                        "parameters": model_params,
-                        "responses": {
-                            "200": {"description": "ready"},
-                            "503": {"description": "shutting down"},
-                            "404": unknown_model,
-                        },
-                    }
-                },
-                "/v2": {
-                    "get": {
-                        "tags": ["Open Inference Protocol"],
-                        "operationId": "serverMetadata",
-                        "responses": {"200": _json_body(_ref("V2ServerMetadata"), "the server")},
-                    }
-                },
-                "/v2/health/live": _probe("live while the process runs"),
-                "/v2/health/ready": {
-                    "get": {
-                        "tags": ["Open Inference Protocol"],
-                        "responses": {
-                            "200": {"description": "ready"},
-                            "503": {"description": "shutting down"},
-                        },
-                    }
-                },
-                "/drift": {
-                    "get": {
-                        "tags": ["Monitoring"],
-                        "operationId": "drift",
-                        "summary": "the latest drift run of the served model (README, Data drift)",
-                        "responses": {
-                            "200": _json_body(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "status": {
-                                            "enum": ["pending", "ok", "insufficient_data", "failed"]
-                                        },
-                                        "model": {"type": "string"},
-                                        "dataset_drift": {"type": ["boolean", "null"]},
-                                        "drifted_share": {"type": ["number", "null"]},
-                                        "features": {"type": "object"},
-                                        "prediction": {"type": ["object", "null"]},
-                                    },
-                                    "required": ["status", "model", "features"],
-                                },
-                                "the run's verdict per feature and for the score; every key is "
-                                "there in every status (null where it has no value)",
-                            ),
-                            "404": _json_body({"type": "object"}, "drift monitoring is off"),
-                        },
-                    }
-                },
-                "/drift/report": {
-                    "get": {
-                        "tags": ["Monitoring"],
-                        "operationId": "driftReport",
-                        "summary": "the latest completed run's Evidently HTML report",
-                        "responses": {
-                            "200": {"description": "the report", "content": {"text/html": {}}},
-                            "404": _json_body(
-                                {"type": "object"}, "drift is off, or no run has a report yet"
-                            ),
-                        },
-                    }
-                },
-                "/livez": _probe("live"),
-                "/readyz": _probe("ready: the model is loaded (503 before)"),
-                "/metrics": _probe("Prometheus metrics of all workers"),
+                **_prediction_paths(example, request_id),
+                **_v2_paths(contract, example, request_id),
+                **_monitoring_paths(),
+                **_probe_paths(),
             }
         ),
         "components": {"schemas": _schemas(contract, max_batch_size)},
+    }
+
+
+def _prediction_paths(example: dict[str, Any], request_id: dict[str, Any]) -> dict[str, Any]:
+    """``POST /predict`` and ``GET /model``."""
+    return {
+        "/predict": {
+            "post": {
+                "tags": ["Predictions"],
+                "operationId": "predict",
+                "summary": "one prediction per instance, in order",
+                "parameters": [request_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": _ref("PredictRequest"),
+                            "example": {"instances": [example]},
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _answer("PredictResponse", "the predictions"),
+                    **_refusals("Error"),
+                },
+            }
+        },
+        "/model": {
+            "get": {
+                "tags": ["Predictions"],
+                "operationId": "describeModel",
+                "summary": "the model's tag, registration metadata and feature contract",
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "model": {"type": "string"},
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                                "decision_threshold": {"type": "number"},
+                                "metadata": {"type": "object"},
+                                "contract": {"type": "object"},
+                                "instance_schema": {"type": "object"},
+                            },
+                            "required": ["model", "name", "version", "contract"],
+                        },
+                        "the model",
+                    )
+                },
+            }
+        },
+    }
+
+
+def _v2_paths(
+    contract: FeatureContract, example: dict[str, Any], request_id: dict[str, Any]
+) -> dict[str, Any]:
+    """The Open Inference Protocol's v2 REST routes (their versioned twins: _with_versions)."""
+    model_params = [
+        {"name": "name", "in": "path", "required": True, "schema": {"const": contract.model_name}}
+    ]
+    v2_example = {
+        "inputs": [
+            {
+                "name": feat.name,
+                "datatype": DATATYPES[feat.kind],
+                "shape": [1],
+                "data": [example[feat.name]],
+            }
+            for feat in contract.features
+        ]
+    }
+    unknown_model = _answer("V2Error", "`unknown_model`: another model name or version")
+    return {
+        "/v2/models/{name}/infer": {
+            "post": {
+                "tags": ["Open Inference Protocol"],
+                "operationId": "modelInfer",
+                "summary": "predictions as output tensors (JSON; Triton's binary tensor "
+                "extension is taken too, as application/octet-stream)",
+                "parameters": [*model_params, request_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("V2InferRequest"), "example": v2_example}},
+                },
+                "responses": {
+                    "200": _answer("V2InferResponse", "the output tensors"),
+                    **_refusals("V2Error"),
+                    "404": unknown_model,
+                },
+            }
+        },
+        "/v2/models/{name}": {
+            "get": {
+                "tags": ["Open Inference Protocol"],
+                "operationId": "modelMetadata",
+                "parameters": model_params,
+                "responses": {
+                    "200": _json_body(_ref("V2ModelMetadata"), "every input and output"),
+                    "404": unknown_model,
+                },
+            }
+        },
+        "/v2/models/{name}/ready": {
+            "get": {
+                "tags": ["Open Inference Protocol"],
+                "operationId": "modelReady",
+                "parameters": model_params,
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "shutting down"},
+                    "404": unknown_model,
+                },
+            }
+        },
+        "/v2": {
+            "get": {
+                "tags": ["Open Inference Protocol"],
+                "operationId": "serverMetadata",
+                "responses": {"200": _json_body(_ref("V2ServerMetadata"), "the server")},
+            }
+        },
+        "/v2/health/live": _probe("live while the process runs"),
+        "/v2/health/ready": {
+            "get": {
+                "tags": ["Open Inference Protocol"],
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "shutting down"},
+                },
+            }
+        },
+    }
+
+
+def _monitoring_paths() -> dict[str, Any]:
+    """``GET /drift`` and its report."""
+    return {
+        "/drift": {
+            "get": {
+                "tags": ["Monitoring"],
+                "operationId": "drift",
+                "summary": "the latest drift run of the served model (README, Data drift)",
+                "responses": {
+                    "200": _json_body(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {
+                                    "enum": ["pending", "ok", "insufficient_data", "failed"]
+                                },
+                                "model": {"type": "string"},
+                                "dataset_drift": {"type": ["boolean", "null"]},
+                                "drifted_share": {"type": ["number", "null"]},
+                                "features": {"type": "object"},
+                                "prediction": {"type": ["object", "null"]},
+                            },
+                            "required": ["status", "model", "features"],
+                        },
+                        "the run's verdict per feature and for the score; every key is "
+                        "there in every status (null where it has no value)",
+                    ),
+                    "404": _json_body({"type": "object"}, "drift monitoring is off"),
+                },
+            }
+        },
+        "/drift/report": {
+            "get": {
+                "tags": ["Monitoring"],
+                "operationId": "driftReport",
+                "summary": "the latest completed run's Evidently HTML report",
+                "responses": {
+                    "200": {"description": "the report", "content": {"text/html": {}}},
+                    "404": _json_body(
+                        {"type": "object"}, "drift is off, or no run has a report yet"
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _probe_paths() -> dict[str, Any]:
+    """Liveness, readiness and the metrics."""
+    return {
+        "/livez": _probe("live"),
+        "/readyz": _probe("ready: the model is loaded (503 before)"),
+        "/metrics": _probe("Prometheus metrics of all workers"),
     }
 
 
