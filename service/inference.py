@@ -36,7 +36,6 @@ from service.events import (
 )
 from service.model import LoadedModel
 from service.validation import (
-    CLIENT_CLOSED,
     Instance,
     Instances,
     InstanceValidator,
@@ -83,12 +82,12 @@ class RequestContext:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     trace_id: str | None = None
-    # gRPC: whether the client's deadline has passed, asked when the call is cancelled (a passed
-    # deadline, else the client's own cancel). None: a cancellation is the server's timeout.
-    deadline_passed: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
-    # gRPC: whether the server itself cancels its calls (the end of its shutdown grace), asked
-    # first when the call is cancelled. None: the server cancels none.
-    server_cancelled: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    # How the request is recorded if cancelled while it waits, for a transport that can tell
+    # the causes of a cancel apart (gRPC: service/oip/servicer.py); asked only then. None: as the
+    # server's timeout (on HTTP, BentoML's request timeout).
+    classify_cancel: Callable[[], RequestRejected] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def start(
@@ -96,8 +95,7 @@ class RequestContext:
         transport: Transport,
         endpoint: str,
         request_id: str | None,
-        deadline_passed: Callable[[], bool] | None = None,
-        server_cancelled: Callable[[], bool] | None = None,
+        classify_cancel: Callable[[], RequestRejected] | None = None,
     ) -> RequestContext:
         """``request_id`` is the client's (header/metadata); an unusable one is replaced.
 
@@ -110,28 +108,12 @@ class RequestContext:
             transport=transport,
             endpoint=endpoint,
             trace_id=tracing.current_trace_id(),
-            deadline_passed=deadline_passed,
-            server_cancelled=server_cancelled,
+            classify_cancel=classify_cancel,
         )
 
     def cancellation(self) -> RequestRejected:
-        """How a request cancelled while waiting for the model is recorded: a 503 when the gRPC
-        server cancelled it at the end of its shutdown grace (the client sees UNAVAILABLE), a 504
-        timeout (BentoML's request timeout, or a gRPC client's deadline), or a 499 when the
-        client cancelled its call itself (nginx's "client closed request")."""
-        if self.server_cancelled is not None and self.server_cancelled():
-            return RequestRejected.request_level(
-                Reason.UNAVAILABLE,
-                "the worker shut down before the answer (GRPC_SHUTDOWN_GRACE_SECONDS passed)",
-                status=503,
-            )
-        if self.deadline_passed is None or self.deadline_passed():
-            return RequestRejected.request_level(
-                Reason.TIMEOUT, "no answer within the request timeout", status=504
-            )
-        return RequestRejected.request_level(
-            Reason.CANCELLED, "the client cancelled the call", status=CLIENT_CLOSED
-        )
+        """How this request, cancelled while it waited, is recorded."""
+        return timed_out() if self.classify_cancel is None else self.classify_cancel()
 
     def finish(self, model_tag: str) -> RequestInfo:
         return RequestInfo(
@@ -143,6 +125,14 @@ class RequestContext:
             trace_id=self.trace_id,
             endpoint=self.endpoint,
         )
+
+
+def timed_out() -> RequestRejected:
+    """How a request the server stopped waiting for is recorded: a 504 timeout (BentoML's request
+    timeout, or a gRPC client's deadline)."""
+    return RequestRejected.request_level(
+        Reason.TIMEOUT, "no answer within the request timeout", status=504
+    )
 
 
 def server_failure() -> RequestRejected:
