@@ -24,15 +24,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from prometheus_client import Counter, Histogram
 
 from service.metrics import LATENCY_BUCKETS
-
-if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -66,9 +64,6 @@ class GrpcMetrics:
 @cache
 def grpc_metrics() -> GrpcMetrics:
     """This process's gRPC metrics, created on the first call."""
-    # Imported here, not at module level: prometheus_client picks its multiprocess mode on import.
-    from prometheus_client import Counter, Histogram
-
     return GrpcMetrics(
         started=Counter("grpc_server_started_total", "RPCs started on the server.", _LABELS),
         handled=Counter(
