@@ -83,7 +83,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     trace_id: str | None = None
     # How the request is recorded if cancelled while it waits, for a transport that can tell
-    # the causes of a cancel apart (gRPC: service/oip/servicer.py); asked only then. None: as the
+    # the causes of a cancel apart (gRPC: service/oip/outcome.py); asked only then. None: as the
     # server's timeout (on HTTP, BentoML's request timeout).
     classify_cancel: Callable[[], RequestRejected] | None = field(
         default=None, repr=False, compare=False

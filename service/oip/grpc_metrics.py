@@ -18,7 +18,6 @@ created. One set per process, shared by every server the process starts (tests s
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -31,6 +30,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import Counter, Histogram
 
 from service.metrics import LATENCY_BUCKETS
+from service.oip.outcome import ShutdownCancel, final_code
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -106,57 +106,6 @@ class _Call:
         self._metrics.handling_seconds.labels(*self._labels).observe(
             time.perf_counter() - self._start
         )
-
-
-class ShutdownCancel:
-    """When the server itself cancels the calls still running at shutdown.
-
-    ``grpc.aio.Server.stop(grace)`` cancels every call left once ``grace`` has passed, and the
-    client sees UNAVAILABLE ("Cancelling all calls"); the handler gets the same CancelledError as
-    for the client's own cancel, and nothing in the call's context tells them apart.
-    """
-
-    def __init__(self) -> None:
-        self._at: float | None = None
-
-    def schedule(self, grace: float) -> None:
-        """Called just before ``stop(grace)``: its cancel comes ``grace`` from now, or later."""
-        self._at = time.monotonic() + grace
-
-    def due(self) -> bool:
-        """Whether the server's cancel may have come: a call cancelled from now on is its."""
-        return self._at is not None and time.monotonic() >= self._at
-
-
-def final_code(
-    context: grpc.aio.ServicerContext,
-    error: BaseException | None,
-    shutdown: ShutdownCancel | None = None,
-) -> grpc.StatusCode:
-    """The status the client sees for a call that ended with ``error`` (None: returned)."""
-    if isinstance(error, asyncio.CancelledError):
-        # The call was cancelled under the handler: UNAVAILABLE when the server cancelled it at
-        # the end of its shutdown grace, DEADLINE_EXCEEDED when the client's deadline passed,
-        # else the client's own CANCELLED. context.code() knows none of them.
-        if shutdown is not None and shutdown.due():
-            return grpc.StatusCode.UNAVAILABLE
-        passed = deadline_passed(context)
-        return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
-    # An abort() sets the code before raising; a handler may also set_code() and return.
-    code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
-    return _status_code(code)
-
-
-def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call's deadline has passed (no deadline: it has not)."""
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
-
-
-def _status_code(code: Any) -> grpc.StatusCode:
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
 
 
 Behavior = Callable[..., Any]

@@ -26,7 +26,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service.oip.generated import grpc_predict_v2_pb2 as pb
-from service.oip.grpc_metrics import MetricsInterceptor, ShutdownCancel, grpc_metrics
+from service.oip.grpc_metrics import MetricsInterceptor, grpc_metrics
+from service.oip.outcome import ShutdownCancel
 from service.oip.protocol import InferenceProtocol
 from service.oip.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 

@@ -17,10 +17,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from service import tracing
-from service.inference import RequestContext, timed_out
+from service.inference import RequestContext
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.oip.grpc_metrics import ShutdownCancel, deadline_passed, final_code
+from service.oip.outcome import ShutdownCancel, cancellation, final_code
 from service.oip.protocol import (
     InferenceProtocol,
     InferFailed,
@@ -30,7 +30,7 @@ from service.oip.protocol import (
     MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, encode_raw, input_error
-from service.validation import CLIENT_CLOSED, Reason, RequestRejected
+from service.validation import Reason, RequestRejected
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 REQUEST_ID_METADATA = "x-request-id"
@@ -352,26 +352,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(((REQUEST_ID_METADATA, result.ctx.request_id),))
         assert request is not None  # parsed, or infer() would have raised
         return build_infer_response(self._protocol, result, raw=bool(request.raw_input_contents))
-
-
-def cancellation(
-    context: grpc.aio.ServicerContext, shutdown: ShutdownCancel | None
-) -> RequestRejected:
-    """How a call cancelled under its handler is recorded: a 503 when the server cancelled it at
-    the end of its shutdown grace (the client sees UNAVAILABLE), a 504 timeout when the client's
-    deadline passed, or a 499 when the client cancelled its call itself (nginx's "client closed
-    request"). ``final_code`` tells the same causes apart for the call's gRPC status."""
-    if shutdown is not None and shutdown.due():
-        return RequestRejected.request_level(
-            Reason.UNAVAILABLE,
-            "the worker shut down before the answer (GRPC_SHUTDOWN_GRACE_SECONDS passed)",
-            status=503,
-        )
-    if deadline_passed(context):
-        return timed_out()
-    return RequestRejected.request_level(
-        Reason.CANCELLED, "the client cancelled the call", status=CLIENT_CLOSED
-    )
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
