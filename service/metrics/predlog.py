@@ -27,7 +27,8 @@ class PredictionLogMetrics:
         self._dropped = rows(
             "dropped",
             "Rows lost, by reason: spool_full (spool over its cap or disk refusing), corrupt "
-            "(damaged spool line), refused (the store rejected the row; kept in quarantine).",
+            "(damaged spool line), refused (the store rejected the row; kept in quarantine), "
+            "worker_died (queued in the memory of a worker killed outright).",
             ["reason"],
         )
         self._pruned = rows("pruned", "Rows deleted by retention.")
