@@ -721,31 +721,29 @@ def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: Served
     ) in after
 
 
-# -- the README's examples -----------------------------------------------------------------------
+# -- the examples of docs/grpc.md ---------------------------------------------------------------
 
 
-def readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## gRPC and the Open Inference Protocol")
-    return text[start : text.index("\n## ", start + 1)]
+def grpc_doc() -> str:
+    return (ROOT / "docs" / "grpc.md").read_text()
 
 
-def test_readme_python_example_prints_what_it_shows(served: ServedService) -> None:
-    code = re.search(r"```python\n(.*?)```", readme_section(), re.DOTALL)
+def test_grpc_doc_python_example_prints_what_it_shows(served: ServedService) -> None:
+    code = re.search(r"```python\n(.*?)```", grpc_doc(), re.DOTALL)
     assert code is not None
     source = code.group(1).replace("localhost:3001", f"127.0.0.1:{served.grpc_port}")
     shown = re.search(r"^# (\[.*)$", source, re.MULTILINE)
     assert shown is not None
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        exec(compile(source, "README.md", "exec"), {})
+        exec(compile(source, "docs/grpc.md", "exec"), {})
     assert output.getvalue().strip() == shown.group(1)
 
 
-def test_readme_curl_example_answers_what_it_shows(served: ServedService) -> None:
+def test_grpc_doc_curl_example_answers_what_it_shows(served: ServedService) -> None:
     example = re.search(
         r"\$ curl -s localhost:3000/v2/models/credit_risk/infer .*?-d '(.*?)'\n(.*?)\n```",
-        readme_section(),
+        grpc_doc(),
         re.DOTALL,
     )
     assert example is not None
@@ -755,7 +753,7 @@ def test_readme_curl_example_answers_what_it_shows(served: ServedService) -> Non
     shown = json.loads(example.group(2))["outputs"]
     answered = response.json()["outputs"]
     # The same tensors; the probability to the last few bits, which depend on the CPU's BLAS
-    # kernels that trained the model (the README's was trained on another machine).
+    # kernels that trained the model (the example's was trained on another machine).
     assert [{**o, "data": None} for o in answered] == [{**o, "data": None} for o in shown]
     assert answered[0]["data"] == shown[0]["data"]
     assert answered[1]["data"] == pytest.approx(shown[1]["data"], rel=1e-9)
