@@ -12,7 +12,7 @@ Modules, in the order data flows through them:
 - ``accesslog``: the one-JSON-line-per-request access log on stdout (a separate sink);
 - ``cli`` (``python -m service.predlog``): export, show, status, prune, replay for operators.
 
-README, section "Prediction log", documents the tables, settings and behaviour.
+docs/prediction-log.md documents the tables, settings and behaviour.
 """
 
 from service.predlog.accesslog import AccessLog

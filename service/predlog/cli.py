@@ -201,7 +201,7 @@ def _spool_status(directory: Path) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service.predlog",
-        description="Query and maintain the prediction log (README: 'Prediction log').",
+        description="Query and maintain the prediction log (docs/prediction-log.md).",
     )
     parser.add_argument("--url", help="store URL (default: PREDICTION_LOG_URL)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -4,15 +4,15 @@ Accepted requests are stored one row per request (``prediction_requests``: the f
 the instances as arrays of values, the labels and scores as JSON arrays); the ``predictions`` view
 gives SQL users one row per instance, with the features as an object. Against schema version 1 (a
 row per instance, features as an object) that cuts the writer's CPU and the bytes per instance
-several times over (README, "Prediction log", has the measurements). Every column carries its
-meaning as a ``comment``: PostgreSQL stores it (``\\d+ prediction_requests``), and the README's
-schema tables are checked against it by the tests, so the documentation cannot drift from the
-tables.
+several times over (docs/prediction-log.md, "Overhead", has the measurements). Every column
+carries its meaning as a ``comment``: PostgreSQL stores it (``\\d+ prediction_requests``), and
+the schema tables of docs/prediction-log.md are checked against it by the tests, so the
+documentation cannot drift from the tables.
 
 The schema is versioned. ``SCHEMA_VERSION`` is written to ``predlog_schema_version`` when the
 tables are created; a store holding another version is refused (see ``store.SchemaMismatch``),
 never written to. Change a table here and you must raise ``SCHEMA_VERSION`` and describe the
-migration in the README.
+migration in docs/prediction-log.md.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ Index("ix_rejections_request_id", rejections.c.request_id)
 Index("ix_rejections_received_at", rejections.c.received_at)
 
 # The view of one row per instance. Declared as a table of its own MetaData so that queries and
-# the README's column table can use it; created by VIEW_DDL, never by create_all().
+# the column table of docs/prediction-log.md can use it; created by VIEW_DDL, never by create_all().
 views = MetaData()
 predictions = Table(
     "predictions",

@@ -360,7 +360,7 @@ class Store:
                         f"the prediction log at {self.display_url} has schema version "
                         f"{', '.join(map(str, found)) or 'none'}; this service writes version "
                         f"{SCHEMA_VERSION}. Migrate the tables (`python -m service.predlog "
-                        "migrate`; README, 'Prediction log') or point PREDICTION_LOG_URL at "
+                        "migrate`; docs/prediction-log.md) or point PREDICTION_LOG_URL at "
                         "another database."
                     )
                 metadata.create_all(conn, checkfirst=True)  # a table dropped by hand comes back

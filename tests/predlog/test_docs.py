@@ -1,5 +1,5 @@
-"""README's "Prediction log" section matches the code: the table schemas, the schema version,
-the access log line, and its example SQL runs on both stores."""
+"""docs/prediction-log.md matches the code: the table schemas, the schema version, the access log
+line, and its example SQL runs on both stores."""
 
 from __future__ import annotations
 
@@ -16,22 +16,21 @@ from service.predlog.store import Store
 from tests.predlog.helpers import prediction_event, rejection_event
 from tests.support import ROOT
 
-README = (ROOT / "README.md").read_text()
-SECTION = README[README.index("## Prediction log") :].split("\n## ", 1)[0]
+SECTION = (ROOT / "docs" / "prediction-log.md").read_text()
 
 
 DOCUMENTED = {t.name: t for t in (*DATA_TABLES.values(), predictions)}
 
 
 @pytest.mark.parametrize("table", sorted(DOCUMENTED))
-def test_the_readme_documents_every_column_as_the_schema_does(table: str) -> None:
-    blocks = SECTION[SECTION.index(f"#### `{table}`") :].split("\n\n")
+def test_the_docs_document_every_column_as_the_schema_does(table: str) -> None:
+    blocks = SECTION[SECTION.index(f"\n### `{table}`") + 1 :].split("\n\n")
     block = next(b for b in blocks if b.startswith("| column |"))
     rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+) \|$", block, flags=re.MULTILINE)
     assert rows == [(c.name, c.comment) for c in DOCUMENTED[table].columns]
 
 
-def test_the_readme_states_the_schema_version() -> None:
+def test_the_docs_state_the_schema_version() -> None:
     assert f"now **version {SCHEMA_VERSION}**" in SECTION
 
 

@@ -285,8 +285,9 @@ def test_postgresql_cut_off_mid_load_then_sigterm_mid_load_loses_nothing(
     spooled = sum(s["spooled"] for s in summaries)
     assert spooled > 0
     # A batch whose commit reached PostgreSQL just before the cut but whose answer was lost is
-    # spooled, then found in the store by the replay and not counted as replayed (README, the
-    # prediction log's counters): at most the one batch each worker had in flight at the cut.
+    # spooled, then found in the store by the replay and not counted as replayed
+    # (docs/prediction-log.md, "Counters"):
+    # at most the one batch each worker had in flight at the cut.
     replayed = sum(s["replayed"] for s in summaries)
     assert spooled - 2 * BATCH_ROWS <= replayed <= spooled
     assert sum(s["dropped"] for s in summaries) == 0

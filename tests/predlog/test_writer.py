@@ -177,8 +177,9 @@ def test_postgresql_cut_off_mid_load(
     stats = writer.stats
     assert stats.total("spooled") > 0
     # A batch whose commit reached PostgreSQL just before the cut but whose answer was lost is
-    # spooled, then found in the store by the replay and not counted as replayed (README, the
-    # prediction log's counters): at most the one batch the writer had in flight at the cut.
+    # spooled, then found in the store by the replay and not counted as replayed
+    # (docs/prediction-log.md, "Counters"):
+    # at most the one batch the writer had in flight at the cut.
     spooled, replayed = stats.total("spooled"), stats.total("replayed")
     assert spooled - FAST.batch_rows <= replayed <= spooled
     assert stats.total("written") + stats.total("spooled") == rows_of(published)
