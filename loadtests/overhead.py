@@ -20,7 +20,7 @@ than it would be sustained, by whatever was deferred past its end.
 
 Drift runs are periodic (one run every ``DRIFT_INTERVAL_SECONDS`` over the window), not a cost per
 request: here every variant runs them once an hour, so that no idle variant's run lands in
-another's measurement. README "Data drift", "Cost", has what a run costs.
+another's measurement. docs/drift.md, "Cost", has what a run costs.
 
 Results go to ``loadtests/results/overhead.json`` and ``overhead.md``; ``make overhead`` runs it.
 """

@@ -466,7 +466,7 @@ def _monitoring_paths() -> dict[str, Any]:
             "get": {
                 "tags": ["Monitoring"],
                 "operationId": "drift",
-                "summary": "the latest drift run of the served model (README, Data drift)",
+                "summary": "the latest drift run of the served model (docs/drift.md)",
                 "responses": {
                     "200": _json_body(
                         {

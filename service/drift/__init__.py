@@ -17,5 +17,5 @@ Modules, in the order a run flows through them:
 - ``snapshots``: the snapshot and report files, with retention;
 - ``routes``: ``GET /drift`` and ``GET /drift/report``.
 
-README, section "Data drift", documents the behaviour, the settings and the metrics.
+docs/drift.md documents the behaviour and the settings; docs/metrics-and-traces.md the metrics.
 """

@@ -41,7 +41,7 @@ def test_traffic_like_the_data_set_does_not_drift(model: LoadedModel) -> None:
 
 
 def assert_default_verdict(feature: ColumnDrift) -> None:
-    """Evidently's default test and threshold (README "Data drift"): p-values drift below 0.05
+    """Evidently's default test and threshold (docs/drift.md): p-values drift below 0.05
     (the example's reference: at most 1000 rows), distances at or above 0.1 (a swapped model's
     larger reference)."""
     if "p_value" in feature.method:

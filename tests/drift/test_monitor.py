@@ -267,7 +267,7 @@ def test_a_run_ending_while_the_store_is_down_is_recorded_once_it_is_back(
 def test_get_drift_has_every_key_whatever_the_status(
     monitor: DriftMonitor, model: LoadedModel
 ) -> None:
-    # README: GET /drift has one shape; a client reading e.g. its "report" must not get a
+    # docs/drift.md: GET /drift has one shape; a client reading e.g. its "report" must not get a
     # KeyError only while the served model's run is pending or failed.
     pending = monitor.state()
     slot = monitor.current_slot()

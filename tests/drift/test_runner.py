@@ -69,7 +69,7 @@ def test_a_run_records_when_the_data_of_its_window_arrived(
 def test_a_runs_snapshot_loads_back_into_evidently_and_rebuilds_its_report(
     store: Store, store_url: str, model: LoadedModel, tmp_path: Path
 ) -> None:
-    # README: the .json snapshots load back with Snapshot.load(path), and a report pruned by
+    # docs/drift.md: the .json snapshots load back with Snapshot.load(path), and a report pruned by
     # DRIFT_REPORTS_KEEP can be rebuilt from its snapshot.
     from evidently.core.report import Snapshot
 
@@ -129,7 +129,7 @@ def test_a_runs_report_and_snapshot_say_what_was_compared(
     assert metadata["window_oldest_at"] == oldest.isoformat()
     assert metadata["window_newest_at"] == newest.isoformat()
     assert metadata["reference_size"] == str(reference_rows)
-    # A report rebuilt from the snapshot (README: DRIFT_REPORTS_KEEP) is headed the same way.
+    # A report rebuilt from the snapshot (docs/drift.md: DRIFT_REPORTS_KEEP) is headed the same way.
     loaded.save_html(str(tmp_path / "rebuilt.html"))
     assert model.tag in (tmp_path / "rebuilt.html").read_text()
 

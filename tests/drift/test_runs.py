@@ -223,8 +223,8 @@ def test_a_search_path_schema_that_does_not_exist_is_named(
         store.close()
 
 
-def test_the_readme_documents_the_columns_of_the_table() -> None:
-    section = (ROOT / "README.md").read_text().split("### The `drift_runs` table", 1)[1]
+def test_the_docs_document_the_columns_of_the_table() -> None:
+    section = (ROOT / "docs" / "drift.md").read_text().split("\n## The `drift_runs` table", 1)[1]
     block = section.split("\n\n")[1]
     documented = re.findall(r"^\| `(\w+)` \|", block, flags=re.MULTILINE)
     assert documented == [column.name for column in drift_runs.columns]

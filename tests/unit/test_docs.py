@@ -12,6 +12,7 @@ from tests.support import ROOT
 SETTINGS_TABLES = {
     "README.md": "configuration",
     "docs/prediction-log.md": "prediction-log-settings",
+    "docs/drift.md": "drift-settings",
 }
 
 
