@@ -1,8 +1,9 @@
 """Prometheus metrics of the service: requests, model health, the prediction log, the process.
 
-Names and labels are a public interface (dashboards and alert rules are built on them); the README
-table "Metrics" lists them. All label values are bounded: transports, endpoints and status codes
-of our own routes, contract feature names, the ``Reason`` vocabulary, the model's two labels.
+Names and labels are a public interface (dashboards and alert rules are built on them);
+docs/metrics-and-traces.md lists them. All label values are bounded: transports, endpoints and
+status codes of our own routes, contract feature names, the ``Reason`` vocabulary, the model's
+two labels.
 
 BentoML serves ``/metrics`` from whichever worker gets the scrape and merges every worker's values
 through prometheus_client's multiprocess mode, in which only values written when they change are

@@ -4,7 +4,7 @@ One service for the module, the tests in order: no traffic (insufficient data, n
 traffic drawn from the data set unchanged (no drift); the same amount with three features
 shifted (those flagged, the prediction too); one run per slot between the two workers; a run
 that fails for real (the snapshot directory replaced by a file) is counted as failed while
-predictions are answered; the README's drift metric table against the scrape.
+predictions are answered; the drift metric table of docs/metrics-and-traces.md against the scrape.
 """
 
 from __future__ import annotations
@@ -288,15 +288,14 @@ def test_promtool_finds_nothing_to_report(drifting: ServedService) -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_readme_documents_exactly_the_drift_metrics_exported(drifting: ServedService) -> None:
+def test_the_docs_document_exactly_the_drift_metrics_exported(drifting: ServedService) -> None:
     text, _ = scrape(drifting.url)
     exported = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in text_string_to_metric_families(text)
         if family.name.startswith("model_drift_")
     }
-    section = (ROOT / "README.md").read_text().split("## Metrics and traces", 1)[1]
-    section = section.split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "metrics-and-traces.md").read_text()
     documented = set(
         re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", section, re.M)
     )

@@ -216,15 +216,16 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     known = scraped | recorded_names() | {"up"}
     used = {name for _, _, e in expressions() for name in metric_names(e)}
     # Drift is off in the shared `served` (tests/conftest.py): its metrics are taken from the
-    # README's drift table, which tests/drift/test_served.py checks against a drifting scrape.
+    # drift table of docs/metrics-and-traces.md, which tests/drift/test_served.py checks against
+    # a drifting scrape.
     known |= documented_drift_metrics()
     missing = used - known
     assert missing == set()
 
 
 def documented_drift_metrics() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
-    return set(re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", readme, re.M))
+    text = (ROOT / "docs" / "metrics-and-traces.md").read_text()
+    return set(re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", text, re.M))
 
 
 def test_the_dashboards_panels_and_rows_the_runbook_names_exist() -> None:

@@ -83,9 +83,9 @@ def test_every_runbook_query_runs_on_metrics_prometheus_has(stack: Stack) -> Non
 
         series = wait_until(names, timeout=30, interval=1)
         families = set(prometheus.get("/api/v1/metadata").json()["data"])
-    # Span export is counted only while traces are exported (off here): the README's table
-    readme = (ROOT / "README.md").read_text()
-    tracing = set(re.findall(r"^\| `(trace_spans_[a-z_]+)` \| counter \|", readme, re.M))
+    # Span export is counted only while traces are exported (off here): the docs' table
+    text = (ROOT / "docs" / "metrics-and-traces.md").read_text()
+    tracing = set(re.findall(r"^\| `(trace_spans_[a-z_]+)` \| counter \|", text, re.M))
     known = series | recorded_names() | tracing
     queries = runbook_queries({"<version>": version})
     assert len(queries) > 25
