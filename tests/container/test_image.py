@@ -162,9 +162,9 @@ def test_settings_come_from_the_environment(start_container: StartContainer) -> 
 def test_container_runs_with_a_read_only_root_filesystem(
     start_container: StartContainer, model_tag: str
 ) -> None:
-    # Kubernetes' readOnlyRootFilesystem with the writable paths README names: the data volume
-    # and a tmpfs on /tmp (the workers' metrics files). Nothing else may need writing: BentoML's
-    # home directories must already exist in the image.
+    # Kubernetes' readOnlyRootFilesystem with the writable paths docs/deployment.md names: the data
+    # volume and a tmpfs on /tmp (the workers' metrics files). Nothing else may need writing:
+    # BentoML's home directories must already exist in the image.
     container = start_container({"WORKERS": "1"}, run_flags=("--read-only", "--tmpfs", "/tmp"))
     http_id = _assert_predicts(container, model_tag)
     _assert_metrics(container)
