@@ -5,9 +5,9 @@
 
 Without class names every class runs, mixed by weight. Payloads come from the served model's
 contract (``GET /model``), so the scenarios work for any model. Options (``--batch-size``,
-``--user-rps``, ``--drift``, ``--slo-p99-ms``...) are in ``loadtests/common.py`` and the README's
-table: ``locust --help`` prints before loading a locustfile, without them. The Open Inference
-Protocol users are in ``locustfile_v2.py``.
+``--user-rps``, ``--drift``, ``--slo-p99-ms``...) are in ``loadtests/common.py`` and the table
+of docs/benchmarks.md: ``locust --help`` prints before loading a locustfile, without them. The
+Open Inference Protocol users are in ``locustfile_v2.py``.
 """
 
 from __future__ import annotations

@@ -346,7 +346,7 @@ def test_a_refused_grpc_call_is_reported_with_its_status_and_reason(
 def test_the_web_ui_runs_against_the_host_and_options_of_its_form(
     served: ServedService, tmp_path: Path
 ) -> None:
-    # Started without --host, as the README's web UI invites: the form gives the host (every
+    # Started without --host, as docs/benchmarks.md's web UI invites: the form gives the host (every
     # user raised "give the service's URL with --host") and the options, which can change
     # between runs (the drift of the first run was kept).
     web_port = free_port()

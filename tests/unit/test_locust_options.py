@@ -67,9 +67,9 @@ print("ok")
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_the_readme_lists_every_option_of_the_scenarios() -> None:
+def test_the_docs_list_every_option_of_the_scenarios() -> None:
     # locust --help does not show a locustfile's options (it prints before loading it): the
-    # README's table is where a user finds them.
+    # table of docs/benchmarks.md is where a user finds them.
     script = """
 import json
 import locust  # noqa: F401  (first: it monkey-patches what loadtests.common imports)
@@ -92,9 +92,9 @@ print(json.dumps([
     assert result.returncode == 0, result.stderr[-2000:]
     options = json.loads(result.stdout.splitlines()[-1])
     assert len(options) >= 11, options
-    readme = (ROOT / "README.md").read_text()
+    table = (ROOT / "docs" / "benchmarks.md").read_text()
     for option, env_var in options:
-        assert re.search(rf"^\| `{option}`[^|]*\| `{env_var}` \|", readme, re.M), option
+        assert re.search(rf"^\| `{option}`[^|]*\| `{env_var}` \|", table, re.M), option
 
 
 def test_the_batch_limit_is_read_from_the_services_openapi_document() -> None:

@@ -1,4 +1,4 @@
-"""The SLO verdict of a load test run, as the README describes it."""
+"""The SLO verdict of a load test run, as docs/benchmarks.md describes it."""
 
 from __future__ import annotations
 
