@@ -109,3 +109,20 @@ def test_every_relative_link_and_anchor_resolves(path: Path) -> None:
 def test_the_documents_are_found() -> None:
     names = {str(p.relative_to(ROOT)) for p in DOCUMENTS}
     assert {"README.md", "monitoring/RUNBOOK.md", "models/MODEL_CARD.md"} <= names
+
+
+def test_every_doc_is_listed_in_the_readme_and_says_what_it_covers() -> None:
+    # A reference page nobody can find from the front door is lost; each opens with its title
+    # and a paragraph saying what it covers and for whom.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    assert docs
+    for path in docs:
+        name = str(path.relative_to(ROOT))
+        assert f"]({name})" in section, name
+        title, intro = path.read_text().split("\n\n", 2)[:2]
+        assert title.startswith("# "), name
+        assert "\n" not in title, name
+        assert intro.strip(), name
+        assert not intro.startswith(("#", "|", "```", "-")), name
