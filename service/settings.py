@@ -1,6 +1,7 @@
 """All runtime settings, read from environment variables (names are the field names upper-cased).
 
-One typed class, documented field by field; the README's settings table is checked against it.
+One typed class, documented field by field; the settings tables (README's Configuration, and
+docs/prediction-log.md and docs/drift.md for their topics) are checked against it.
 """
 
 from __future__ import annotations
