@@ -252,9 +252,12 @@ class Writer:
                 self._taken_over = True
                 leftover, self._inflight = self._inflight, []
             self._spool(leftover + self._convert(self._queue.take(2**62)))
-        self.spool.close()
+        # Everything has left memory (written, spooled or counted as dropped). Before sealing the
+        # spool, whose fsync may fail or stall into the orchestrator's SIGKILL: a ledger left
+        # behind would have rows already in the spool counted as lost too.
         if self.ledger is not None:
-            self.ledger.close()  # everything is written, spooled or counted as dropped
+            self.ledger.close()
+        self.spool.close()
         self.observer.queue_depth(self._queue.rows)
         summary = self.stats.summary()
         left = len(self.spool.segments())

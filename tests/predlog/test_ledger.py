@@ -6,18 +6,20 @@ process that finds its ledger is a writer in this one.
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from service.predlog import ledger as ledgers
 from service.predlog.ledger import Ledger
-from service.predlog.records import event_rows
+from service.predlog.records import Entry, event_rows
 from service.predlog.spool import Spool
 from service.predlog.store import Store
 from service.predlog.writer import Writer, WriterConfig
@@ -129,3 +131,42 @@ def test_a_ledger_counts_what_was_taken_and_not_settled(tmp_path: Path) -> None:
     assert ledgers.read(ledger.path) == {"predictions": 2, "rejections": 0}
     ledger.close()
     assert not ledger.path.exists()
+
+
+def test_rows_spooled_at_shutdown_are_not_also_counted_as_lost_when_sealing_fails(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The store hangs past the shutdown timeout, so close() spools what is in memory; sealing
+    the spool then fails (an fsync I/O error, or the orchestrator's SIGKILL during a stalled
+    fsync). Those rows are in the spool: the worker's ledger must not outlive it counting them
+    as in memory, or whoever collects it reports them as lost as well."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Hung(Store):
+        def write(self, entries: Sequence[Entry]) -> dict[str, int]:
+            entered.set()
+            release.wait(10)
+            return super().write(entries)
+
+    spool_dir = tmp_path / "spool"
+    config = WriterConfig(**{**FAST.__dict__, "shutdown_timeout": 0.2})
+    spool = Spool(spool_dir, 10**8)
+    writer = Writer(Hung(sqlite_url), spool, config, ledger=Ledger.open(spool_dir))
+    writer.start()
+    writer.publish(prediction_event(2))
+    assert entered.wait(5)
+    writer.publish(rejection_event())  # queued behind the hung batch
+
+    def fsync_fails() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    spool.close = fsync_fails  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            writer.close()
+        assert writer.stats.summary()["spooled"] == 3
+        assert not list(spool_dir.glob("*.ledger"))
+    finally:
+        release.set()
+        writer._thread.join(5)
+        writer.store.close()
