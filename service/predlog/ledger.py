@@ -21,7 +21,6 @@ although it is in the store: the ledger errs towards reporting a loss, never tow
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import mmap
@@ -127,30 +126,59 @@ def collect(
     directory: str | Path, own: Path | None = None
 ) -> Iterator[tuple[Path, dict[str, int]]]:
     """Ledgers left by processes that died without closing their log: each one's path and rows
-    lost by table; the file is deleted once read. Several collectors never count one twice: a
-    ledger is read only under its lock."""
+    lost by table; the file is deleted before it is yielded, so that it is counted once.
+
+    A ledger that cannot be read or deleted (a file system remounted read-only after disk
+    errors) is skipped, and counted at a later call once it can be: counted without being
+    deleted, it would be counted again at every call. Its error is logged once."""
     for path in Path(directory).glob(f"*{SUFFIX}"):
         if path == own:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # collected by another process meanwhile
+            lost = _take(path)
+        except OSError as exc:
+            if path not in _uncollectable:
+                _uncollectable.add(path)
+                log.error(
+                    "cannot collect the prediction log ledger %s (%s): the rows its dead process "
+                    "held will be counted once it can be deleted",
+                    path,
+                    exc,
+                )
+            continue
+        if lost is not None:
+            _uncollectable.discard(path)
+            yield path, lost
+
+
+# Ledgers whose collection failed, already logged: collect() runs every flush interval.
+_uncollectable: set[Path] = set()
+
+
+def _take(path: Path) -> dict[str, int] | None:
+    """The rows lost by the dead process whose ledger is ``path``, deleting it; None if the
+    process is alive or another collector took it first. Several collectors never count one
+    twice: a ledger is read and deleted only under its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # collected by another process meanwhile
+    try:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its process is alive
-            # Collected and deleted by another process between our open and our lock?
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                    continue
-                try:
-                    lost = read(path)
-                except ValueError as exc:  # cut short by a full disk at creation: nothing to say
-                    log.error("ignoring the damaged prediction log ledger %s: %s", path, exc)
-                    lost = dict.fromkeys(TABLES, 0)
-                path.unlink()
-                yield path, lost
-        finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # its process is alive
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return None  # collected and deleted between our open and our lock
+        except FileNotFoundError:
+            return None
+        try:
+            lost = read(path)
+        except ValueError as exc:  # cut short by a full disk at creation: nothing to say
+            log.error("ignoring the damaged prediction log ledger %s: %s", path, exc)
+            lost = dict.fromkeys(TABLES, 0)
+        path.unlink()
+        return lost
+    finally:
+        os.close(fd)

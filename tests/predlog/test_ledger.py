@@ -6,6 +6,7 @@ process that finds its ledger is a writer in this one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import subprocess
@@ -169,4 +170,56 @@ def test_rows_spooled_at_shutdown_are_not_also_counted_as_lost_when_sealing_fail
     finally:
         release.set()
         writer._thread.join(5)
+        writer.store.close()
+
+
+DIES_HOLDING_3_ROWS = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from service.predlog.ledger import Ledger
+    from tests.predlog.helpers import prediction_event
+
+    Ledger(Path(sys.argv[1])).took(prediction_event(3), 3)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@contextlib.contextmanager
+def immutable(directory: Path) -> Iterator[None]:
+    """``directory``'s entries cannot be deleted, by root either, as on a file system remounted
+    read-only after disk errors (ext4's errors=remount-ro)."""
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_a_dead_ledger_that_cannot_be_deleted_is_counted_once_it_can_and_breaks_nothing(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", DIES_HOLDING_3_ROWS, str(spool_dir)], cwd=ROOT)
+    assert dead.returncode == -signal.SIGKILL
+    ledger = Ledger.open(spool_dir)
+    writer = Writer(Store(sqlite_url), Spool(spool_dir, 10**8), FAST, ledger=ledger)
+    try:
+        with immutable(spool_dir):
+            writer.start()
+            writer.publish(prediction_event(2))
+            writer.flush()
+            writer.flush()
+            # Not counted while it cannot be deleted (it would be counted again at every look),
+            # and the writer's turns go on: written, reported.
+            assert writer.stats.drops["worker_died"] == 0
+            assert writer.stats.total("written") == 2
+            assert "writer turn failed" not in caplog.text
+            assert "cannot collect the prediction log ledger" in caplog.text
+        wait_until(lambda: writer.stats.drops["worker_died"] == 3, timeout=10)
+    finally:
+        writer.close()
         writer.store.close()
