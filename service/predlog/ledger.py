@@ -175,7 +175,7 @@ def _take(path: Path) -> dict[str, int] | None:
             return None
         try:
             lost = read(path)
-        except ValueError as exc:  # cut short by a full disk at creation: nothing to say
+        except ValueError as exc:  # damaged (a ledger is renamed into place only once whole)
             log.error("ignoring the damaged prediction log ledger %s: %s", path, exc)
             lost = dict.fromkeys(TABLES, 0)
         path.unlink()
