@@ -37,7 +37,10 @@ RULES: tuple[Rule, ...] = (
     ("request id, context, events", _any("RequestContext", "new_request_id", "service/events")),
     ("batcher (service/batching.py)", _any("service/batching.py")),
     ("read body", _any("read_body")),
-    ("service route, other", _any("service/http.py", "service/inference.py", "service/model")),
+    (
+        "service route, other",
+        _any("service/http.py", "service/asgi.py", "service/inference.py", "service/model"),
+    ),
     ("BentoML CorkDispatcher (adaptive batching)", _any("marshal/dispatcher.py")),
     ("BentoML API glue (IO models, serialization)", _any("_bentoml_impl/", "_bentoml_sdk/")),
     ("BentoML access log middleware", _any("http/access.py")),

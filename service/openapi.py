@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.asgi import JSONResponse
 from service.contract import FeatureContract
-from service.http import JSONResponse
 from service.inference import REQUEST_ID_PATTERN, Predictor
 from service.oip.tensors import DATATYPES
 from service.validation import Reason

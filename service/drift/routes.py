@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from service.asgi import JSONResponse
 from service.drift.monitor import DriftMonitor
-from service.http import JSONResponse
 
 OFF = (
     "drift monitoring is off: set DRIFT_ENABLED=true (it also needs the prediction log, "

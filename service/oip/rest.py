@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from service import tracing
-from service.http import (
+from service.asgi import (
     HTTP_METHODS,
     JSON_CONTENT,
     Header,

@@ -274,7 +274,7 @@ def test_openapi_document_lists_every_route_the_service_serves() -> None:
     # A route added without its entry would be invisible to client generators and /docs.
     from starlette.routing import Route
 
-    from service.http import METHOD_NOT_ALLOWED
+    from service.asgi import METHOD_NOT_ALLOWED
     from service.openapi import openapi_document
     from service.service import http_app
 
@@ -284,7 +284,7 @@ def test_openapi_document_lists_every_route_the_service_serves() -> None:
         for route in http_app.routes
         if isinstance(route, Route) and ":path}" not in route.path and route.path != "/docs.json"
         for method in route.methods or ()
-        # The JSON 405s of other methods (service/http.py) and HEAD are not operations.
+        # The JSON 405s of other methods (service/asgi.py) and HEAD are not operations.
         if route.name != METHOD_NOT_ALLOWED and method != "HEAD"
     }
     documented = {(method, path) for path, item in document["paths"].items() for method in item}

@@ -22,8 +22,8 @@ from loadtests.payloads import (
 )
 from loadtests.slo import Slo, judge
 from models.contract import CONTRACT
+from service.asgi import decode_json
 from service.contract import CategoricalFeature, FeatureContract, IntegerFeature, NumberFeature
-from service.http import decode_json
 from service.settings import Settings
 from service.validation import InstanceValidator, Reason, RequestRejected
 from tests.support import DATA_PATH, example_rows

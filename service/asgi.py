@@ -1,0 +1,237 @@
+"""The ASGI plumbing both HTTP APIs share: ``POST /predict`` (service/http.py) and the Open
+Inference Protocol's v2 REST routes (service/oip/rest.py), so that both refuse a request the same
+way.
+
+Reading the body (413 as soon as it is too large, 415 when compressed, 499 when the client leaves),
+decoding it as JSON, writing an answer straight to the ASGI server, and answering the methods a
+route does not take with a JSON 405. The OpenAPI and drift routes use :class:`JSONResponse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from service.inference import BODY_EXCERPT_BYTES
+from service.validation import (
+    CLIENT_CLOSED,
+    MAX_NAME_ECHO,
+    REQUEST_FIELD,
+    FieldError,
+    Reason,
+    RequestRejected,
+)
+
+# The request headers the prediction endpoints read; names as ASGI gives them (lower case).
+_READ_HEADERS = frozenset(
+    (
+        b"content-length",
+        b"content-encoding",
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"inference-header-content-length",
+    )
+)
+Header = tuple[bytes, bytes]
+JSON_CONTENT: Header = (b"content-type", b"application/json")
+# On every 503 (model queue full, or shutting down): when a client or load balancer may retry.
+RETRY_AFTER: Header = (b"retry-after", b"1")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The few request headers the prediction endpoints use (Starlette's ``Headers`` decodes and
+    scans every header on each lookup: a tenth of a single-instance request, profiled)."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in _READ_HEADERS
+    }
+
+
+async def read_body(
+    receive: Receive, content_length: str | None, limit: int, content_encoding: str | None = None
+) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 415
+    when it is compressed (tritonclient's ``request_compression_algorithm``): read as it came, it
+    was refused as invalid JSON or a wrong header length, not for its encoding.
+
+    A client that closes its connection before the whole body is refused with 499
+    (:class:`ClientClosed`)."""
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        raise RequestRejected.request_level(
+            Reason.INVALID_BODY,
+            f"Content-Encoding {content_encoding[:MAX_NAME_ECHO]!r} is not supported: "
+            "send the body uncompressed",
+            status=415,
+        )
+    # isascii(): isdigit() alone accepts digits such as "²" that int() refuses.
+    declared = content_length is not None and content_length.isascii() and content_length.isdigit()
+    if declared and int(content_length) > limit:
+        raise _too_large(int(content_length), limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _client_closed(size, b"".join(chunks)[:BODY_EXCERPT_BYTES])
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit, b"".join([*chunks, chunk])[:BODY_EXCERPT_BYTES])
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class BodyTooLarge(RequestRejected):
+    """The 413 of :func:`read_body`, with what was seen of the body for the log: the size
+    declared or read so far, and the first bytes read (none when refused on Content-Length)."""
+
+    def __init__(self, errors: list[FieldError], size: int, head: bytes) -> None:
+        super().__init__(errors, status=413)
+        self.size = size
+        self.head = head
+
+
+class ClientClosed(RequestRejected):
+    """The client closed its connection before sending the whole body: recorded as a 499 (nginx's
+    "client closed request"), with the size read and the first bytes, like :class:`BodyTooLarge`.
+
+    Answered too, though nobody reads it (the server drops what is sent on a closed connection):
+    BentoML's timeout middleware waits for an answer, not for the endpoint to return, so an
+    endpoint that raised instead held the request in flight
+    (``bentoml_service_request_in_progress``) until REQUEST_TIMEOUT_SECONDS, and it was neither
+    logged nor counted.
+    """
+
+    def __init__(self, errors: list[FieldError], size: int, head: bytes) -> None:
+        super().__init__(errors, status=CLIENT_CLOSED)
+        self.size = size
+        self.head = head
+
+
+def _client_closed(size: int, head: bytes) -> ClientClosed:
+    message = f"the client closed the connection after {size} bytes of the body"
+    error = FieldError(None, REQUEST_FIELD, Reason.CANCELLED, message, REQUEST_FIELD)
+    return ClientClosed([error], size, head)
+
+
+def _too_large(size: int, limit: int, head: bytes = b"") -> BodyTooLarge:
+    message = (
+        f"the body has {'at least ' if size > limit else ''}{size} bytes; at most {limit} are "
+        "accepted: send fewer instances per request"
+    )
+    error = FieldError(None, REQUEST_FIELD, Reason.BODY_TOO_LARGE, message, REQUEST_FIELD)
+    return BodyTooLarge([error], size, head)
+
+
+def seen_body(exc: RequestRejected, body: bytes) -> tuple[bytes, int | None]:
+    """The body and size to record for a refusal: the read body, or what :func:`read_body`
+    saw of one it refused (``body`` is still empty then)."""
+    if isinstance(exc, BodyTooLarge | ClientClosed):
+        return exc.head, exc.size
+    return body, None
+
+
+def decode_json(body: bytes, expected: str = '{"instances": [...]}') -> object:
+    """The decoded body; ``expected`` is what an empty body is told to send."""
+    if not body.strip():
+        raise RequestRejected.request_level(
+            Reason.INVALID_JSON, f"the body is empty; send {expected}"
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestRejected.request_level(
+            Reason.INVALID_JSON, f"the body is not valid JSON: {exc}"
+        ) from exc
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str | None,
+    headers: Sequence[Header] = (JSON_CONTENT,),
+) -> None:
+    """An answer written straight to the ASGI server, with ``X-Request-ID`` when known, and
+    ``Retry-After`` on a 503."""
+    raw = [*headers, (b"content-length", b"%d" % len(body))]
+    if status == 503:
+        raw.append(RETRY_AFTER)
+    if request_id is not None:
+        raw.append((b"x-request-id", request_id.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+# The methods a route that does not take them answers with a JSON 405 (see refuse_other_methods).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The name of those 405 routes: they are no operation of the API.
+METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
+def method_not_allowed_body(message: str) -> dict[str, Any]:
+    """The 405 body of ``/predict`` and ``/model`` (the v2 routes give their own): ``error`` holds
+    a code, as in other errors."""
+    return {"error": "method_not_allowed", "message": message}
+
+
+def refuse_other_methods(
+    routes: Sequence[BaseRoute],
+    body_of: Callable[[str], dict[str, Any]] = method_not_allowed_body,
+) -> list[BaseRoute]:
+    """``routes``, each path followed by a route answering the methods none of them takes with a
+    JSON 405 naming the ones it does (``body_of`` the message) and ``Allow``.
+
+    Starlette answers those with a plain-text "Method Not Allowed", which a client that parses
+    every answer as JSON (tritonclient among them) reports as a decoding error rather than as
+    the mistake it made. Placed right after the path's last route: a later catch-all route
+    (``/v2/{path}``) would otherwise take them as unknown paths.
+    """
+    taken: dict[str, set[str]] = {}
+    last: dict[str, int] = {}
+    for index, route in enumerate(routes):
+        if isinstance(route, Route) and route.methods:
+            taken.setdefault(route.path, set()).update(route.methods)
+            last[route.path] = index
+    refusals = {
+        last[path]: _method_not_allowed(path, methods, body_of)
+        for path, methods in taken.items()
+        if HTTP_METHODS - methods
+    }
+    result: list[BaseRoute] = []
+    for index, route in enumerate(routes):
+        result.append(route)
+        if index in refusals:
+            result.append(refusals[index])
+    return result
+
+
+def _method_not_allowed(
+    path: str, methods: set[str], body_of: Callable[[str], dict[str, Any]]
+) -> Route:
+    allowed = ", ".join(sorted(methods))
+
+    async def refuse(request: Request) -> Response:
+        message = f"{request.method} {request.url.path}: this route takes {allowed}"
+        return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
+
+    return Route(path, refuse, methods=sorted(HTTP_METHODS - methods), name=METHOD_NOT_ALLOWED)
