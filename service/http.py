@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # The endpoint label of /predict's requests (metrics, logs).
 PREDICT_ENDPOINT = "/predict"
-_HTTP_SPAN = {"http.request.method": "POST", "http.route": PREDICT_ENDPOINT}
+_PREDICT_SPAN_ATTRIBUTES = {"http.request.method": "POST", "http.route": PREDICT_ENDPOINT}
 
 
 def error_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
@@ -79,7 +79,7 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
-        with tracing.server_span("POST /predict", headers, _HTTP_SPAN) as span:
+        with tracing.server_span("POST /predict", headers, _PREDICT_SPAN_ATTRIBUTES) as span:
             status, body, request_id = await self._predict(headers, receive)
             tracing.end_status(span, status)
         await send_response(send, status, body, request_id)

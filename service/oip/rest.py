@@ -49,7 +49,7 @@ from service.validation import MAX_NAME_ECHO, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)
-_INFER_SPAN = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
+_INFER_SPAN_ATTRIBUTES = {"http.request.method": "POST", "http.route": "/v2/models/{name}/infer"}
 
 
 def infer_endpoint(model_name: str) -> str:
@@ -276,7 +276,9 @@ class InferEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         params = scope["path_params"]
-        with tracing.server_span("POST /v2/models/{name}/infer", headers, _INFER_SPAN) as span:
+        with tracing.server_span(
+            "POST /v2/models/{name}/infer", headers, _INFER_SPAN_ATTRIBUTES
+        ) as span:
             status, body, request_id, extra = await self._infer(params, headers, receive)
             tracing.end_status(span, status)
         await send_response(send, status, body, request_id, extra)

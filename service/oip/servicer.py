@@ -40,10 +40,14 @@ STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 _MAX_EXTRA_TENSORS = 100
 # Trailers share an 8 KiB default limit with the other headers: list violations up to this size.
 _MAX_DETAILS_BYTES = 4096
-_INFER_SPAN = f"{SERVICE_NAME}/ModelInfer"
+_INFER_SPAN_NAME = f"{SERVICE_NAME}/ModelInfer"
 # The endpoint label of ModelInfer calls (metrics, logs).
 INFER_RPC = "ModelInfer"
-_GRPC_SPAN = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": INFER_RPC}
+_INFER_SPAN_ATTRIBUTES = {
+    "rpc.system": "grpc",
+    "rpc.service": SERVICE_NAME,
+    "rpc.method": INFER_RPC,
+}
 # Codes that report the caller's mistake or choice: the span of such a call is not marked failed
 # (OpenTelemetry's gRPC conventions; a passed deadline, DEADLINE_EXCEEDED, is the server's).
 _CALLER_ERRORS = frozenset(
@@ -294,7 +298,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = context.invocation_metadata() or ()
         carrier = {m.key: m.value for m in metadata if isinstance(m.value, str)}
         with tracing.server_span(
-            _INFER_SPAN, carrier, _GRPC_SPAN, status_on_exception=False
+            _INFER_SPAN_NAME, carrier, _INFER_SPAN_ATTRIBUTES, status_on_exception=False
         ) as span:
             error: BaseException | None = None
             try:
