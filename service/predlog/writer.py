@@ -2,7 +2,8 @@
 
 Request path: :meth:`Writer.publish` appends the event to an in-memory queue bounded in rows and
 returns. Only when the queue is full does the request thread itself convert the event and append
-it to the spool (a buffered local write), so nothing is lost and nothing waits on the store.
+it to the spool (one ``write()`` to a local file, fsynced by the writer thread later), so nothing is
+lost and nothing waits on the store.
 
 Writer thread, once per flush interval or as soon as a batch's worth of rows is queued:
 
@@ -15,11 +16,13 @@ Writer thread, once per flush interval or as soon as a batch's worth of rows is 
    PostgreSQL search path does not exist, and how to fix it), not once per retry;
 3. while the store is up, replay spooled segments (its own and those of any process sharing the
    spool directory) a batch per turn, interleaved with live batches;
-4. fsync the spool and report the gauges (queue depth, spool size, oldest unwritten record age).
+4. fsync the spool; then the housekeeping: probe a store idle for ``idle_probe_seconds``, count
+   the rows of processes that died holding them in memory (:func:`ledger.collect`), and report
+   the gauges (queue depth, spool size, oldest unwritten record age).
 
-Looking for segments to replay and reporting the gauges read the spool directory. Under load the
-thread turns whenever a batch fills (tens of times a second per worker); such turns do those two
-at most once per flush interval. Turns started by the timer, ``flush()`` or ``close()`` always do.
+Looking for segments to replay and the housekeeping read the spool directory. Under load the
+thread turns whenever a batch fills (tens of times a second per worker); such turns do them at
+most once per flush interval. Turns started by the timer, ``flush()`` or ``close()`` always do.
 A turn stuck in a store that hangs reports nothing: a watch thread then reports the queue depth
 and the backlog age instead, every ``WATCH_SECONDS`` or flush interval, whichever is longer
 (:meth:`Writer._watch`).
@@ -165,7 +168,7 @@ class Writer:
         self._queue = _EventQueue(config.queue_rows, config.batch_rows)
         self._up = False
         self._retry_at = 0.0  # monotonic time of the next reconnection attempt
-        self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and report
+        self._housekeeping_at = 0.0  # monotonic time of the next replay look-up and housekeeping
         self._answered_at = 0.0  # monotonic time the store last took a write or a probe
         self._backoff = config.retry_initial
         self._outage_reasons: set[str] = set()  # why the store is down, as logged this outage
@@ -275,9 +278,9 @@ class Writer:
             timeout = 0.0 if self._replay is not None else self.config.flush_interval
             woken = self._queue.wait(timeout)
             closing = self._closing.is_set()
-            # The housekeeping (replay look-up, report, spool scan) once per flush interval, or
-            # when asked (flush, close). Not after a replay's poll (timeout 0), which comes back
-            # at once: a long replay would scan the spool after each of its batches.
+            # The housekeeping (see the module's docstring) and the replay look-up once per flush
+            # interval, or when asked (flush, close). Not after a replay's poll (timeout 0), which
+            # comes back at once: a long replay would scan the spool after each of its batches.
             housekeeping = (
                 woken == "wake"
                 or (woken == "timeout" and timeout > 0)
