@@ -6,6 +6,8 @@ Modules, in the order data flows through them:
 - ``records``: events to table rows, rows to spool lines and back;
 - ``writer``: the bounded queue and the background thread committing batches, with retry;
 - ``spool``: the local append-only spool for what the store cannot take, replayed later;
+- ``ledger``: each worker's count of the rows it holds in memory, in a file that outlives it, so
+  that the rows of a worker killed outright are counted as dropped (``worker_died``);
 - ``store`` and ``schema``: the SQL tables (SQLite or PostgreSQL) and how they are written;
 - ``retention``: the periodic prune;
 - ``observer``: the counters and gauges the log reports (for metrics);
