@@ -28,6 +28,7 @@ import numpy as np
 from service.contract import FeatureKind
 from service.events import Prediction
 from service.validation import (
+    MAX_NAME_ECHO,
     UNKNOWN_FIELD,
     FieldError,
     Instance,
@@ -46,6 +47,7 @@ BATCH: Final = -1  # a dimension of variable size, in tensor metadata
 # Little-endian element layout of the fixed-size datatypes this service reads or writes.
 _FIXED_DTYPES: Final[dict[str, str]] = {"INT64": "<i8", "FP64": "<f8"}
 _LENGTH = struct.Struct("<I")  # prefix of each BYTES element in raw contents
+# Longest echo of a refused value (a datatype, a shape, bytes) in a message.
 _MAX_ECHO = 64
 
 
@@ -88,7 +90,7 @@ def input_error(name: str, message: str, known: Collection[str]) -> RequestRejec
     UNKNOWN_FIELD in metrics."""
     metric = name if name in known else UNKNOWN_FIELD
     return RequestRejected(
-        [FieldError(None, name[:_MAX_ECHO], Reason.INVALID_TENSOR, message, metric)]
+        [FieldError(None, name[:MAX_NAME_ECHO], Reason.INVALID_TENSOR, message, metric)]
     )
 
 
@@ -259,7 +261,7 @@ class TensorCodec:
         return wanted or self._output_names
 
     def _output_error(self, name: str, message: str) -> FieldError:
-        shown = str(name)[:_MAX_ECHO]
+        shown = str(name)[:MAX_NAME_ECHO]
         return FieldError(None, shown, Reason.UNKNOWN_FIELD, message, UNKNOWN_FIELD)
 
     def encode(self, predictions: Sequence[Prediction], names: Sequence[str]) -> list[Tensor]:
