@@ -158,8 +158,9 @@ class Writer:
         self.store = store
         self.spool = spool
         self.config = config
-        # Counts what this process holds in memory, and collects dead processes' counts (see
-        # ledger.py); None in a process that serves nothing (the replay command).
+        # Counts what this process holds in memory (see ledger.py); None when it could not be
+        # created, or in a process that serves nothing (the replay command). Dead processes'
+        # ledgers are collected either way.
         self.ledger = ledger
         self.stats = CountingObserver()
         self.observer: LogObserver = (
@@ -333,8 +334,7 @@ class Writer:
         if housekeeping:
             if self._up and not closing and self._idle_for() >= self.config.idle_probe_seconds:
                 self._probe()
-            if self.ledger is not None:
-                self._count_dead_workers_losses()
+            self._count_dead_workers_losses()
             self._report()
             self._housekeeping_at = time.monotonic() + self.config.flush_interval
 
@@ -350,8 +350,8 @@ class Writer:
         self._answered_at = time.monotonic()
 
     def _count_dead_workers_losses(self) -> None:
-        assert self.ledger is not None
-        for path, lost in ledgers.collect(self.spool.directory, own=self.ledger.path):
+        own = self.ledger.path if self.ledger is not None else None
+        for path, lost in ledgers.collect(self.spool.directory, own=own):
             for table, rows in lost.items():
                 if rows:
                     self.observer.dropped(table, rows, "worker_died")

@@ -223,3 +223,19 @@ def test_a_dead_ledger_that_cannot_be_deleted_is_counted_once_it_can_and_breaks_
     finally:
         writer.close()
         writer.store.close()
+
+
+def test_a_worker_without_a_ledger_of_its_own_still_counts_a_dead_ones(
+    killed: Path, sqlite_url: str
+) -> None:
+    """A worker whose own ledger could not be created (``Ledger.open`` gives None: the disk was
+    full when it started, say after the crash that killed its predecessor) still collects the
+    dead worker's: a single-worker service would otherwise never report that loss."""
+    writer = Writer(Store(sqlite_url), Spool(killed, 10**8), FAST, ledger=None)
+    writer.start()
+    try:
+        wait_until(lambda: writer.stats.drops["worker_died"] == 4, timeout=10)
+    finally:
+        writer.close()
+        writer.store.close()
+    assert not list(killed.glob("*.ledger"))
