@@ -105,9 +105,12 @@ class Ledger:
             _COUNTER.pack_into(self._map, index * _COUNTER.size, self._counts[index])
 
     def close(self) -> None:
-        """The log closed: everything is written or spooled (and counted); delete the file."""
-        self.path.unlink(missing_ok=True)
+        """The log closed: everything is written or spooled (and counted); delete the file.
+        Idempotent: a second call must not close a descriptor number reused since."""
         with self._lock:
+            if self._closed:
+                return
+            self.path.unlink(missing_ok=True)
             self._closed = True
             self._map.close()
             os.close(self._fd)

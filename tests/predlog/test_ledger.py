@@ -132,6 +132,10 @@ def test_a_ledger_counts_what_was_taken_and_not_settled(tmp_path: Path) -> None:
     assert ledgers.read(ledger.path) == {"predictions": 2, "rejections": 0}
     ledger.close()
     assert not ledger.path.exists()
+    # A second close must not close whatever now has the ledger's descriptor number.
+    with open(tmp_path / "other", "wb") as other:
+        ledger.close()
+        other.write(b"still open")
 
 
 def test_rows_spooled_at_shutdown_are_not_also_counted_as_lost_when_sealing_fails(
