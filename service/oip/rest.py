@@ -44,7 +44,7 @@ from service.oip.protocol import (
     InferResult,
     MalformedInferRequest,
 )
-from service.oip.tensors import Tensor, encode_raw, input_error
+from service.oip.tensors import Tensor, check_tensor_counts, encode_raw, input_error
 from service.validation import MAX_NAME_ECHO, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -131,9 +131,11 @@ def parse_rest_infer(
     model_name: str,
     model_version: str,
     known: Collection[str] = (),
+    model_tensors: tuple[int, int, str] | None = None,
 ) -> InferRequest:
     """An :class:`InferRequest` from a v2 JSON body, with binary tensor data if announced;
-    ``known`` are the input names that may label metrics."""
+    ``known`` are the input names that may label metrics; ``model_tensors``, how many inputs and
+    outputs the model has and what lists them (see :func:`check_tensor_counts`)."""
     binary = b""
     if header_length is not None:
         # isdigit() alone accepts digits such as "²" that int() refuses.
@@ -147,7 +149,9 @@ def parse_rest_infer(
     if not isinstance(request_id, str):
         raise _invalid('"id" must be a string')
     try:
-        return _parse_payload(payload, binary, model_name, model_version, request_id, known)
+        return _parse_payload(
+            payload, binary, model_name, model_version, request_id, known, model_tensors
+        )
     except RequestRejected as exc:
         raise MalformedInferRequest(exc, request_id) from exc
 
@@ -159,10 +163,16 @@ def _parse_payload(
     model_version: str,
     request_id: str,
     known: Collection[str],
+    model_tensors: tuple[int, int, str] | None,
 ) -> InferRequest:
     inputs = payload.get("inputs")
     if not isinstance(inputs, list):
         raise _invalid('"inputs" must be an array of input tensors')
+    if model_tensors is not None:
+        outputs = payload.get("outputs")
+        check_tensor_counts(
+            len(inputs), len(outputs) if isinstance(outputs, list) else 0, *model_tensors
+        )
     tensors: list[Tensor] = []
     offset = 0
     for index, value in enumerate(inputs):
@@ -306,11 +316,13 @@ class InferEndpoint:
             protocol.predictor.reject(ctx, ctx.cancellation())
             raise
         header_length = headers.get(HEADER_LENGTH.lower())
+        codec = protocol.codec
+        counts = (len(codec.inputs), len(codec.outputs), f"GET /v2/models/{protocol.model_name}")
         try:
             result = await protocol.infer(
                 ctx,
                 lambda: parse_rest_infer(
-                    body, header_length, name, version, protocol.codec.input_names
+                    body, header_length, name, version, codec.input_names, counts
                 ),
                 lambda: body,
             )

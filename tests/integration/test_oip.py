@@ -613,6 +613,30 @@ def test_v2_rest_refusals_name_the_field(served: ServedService, case: str) -> No
     assert answer["request_id"] == response.headers["x-request-id"]
 
 
+@pytest.mark.parametrize("kind", ["inputs", "requested outputs"])
+def test_v2_rest_a_flood_of_tensors_is_refused_whole(served: ServedService, kind: str) -> None:
+    """300,000 outputs (or 60,000 inputs) fit in a 4 MB body; read and reported one by one, they
+    held the worker's event loop, and every other request of the worker, for about 1 s."""
+    body = rest_body(example_rows(1))
+    if kind == "inputs":
+        body["inputs"] += [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}] * 60_000
+        count, model_count = len(body["inputs"]), len(CONTRACT.features)
+    else:
+        body["outputs"] = [{"name": "x"}] * 300_000
+        count, model_count = 300_000, 2
+    content = json.dumps(body, separators=(",", ":")).encode()
+    assert len(content) < 4 << 20  # MAX_BODY_BYTES: the service reads it
+    response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", content=content, timeout=30)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["error_count"] == 1
+    assert answer["errors"][0]["reason"] == "invalid_tensor"
+    assert answer["error"] == (
+        f"request: the request has {count} {kind}; the model has {model_count} "
+        f"(GET /v2/models/{MODEL} lists them)"
+    )
+
+
 def test_v2_rest_header_length_of_non_ascii_digits_is_refused(served: ServedService) -> None:
     # "²" passes str.isdigit() but not int(): the request hung 30 s and ended in a bare 500.
     response = httpx.post(
