@@ -230,6 +230,11 @@ class TensorCodec:
                 f"got {_echo(tensor.datatype)}",
             )
         count = _batch_of(tensor.shape)
+        if count > self._validator.max_instances:
+            # Refused before its contents are read: the 1,300,000 one-byte BYTES elements that fit
+            # in a 4 MB message, each judged (and refused) on its own, held the worker's event
+            # loop, every other request of the worker, for 6 s.
+            self._validator.check_batch_size(count)
         if isinstance(tensor.data, bytes | bytearray | memoryview):
             values = decode_raw(expected, bytes(tensor.data), count)
         else:

@@ -458,6 +458,42 @@ def test_a_flood_of_tensors_is_refused_whole(channel: grpc.Channel, kind: str) -
     )
 
 
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_a_tensor_beyond_the_batch_limit_is_refused_unread(
+    served: ServedService, channel: grpc.Channel, transport: str
+) -> None:
+    """1,300,000 one-byte BYTES elements (800,000 in raw bytes), none of them UTF-8, fit in 4 MB;
+    each was decoded and refused on its own, which held the worker's event loop, and every other
+    request of the worker, for 6 s."""
+    if transport == "grpc":
+        count = 1_300_000
+        request = service_pb2.ModelInferRequest(model_name=MODEL)
+        tensor = request.inputs.add(name=CATEGORICAL, datatype="BYTES", shape=[count])
+        tensor.contents.bytes_contents.extend([b"\xff"] * count)
+        assert request.ByteSize() < 4 << 20  # MAX_BODY_BYTES: the service reads it
+        with pytest.raises(grpc.RpcError) as info:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        message = info.value.details()
+    else:
+        count = 800_000
+        raw = b"\x01\x00\x00\x00\xff" * count
+        spec = {"name": CATEGORICAL, "datatype": "BYTES", "shape": [count]}
+        header = json.dumps(
+            {"inputs": [{**spec, "parameters": {"binary_data_size": len(raw)}}]}
+        ).encode()
+        response = httpx.post(
+            f"{served.url}/v2/models/{MODEL}/infer",
+            content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=30,
+        )
+        assert response.status_code == 413, response.text
+        assert response.json()["errors"][0]["reason"] == "batch_too_large"
+        message = response.json()["error"]
+    assert message.startswith(f"request: the batch has {count} instances; at most ")
+
+
 def test_another_datatype_is_refused_naming_the_right_one(channel: grpc.Channel) -> None:
     """Not "INT32 elements go in int_contents only", which sent the client the wrong way."""
     request = service_pb2.ModelInferRequest(model_name=MODEL)
