@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 
-from service import bentoml_metrics, prometheus_dir, tracing
+from service import bentoml_metrics, header_limit, prometheus_dir, tracing
 from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
@@ -60,6 +60,8 @@ except tracing.UnsupportedTracingSetting as exc:
     raise SystemExit(f"invalid settings (environment variables):\n  {exc}") from None
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()
+# Before uvicorn reads the first request: a bound on the size of request heads.
+header_limit.install()
 
 
 def _current_predictor() -> Predictor:

@@ -5,6 +5,7 @@ flight (BentoML's `bentoml_service_request_in_progress`) longer than it lasts.""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import sqlite3
 import time
@@ -98,3 +99,34 @@ def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
 
     wait_until(counted, timeout=5)
     wait_until(lambda: in_progress(served, path) == 0, timeout=5)
+
+
+def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
+    service: tuple[ServedService, Path],
+) -> None:
+    """A header of 200 MB was read whole: the worker held it and spent 57 s of CPU joining its
+    pieces, serving nothing else meanwhile. A head of a legitimate size is still served."""
+    served, _ = service
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        padding = b"a" * 16_000
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: " + padding + b"\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    sent = 0
+    answer = b""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+        try:
+            # Until the worker answers (it refuses, then closes the connection), or 64 MB.
+            while sent < 64 << 20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"a" * 16384)
+                sent += 16384
+            if sent >= 64 << 20:
+                sock.sendall(b"\r\n\r\n")
+            answer = sock.recv(65536)
+        except ConnectionError:
+            pass  # closed with bytes of ours unread: a reset, which may lose the answer
+    # Cut off long before: what was sent beyond the limit is what the sockets' buffers held.
+    assert sent < 16 << 20, f"the worker read {sent} bytes of headers, answered {answer[:40]!r}"
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+        assert b"exceed 65536 bytes" in answer
