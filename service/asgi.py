@@ -182,8 +182,6 @@ async def send_response(
     await send({"type": "http.response.body", "body": body})
 
 
-# The methods a route that does not take them answers with a JSON 405 (see refuse_other_methods).
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # The name of those 405 routes: they are no operation of the API.
 METHOD_NOT_ALLOWED = "method_not_allowed"
 
@@ -208,14 +206,17 @@ def refuse_other_methods(
     """
     taken: dict[str, set[str]] = {}
     last: dict[str, int] = {}
+    refused: set[str] = set()  # paths with a route of any method already: refused their own way
     for index, route in enumerate(routes):
         if isinstance(route, Route) and route.methods:
             taken.setdefault(route.path, set()).update(route.methods)
             last[route.path] = index
+        elif isinstance(route, Route):
+            refused.add(route.path)
     refusals = {
         last[path]: _method_not_allowed(path, methods, body_of)
         for path, methods in taken.items()
-        if HTTP_METHODS - methods
+        if path not in refused
     }
     result: list[BaseRoute] = []
     for index, route in enumerate(routes):
@@ -234,4 +235,14 @@ def _method_not_allowed(
         message = f"{request.method} {request.url.path}: this route takes {allowed}"
         return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
 
-    return Route(path, refuse, methods=sorted(HTTP_METHODS - methods), name=METHOD_NOT_ALLOWED)
+    return any_method(Route(path, refuse, name=METHOD_NOT_ALLOWED))
+
+
+def any_method(route: Route) -> Route:
+    """``route``, matching every method, TRACE, CONNECT and WebDAV's too: a method no route of
+    the path takes got Starlette's plain-text 405 otherwise. Routes
+    before it on the same path still take their own methods (Starlette's router answers with
+    the first route that matches both path and method)."""
+    # Starlette gives a function endpoint ["GET"] when methods is None; None matches any.
+    route.methods = None
+    return route

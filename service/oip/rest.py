@@ -24,10 +24,10 @@ from starlette.types import Receive, Scope, Send
 
 from service import tracing
 from service.asgi import (
-    HTTP_METHODS,
     JSON_CONTENT,
     Header,
     JSONResponse,
+    any_method,
     decode_json,
     read_body,
     refuse_other_methods,
@@ -399,7 +399,7 @@ def v2_routes(
             lambda message: {"error": message},
         ),
         # Last: any other path under /v2 (the routes above, and their 405s, match first).
-        Route("/v2/{path:path}", unknown_route, methods=sorted(HTTP_METHODS)),
+        any_method(Route("/v2/{path:path}", unknown_route)),
     ]
 
 

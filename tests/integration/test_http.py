@@ -318,6 +318,9 @@ def test_openapi_document_lists_every_route_the_service_serves() -> None:
         ("PUT", "/predict", "POST"),
         ("POST", "/model", "GET, HEAD"),
         ("DELETE", "/drift", "GET, HEAD"),
+        # methods beyond the common ones were Starlette's plain text still
+        ("TRACE", "/predict", "POST"),
+        ("PROPFIND", "/model", "GET, HEAD"),
     ],
 )
 def test_a_method_a_route_does_not_take_is_refused_in_json(

@@ -559,14 +559,18 @@ def test_v2_rest_unknown_routes_and_methods_are_refused_in_json(
         http_client.get_model_config(MODEL)
     assert info.value.status() == "404"
     assert info.value.message().startswith(f"GET /v2/models/{MODEL}/config: no such route")
-    response = httpx.get(f"{served.url}/v2/repository/index")
-    assert response.status_code == 404
-    assert "no such route" in response.json()["error"]
+    for method in ("GET", "TRACE"):
+        response = httpx.request(method, f"{served.url}/v2/repository/index")
+        assert response.status_code == 404, method
+        assert "no such route" in response.json()["error"]
     for method, path, allowed in [
         ("GET", f"/v2/models/{MODEL}/infer", "POST"),
         ("PUT", f"/v2/models/{MODEL}/versions/1/infer", "POST"),
         ("POST", f"/v2/models/{MODEL}", "GET, HEAD"),
         ("DELETE", "/v2/health/ready", "GET, HEAD"),
+        # methods beyond the common ones were Starlette's plain text still
+        ("TRACE", f"/v2/models/{MODEL}/infer", "POST"),
+        ("PROPFIND", "/v2", "GET, HEAD"),
     ]:
         response = httpx.request(method, f"{served.url}{path}")
         assert response.status_code == 405, (method, path)
