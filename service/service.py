@@ -60,8 +60,8 @@ except tracing.UnsupportedTracingSetting as exc:
     raise SystemExit(f"invalid settings (environment variables):\n  {exc}") from None
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()
-# Before uvicorn reads the first request: a bound on the size of request heads.
-header_limit.install()
+# Before uvicorn reads the first request: bounds on the size of request heads, and their time.
+header_limit.install(settings.request_timeout_seconds)
 
 
 def _current_predictor() -> Predictor:

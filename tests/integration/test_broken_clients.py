@@ -130,3 +130,22 @@ def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
     if answer:
         assert answer.startswith(b"HTTP/1.1 431 "), answer
         assert b"exceed 65536 bytes" in answer
+
+
+def test_a_request_head_slower_than_the_request_timeout_is_refused_and_an_idle_connection_closed(
+    service: tuple[ServedService, Path],
+) -> None:
+    """A connection that sent nothing, or part of a head, was held open for good: a client could
+    hold as many as the workers have file descriptors."""
+    served, _ = service
+    started = time.monotonic()
+    with (
+        socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10) as idle,
+        socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10) as slow,
+    ):
+        slow.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: aaa")
+        answer = slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"did not arrive within 6 s" in answer
+        assert idle.recv(65536) == b""  # closed
+    assert time.monotonic() - started < TIMEOUT_SECONDS + 3
