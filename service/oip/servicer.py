@@ -9,7 +9,8 @@ Go and Java clients' ``status.FromError``/``StatusProto.fromThrowable``, decode)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -341,19 +342,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """``add_GRPCInferenceServiceServicer_to_server``, except that ModelInfer gets the message's
-    bytes: grpc's own decoding of an invalid message (a string field that is not UTF-8) fails
-    before any handler runs, answering UNKNOWN uncounted and unlogged, not INVALID_ARGUMENT."""
+    """``add_GRPCInferenceServiceServicer_to_server``, except that every method gets the message's
+    bytes: grpc's own decoding of an invalid message (a string field that is not UTF-8, bytes that
+    are no protobuf) fails before any handler runs, answering UNKNOWN ("Unexpected <class
+    'google.protobuf.message.DecodeError'>"), counted as a server error, not INVALID_ARGUMENT.
+    ModelInfer decodes its own (to answer and log under the client's request id); the others are
+    decoded by :func:`_decoding`."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=(
-                None if method.name == INFER_RPC else getattr(pb, method.input_type.name).FromString
-            ),
+            getattr(servicer, method.name)
+            if method.name == INFER_RPC
+            else _decoding(getattr(servicer, method.name), getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
         for method in service.methods
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _decoding(
+    handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], message_type: Any
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """``handler``, taking the message's bytes: an invalid message is INVALID_ARGUMENT."""
+
+    async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = message_type.FromString(data)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the message is not a valid {message_type.DESCRIPTOR.name} ({exc}); its string "
+                "fields must be UTF-8",
+            )
+        return await handler(request, context)
+
+    return call

@@ -223,6 +223,26 @@ def test_a_message_with_a_non_utf8_string_is_invalid_argument(
         assert dict(info.value.trailing_metadata())["x-request-id"] == "bad-utf8"
 
 
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [("ModelMetadata", "ModelMetadataRequest"), ("ModelReady", "ModelReadyRequest")],
+)
+def test_an_invalid_message_to_another_method_is_invalid_argument(
+    channel: grpc.Channel, method: str, message: str
+) -> None:
+    # It was UNKNOWN, "Unexpected <class 'google.protobuf.message.DecodeError'>": a server error.
+    call = channel.unary_unary(
+        f"/{INFERENCE_SERVICE}/{method}",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    for invalid in (b"\x0a\x03\xff\xfe\xfd", b"\xff\xff\xff\xff\x0f"):  # not UTF-8; no protobuf
+        with pytest.raises(grpc.RpcError) as info:
+            call(invalid, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith(f"the message is not a valid {message} (")
+
+
 # -- metadata, health, reflection ----------------------------------------------------------------
 
 
