@@ -186,6 +186,16 @@ async def send_response(
 METHOD_NOT_ALLOWED = "method_not_allowed"
 
 
+# How much of a request's path an error message echoes (a path may be as long as the head).
+_MAX_PATH_ECHO = 200
+
+
+def shown_path(request: Request) -> str:
+    """The request's path, shortened for an error message."""
+    path = request.url.path
+    return path if len(path) <= _MAX_PATH_ECHO else path[: _MAX_PATH_ECHO - 3] + "..."
+
+
 def method_not_allowed_body(message: str) -> dict[str, Any]:
     """The 405 body of ``/predict`` and ``/model`` (the v2 routes give their own): ``error`` holds
     a code, as in other errors."""
@@ -232,7 +242,7 @@ def _method_not_allowed(
     allowed = ", ".join(sorted(methods))
 
     async def refuse(request: Request) -> Response:
-        message = f"{request.method} {request.url.path}: this route takes {allowed}"
+        message = f"{request.method} {shown_path(request)}: this route takes {allowed}"
         return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
 
     return any_method(Route(path, refuse, name=METHOD_NOT_ALLOWED))

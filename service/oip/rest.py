@@ -34,6 +34,7 @@ from service.asgi import (
     request_headers,
     seen_body,
     send_response,
+    shown_path,
 )
 from service.inference import RequestContext
 from service.oip.protocol import (
@@ -374,7 +375,7 @@ def v2_routes(
         # "Not Found" reached tritonclient's users as "an exception occurred in the client while
         # decoding the response"), e.g. for the model configuration or statistics extensions.
         message = (
-            f"{request.method} {request.url.path}: no such route; this server serves the Open "
+            f"{request.method} {shown_path(request)}: no such route; this server serves the Open "
             f"Inference Protocol's health, metadata and infer routes for model "
             f"{get_protocol().model_name!r}"
         )

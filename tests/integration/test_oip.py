@@ -598,6 +598,17 @@ def test_v2_rest_unknown_routes_and_methods_are_refused_in_json(
         assert response.json() == {"error": f"{method} {path}: this route takes {allowed}"}
 
 
+def test_v2_rest_refusals_echo_a_long_path_shortened(served: ServedService) -> None:
+    # The whole path was echoed: as long as the request's head allows.
+    long = "x" * 20_000
+    for method, path in [("GET", f"/v2/{long}"), ("PUT", f"/v2/models/{long}/infer")]:
+        response = httpx.request(method, f"{served.url}{path}")
+        assert response.status_code in (404, 405)
+        message = response.json()["error"]
+        assert message.startswith(f"{method} {path[:197]}...: "), message[:300]
+        assert len(message) < 500
+
+
 def rest_with(rows: list[dict[str, Any]], name: str, **changes: Any) -> dict[str, Any]:
     body = rest_body(rows)
     body["inputs"] = [{**t, **changes} if t["name"] == name else t for t in body["inputs"]]
