@@ -363,10 +363,8 @@ class InstanceValidator:
             return
         # Fast path: the exact key set needs no membership test per feature.
         complete = instance.keys() == self._names
-        present = 0
         for name, check in self._checks:
             if complete or name in instance:
-                present += 1
                 problem = check(instance[name])
                 if problem is not None:
                     errors.append(FieldError(index, name, problem[0], problem[1], name))
@@ -375,6 +373,8 @@ class InstanceValidator:
                     FieldError(index, name, Reason.MISSING, "required field is missing", name)
                 )
         if not complete:
+            # Counted here, off the valid instances' path: the features present, then the rest.
+            present = sum(1 for name in self._names if name in instance)
             self._unknown_field_errors(index, instance, len(instance) - present, errors)
 
     def _unknown_field_errors(
