@@ -19,8 +19,7 @@ import tritonclient.grpc as triton_grpc
 from service.model import load_model
 from tests.container.oci import BENTO_USER_UID, PODMAN_RUN_FLAGS, Container, Oci, StartContainer
 from tests.oip_support import triton_inputs
-from tests.predlog.helpers import wait_until
-from tests.support import example_rows
+from tests.support import example_rows, wait_until
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]

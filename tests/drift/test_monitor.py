@@ -22,7 +22,7 @@ from service.drift.runs import utc_ago
 from service.metrics import DriftMetrics
 from service.model import LoadedModel
 from tests.drift.helpers import ok_summary
-from tests.predlog.helpers import wait_until
+from tests.support import wait_until
 
 Monitors = Callable[..., DriftMonitor]
 

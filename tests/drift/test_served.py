@@ -31,8 +31,7 @@ from service.drift.runs import drift_runs
 from service.predlog.schema import predictions
 from service.predlog.store import Store
 from tests.drift.helpers import SHIFTED, SHIFTS, sample
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, ServedService
+from tests.support import ROOT, ServedService, wait_until
 
 WINDOW = 300
 FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features (test_compute.py)

@@ -16,8 +16,7 @@ from sqlalchemy import select
 
 from service.drift.runs import drift_runs
 from service.predlog.store import Store
-from tests.predlog.helpers import wait_until
-from tests.support import ServedService
+from tests.support import ServedService, wait_until
 
 # The first run starts the drift child process, which imports Evidently: slow on a busy machine.
 FIRST_RUN_SECONDS = 240

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
 
 
 def _port(log: Path) -> int | None:

@@ -19,8 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
 from tests.oip_support import triton_inputs
-from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows, free_port, scrape, total
+from tests.support import ServedService, example_rows, free_port, scrape, total, wait_until
 
 
 @pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "so_reuseport"])

@@ -18,7 +18,7 @@ import httpx
 from loadtests.slo import SLO_MISSED_EXIT_CODE
 from models.contract import CONTRACT
 from service.contract import CategoricalFeature
-from tests.support import ROOT, VENV_BIN, ServedService, example_rows, free_port
+from tests.support import ROOT, VENV_BIN, ServedService, example_rows, free_port, wait_until
 
 # Latency is the machine's business here (CI shares its cores); correctness is not: no error.
 LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
@@ -146,11 +146,12 @@ def test_requests_without_an_answer_are_reported_with_the_clients_error(
             command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         stats = tmp_path / "run_stats.csv"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "/predict [1]," not in (
-            stats.read_text() if stats.exists() else ""
-        ):
-            time.sleep(0.2)
+        # The run has had answers before the service goes away.
+        wait_until(
+            lambda: stats.exists() and "/predict [1]," in stats.read_text(),
+            timeout=60,
+            interval=0.2,
+        )
     finally:
         service.stop()
     output, _ = locust.communicate(timeout=120)

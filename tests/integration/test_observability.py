@@ -34,8 +34,7 @@ from service.metrics import PROCESS_SAMPLE_SECONDS, REQUEST_FLUSH_SECONDS
 from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, Samples, ServedService, example_rows, scrape, total
+from tests.support import ROOT, Samples, ServedService, example_rows, scrape, total, wait_until
 
 # Counters the workers' threads apply once per REQUEST_FLUSH_SECONDS, not at once.
 DEFERRED = ("inference_requests_total", "bentoml_service_request_total", "model_predictions_total")

@@ -16,8 +16,7 @@ import pytest
 from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
 from tests.oip_support import rest_body
-from tests.predlog.helpers import wait_until
-from tests.support import ServedService, example_rows, scrape, served_with_log, total
+from tests.support import ServedService, example_rows, scrape, served_with_log, total, wait_until
 
 QUEUED_ROWS = 1000
 # The served model's v2 infer route: the contract's name, whatever model a fork serves.

@@ -25,8 +25,7 @@ from tests.monitoring.support import (
     run,
     tool,
 )
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, ServedService, example_rows
+from tests.support import ROOT, ServedService, example_rows, wait_until
 
 # What an accepted and a refused request create (labelled series appear with their first use)
 REQUEST_METRICS = {

@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from tests.monitoring.stack import Stack, monitoring_stack
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, example_rows
+from tests.support import ROOT, example_rows, wait_until
 
 # Nothing listens on port 1: every connection is refused, as by a PostgreSQL that is down.
 STORE = "postgresql://postgres@127.0.0.1:1/test"

@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from tests.monitoring.support import ALERTMANAGER_YML, tool
-from tests.predlog.helpers import wait_until
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 JOB = "credit-risk-service"
 

@@ -19,8 +19,7 @@ from tests.monitoring.promql import expressions, metric_names, runbook_names, ru
 from tests.monitoring.stack import Stack, monitoring_stack
 from tests.monitoring.support import recorded_names
 from tests.oip_support import triton_inputs
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, ServedService, example_rows
+from tests.support import ROOT, ServedService, example_rows, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import functools
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -90,16 +89,6 @@ def concurrently(fn: Callable[[T], R], args: Sequence[T]) -> list[R]:
 
     with ThreadPoolExecutor(len(args)) as pool:
         return list(pool.map(run, args))
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            assert result, "condition not met in time"
-            return result
-        time.sleep(interval)
 
 
 class TcpProxy:

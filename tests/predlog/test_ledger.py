@@ -24,8 +24,8 @@ from service.predlog.records import Entry, event_rows
 from service.predlog.spool import Spool
 from service.predlog.store import Store
 from service.predlog.writer import Writer, WriterConfig
-from tests.predlog.helpers import prediction_event, rejection_event, row_count, wait_until
-from tests.support import ROOT
+from tests.predlog.helpers import prediction_event, rejection_event, row_count
+from tests.support import ROOT, wait_until
 
 FAST = WriterConfig(batch_rows=50, flush_interval=0.05, retry_initial=0.05, shutdown_timeout=2)
 

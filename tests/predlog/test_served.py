@@ -29,8 +29,8 @@ import tritonclient.grpc as triton_grpc
 from models.contract import CONTRACT
 from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
-from tests.predlog.helpers import TcpProxy, row_keys, wait_until
-from tests.support import ServedService, example_rows
+from tests.predlog.helpers import TcpProxy, row_keys
+from tests.support import ServedService, example_rows, wait_until
 
 ROWS = example_rows(200)
 BATCH_ROWS = 500  # rows per store transaction in the outage test

@@ -30,8 +30,8 @@ from tests.predlog.helpers import (
     rejection_event,
     row_count,
     row_keys,
-    wait_until,
 )
+from tests.support import wait_until
 
 
 def test_tables_are_created_once_with_their_version(store: Store) -> None:

@@ -33,8 +33,8 @@ from tests.predlog.helpers import (
     rejection_event,
     row_count,
     row_keys,
-    wait_until,
 )
+from tests.support import wait_until
 
 FAST = WriterConfig(
     batch_rows=50, flush_interval=0.05, retry_initial=0.05, retry_max=0.2, shutdown_timeout=2

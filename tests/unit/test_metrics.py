@@ -28,8 +28,7 @@ from service.metrics import (
 )
 from service.model import LoadedModel, load_model
 from service.validation import InstanceValidator, RequestRejected
-from tests.predlog.helpers import wait_until
-from tests.support import ROOT, example_rows
+from tests.support import ROOT, example_rows, wait_until
 
 # Any model's: the first integer and categorical features of the contract, its labels.
 INTEGER = CONTRACT.of_kind("integer")[0].name
