@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
@@ -34,12 +35,27 @@ DATA_PATH = ROOT / "models" / "data" / "german_credit.csv"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def metric_families(url: str) -> list[Metric]:
+    """GET /metrics of the service at ``url``, parsed with prometheus_client's parser."""
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return list(text_string_to_metric_families(response.text))
+
+
 def scrape(url: str) -> Samples:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
+        for family in metric_families(url)
         for s in family.samples
+    }
+
+
+def exported_names(url: str) -> set[str]:
+    """The metric families exported, named as docs/metrics-and-traces.md names them (a counter
+    with its ``_total``, which the parser takes off)."""
+    return {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in metric_families(url)
     }
 
 

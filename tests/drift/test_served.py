@@ -31,7 +31,7 @@ from service.drift.runs import drift_runs
 from service.predlog.schema import predictions
 from service.predlog.store import Store
 from tests.drift.helpers import SHIFTED, SHIFTS, sample
-from tests.support import ROOT, ServedService, wait_until
+from tests.support import ROOT, ServedService, exported_names, wait_until
 
 WINDOW = 300
 FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features (test_compute.py)
@@ -288,12 +288,7 @@ def test_promtool_finds_nothing_to_report(drifting: ServedService) -> None:
 
 
 def test_the_docs_document_exactly_the_drift_metrics_exported(drifting: ServedService) -> None:
-    text, _ = scrape(drifting.url)
-    exported = {
-        family.name + ("_total" if family.type == "counter" else "")
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("model_drift_")
-    }
+    exported = {name for name in exported_names(drifting.url) if name.startswith("model_drift_")}
     section = (ROOT / "docs" / "metrics-and-traces.md").read_text()
     documented = set(
         re.findall(r"^\| `(model_drift_[a-z_]+)` \| (?:counter|gauge) \|", section, re.M)

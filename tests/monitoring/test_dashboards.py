@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 from jsonschema import Draft7Validator
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
 from monitoring.dashboards.build import DASHBOARDS as BUILDERS
@@ -25,7 +24,7 @@ from tests.monitoring.support import (
     run,
     tool,
 )
-from tests.support import ROOT, ServedService, example_rows, wait_until
+from tests.support import ROOT, ServedService, example_rows, scrape, wait_until
 
 # What an accepted and a refused request create (labelled series appear with their first use)
 REQUEST_METRICS = {
@@ -207,8 +206,7 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
 
     def scraped_names() -> set[str] | None:
         # the workers apply request metrics once per REQUEST_FLUSH_SECONDS, not at once
-        text = httpx.get(f"{served.url}/metrics", timeout=10).text
-        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        names = {name for name, _ in scrape(served.url)}
         return names if names >= REQUEST_METRICS else None
 
     scraped = wait_until(scraped_names, timeout=10, interval=0.2)
