@@ -83,6 +83,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _started(process: subprocess.Popen[bytes], ready_url: str) -> str | None:
+    if process.poll() is not None:
+        return "exited"
+    try:
+        answer = httpx.get(ready_url, timeout=2)
+    except httpx.TransportError:
+        return None
+    return "ready" if answer.status_code == 200 else None
+
+
+def start_on_a_free_port(
+    command: Callable[[int], list[str]],
+    log: Path,
+    ready_path: str = "/-/ready",
+    timeout: float = 60.0,
+    attempts: int = 3,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``command(port)``, a server listening on 127.0.0.1:``port``, on a port seen free;
+    return it and its port once GET ``ready_path`` answers 200. Started again on another port
+    when it exited because the port was taken between the choice and its bind (another process
+    on the machine); any other early exit, or no answer in ``timeout``, fails with its log."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        with log.open("wb") as out:
+            process = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT)
+
+        state = functools.partial(_started, process, f"http://127.0.0.1:{port}{ready_path}")
+        try:
+            reached = wait_until(state, timeout=timeout, interval=0.2)
+        except AssertionError:
+            process.terminate()
+            process.wait(30)
+            raise AssertionError(f"not ready in {timeout}s:\n{log.read_text()}") from None
+        if reached == "ready":
+            return process, port
+        output = log.read_text(errors="replace")
+        if attempt == attempts or "address already in use" not in output:
+            raise AssertionError(f"exited with {process.returncode}:\n{output}")
+    raise AssertionError("unreachable")
+
+
 def example_rows(n: int | None = None) -> list[dict[str, Any]]:
     """Rows of the model's training data as request instances (the contract's features).
 

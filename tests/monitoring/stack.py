@@ -31,7 +31,7 @@ from tests.monitoring.support import (
     load_yaml,
     tool,
 )
-from tests.support import ServedService, free_port
+from tests.support import ServedService, start_on_a_free_port
 
 
 @dataclass
@@ -101,10 +101,6 @@ def shortened_rules(directory: Path) -> list[Path]:
     return copies
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
 @contextmanager
 def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
     """A served service (``env`` added to its environment), scraped by Prometheus with the
@@ -113,7 +109,6 @@ def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
     webhook = Webhook()
     server = webhook.serve()
 
-    am_port, prom_port = free_port(), free_port()
     am = load_yaml(ALERTMANAGER_YML)
     for route in [am["route"], *am["route"]["routes"]]:
         if "group_wait" in route:
@@ -125,37 +120,39 @@ def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
     (work / "alertmanager.yml").write_text(yaml.safe_dump(am))
 
     service = ServedService(env=env).start()
-    prom = load_yaml(PROMETHEUS_YML)
-    prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    prom["rule_files"] = [str(p) for p in shortened_rules(work)]
-    prom["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{am_port}"]}]
-    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "credit-risk-service"]
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
-    prom["scrape_configs"] = [job]
-    (work / "prometheus.yml").write_text(yaml.safe_dump(prom))
-
-    processes = [
-        start(
-            [
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        # Each port is chosen as its server starts, and chosen again if it was taken meanwhile.
+        alertmanager, am_port = start_on_a_free_port(
+            lambda port: [
                 tool("prometheus-alertmanager"),
                 f"--config.file={work / 'alertmanager.yml'}",
                 f"--storage.path={work / 'am'}",
-                f"--web.listen-address=127.0.0.1:{am_port}",
+                f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",
             ],
             work / "alertmanager.log",
-        ),
-        start(
-            [
+        )
+        processes.append(alertmanager)
+        prom = load_yaml(PROMETHEUS_YML)
+        prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        prom["rule_files"] = [str(p) for p in shortened_rules(work)]
+        alertmanagers = prom["alerting"]["alertmanagers"][0]
+        alertmanagers["static_configs"] = [{"targets": [f"127.0.0.1:{am_port}"]}]
+        (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "credit-risk-service"]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
+        prom["scrape_configs"] = [job]
+        (work / "prometheus.yml").write_text(yaml.safe_dump(prom))
+        prometheus, prom_port = start_on_a_free_port(
+            lambda port: [
                 tool("prometheus"),
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
+                f"--web.listen-address=127.0.0.1:{port}",
             ],
             work / "prometheus.log",
-        ),
-    ]
-    try:
+        )
+        processes.append(prometheus)
         yield Stack(service, f"http://127.0.0.1:{prom_port}", webhook)
     finally:
         service.stop()

@@ -7,7 +7,6 @@ them and each instance's ServiceDown.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.monitoring.support import ALERTMANAGER_YML, tool
-from tests.support import free_port, wait_until
+from tests.support import start_on_a_free_port, wait_until
 
 JOB = "credit-risk-service"
 
@@ -25,29 +24,18 @@ JOB = "credit-risk-service"
 @pytest.fixture(scope="module")
 def alertmanager() -> Iterator[str]:
     work = Path(tempfile.mkdtemp(prefix="alertmanager-inhibition-"))
-    port = free_port()
-    with (work / "alertmanager.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                tool("prometheus-alertmanager"),
-                f"--config.file={ALERTMANAGER_YML}",
-                f"--storage.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, port = start_on_a_free_port(
+        lambda port: [
+            tool("prometheus-alertmanager"),
+            f"--config.file={ALERTMANAGER_YML}",
+            f"--storage.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        work / "alertmanager.log",
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert wait_until(ready, timeout=30, interval=0.2), (work / "alertmanager.log").read_text()
         yield url
     finally:
         process.terminate()
