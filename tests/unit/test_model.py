@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bentoml
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from service.contract import FeatureContract, NumberFeature
-from service.model import register_model
+from service.model import load_model, register_model
 
 CONTRACT = FeatureContract(
     model_name="swap_check",
@@ -34,7 +35,14 @@ def test_an_estimator_trained_on_label_strings_is_refused_at_registration() -> N
         register_model(estimator, CONTRACT, reference, {"decision_threshold": 0.5})
 
 
-def test_an_estimator_with_classes_0_and_1_registers() -> None:
+def test_an_estimator_with_classes_0_and_1_registers_and_loads_as_the_service_loads_it() -> None:
     estimator, reference = fitted(np.array([0] * 10 + [1] * 10))
     tag = register_model(estimator, CONTRACT, reference, {"decision_threshold": 0.5})
     assert tag.startswith("swap_check:")
+    # What a worker does at startup: the registered model loads, with its contract, and scores
+    # as the estimator it was registered from.
+    loaded = load_model(bentoml.models.get(tag))
+    assert loaded.contract == CONTRACT
+    rows = [{"radius": 2.0}, {"radius": 45.0}]
+    expected = estimator.predict_proba(pd.DataFrame(rows))[:, 1]
+    np.testing.assert_allclose(loaded.score(loaded.contract.frame(rows)), expected)
