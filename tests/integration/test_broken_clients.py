@@ -18,7 +18,9 @@ from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
 from tests.support import ServedService, example_rows, scrape, served_with_log, total, wait_until
 
-TIMEOUT_SECONDS = 6
+# The request timeout: long enough that "well before it" (a client gone mid-body is let go at
+# once) leaves room on a loaded 2-core machine; a stalled body waits it out.
+TIMEOUT_SECONDS = 12
 # The served model's v2 infer route: the contract's name, whatever model a fork serves.
 V2_INFER = infer_endpoint(CONTRACT.model_name)
 BODY = json.dumps({"instances": example_rows(1)}).encode()
@@ -61,13 +63,11 @@ def test_a_client_gone_mid_body_is_a_499_and_leaves_nothing_in_flight(
     served, store = service
     sock = send_head(served, "gone-mid-body", len(BODY))
     sock.sendall(BODY[:100])
-    wait_until(lambda: in_progress(served) == 1, timeout=5)
+    wait_until(lambda: in_progress(served) == 1, timeout=30)
     sock.close()
-    started = time.monotonic()
     # Well before the request timeout (until which BentoML's middleware waited for an answer).
-    wait_until(lambda: in_progress(served) == 0, timeout=TIMEOUT_SECONDS - 2)
-    assert time.monotonic() - started < TIMEOUT_SECONDS - 2
-    assert wait_until(lambda: rejection(store, "gone-mid-body"), timeout=5) == (
+    wait_until(lambda: in_progress(served) == 0, timeout=TIMEOUT_SECONDS - 4)
+    assert wait_until(lambda: rejection(store, "gone-mid-body"), timeout=30) == (
         499,
         "cancelled",
         100,
@@ -86,7 +86,7 @@ def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
     answer = sock.recv(65536)  # BentoML's 504, after REQUEST_TIMEOUT_SECONDS
     sock.close()
     assert answer.startswith(b"HTTP/1.1 504 "), answer
-    assert wait_until(lambda: rejection(store, request_id), timeout=5)[:2] == (504, "timeout")
+    assert wait_until(lambda: rejection(store, request_id), timeout=30)[:2] == (504, "timeout")
 
     def counted() -> bool:
         now = scrape(served.url)
@@ -96,8 +96,8 @@ def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
             == 1
         )
 
-    wait_until(counted, timeout=5)
-    wait_until(lambda: in_progress(served, path) == 0, timeout=5)
+    wait_until(counted, timeout=30)
+    wait_until(lambda: in_progress(served, path) == 0, timeout=30)
 
 
 def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
@@ -145,6 +145,6 @@ def test_a_request_head_slower_than_the_request_timeout_is_refused_and_an_idle_c
         slow.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: aaa")
         answer = slow.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408 "), answer
-        assert b"did not arrive within 6 s" in answer
+        assert f"did not arrive within {TIMEOUT_SECONDS} s".encode() in answer
         assert idle.recv(65536) == b""  # closed
     assert time.monotonic() - started < TIMEOUT_SECONDS + 3
