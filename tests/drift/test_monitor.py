@@ -164,7 +164,7 @@ def test_after_a_restart_the_last_run_is_shown_while_this_worker_runs_the_next(
 
     monitor.start()
 
-    wait_until(lambda: monitor.state()["status"] == "ok", timeout=5)
+    wait_until(lambda: monitor.state()["status"] == "ok", timeout=30)
     assert monitor.state()["run_id"] == before.state()["run_id"]
     assert monitor.state()["model"] == model.tag
     version = {"model_version": model.version}
@@ -188,7 +188,7 @@ def test_after_a_restart_with_another_model_version_the_old_verdict_is_not_shown
     monitor.start()
 
     # Its first run is claimed (and goes on: a cold child) once the store's runs were read.
-    wait_until(lambda: monitor.runs.running_since(utc_ago(60)), timeout=5)
+    wait_until(lambda: monitor.runs.running_since(utc_ago(60)), timeout=30)
     monitor.refresh()
     state = monitor.state()
     assert (state["status"], state["model"], state["run_id"]) == ("pending", newer.tag, None)
@@ -258,7 +258,7 @@ def test_a_run_ending_while_the_store_is_down_is_recorded_once_it_is_back(
 
     monitor.start()
 
-    run = wait_until(monitor.runs.latest, timeout=5)
+    run = wait_until(monitor.runs.latest, timeout=30)
     assert run.slot == monitor.current_slot()
     assert (run.status, run.error) == ("failed", "OperationalError: connection refused")
     assert not monitor.runs.running_since(utc_ago(3600))  # the next slots are not skipped
