@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -57,10 +58,16 @@ async def test_batches_respect_max_rows_and_oversized_requests_run_alone() -> No
 
 async def test_observer_sees_rows_requests_and_duration() -> None:
     seen: list[tuple[int, int, float]] = []
-    batcher = MicroBatcher(Recorder(), 10, on_batch=lambda *a: seen.append(a))
+    recorder = Recorder()
+
+    def slow_model(parts: list[list[int]]) -> list[int]:
+        time.sleep(0.05)
+        return recorder(parts)
+
+    batcher = MicroBatcher(slow_model, 10, on_batch=lambda *a: seen.append(a))
     await batcher.submit([1, 2, 3])
     assert seen[0][:2] == (3, 1)
-    assert seen[0][2] >= 0
+    assert seen[0][2] >= 0.05  # the model call's duration, at least what the call took
     await batcher.aclose()
 
 
