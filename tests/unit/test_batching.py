@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -14,14 +15,24 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
+        self.entered = threading.Event()  # a call has started (and is held while not released)
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, parts: list[list[int]]) -> list[int]:
-        self.release.wait(5)
+        self.entered.set()
+        self.release.wait(30)
         rows = [r for part in parts for r in part]
         self.calls.append(rows)
         return [r * 10 for r in rows]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Let the event loop run until ``condition`` holds (a bound on a hang, not a speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 async def test_requests_arriving_during_a_call_share_the_next_call() -> None:
@@ -29,9 +40,9 @@ async def test_requests_arriving_during_a_call_share_the_next_call() -> None:
     batcher = MicroBatcher(model, max_rows=100)
     model.release.clear()
     first = asyncio.create_task(batcher.submit([1]))
-    await asyncio.sleep(0.05)  # the first call is now running, held open
+    await until(model.entered.is_set)  # the first call is now running, held open
     rest = [asyncio.create_task(batcher.submit([i, i + 100])) for i in range(2, 6)]
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 8)  # all four wait for the next call
     model.release.set()
     alone = await first
     assert (alone.results, alone.rows, alone.requests) == ([10], 1, 1)
@@ -47,9 +58,9 @@ async def test_batches_respect_max_rows_and_oversized_requests_run_alone() -> No
     batcher = MicroBatcher(model, max_rows=4)
     model.release.clear()
     first = asyncio.create_task(batcher.submit([0]))
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     tasks = [asyncio.create_task(batcher.submit(rows)) for rows in ([1, 2], [3, 4], [5] * 6, [7])]
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 11)
     model.release.set()
     await asyncio.gather(first, *tasks)
     assert model.calls == [[0], [1, 2, 3, 4], [5] * 6, [7]]
@@ -118,9 +129,9 @@ async def test_close_answers_what_was_submitted_then_refuses() -> None:
     batcher = MicroBatcher(model, max_rows=100)
     model.release.clear()
     pending = [asyncio.create_task(batcher.submit([i])) for i in range(3)]
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     closing = asyncio.create_task(batcher.aclose())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # aclose() runs up to its wait for the batcher's loop
     model.release.set()
     await closing
     assert [(await t).results for t in pending] == [[0], [10], [20]]
@@ -133,10 +144,10 @@ async def test_a_cancelled_caller_does_not_break_the_others() -> None:
     batcher = MicroBatcher(model, max_rows=100)
     model.release.clear()
     first = asyncio.create_task(batcher.submit([1]))
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     gone = asyncio.create_task(batcher.submit([2]))
     kept = asyncio.create_task(batcher.submit([3]))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 2)
     gone.cancel()
     model.release.set()
     assert (await first).results == [10]
@@ -150,11 +161,11 @@ async def test_a_caller_cancelled_while_queued_is_not_computed() -> None:
     batcher = MicroBatcher(model, max_rows=100)
     model.release.clear()
     first = asyncio.create_task(batcher.submit([1]))
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
     kept = asyncio.create_task(batcher.submit([4]))
     last_gone = asyncio.create_task(batcher.submit([5]))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 4)
     for task in (*gone, last_gone):
         task.cancel()
     model.release.set()
@@ -170,9 +181,9 @@ async def test_a_queue_of_cancelled_callers_makes_no_call() -> None:
     batcher = MicroBatcher(model, max_rows=100)
     model.release.clear()
     first = asyncio.create_task(batcher.submit([1]))
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 2)
     for task in gone:
         task.cancel()
     model.release.set()
@@ -187,15 +198,14 @@ async def test_rows_beyond_the_queue_bound_are_refused_not_queued() -> None:
     batcher = MicroBatcher(model, max_rows=100, max_queued_rows=3)
     model.release.clear()
     running = asyncio.create_task(batcher.submit([1, 2, 3, 4]))  # taken at once: not queued
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     queued = [asyncio.create_task(batcher.submit([i])) for i in (5, 6)]
-    await asyncio.sleep(0.05)
-    assert batcher.queued_rows == 2
+    await until(lambda: batcher.queued_rows == 2)
     batcher.check_room()  # room for one more row
     with pytest.raises(BatcherFull, match="2 rows are waiting for the model"):
         await batcher.submit([7, 8])
     fits = asyncio.create_task(batcher.submit([9]))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 3)
     with pytest.raises(BatcherFull, match="3 rows are waiting"):
         batcher.check_room()  # full: no request can join, whatever its size
     model.release.set()
@@ -212,9 +222,9 @@ async def test_cancelled_callers_free_their_place_in_the_queue() -> None:
     batcher = MicroBatcher(model, max_rows=100, max_queued_rows=2)
     model.release.clear()
     running = asyncio.create_task(batcher.submit([1]))
-    await asyncio.sleep(0.05)
+    await until(model.entered.is_set)
     gone = [asyncio.create_task(batcher.submit([i])) for i in (2, 3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued_rows == 2)
     for task in gone:
         task.cancel()
     model.release.set()
