@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
+from service.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -306,6 +307,18 @@ def served_with_log(prefix: str, env: Mapping[str, str]) -> Iterator[tuple[Serve
     }
     with ServedService(env={**log_env, **env}) as served:
         yield served, store
+
+
+class EventRecorder:
+    """A sink of the Predictor that keeps what it publishes in memory, in place of the
+    prediction log's writer: for in-process tests of what a request records (the served tests
+    read the real log)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
 
 
 class HeldEstimator:

@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
 from service import tracing
-from service.events import Event, PredictionEvent, RejectionEvent
+from service.events import PredictionEvent, RejectionEvent
 from service.inference import Predictor
 from service.metrics import ServiceMetrics
 from service.model import load_model
@@ -39,19 +39,11 @@ from service.oip.protocol import InferenceProtocol
 from service.oip.rest import v2_routes
 from service.oip.server import GrpcServer
 from tests.oip_support import rest_body, triton_inputs
-from tests.support import HeldEstimator, example_rows
+from tests.support import EventRecorder, HeldEstimator, example_rows
 
 MODEL = CONTRACT.model_name
 CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
 REST_ENDPOINT = f"/v2/models/{MODEL}/infer"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
 
 
 class BrokenEstimator:
@@ -65,7 +57,7 @@ class BrokenEstimator:
 
 @dataclass
 class Stack:
-    recorder: Recorder
+    recorder: EventRecorder
     metrics: ServiceMetrics
     registry: CollectorRegistry  # the metrics' own
     grpc: triton_aio.InferenceServerClient
@@ -76,7 +68,7 @@ async def start_stack(model_tag: str, estimator: Any = None) -> AsyncIterator[St
     model = load_model(bentoml.models.get(model_tag))
     if estimator is not None:
         model = replace(model, estimator=estimator)
-    recorder = Recorder()
+    recorder = EventRecorder()
     registry = CollectorRegistry()
     metrics = ServiceMetrics(model, registry)
     predictor = Predictor(

@@ -19,15 +19,14 @@ from service.model import load_model
 from service.oip import rest
 from service.oip.protocol import InferenceProtocol
 from tests.oip_support import rest_body
-from tests.support import example_rows
-from tests.unit.test_inference import Recorder
+from tests.support import EventRecorder, example_rows
 
 MAX_BODY = 1 << 20
 
 
 @pytest.fixture
-def served(model_tag: str) -> Iterator[tuple[TestClient, Recorder]]:
-    recorder = Recorder()
+def served(model_tag: str) -> Iterator[tuple[TestClient, EventRecorder]]:
+    recorder = EventRecorder()
     predictor = Predictor(load_model(bentoml.models.get(model_tag)), 10, 100, sinks=[recorder])
     protocol = InferenceProtocol(predictor, "test", "0")
     app = http.build_http_app(
@@ -49,7 +48,7 @@ def defect(*args: Any) -> NoReturn:
     ],
 )
 def test_a_defect_before_the_model_call_is_a_recorded_json_500(
-    served: tuple[TestClient, Recorder],
+    served: tuple[TestClient, EventRecorder],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     patched: tuple[Any, str],
@@ -79,7 +78,7 @@ PATHS = ["/predict", f"/v2/models/{CONTRACT.model_name}/infer"]
 
 @pytest.mark.parametrize("path", PATHS)
 def test_a_body_refused_on_its_content_length_is_recorded_with_that_size(
-    served: tuple[TestClient, Recorder], path: str
+    served: tuple[TestClient, EventRecorder], path: str
 ) -> None:
     client, recorder = served
     body = b'{"instances": [' + b" " * MAX_BODY + b"]}"
@@ -92,7 +91,7 @@ def test_a_body_refused_on_its_content_length_is_recorded_with_that_size(
 
 @pytest.mark.parametrize("path", PATHS)
 def test_a_body_cut_off_while_read_is_recorded_with_what_was_read(
-    served: tuple[TestClient, Recorder], path: str
+    served: tuple[TestClient, EventRecorder], path: str
 ) -> None:
     client, recorder = served
 
@@ -120,7 +119,7 @@ def test_a_body_cut_off_while_read_is_recorded_with_what_was_read(
     ],
 )
 def test_v2_structural_errors_answer_and_record_the_client_id(
-    served: tuple[TestClient, Recorder], change: Any
+    served: tuple[TestClient, EventRecorder], change: Any
 ) -> None:
     client, recorder = served
     body = {**rest_body(example_rows(1)), "id": "loan-42"}

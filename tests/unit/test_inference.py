@@ -8,24 +8,16 @@ from dataclasses import replace
 import bentoml
 import pytest
 
-from service.events import Event, PredictionEvent, RejectionEvent
+from service.events import PredictionEvent, RejectionEvent
 from service.inference import Predictor, RequestContext, new_request_id
 from service.model import load_model
-from tests.support import HeldEstimator, example_rows
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
+from tests.support import EventRecorder, HeldEstimator, example_rows
 
 
 async def test_a_request_cancelled_by_the_timeout_is_recorded_as_504(model_tag: str) -> None:
     estimator = HeldEstimator()
     model = replace(load_model(bentoml.models.get(model_tag)), estimator=estimator)
-    recorder = Recorder()
+    recorder = EventRecorder()
     predictor = Predictor(model, 10, 100, sinks=[recorder])
     ctx = RequestContext.start("http", "/predict", "slow-1")
     with pytest.raises(asyncio.TimeoutError):
