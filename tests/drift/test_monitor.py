@@ -356,9 +356,12 @@ def test_a_slot_given_back_by_a_replica_shutting_down_is_run_by_another_in_the_i
     running = threading.Thread(target=leaving._maybe_run, args=(slot,))
     running.start()
     assert leaving.process.started.wait(5)
+    looked: list[int] = []  # the staying worker's reads of a slot's claim
+    claimed = staying.runs.claimed
+    staying.runs.claimed = lambda slot: looked.append(slot) or claimed(slot)  # type: ignore[method-assign]
     staying.start()
     wait_until(lambda: staying.state()["status"] == "pending" and staying._thread.is_alive())
-    time.sleep(0.5)  # the staying worker found the slot claimed (several polls)
+    wait_until(lambda: looked.count(slot) >= 3, timeout=30)  # found it claimed, several polls
     assert staying.runs.running_since(utc_ago(60))
 
     leaving.stop()
