@@ -207,7 +207,7 @@ def _infer_handled(code: str) -> float:
     return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
 
 
-async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def _eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not condition() and time.monotonic() < end:
         await asyncio.sleep(0.02)

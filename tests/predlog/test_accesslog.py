@@ -84,7 +84,7 @@ def test_a_blocked_stdout_never_blocks_the_request_path_and_drops_are_counted() 
     stream = BlockedStream()
     access_log = AccessLog(stream, flush_seconds=0.01)
     access_log.publish(prediction_event(1))
-    assert stream.writing.wait(5)  # the writer took it and is stuck writing
+    assert stream.writing.wait(30)  # the writer took it and is stuck writing
     published = [prediction_event(1) for _ in range(QUEUE_LINES + 50)]
     for event in published:  # returns although nothing can be written
         access_log.publish(event)

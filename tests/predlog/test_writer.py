@@ -663,12 +663,12 @@ def test_after_close_spooled_what_a_hung_store_held_the_writer_thread_leaves_it_
     published = events(3)
     for e in published:
         writer.publish(e)
-    assert entered.wait(5)
+    assert entered.wait(30)
     writer.close()
     assert writer.running
     (segment,) = writer.spool.segments()
     release.set()  # the hung commit goes through after all
-    writer._thread.join(5)
+    writer._thread.join(30)
     assert not writer.running
     # Spooled once, by close(); the writer thread neither counted its commit nor replayed the
     # segment close() had just sealed.
