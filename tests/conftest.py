@@ -24,7 +24,7 @@ os.environ.setdefault("PREDICTION_LOG_SPOOL_DIR", tempfile.mkdtemp(prefix="predl
 os.environ.setdefault("DRIFT_ENABLED", "false")
 os.environ.setdefault("DRIFT_SNAPSHOT_DIR", tempfile.mkdtemp(prefix="drift-snapshots-"))
 
-from tests.support import ServedService
+from tests.support import ServedService, scrape, total, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,9 @@ def model_tag() -> str:
 
 @pytest.fixture(scope="session")
 def served(model_tag: str) -> Iterator[ServedService]:
-    """A `bentoml serve` of the project with 2 workers, shared by the integration tests."""
+    """A `bentoml serve` of the project with 2 workers, shared by the integration tests; both
+    workers up (/readyz answers once one is: tests of connections spread over the workers need
+    the second)."""
     with ServedService(workers=2) as service:
+        wait_until(lambda: total(scrape(service.url), "service_workers") == 2, timeout=120)
         yield service
