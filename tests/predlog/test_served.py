@@ -101,20 +101,20 @@ def log_env(url: str, spool: Path, **extra: str) -> dict[str, str]:
     return {"PREDICTION_LOG_URL": url, "PREDICTION_LOG_SPOOL_DIR": str(spool), **extra}
 
 
+def held_in_memory(url: str, spool: Path) -> dict[str, str]:
+    """Settings whose writers wait an hour, or 5000 rows, between commits: the rows can only
+    reach the store through the flush at shutdown."""
+    return log_env(
+        url, spool, PREDICTION_LOG_FLUSH_INTERVAL_SECONDS="3600", PREDICTION_LOG_BATCH_SIZE="5000"
+    )
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_every_answer_of_a_concurrent_load_is_recorded_by_sigterm(
     model_tag: str, backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     url: str = request.getfixturevalue(f"{backend}_url")
-    # The writers are told to wait an hour, or 5000 rows, between commits: the rows can only
-    # reach the store through the flush at shutdown.
-    env = log_env(
-        url,
-        tmp_path / "spool",
-        PREDICTION_LOG_FLUSH_INTERVAL_SECONDS="3600",
-        PREDICTION_LOG_BATCH_SIZE="5000",
-    )
-    with ServedService(env=env, workers=2) as served:
+    with ServedService(env=held_in_memory(url, tmp_path / "spool"), workers=2) as served:
         with httpx.Client(base_url=served.url, timeout=30) as client:
             answers = fire(client, payloads(200, 40))
         assert None not in answers
@@ -176,14 +176,8 @@ def test_rows_a_killed_worker_held_in_memory_are_counted_as_dropped(
     """Killed outright (SIGKILL, the OOM killer), a worker cannot write what its log holds in
     memory, and BentoML starts another. Every row of every answered request must then be in the
     store or counted as dropped (``worker_died``), never silently missing."""
-    # As above, the rows can only leave memory at shutdown: all of them die with the workers.
-    env = log_env(
-        sqlite_url,
-        tmp_path / "spool",
-        PREDICTION_LOG_FLUSH_INTERVAL_SECONDS="3600",
-        PREDICTION_LOG_BATCH_SIZE="5000",
-    )
-    with ServedService(env=env, workers=2) as served:
+    # The rows can only leave memory at shutdown: all of them die with the workers.
+    with ServedService(env=held_in_memory(sqlite_url, tmp_path / "spool"), workers=2) as served:
         with httpx.Client(base_url=served.url, timeout=30) as client:
             answers = fire(client, payloads(100, 20))
         killed = served.worker_pids()
