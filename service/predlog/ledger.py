@@ -93,8 +93,13 @@ class Ledger:
     def settled(self, events: Iterable[Event]) -> None:
         """``events`` have left this process's memory (each counted as written, spooled or
         dropped)."""
+        # Summed first: a writer's batch holds up to hundreds of events, one store per table.
+        rows = [0] * len(TABLES)
         for event in events:
-            self._add(2 * _table(event) + 1, event_rows(event))
+            rows[_table(event)] += event_rows(event)
+        for table, count in enumerate(rows):
+            if count:
+                self._add(2 * table + 1, count)
 
     def _add(self, index: int, rows: int) -> None:
         with self._lock:
