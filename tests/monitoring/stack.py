@@ -72,6 +72,7 @@ class Webhook:
 class Stack:
     service: ServedService
     prometheus: str
+    alertmanager: str
     webhook: Webhook
 
     def scraped(self) -> bool:
@@ -85,6 +86,16 @@ class Stack:
         answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
         assert answer.status_code == 200, answer.text
         return answer.json()["data"]["result"]
+
+    def alerts(self, alertname: str) -> list[dict[str, Any]]:
+        """Alertmanager's alerts of that name, each with its ``status`` (``inhibitedBy``)."""
+        answer = httpx.get(
+            f"{self.alertmanager}/api/v2/alerts",
+            params={"filter": f'alertname="{alertname}"'},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
 
 
 def shortened_rules(directory: Path) -> list[Path]:
@@ -153,7 +164,9 @@ def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
             work / "prometheus.log",
         )
         processes.append(prometheus)
-        yield Stack(service, f"http://127.0.0.1:{prom_port}", webhook)
+        yield Stack(
+            service, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", webhook
+        )
     finally:
         service.stop()
         for process in processes:

@@ -2,7 +2,8 @@
 
 Alerts are posted to its API as Prometheus would send them: one replica down (ServiceDown) must
 not hide the job-wide alerts the healthy replicas raise; the whole job down (ServiceJobDown) hides
-them and each instance's ServiceDown.
+them and each instance's ServiceDown; the prediction-log store down (PredictionLogStoreDown) hides
+the alerts that follow from it, not the rows lost.
 """
 
 from __future__ import annotations
@@ -120,3 +121,24 @@ def test_the_whole_job_down_inhibits_its_symptom_alerts(alertmanager: str) -> No
     assert inhibition(alertmanager, "ServiceDown", job) is True
     assert inhibition(alertmanager, "PredictionDrift", job) is False
     assert inhibition(alertmanager, "ErrorBudgetBurnFast", "other") is False
+
+
+def test_the_store_down_holds_back_its_consequences_but_not_lost_rows(alertmanager: str) -> None:
+    job = f"{JOB}-store-down"
+    post(
+        alertmanager,
+        {"alertname": "PredictionLogStoreDown", "job": job, "severity": "ticket"},
+        {"alertname": "PredictionLogLagging", "job": job, "severity": "ticket"},
+        {"alertname": "DriftMonitorStale", "job": job, "severity": "ticket"},
+        {"alertname": "DriftMonitorFailing", "job": job, "severity": "ticket"},
+        # rows lost once the spool is full: data gone, worth a ticket of its own
+        {"alertname": "PredictionLogRowsDropped", "job": job, "severity": "ticket"},
+        # the same symptom of another job, whose store is not known to be down
+        {"alertname": "PredictionLogLagging", "job": "other", "severity": "ticket"},
+    )
+    wait_until(lambda: inhibited(alertmanager, "PredictionLogLagging", job), timeout=10)
+    assert inhibition(alertmanager, "DriftMonitorStale", job) is True
+    assert inhibition(alertmanager, "DriftMonitorFailing", job) is True
+    assert inhibition(alertmanager, "PredictionLogStoreDown", job) is False
+    assert inhibition(alertmanager, "PredictionLogRowsDropped", job) is False
+    assert inhibition(alertmanager, "PredictionLogLagging", "other") is False

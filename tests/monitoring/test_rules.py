@@ -98,21 +98,40 @@ def test_alerts_are_routed_by_severity(labels: list[str], receiver: str) -> None
     assert (result.returncode, result.stdout.strip()) == (0, receiver), result.stderr
 
 
-def test_service_job_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> None:
-    # the whole job down, not one instance (ServiceDown): that would hide the job-wide alerts
-    # of the healthy replicas
-    (rule,) = load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
-    assert rule["source_matchers"] == ['alertname="ServiceJobDown"']
+def inhibited_by(source: str) -> set[str]:
+    """The alerts of alerts.yml that the inhibit rule whose source is ``source`` holds back,
+    within the same job."""
+    (rule,) = [
+        r
+        for r in load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
+        if r["source_matchers"] == [f'alertname="{source}"']
+    ]
     assert rule["equal"] == ["job"]
     (matcher,) = rule["target_matchers"]
     pattern = re.fullmatch(r'alertname=~"(.+)"', matcher)
     assert pattern
+    return {a["alert"] for a in alerts() if re.fullmatch(pattern.group(1), a["alert"])}
+
+
+def test_service_job_down_inhibits_only_alerts_that_exist_and_are_its_symptoms() -> None:
+    # the whole job down, not one instance (ServiceDown): that would hide the job-wide alerts
+    # of the healthy replicas
     names = {a["alert"] for a in alerts()}
-    inhibited = {n for n in names if re.fullmatch(pattern.group(1), n)}
+    inhibited = inhibited_by("ServiceJobDown")
     # the job's own outage (one page, not one more per instance) and the model's drift (read
     # from a shared store) stay visible
     assert inhibited == names - {
         "ServiceJobDown",
         "DatasetDriftSustained",
         "PredictionDrift",
+    }
+
+
+def test_the_store_down_inhibits_what_follows_from_it_but_not_lost_rows() -> None:
+    # the log's backlog and the drift runs (claimed and read in the same store) follow from it;
+    # rows dropped once the spool is full are data lost, notified on their own
+    assert inhibited_by("PredictionLogStoreDown") == {
+        "PredictionLogLagging",
+        "DriftMonitorStale",
+        "DriftMonitorFailing",
     }
