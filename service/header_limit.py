@@ -9,8 +9,7 @@ limit is set on the protocol class itself, in each worker, when the service modu
 as ``service.bentoml_metrics`` does for BentoML's request metrics.
 
 A head that grows beyond MAX_HEAD_BYTES is answered 431 and its connection closed, as uvicorn
-answers a malformed request (400): the request never reaches the application, so it has neither
-a request id nor a row in the prediction log; it is logged as a warning.
+answers a malformed request (400), whose answer is replaced here by the same JSON error.
 
 The head must also arrive within a timeout (the service's REQUEST_TIMEOUT_SECONDS), counted from
 the connection's opening or from the first byte of each later request: uvicorn closes a
@@ -18,30 +17,82 @@ connection idle after an answer (its keep-alive timeout), but waited without end
 request, or for the rest of a head once one byte of it had come, so that a client opening
 connections and sending nothing, or a byte now and then, held them (and their file descriptors)
 for good. A partial head is answered 408, an idle connection just closed.
+
+Such a refused request never reaches the application: it has no endpoint, no body and no model,
+so it is no row of the prediction log (whose rejections are what a prediction endpoint refused).
+It still gets a request id, in its answer (body and ``X-Request-ID``) and, for a 431 or 408, in
+the warning logged (uvicorn logs its own, without it, for a 400). A body the parser refuses (a
+broken chunked encoding) is counted as malformed too, though its request had reached the
+application. Each :class:`Refusal` is handed to the observers added with :func:`observe` (the
+worker's request metrics and access log), on the event loop: they must only queue it. Nothing of
+this runs for a request that is not refused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from service.inference import new_request_id
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
-_MESSAGE = (
+_TOO_LARGE = (
     f"the request line and headers exceed {MAX_HEAD_BYTES} bytes; send them shorter (the body "
     "is not limited by this)"
 )
+_MALFORMED = "the request is not valid HTTP/1.1 (request line, headers or chunked body)"
+# Why a request was refused before the application: the `reason` of its metric and access-log
+# line, and the status it is answered.
+MALFORMED = "malformed"
+HEAD_TOO_LARGE = "head_too_large"
+HEAD_TIMEOUT = "head_timeout"
+STATUSES = {MALFORMED: 400, HEAD_TOO_LARGE: 431, HEAD_TIMEOUT: 408}
+_STATUS_LINES = {
+    MALFORMED: b"400 Bad Request",
+    HEAD_TOO_LARGE: b"431 Request Header Fields Too Large",
+    HEAD_TIMEOUT: b"408 Request Timeout",
+}
 _installed = False
 
 
-def _response(status: bytes, message: str) -> bytes:
-    body = orjson.dumps({"error": "invalid_request", "message": message})
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused before it reached the application."""
+
+    request_id: str
+    reason: str  # MALFORMED, HEAD_TOO_LARGE or HEAD_TIMEOUT
+    status: int
+    received_at: datetime  # UTC: the head's first byte, or the connection's opening
+    latency_seconds: float  # from then to the refusal
+
+
+Observer = Callable[[Refusal], None]
+_observers: list[Observer] = []
+
+
+def observe(observer: Observer) -> None:
+    """Hand every later refusal of this process to ``observer`` (on the event loop)."""
+    _observers.append(observer)
+
+
+def forget(observer: Observer) -> None:
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def _response(status: bytes, message: str, request_id: str) -> bytes:
+    body = orjson.dumps({"error": "invalid_request", "message": message, "request_id": request_id})
     return (
         b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, len(body), body)
+        b"x-request-id: %s\r\nconnection: close\r\n\r\n%s"
+        % (status, len(body), request_id.encode("ascii"), body)
     )
 
 
@@ -65,11 +116,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     connection_lost = protocol.connection_lost
     on_message_begin = protocol.on_message_begin
     on_headers_complete = protocol.on_headers_complete
-    too_large = _response(b"431 Request Header Fields Too Large", _MESSAGE)
-    timed_out = _response(
-        b"408 Request Timeout",
-        f"the request line and headers did not arrive within {timeout_seconds:g} s",
-    )
+    timed_out = f"the request line and headers did not arrive within {timeout_seconds:g} s"
     # Whether a head is being read, and its bytes received in the pieces after the one it
     # began in: that one may also hold the end of the previous request, which must not count.
     # The head is thus bounded to MAX_HEAD_BYTES plus one piece (at most 256 KB with uvloop).
@@ -87,14 +134,21 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def waited(self: Any) -> float:
+        # Since the head's first byte (or the connection's opening), from its timer: noting
+        # when each head begins would cost every request a clock read.
+        if self._head_timer is None:
+            return 0.0
+        return max(self.loop.time() - (self._head_timer.when() - timeout_seconds), 0.0)
+
     def expire(self: Any) -> None:
         self._head_timer = None
         if self.transport.is_closing():
             return
         if self._head_open:
-            log.warning("refused a request whose head took over %g s (408)", timeout_seconds)
-            self.transport.write(timed_out)
-        self.transport.close()
+            _refuse(self, HEAD_TIMEOUT, timed_out, timeout_seconds)
+        else:
+            self.transport.close()
 
     def bounded_connection_made(self: Any, transport: Any) -> None:
         connection_made(self, transport)
@@ -111,10 +165,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-            self._head_open = False
-            log.warning("refused a request whose head exceeds %d bytes (431)", MAX_HEAD_BYTES)
-            self.transport.write(too_large)
-            self.transport.close()
+            _refuse(self, HEAD_TOO_LARGE, _TOO_LARGE, waited(self))
 
     def bounded_on_message_begin(self: Any) -> None:
         self._head_open = True
@@ -127,8 +178,36 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
         disarm(self)
         on_headers_complete(self)
 
+    def send_400_response(self: Any, msg: str) -> None:
+        # uvicorn's answer to what its parser refuses, in plain text and without a request id;
+        # uvicorn has logged its warning already.
+        _refuse(self, MALFORMED, _MALFORMED, waited(self))
+
     protocol.data_received = bounded_data_received
     protocol.connection_made = bounded_connection_made
     protocol.connection_lost = bounded_connection_lost
     protocol.on_message_begin = bounded_on_message_begin
     protocol.on_headers_complete = bounded_on_headers_complete
+    protocol.send_400_response = send_400_response
+
+
+def _refuse(protocol: Any, reason: str, message: str, waited: float) -> None:
+    """Answer ``reason``'s status with ``message``, close the connection, tell the observers."""
+    request_id = new_request_id()
+    protocol._head_open = False
+    protocol.transport.write(_response(_STATUS_LINES[reason], message, request_id))
+    protocol.transport.close()
+    if reason != MALFORMED:
+        log.warning("refused request %s (%d): %s", request_id, STATUSES[reason], message)
+    refusal = Refusal(
+        request_id=request_id,
+        reason=reason,
+        status=STATUSES[reason],
+        received_at=datetime.now(UTC) - timedelta(seconds=waited),
+        latency_seconds=waited,
+    )
+    for observer in _observers:
+        try:
+            observer(refusal)
+        except Exception:  # an observer never takes the answer or the other observers down
+            log.exception("refusal observer %r failed", observer)

@@ -138,6 +138,13 @@ class CreditRiskService:
         if settings.access_log:
             self.access_log = AccessLog(include_features=settings.access_log_features)
             sinks.append(self.access_log)
+        # Requests uvicorn refuses before they reach the service (malformed, head too large or
+        # too slow) are counted and have an access-log line; they are no prediction-log row.
+        self._refusal_observers = [
+            sink.refused for sink in (self.metrics, self.access_log) if sink is not None
+        ]
+        for observer in self._refusal_observers:
+            header_limit.observe(observer)
         self.predictor = Predictor(
             model,
             max_instances=settings.max_batch_size,
@@ -244,6 +251,8 @@ class CreditRiskService:
         for result in await asyncio.gather(*stopping, return_exceptions=True):
             if isinstance(result, BaseException):  # the other one still finished its work
                 log.error("shutdown step failed", exc_info=result)
+        for observer in self._refusal_observers:
+            header_limit.forget(observer)
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
         if self.metrics is not None:

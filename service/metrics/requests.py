@@ -3,7 +3,9 @@
 Request metrics come from the one event per answered request (:meth:`ServiceMetrics.publish`, an
 ``EventSink``), for every transport alike; model-health metrics from each merged model call
 (:meth:`ServiceMetrics.observe_batch` on the event loop, :meth:`ServiceMetrics.observe_model_call`
-on the model thread, with the call's input columns and scores). The caller only appends a tuple;
+on the model thread, with the call's input columns and scores), and requests refused before they
+reach the service from each :class:`~service.header_limit.Refusal` (:meth:`ServiceMetrics.refused`,
+on the event loop). The caller only appends a tuple;
 the worker's flusher (service/metrics/flusher.py) applies them, grouped and vectorised, in the same
 turn as BentoML's request metrics (service/bentoml_metrics.py).
 """
@@ -22,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from service.contract import FeatureContract
 from service.events import Event, PredictionEvent
+from service.header_limit import STATUSES, Refusal
 from service.metrics import flusher
 from service.metrics.flusher import Flusher, observe_many, take_all
 from service.model import LoadedModel
@@ -103,6 +106,17 @@ class ServiceMetrics:
             ["transport", "field", "reason"],
             registry=r,
         )
+        self.refusals = Counter(
+            "http_requests_refused",
+            "HTTP requests refused before they reach the service (no endpoint, no request "
+            "metrics): malformed (400), head_too_large (431), head_timeout (408).",
+            ["reason", "code"],
+            registry=r,
+        )
+        # Every series from the start, at 0, as the server errors below: increase() sees the
+        # first burst of them.
+        for reason, status in STATUSES.items():
+            self.refusals.labels(reason, str(status))
         self.call_rows = Histogram(
             "model_call_rows",
             "Rows per model call (concurrent requests are merged into one call).",
@@ -194,6 +208,7 @@ class ServiceMetrics:
         self._answered: deque[_Answered] = deque()
         self._batches: deque[_Batch] = deque()
         self._calls: deque[_Call] = deque()
+        self._refused: deque[str] = deque()
         self._flusher: Flusher | None = None
 
     # EventSink: one event per answered request, on the request path: one append.
@@ -213,6 +228,10 @@ class ServiceMetrics:
             )  # fmt: skip
         self._answered.append(answer)
 
+    # Refusal observer (service/header_limit.py): on the event loop, one append per refusal.
+    def refused(self, refusal: Refusal) -> None:
+        self._refused.append(refusal.reason)
+
     def start(self) -> None:
         """Apply published requests every REQUEST_FLUSH_SECONDS, on the worker's FLUSHER."""
         self._flusher = flusher.FLUSHER
@@ -229,6 +248,8 @@ class ServiceMetrics:
         self._apply_requests(take_all(self._answered))
         self._apply_batches(take_all(self._batches))
         self._apply_calls(take_all(self._calls))
+        for reason, n in Tally(take_all(self._refused)).items():
+            self.refusals.labels(reason, str(STATUSES[reason])).inc(n)
 
     def _apply_requests(self, answered: list[_Answered]) -> None:
         if not answered:

@@ -11,6 +11,10 @@ Line format (keys always present; ``null`` when not applicable)::
 first problem is in ``reason``/``field`` (``error_count`` has their number). Feature values are
 not logged unless ``ACCESS_LOG_FEATURES`` is on, which adds ``"features": [{...}, ...]``.
 
+A request refused before it reaches the service (service/header_limit.py: malformed, head too
+large or too slow) has a line too, without endpoint or model (``null``), its ``reason`` one of
+``malformed``, ``head_too_large``, ``head_timeout`` and its ``field`` ``$request``.
+
 Writing to stdout can block (a slow log collector fills the pipe), so lines are queued and written
 by a thread of their own, once a second. If that queue is full, lines are dropped and
 counted (``dropped``), and a warning says how many: the prediction log, not this one, is the
@@ -24,12 +28,14 @@ import sys
 import threading
 import time
 from collections import deque
+from datetime import datetime
 from typing import IO, Any
 
 import orjson
 
 from service.events import Event, PredictionEvent, RequestInfo
-from service.validation import FieldError
+from service.header_limit import Refusal
+from service.validation import REQUEST_FIELD, FieldError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ def _line_of(event: Event, include_features: bool) -> _Line:
 def _record(line: _Line) -> dict[str, Any]:
     req, status, instances, error_count, first, features = line
     record: dict[str, Any] = {
-        "time": req.received_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "time": _time(req.received_at),
         "type": "access",
         "request_id": req.request_id,
         "trace_id": req.trace_id,
@@ -76,6 +82,28 @@ def access_record(event: Event, include_features: bool = False) -> dict[str, Any
     return _record(_line_of(event, include_features))
 
 
+def refusal_record(refusal: Refusal) -> dict[str, Any]:
+    return {
+        "time": _time(refusal.received_at),
+        "type": "access",
+        "request_id": refusal.request_id,
+        "trace_id": None,
+        "transport": "http",
+        "endpoint": None,
+        "status": refusal.status,
+        "latency_ms": round(refusal.latency_seconds * 1000, 3),
+        "model": None,
+        "instances": None,
+        "error_count": 1,
+        "reason": refusal.reason,
+        "field": REQUEST_FIELD,
+    }
+
+
+def _time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 class AccessLog:
     """An EventSink that prints :func:`access_record` lines from a background thread.
 
@@ -95,7 +123,9 @@ class AccessLog:
         self.include_features = include_features
         self.dropped = 0
         self._flush_seconds = flush_seconds
-        self._queue: deque[_Line] = deque()  # append and popleft are atomic: no lock needed
+        # append and popleft are atomic: no lock needed. A refusal queues its record, built at
+        # once: refusals are rare.
+        self._queue: deque[_Line | dict[str, Any]] = deque()
         self._stop = threading.Event()
         self._last_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
@@ -108,6 +138,13 @@ class AccessLog:
         # What the line needs, not the event: a queued event would keep the request's instances
         # alive until the next write, up to a second of requests in memory.
         self._queue.append(_line_of(event, self.include_features))
+
+    # Refusal observer (service/header_limit.py): on the event loop.
+    def refused(self, refusal: Refusal) -> None:
+        if len(self._queue) >= QUEUE_LINES:
+            self.dropped += 1
+            return
+        self._queue.append(refusal_record(refusal))
 
     def close(self, timeout: float = 5.0) -> None:
         """Write the lines still queued, then stop."""
@@ -132,7 +169,8 @@ class AccessLog:
             lines = []
             # In chunks: what a blocked stdout holds up stays bounded.
             while self._queue and len(lines) < WRITE_CHUNK_LINES:
-                record = _record(self._queue.popleft())
+                line = self._queue.popleft()
+                record = line if isinstance(line, dict) else _record(line)
                 lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             stream.write(b"".join(lines).decode())
             wrote = True

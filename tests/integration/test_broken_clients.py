@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from models.contract import CONTRACT
+from service.header_limit import STATUSES
+from service.metrics import REQUEST_FLUSH_SECONDS
 from service.oip.rest import infer_endpoint
 from tests.support import ServedService, example_rows, scrape, served_with_log, total, wait_until
 
@@ -148,3 +150,98 @@ def test_a_request_head_slower_than_the_request_timeout_is_refused_and_an_idle_c
         assert f"did not arrive within {TIMEOUT_SECONDS} s".encode() in answer
         assert idle.recv(65536) == b""  # closed
     assert time.monotonic() - started < TIMEOUT_SECONDS + 3
+
+
+def refused(served: ServedService) -> dict[str, float]:
+    """``http_requests_refused_total`` by reason, from a /metrics parsed by prometheus_client."""
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in scrape(served.url).items()
+        if name == "http_requests_refused_total"
+    }
+
+
+def settled_refusals(served: ServedService, timeout: float = 30.0) -> dict[str, float]:
+    """:func:`refused` once the workers' flushers have applied what earlier tests caused (the
+    431 of the test before is counted up to REQUEST_FLUSH_SECONDS after it)."""
+    deadline = time.monotonic() + timeout
+    last = refused(served)
+    while True:
+        time.sleep(REQUEST_FLUSH_SECONDS + 0.3)
+        now = refused(served)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "refusal counts kept changing with no refusals"
+        last = now
+
+
+def refusal_answer(sock: socket.socket) -> tuple[int, str, dict[str, str]]:
+    """The status, X-Request-ID and JSON body of an answer the server closes after."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers["x-request-id"], json.loads(body)
+
+
+def test_requests_refused_before_the_service_are_counted_and_have_an_access_log_line(
+    service: tuple[ServedService, Path],
+) -> None:
+    """uvicorn's 400 for a malformed request, and the 431 and 408 of a head too large or too
+    slow, were only a warning in the server's log: no metric, no access-log line, no request
+    id. Each is counted by reason on /metrics and logged with the request id the client got."""
+    served, store = service
+    # The series exist before the first refusal, at 0 (increase() sees the first one).
+    before = settled_refusals(served)
+    assert set(before) == {"malformed", "head_too_large", "head_timeout"}
+    address = ("127.0.0.1", served.port)
+    with socket.create_connection(address, timeout=TIMEOUT_SECONDS + 10) as slow:
+        slow.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: aaa")
+        answers = {}
+        with socket.create_connection(address, timeout=10) as malformed:
+            malformed.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nNo colon here\r\n\r\n")
+            answers["malformed"] = refusal_answer(malformed)
+        with socket.create_connection(address, timeout=10) as large:
+            # The piece a head begins in is not counted (it may end the previous request):
+            # sent apart, the rest is read whole before the refusal, so its answer is not lost
+            # to a reset.
+            large.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+            time.sleep(0.5)
+            large.sendall(b"a" * 70_000)
+            answers["head_too_large"] = refusal_answer(large)
+        answers["head_timeout"] = refusal_answer(slow)
+    for reason, (status, request_id, body) in answers.items():
+        assert status == STATUSES[reason], (reason, body)
+        assert body["error"] == "invalid_request"
+        assert body["request_id"] == request_id
+    wait_until(
+        lambda: (
+            {r: n - before[r] for r, n in refused(served).items()}
+            == {"malformed": 1, "head_too_large": 1, "head_timeout": 1}
+        ),
+        timeout=30,
+    )
+
+    def access_lines() -> dict[str, dict[str, object]] | None:
+        lines = {}
+        for line in served.read_log().splitlines():
+            if line.startswith('{"time"') and '"type":"access"' in line:
+                record = json.loads(line)
+                lines[record["request_id"]] = record
+        found = {reason: lines.get(request_id) for reason, (_, request_id, _) in answers.items()}
+        return found if all(found.values()) else None
+
+    lines = wait_until(access_lines, timeout=30)
+    for reason, line in lines.items():
+        assert (line["status"], line["reason"], line["field"]) == (
+            STATUSES[reason],
+            reason,
+            "$request",
+        )
+        assert (line["endpoint"], line["model"], line["transport"]) == (None, None, "http")
+    assert lines["head_timeout"]["latency_ms"] >= TIMEOUT_SECONDS * 1000
+    # Not rows of the prediction log: no endpoint, no body, no model to record.
+    for _, request_id, _ in answers.values():
+        assert rejection(store, request_id) is None
