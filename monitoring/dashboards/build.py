@@ -231,12 +231,18 @@ def service_health() -> model.Dashboard:
         series(
             "HTTP and gRPC side by side",
             "HTTP requests by endpoint and status (BentoML's metric, also requests that never "
-            "reach the service's code) and gRPC calls by method and code. Normal: 200 / OK "
-            "dominate; InvalidArgument is the gRPC 400.",
+            "reach the service's code), requests the HTTP server refused before any route "
+            "(malformed 400, head too large 431, head too slow 408) and gRPC calls by method "
+            "and code. Normal: 200 / OK dominate; refused near 0 (a steady rate is a broken "
+            "client, a scanner or slow-header connections); InvalidArgument is the gRPC 400.",
             query(
                 f"sum by (endpoint, http_response_code)"
                 f" (rate(bentoml_service_request_total{{{SEL}}}[{RATE}]))",
                 "HTTP {{endpoint}} {{http_response_code}}",
+            ),
+            query(
+                f"sum by (reason, code) (rate(http_requests_refused_total{{{SEL}}}[{RATE}])) > 0",
+                "HTTP refused {{reason}} {{code}}",
             ),
             query(
                 f"sum by (grpc_method, grpc_code)"
