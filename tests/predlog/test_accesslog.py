@@ -6,11 +6,13 @@ import gc
 import io
 import threading
 import weakref
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from service.events import Prediction, PredictionEvent, RejectionEvent
+from service.header_limit import HEAD_TOO_LARGE, Refusal
 from service.predlog.accesslog import QUEUE_LINES, AccessLog, access_record
 from service.validation import FieldError, Reason
 from tests.predlog.helpers import prediction_event, rejection_event, request_info
@@ -64,6 +66,35 @@ def test_lines_are_written_in_order_and_flushed_on_close() -> None:
     access_log.close()
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["request_id"] for line in lines] == [e.request.request_id for e in published]
+
+
+def test_a_request_refused_before_the_service_has_a_line_of_the_same_keys_in_order() -> None:
+    # A log collector parsing these lines finds every key, null where there is nothing.
+    stream = io.StringIO()
+    access_log = AccessLog(stream)
+    access_log.publish(prediction_event(1, request_id="before"))
+    at = datetime(2026, 12, 7, 9, 0, 1, 250_000, tzinfo=UTC)
+    access_log.refused(Refusal("refused-1", HEAD_TOO_LARGE, 431, at, 0.0125))
+    access_log.publish(prediction_event(1, request_id="after"))
+    access_log.close()
+    before, refused, after = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert (before["request_id"], after["request_id"]) == ("before", "after")
+    assert refused.keys() == before.keys()
+    assert refused == {
+        "time": "2026-12-07T09:00:01.250Z",
+        "type": "access",
+        "request_id": "refused-1",
+        "trace_id": None,
+        "transport": "http",
+        "endpoint": None,
+        "status": 431,
+        "latency_ms": 12.5,
+        "model": None,
+        "instances": None,
+        "error_count": 1,
+        "reason": "head_too_large",
+        "field": "$request",
+    }
 
 
 class BlockedStream(io.StringIO):
