@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -123,6 +124,26 @@ def start_on_a_free_port(
         if attempt == attempts or "address already in use" not in output:
             raise AssertionError(f"exited with {process.returncode}:\n{output}")
     raise AssertionError("unreachable")
+
+
+def send_endless_head(host: str, port: int, limit: int = 64 << 20) -> tuple[int, bytes]:
+    """Send a request whose one header grows until the server answers (or ``limit`` bytes are
+    sent): the bytes sent, and the answer's first bytes (empty if the server's close reset the
+    connection first, as it may when bytes of ours were left unread)."""
+    sent = 0
+    answer = b""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+        try:
+            while sent < limit and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"a" * 16384)
+                sent += 16384
+            if sent >= limit:
+                sock.sendall(b"\r\n\r\n")
+            answer = sock.recv(65536)
+        except ConnectionError:
+            pass  # closed with bytes of ours unread: a reset, which may lose the answer
+    return sent, answer
 
 
 def example_rows(n: int | None = None) -> list[dict[str, Any]]:

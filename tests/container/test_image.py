@@ -19,7 +19,7 @@ import tritonclient.grpc as triton_grpc
 from service.model import load_model
 from tests.container.oci import BENTO_USER_UID, PODMAN_RUN_FLAGS, Container, Oci, StartContainer
 from tests.oip_support import triton_inputs
-from tests.support import example_rows, wait_until
+from tests.support import example_rows, send_endless_head, wait_until
 
 # Minutes on a first run: debootstrap of the base, then the image build (later runs reuse both).
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
@@ -107,6 +107,15 @@ def _assert_metrics(container: Container) -> None:
     assert "model_predictions_total{" in text
 
 
+def _assert_heads_are_bounded(container: Container) -> None:
+    # service/header_limit.py bounds uvicorn's httptools protocol by patching it: the image's
+    # own uvicorn and httptools must be the ones it knows, or a worker reads a head of any size.
+    sent, answer = send_endless_head("127.0.0.1", container.http_port)
+    assert sent < 16 << 20, f"the worker read {sent} bytes of headers, answered {answer[:40]!r}"
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+
+
 def _assert_runs_as_bentoml(container: Container) -> None:
     processes = container.processes()
     assert any("bentoml serve" in command for _, command in processes), processes
@@ -129,6 +138,7 @@ def test_container_serves_then_stops_gracefully_on_sigterm(
     http_id = _assert_predicts(container, model_tag)
     grpc_id = _assert_grpc_predicts(container, model_tag)
     _assert_metrics(container)
+    _assert_heads_are_bounded(container)
     _assert_runs_as_bentoml(container)
     _assert_data_volume_writable(container)
 

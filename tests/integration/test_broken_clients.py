@@ -5,7 +5,6 @@ flight (BentoML's `bentoml_service_request_in_progress`) longer than it lasts.""
 from __future__ import annotations
 
 import json
-import select
 import socket
 import sqlite3
 import time
@@ -18,7 +17,15 @@ from models.contract import CONTRACT
 from service.header_limit import STATUSES
 from service.metrics import REQUEST_FLUSH_SECONDS
 from service.oip.rest import infer_endpoint
-from tests.support import ServedService, example_rows, scrape, served_with_log, total, wait_until
+from tests.support import (
+    ServedService,
+    example_rows,
+    scrape,
+    send_endless_head,
+    served_with_log,
+    total,
+    wait_until,
+)
 
 # The request timeout: long enough that "well before it" (a client gone mid-body is let go at
 # once) leaves room on a loaded 2-core machine; a stalled body waits it out.
@@ -112,20 +119,8 @@ def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
         padding = b"a" * 16_000
         sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: " + padding + b"\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-    sent = 0
-    answer = b""
-    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
-        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
-        try:
-            # Until the worker answers (it refuses, then closes the connection), or 64 MB.
-            while sent < 64 << 20 and not select.select([sock], [], [], 0)[0]:
-                sock.sendall(b"a" * 16384)
-                sent += 16384
-            if sent >= 64 << 20:
-                sock.sendall(b"\r\n\r\n")
-            answer = sock.recv(65536)
-        except ConnectionError:
-            pass  # closed with bytes of ours unread: a reset, which may lose the answer
+    # Until the worker answers (it refuses, then closes the connection), or 64 MB.
+    sent, answer = send_endless_head("127.0.0.1", served.port)
     # Cut off long before: what was sent beyond the limit is what the sockets' buffers held.
     assert sent < 16 << 20, f"the worker read {sent} bytes of headers, answered {answer[:40]!r}"
     if answer:
