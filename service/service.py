@@ -34,6 +34,7 @@ from service.model import load_model
 from service.oip.protocol import InferenceProtocol, server_version
 from service.oip.rest import infer_endpoint, v2_routes
 from service.oip.server import (
+    ConnectionLimits,
     GrpcPortUnavailable,
     GrpcServer,
     check_port_free,
@@ -222,6 +223,11 @@ class CreditRiskService:
                 max_message_bytes=settings.max_body_bytes,
                 grace_seconds=settings.grpc_shutdown_grace_seconds,
                 metrics_enabled=settings.metrics_enabled,
+                connections=ConnectionLimits(
+                    max_idle_seconds=settings.grpc_max_connection_idle_seconds,
+                    max_age_seconds=settings.grpc_max_connection_age_seconds,
+                    max_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
+                ),
             )
             await server.start()
             self.grpc_server = server

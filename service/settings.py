@@ -69,6 +69,35 @@ class Settings(BaseSettings):
         description="On shutdown, how long gRPC calls in flight may take to finish before they "
         "are cancelled; new calls are refused and health checks answer NOT_SERVING meanwhile.",
     )
+    # gRPC takes these in milliseconds, as a C int: at most 2**31 - 1 ms, about 24.8 days.
+    grpc_max_connection_idle_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=2_000_000,
+        description="A gRPC connection without a call in flight for this long is closed by the "
+        "server (a GOAWAY: the client reconnects at its next call); client keepalive pings do "
+        "not count as calls. Below the idle timeouts of common L4 load balancers (AWS NLB: "
+        "350 s), so that the server, not a middlebox silently, ends an idle connection. "
+        "0 = never.",
+    )
+    grpc_max_connection_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=2_000_000,
+        description="A gRPC connection this old (+-10% jitter) is asked to go away (GOAWAY): its "
+        "calls in flight finish, new calls go on a new connection, which the kernel, the load "
+        "balancer or the client's resolver may place on another worker or replica, so that "
+        "long-lived clients spread over replicas added since they connected. 0 = never.",
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=2_000_000,
+        description="After GRPC_MAX_CONNECTION_AGE_SECONDS, how long the calls in flight on the "
+        "old connection may take before it is closed under them (their clients get "
+        "UNAVAILABLE). Longer than any call should take; long-lived streams (health `Watch`) "
+        "end then and are re-opened by their clients.",
+    )
     max_batch_size: int = Field(
         1000, ge=1, description="Most instances accepted in one request; more is refused (413)."
     )

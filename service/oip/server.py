@@ -11,6 +11,11 @@ anything is listening on.
 Besides ``inference.GRPCInferenceService`` the server answers the standard health checking
 protocol (``grpc.health.v1.Health``: "" and the inference service, NOT_SERVING once shutdown
 starts) and server reflection, and counts every call (see ``grpc_metrics.py``).
+
+Its connections do not live for ever (:class:`ConnectionLimits`; gRPC's own defaults keep every
+connection, idle or not, until its client closes it): an idle one is closed, an old one is asked
+to go away so that its client reconnects, possibly elsewhere, and keepalive pings and streams
+per connection are bounded (docs/grpc.md, "Connections").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from dataclasses import dataclass
 from functools import cache
 
 import grpc
@@ -36,6 +42,47 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+# Keepalive pings a client may send: one every 5 s at most, also on a connection without calls.
+# gRPC's default allows one every 5 minutes, and none without a call in flight: a client or proxy
+# pinging more often (grpc-go allows 10 s, a common choice) collects "ping strikes" and, at the
+# third, its connection is closed with GOAWAY ENHANCE_YOUR_CALM "too_many_pings", failing every
+# call in flight on it. A ping does not make a connection busy: the idle limit still applies.
+MIN_PING_INTERVAL_MS = 5_000
+# Calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; gRPC's default is no
+# bound): each may hold a message of up to MAX_BODY_BYTES. A client at the bound waits for a
+# stream to free (gRPC's clients queue the call, proxies open another connection); 100 is the
+# least RFC 9113 recommends, and what nginx's and Apache's HTTP/2 servers announce (nginx: 128).
+MAX_CONCURRENT_STREAMS = 100
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a gRPC connection may live, in seconds: idle (0: for ever, gRPC's default), in
+    all (0: for ever), and then its calls in flight, before it is closed under them."""
+
+    max_idle_seconds: float = 0
+    max_age_seconds: float = 0
+    max_age_grace_seconds: float = 0
+
+    def options(self) -> list[tuple[str, int]]:
+        """gRPC core's server arguments for these limits (include/grpc/impl/channel_arg_names.h)."""
+        options: list[tuple[str, int]] = []
+        if self.max_idle_seconds > 0:
+            options.append(("grpc.max_connection_idle_ms", _ms(self.max_idle_seconds)))
+        if self.max_age_seconds > 0:
+            options.append(("grpc.max_connection_age_ms", _ms(self.max_age_seconds)))
+            # Without it (gRPC's default: no end), one call that never ends, a forgotten health
+            # Watch, keeps its connection, and whatever worker or replica it holds, for good.
+            grace = _ms(self.max_age_grace_seconds)
+            options.append(("grpc.max_connection_age_grace_ms", grace))
+        return options
+
+
+def _ms(seconds: float) -> int:
+    # At least 1: gRPC reads 0 ms as "at once", which a positive setting never means.
+    return max(1, round(seconds * 1000))
 
 
 class GrpcPortUnavailable(RuntimeError):
@@ -114,6 +161,7 @@ class GrpcServer:
         max_message_bytes: int,
         grace_seconds: float,
         metrics_enabled: bool = True,
+        connections: ConnectionLimits | None = None,
     ) -> None:
         self.protocol = protocol
         self.host = host
@@ -132,6 +180,10 @@ class GrpcServer:
             options=[
                 ("grpc.so_reuseport", 1),  # grpc's default on Linux; the design relies on it
                 ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
+                *(connections or ConnectionLimits()).options(),
             ],
         )
         add_to_server(InferenceServicer(protocol, self._shutdown), self._server)
