@@ -6,6 +6,7 @@ webhook (ServiceDown held back)."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 
@@ -31,7 +32,10 @@ def stack(model_tag: str) -> Iterator[Stack]:
 
 def send_traffic(service: ServedService) -> None:
     """What the dashboards show: accepted and refused requests over HTTP and gRPC, values
-    beyond the training range."""
+    beyond the training range, a request the HTTP server refuses before any route."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
     rows = example_rows(60)
     with httpx.Client(base_url=service.url, timeout=30) as client:
         for row in rows:
