@@ -22,15 +22,72 @@ import httpx
 import numpy as np
 import pandas as pd
 import psutil
+import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
+from service.contract import Feature, FeatureKind, IntegerFeature
 from service.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-DATA_PATH = ROOT / "models" / "data" / "german_credit.csv"
+
+# What identifies the example credit-risk model: its name, target, labels and features. A fork
+# that swapped the model has another contract, and the few tests about the example's own data
+# (golden values of its training, the README's example requests) are skipped, saying why.
+_EXAMPLE_FINGERPRINT = (
+    "credit_risk",
+    "creditability",
+    ("good", "bad"),
+    (
+        "status_of_existing_checking_account",
+        "duration_in_month",
+        "credit_history",
+        "purpose",
+        "credit_amount",
+        "savings_account_and_bonds",
+        "present_employment_since",
+        "installment_rate_in_percentage_of_disposable_income",
+        "other_debtors_or_guarantors",
+        "present_residence_since",
+        "property",
+        "age_in_years",
+        "other_installment_plans",
+        "housing",
+        "number_of_existing_credits_at_this_bank",
+        "job",
+        "number_of_people_being_liable_to_provide_maintenance_for",
+        "telephone",
+    ),
+)
+IS_EXAMPLE_MODEL = (
+    CONTRACT.model_name,
+    CONTRACT.target,
+    CONTRACT.labels,
+    CONTRACT.feature_names,
+) == _EXAMPLE_FINGERPRINT
+example_model_only = pytest.mark.skipif(
+    not IS_EXAMPLE_MODEL,
+    reason="about the example credit-risk model's own data; models/contract.py is another model's",
+)
+
+
+def first_feature(kind: FeatureKind) -> Feature:
+    """The contract's first feature of ``kind``; the test is skipped if it has none (a contract
+    of numbers only, say), saying so."""
+    features = CONTRACT.of_kind(kind)
+    if not features:
+        pytest.skip(f"the contract has no {kind} feature")
+    return features[0]
+
+
+def excluded_columns(limit: int | None = None) -> list[Any]:
+    """The contract's excluded columns (the first ``limit``), as a test's parameters; for a
+    contract that excludes none, one parameter that skips the test saying so."""
+    names = list(CONTRACT.excluded[:limit])
+    skipped = pytest.param(None, marks=pytest.mark.skip(reason="the contract excludes no column"))
+    return names or [skipped]
 
 
 # A scrape of GET /metrics: value per (sample name, labels).
@@ -152,13 +209,27 @@ def example_rows(n: int | None = None) -> list[dict[str, Any]]:
     From ``models.train.load_data()``, so that the tests that are not about the example's data
     run unchanged for a swapped model (README "Serving your own model").
     """
-    frame = _training_data()[list(CONTRACT.feature_names)]
+    frame = training_data()[list(CONTRACT.feature_names)]
     rows = frame.to_dict(orient="records")
     return rows if n is None else rows[:n]
 
 
+def above_training(n: int) -> dict[str, int | float]:
+    """Values of up to ``n`` numeric features, one above the largest the training data holds,
+    inside the domain: accepted, and counted as outside the training range."""
+    data = training_data()
+    values: dict[str, int | float] = {}
+    for feat in CONTRACT.numeric_features():
+        value = data[feat.name].max() + 1
+        if value <= feat.maximum and len(values) < n:
+            values[feat.name] = int(value) if isinstance(feat, IntegerFeature) else float(value)
+    return values
+
+
 @functools.cache
-def _training_data() -> pd.DataFrame:
+def training_data() -> pd.DataFrame:
+    """``models.train.load_data()``: the model's training data, target included (cached: do not
+    modify it, copy it)."""
     from models.train import load_data
 
     return load_data()

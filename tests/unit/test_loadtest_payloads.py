@@ -7,7 +7,6 @@ import random
 from typing import Any
 
 import orjson
-import pandas as pd
 import pytest
 
 from loadtests.payloads import (
@@ -23,10 +22,16 @@ from loadtests.payloads import (
 from loadtests.slo import Slo, judge
 from models.contract import CONTRACT
 from service.asgi import decode_json
-from service.contract import CategoricalFeature, FeatureContract, IntegerFeature, NumberFeature
+from service.contract import (
+    CategoricalFeature,
+    Feature,
+    FeatureContract,
+    IntegerFeature,
+    NumberFeature,
+)
 from service.settings import Settings
 from service.validation import InstanceValidator, Reason, RequestRejected
-from tests.support import DATA_PATH, example_rows
+from tests.support import example_rows, training_data
 
 MAX_INSTANCES = 50
 CATEGORIES = CONTRACT.of_kind("categorical")
@@ -54,7 +59,7 @@ def answer_of(validator: InstanceValidator, body: bytes) -> tuple[int, dict[str,
 def test_sampled_and_synthetic_instances_are_valid(
     factory: PayloadFactory, validator: InstanceValidator
 ) -> None:
-    trained = CONTRACT.with_training_ranges(pd.read_csv(DATA_PATH))
+    trained = CONTRACT.with_training_ranges(training_data())
     synthetic = PayloadFactory.synthetic(trained, rows=200, seed=3)
     for source in (factory, synthetic):
         instances = source.instances(MAX_INSTANCES)
@@ -69,8 +74,9 @@ def test_sampling_is_seeded_and_returns_copies(factory: PayloadFactory) -> None:
     a = PayloadFactory(CONTRACT, example_rows(), seed=7).instances(5)
     b = PayloadFactory(CONTRACT, example_rows(), seed=7).instances(5)
     assert a == b
-    a[0]["duration_in_month"] = -1
-    assert all(row["duration_in_month"] != -1 for row in factory.rows)
+    name = CONTRACT.feature_names[0]
+    a[0][name] = None
+    assert all(row[name] is not None for row in factory.rows)
 
 
 def test_every_invalid_case_gets_exactly_its_expected_refusal(
@@ -82,10 +88,14 @@ def test_every_invalid_case_gets_exactly_its_expected_refusal(
         assert case.matches(status, answer), (case.reason, case.field, status, answer)
         assert 400 <= status < 500
     reasons = {case.reason for case in cases}
+    # a contract that excludes no column has no excluded field to send
+    unsendable = set() if CONTRACT.excluded else {Reason.EXCLUDED_FIELD}
     server_side = {Reason.INTERNAL_ERROR, Reason.UNAVAILABLE, Reason.BODY_TOO_LARGE, Reason.TIMEOUT}
     tensors_only = {Reason.INVALID_TENSOR, Reason.UNKNOWN_MODEL}  # Open Inference Protocol
     not_the_body = {Reason.CANCELLED}  # a client's cancelled gRPC call
-    assert reasons == {r.value for r in Reason} - server_side - tensors_only - not_the_body
+    assert reasons == (
+        {r.value for r in Reason} - server_side - tensors_only - not_the_body - unsendable
+    )
     broken = {case.field for case in cases if case.reason == Reason.MISSING}
     assert broken == set(CONTRACT.feature_names)
     assert {c.field for c in cases if c.reason == Reason.EXCLUDED_FIELD} == set(CONTRACT.excluded)
@@ -150,37 +160,78 @@ def test_an_invalid_case_does_not_match_other_answers(factory: PayloadFactory) -
     assert not case.matches(400, {"errors": [{**error, "instance": (case.instance or 0) + 1}]})
 
 
+def _two_numeric_and_a_categorical() -> tuple[Feature, Feature, CategoricalFeature]:
+    """The contract's first two numeric features and its first categorical one, which the shift
+    tests move (skipped for a contract without them)."""
+    numeric = CONTRACT.numeric_features()
+    if len(numeric) < 2 or not CATEGORIES:
+        pytest.skip("the contract has fewer than two numeric or no categorical features")
+    category = CATEGORIES[0]
+    assert isinstance(category, CategoricalFeature)
+    return numeric[0], numeric[1], category
+
+
 def test_parse_shifts() -> None:
-    spec = "duration_in_month*2; credit_amount+500; age_in_years-3; purpose=car (new); housing"
+    first, second, category = _two_numeric_and_a_categorical()
+    last = CATEGORIES[-1].name
+    value = category.categories[-1]
+    spec = f"{first.name}*2; {second.name}+500; {first.name}-3; {category.name}={value}; {last}"
     assert parse_shifts(spec, CONTRACT) == (
-        Shift("duration_in_month", scale=2.0),
-        Shift("credit_amount", offset=500.0),
-        Shift("age_in_years", offset=-3.0),
-        Shift("purpose", category="car (new)"),
-        Shift("housing"),
+        Shift(first.name, scale=2.0),
+        Shift(second.name, offset=500.0),
+        Shift(first.name, offset=-3.0),
+        Shift(category.name, category=value),
+        Shift(last),
     )
-    # A category holding a comma, and a bare numeric name (the default x1.5).
-    spec = "property=car or other, not in attribute Savings account/bonds; credit_amount"
-    assert parse_shifts(spec, CONTRACT)[1] == Shift("credit_amount", scale=1.5)
+    # A bare numeric name: the default x1.5.
+    assert parse_shifts(f"{last}; {second.name}", CONTRACT)[1] == Shift(second.name, scale=1.5)
 
 
-@pytest.mark.parametrize(
-    ("spec", "complaint"),
-    [
-        ("salary*2", "no such feature"),
-        ("purpose=holiday", "one of"),
-        ("purpose*2", "categorical"),
-        ("duration_in_month*x", "not a number"),
-        ("duration_in_month=3", "numeric"),
-    ],
-)
+def test_parse_shifts_takes_categories_with_commas_and_names_sharing_a_prefix() -> None:
+    contract = FeatureContract(
+        model_name="m",
+        target="y",
+        positive_label="yes",
+        negative_label="no",
+        features=(
+            CategoricalFeature("asset", ("real estate", "car or other, not savings")),
+            IntegerFeature("amount", 0, 10),
+            IntegerFeature("amount_due", 0, 10),
+        ),
+    )
+    spec = "asset=car or other, not savings; amount_due+2; amount"
+    assert parse_shifts(spec, contract) == (
+        Shift("asset", category="car or other, not savings"),
+        Shift("amount_due", offset=2.0),
+        Shift("amount", scale=1.5),
+    )
+
+
+def _refused_specs() -> list[tuple[str, str]]:
+    specs = [("no such feature at all*2", "no such feature")]
+    if CATEGORIES:
+        category = CATEGORIES[0]
+        assert isinstance(category, CategoricalFeature)
+        specs += [
+            (f"{category.name}={category.categories[0]} (unknown)", "one of"),
+            (f"{category.name}*2", "categorical"),
+        ]
+    for feat in CONTRACT.numeric_features()[:1]:
+        specs += [(f"{feat.name}*x", "not a number"), (f"{feat.name}=3", "numeric")]
+    return specs
+
+
+@pytest.mark.parametrize(("spec", "complaint"), _refused_specs())
 def test_parse_shifts_refuses_what_it_cannot_apply(spec: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse_shifts(spec, CONTRACT)
 
 
 def test_a_shift_is_logged_as_drift_writes_it() -> None:
-    spec = "duration_in_month*1.5; credit_amount+2000; age_in_years-10; purpose=car (new); housing"
+    first, second, category = _two_numeric_and_a_categorical()
+    value = category.categories[-1]
+    spec = f"{first.name}*1.5; {second.name}+2000; {first.name}-10; {category.name}={value}"
+    spec += f"; {CATEGORIES[-1].name}"
     shifts = parse_shifts(spec, CONTRACT)
     assert "; ".join(map(str, shifts)) == spec
     assert parse_shifts("; ".join(map(str, shifts)), CONTRACT) == shifts
@@ -189,21 +240,28 @@ def test_a_shift_is_logged_as_drift_writes_it() -> None:
 def test_drift_moves_the_named_features_and_stays_valid(
     factory: PayloadFactory, validator: InstanceValidator
 ) -> None:
-    shifts = parse_shifts("duration_in_month*1.5; credit_amount+1000000; housing", CONTRACT)
-    drift = Drift(CONTRACT, shifts)
+    scaled, offset, category = _two_numeric_and_a_categorical()
+    assert isinstance(scaled, IntegerFeature | NumberFeature)
+    assert isinstance(offset, IntegerFeature | NumberFeature)
+    # an offset of the whole domain moves every value past the maximum: clipped to it
+    width = offset.maximum - offset.minimum
+    spec = f"{scaled.name}*1.5; {offset.name}+{width}; {category.name}"
+    drift = Drift(CONTRACT, parse_shifts(spec, CONTRACT))
     rng = random.Random(0)
-    housing = CONTRACT.feature("housing")
-    assert isinstance(housing, CategoricalFeature)
-    amount = CONTRACT.feature("credit_amount")
-    assert isinstance(amount, IntegerFeature)
     for row in factory.instances(MAX_INSTANCES):
         moved = drift.apply(row, rng)
         validator.validate_instances([moved])
-        assert moved["duration_in_month"] == min(round(row["duration_in_month"] * 1.5), 120)
-        assert moved["credit_amount"] == amount.maximum  # clipped into the domain
-        position = housing.categories.index(row["housing"])
-        assert moved["housing"] == housing.categories[(position + 1) % len(housing.categories)]
-        untouched = set(CONTRACT.feature_names) - {"duration_in_month", "credit_amount", "housing"}
+        expected = min(max(row[scaled.name] * 1.5, scaled.minimum), scaled.maximum)
+        if isinstance(scaled, IntegerFeature):
+            assert moved[scaled.name] == round(expected)
+        else:
+            assert moved[scaled.name] == pytest.approx(expected)
+        assert moved[offset.name] == offset.maximum  # clipped into the domain
+        position = category.categories.index(row[category.name])
+        assert (
+            moved[category.name] == category.categories[(position + 1) % len(category.categories)]
+        )
+        untouched = set(CONTRACT.feature_names) - {scaled.name, offset.name, category.name}
         assert {k: moved[k] for k in untouched} == {k: row[k] for k in untouched}
 
 
@@ -226,7 +284,10 @@ def test_v2_inputs_are_one_typed_tensor_per_feature(factory: PayloadFactory) -> 
     tensors = v2_inputs(CONTRACT, rows)
     assert [t["name"] for t in tensors] == list(CONTRACT.feature_names)
     for tensor, feat in zip(tensors, CONTRACT.features, strict=True):
-        assert tensor["datatype"] == ("BYTES" if feat.kind == "categorical" else "INT64")
+        assert (
+            tensor["datatype"]
+            == {"categorical": "BYTES", "integer": "INT64", "number": "FP64"}[feat.kind]
+        )
         assert tensor["shape"] == [3]
         assert tensor["data"] == [row[feat.name] for row in rows]
     shaped = v2_inputs(CONTRACT, rows, {name: [-1, 1] for name in CONTRACT.feature_names})

@@ -14,9 +14,9 @@ from tests import support
 
 @pytest.fixture
 def fresh_rows() -> Iterator[None]:
-    support._training_data.cache_clear()
+    support.training_data.cache_clear()
     yield
-    support._training_data.cache_clear()
+    support.training_data.cache_clear()
 
 
 def test_example_rows_are_the_training_data_of_models_train(
@@ -27,7 +27,7 @@ def test_example_rows_are_the_training_data_of_models_train(
     rows = support.example_rows(3)
     changed = [{**row, "source": "load_data"} for row in reversed(rows)]
     monkeypatch.setattr(models.train, "load_data", lambda: pd.DataFrame(changed))
-    support._training_data.cache_clear()
+    support.training_data.cache_clear()
     expected = [{name: row[name] for name in CONTRACT.feature_names} for row in changed]
     assert support.example_rows() == expected
     assert support.example_rows(1) == expected[:1]
