@@ -7,7 +7,13 @@ import orjson
 import pytest
 
 from models.contract import CONTRACT
-from service.contract import FeatureContract, NumberFeature
+from service.contract import (
+    CategoricalFeature,
+    FeatureContract,
+    IntegerFeature,
+    NumberFeature,
+    NumericFeature,
+)
 from service.validation import (
     MAX_REPORTED_ERRORS,
     REQUEST_FIELD,
@@ -16,7 +22,7 @@ from service.validation import (
     Reason,
     RequestRejected,
 )
-from tests.support import example_rows
+from tests.support import example_rows, excluded_columns, first_feature, training_data
 
 VALIDATOR = InstanceValidator(CONTRACT, max_instances=1000)
 
@@ -43,36 +49,59 @@ def test_every_row_of_the_data_set_is_valid() -> None:
     assert InstanceValidator(CONTRACT, len(rows)).validate_instances(rows) == rows
 
 
+# The contract's first integer and first categorical features, and another categorical one:
+# the rules are the validator's, the fields any model's (a swapped model's included).
+_INTEGERS = CONTRACT.of_kind("integer")
+_CATEGORICALS = CONTRACT.of_kind("categorical")
+
+
+def _not_a_category(feat: CategoricalFeature, value: str) -> list[str]:
+    return [] if value in feat.categories else [value]
+
+
+def _integer_cases(feat: IntegerFeature) -> list[tuple[str, Any, Reason]]:
+    name, lo, hi = feat.name, feat.minimum, feat.maximum
+    return [
+        (name, str(lo), Reason.WRONG_TYPE),
+        (name, lo + 0.5, Reason.WRONG_TYPE),
+        (name, float(lo), Reason.WRONG_TYPE),  # a JSON fraction, even if integral
+        (name, True, Reason.WRONG_TYPE),  # bool is not an integer
+        (name, None, Reason.WRONG_TYPE),
+        (name, math.nan, Reason.WRONG_TYPE),
+        (name, math.inf, Reason.WRONG_TYPE),
+        (name, [lo], Reason.WRONG_TYPE),
+        (name, lo - 1, Reason.OUT_OF_RANGE),
+        (name, hi + 1, Reason.OUT_OF_RANGE),
+        (name, 10**30, Reason.OUT_OF_RANGE),
+        # integers orjson decodes as floats (2**64 and beyond): too large, not fractions
+        (name, orjson.loads(b"18446744073709551616"), Reason.OUT_OF_RANGE),
+        (name, orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
+    ]
+
+
+def _categorical_cases(feat: CategoricalFeature) -> list[tuple[str, Any, Reason]]:
+    first = feat.categories[0]
+    unknown = [
+        *_not_a_category(feat, first + " (unknown)"),
+        *_not_a_category(feat, first.swapcase()),  # exact match, case included
+        *_not_a_category(feat, " " + first),
+    ]
+    return [
+        *[(feat.name, value, Reason.UNKNOWN_CATEGORY) for value in unknown],
+        (feat.name, 3, Reason.WRONG_TYPE),
+        (feat.name, None, Reason.WRONG_TYPE),
+        (feat.name, {"a": 1}, Reason.WRONG_TYPE),
+        (feat.name, [first], Reason.WRONG_TYPE),
+    ]
+
+
 INVALID_VALUES = [
-    ("duration_in_month", "12", Reason.WRONG_TYPE),
-    ("duration_in_month", 12.5, Reason.WRONG_TYPE),
-    ("duration_in_month", 12.0, Reason.WRONG_TYPE),  # a JSON fraction, even if integral
-    ("duration_in_month", True, Reason.WRONG_TYPE),  # bool is not an integer
-    ("duration_in_month", None, Reason.WRONG_TYPE),
-    ("duration_in_month", math.nan, Reason.WRONG_TYPE),
-    ("duration_in_month", math.inf, Reason.WRONG_TYPE),
-    ("duration_in_month", [12], Reason.WRONG_TYPE),
-    ("duration_in_month", 0, Reason.OUT_OF_RANGE),
-    ("duration_in_month", 121, Reason.OUT_OF_RANGE),
-    ("credit_amount", 1_000_001, Reason.OUT_OF_RANGE),
-    ("credit_amount", 0, Reason.OUT_OF_RANGE),
-    ("age_in_years", 17, Reason.OUT_OF_RANGE),
-    ("age_in_years", 121, Reason.OUT_OF_RANGE),
-    ("age_in_years", 10**30, Reason.OUT_OF_RANGE),
-    # integers orjson decodes as floats (2**64 and beyond): too large, not fractions
-    ("credit_amount", orjson.loads(b"18446744073709551616"), Reason.OUT_OF_RANGE),
-    ("age_in_years", orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
-    ("installment_rate_in_percentage_of_disposable_income", 5, Reason.OUT_OF_RANGE),
-    ("present_residence_since", 0, Reason.OUT_OF_RANGE),
-    ("number_of_existing_credits_at_this_bank", 21, Reason.OUT_OF_RANGE),
-    ("number_of_people_being_liable_to_provide_maintenance_for", -1, Reason.OUT_OF_RANGE),
-    ("purpose", "vacation", Reason.UNKNOWN_CATEGORY),
-    ("purpose", "Business", Reason.UNKNOWN_CATEGORY),  # exact match, case included
-    ("purpose", " business", Reason.UNKNOWN_CATEGORY),
-    ("purpose", 3, Reason.WRONG_TYPE),
-    ("purpose", None, Reason.WRONG_TYPE),
-    ("purpose", {"a": 1}, Reason.WRONG_TYPE),
-    ("housing", ["own"], Reason.WRONG_TYPE),
+    *(_integer_cases(_INTEGERS[0]) if _INTEGERS else []),  # type: ignore[arg-type]
+    # every integer feature's domain, not only the first's
+    *[(f.name, f.maximum + 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
+    *[(f.name, f.minimum - 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
+    *(_categorical_cases(_CATEGORICALS[0]) if _CATEGORICALS else []),  # type: ignore[arg-type]
+    *[(f.name, ["x"], Reason.WRONG_TYPE) for f in _CATEGORICALS[1:2]],
 ]
 
 
@@ -85,21 +114,29 @@ def test_invalid_values_name_instance_field_and_reason(
     assert only_error({"instances": rows}) == (2, field, reason)
 
 
+def _inside_the_domain_outside_training(feat: NumericFeature) -> list[tuple[str, Any]]:
+    """A value the domain allows that the training data does not hold (the metrics count it)."""
+    seen = training_data()[feat.name]
+    if isinstance(feat, IntegerFeature):
+        value: float = (int(seen.max()) + feat.maximum + 1) // 2
+    else:
+        value = (float(seen.max()) + feat.maximum) / 2
+    return [(feat.name, value)] if value > seen.max() else []
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("duration_in_month", 1),
-        ("duration_in_month", 120),
-        ("credit_amount", 1_000_000),
-        ("age_in_years", 18),
-        ("age_in_years", 120),
-        ("number_of_people_being_liable_to_provide_maintenance_for", 0),
-        # inside the domain, outside what training saw: accepted (metrics count it)
-        ("age_in_years", 90),
-        ("credit_amount", 500_000),
+        *[(f.name, f.minimum) for f in CONTRACT.numeric_features()],
+        *[(f.name, f.maximum) for f in CONTRACT.numeric_features()],
+        *[
+            pair
+            for f in CONTRACT.numeric_features()
+            for pair in _inside_the_domain_outside_training(f)
+        ],
     ],
 )
-def test_domain_bounds_are_inclusive(field: str, value: int) -> None:
+def test_domain_bounds_are_inclusive(field: str, value: float) -> None:
     row = valid_row()
     row[field] = value
     assert VALIDATOR.validate_payload({"instances": [row]}) == [row]
@@ -107,8 +144,9 @@ def test_domain_bounds_are_inclusive(field: str, value: int) -> None:
 
 def test_missing_field() -> None:
     row = valid_row()
-    del row["housing"]
-    assert only_error({"instances": [row]}) == (0, "housing", Reason.MISSING)
+    name = CONTRACT.feature_names[-1]
+    del row[name]
+    assert only_error({"instances": [row]}) == (0, name, Reason.MISSING)
 
 
 def test_unknown_field_is_refused_and_labelled_boundedly() -> None:
@@ -120,14 +158,14 @@ def test_unknown_field_is_refused_and_labelled_boundedly() -> None:
     assert err.metric_field == UNKNOWN_FIELD
 
 
-@pytest.mark.parametrize("field", ["personal_status_and_sex", "foreign_worker"])
-def test_protected_attributes_are_refused_with_a_reason(field: str) -> None:
+@pytest.mark.parametrize("field", excluded_columns())
+def test_excluded_attributes_are_refused_with_a_reason(field: str) -> None:
     row = valid_row()
     row[field] = "yes"
     exc = rejection({"instances": [row]})
     (err,) = exc.errors
     assert (err.field, err.reason) == (field, Reason.EXCLUDED_FIELD)
-    assert "protected" in err.message
+    assert CONTRACT.excluded_reason in err.message
 
 
 @pytest.mark.parametrize(
@@ -169,25 +207,27 @@ def test_a_contract_saved_without_an_excluded_reason_keeps_the_examples() -> Non
 
 
 def test_all_errors_of_all_instances_are_reported() -> None:
+    # two features broken in each of two instances: reported in instance, then contract, order
+    first, last = CONTRACT.feature_names[0], CONTRACT.feature_names[-1]
     bad = valid_row()
-    bad["age_in_years"] = "old"
-    bad["purpose"] = "yacht"
+    bad[last] = [1]
+    bad[first] = [1]
     exc = rejection({"instances": [valid_row(), bad, valid_row(), bad]})
     assert [(e.instance, e.field) for e in exc.errors] == [
-        (1, "purpose"),
-        (1, "age_in_years"),
-        (3, "purpose"),
-        (3, "age_in_years"),
+        (1, first),
+        (1, last),
+        (3, first),
+        (3, last),
     ]
     assert exc.status == 400
-    assert exc.summary.startswith("instances[1].purpose: 'yacht' is not one of:")
+    assert exc.summary.startswith(f"instances[1].{first}: ")
     assert exc.summary.endswith("(and 3 more)")
 
 
 def test_reported_errors_are_capped_but_counted() -> None:
-    rows = [{} for _ in range(10)]
+    rows: list[dict[str, Any]] = [{} for _ in range(MAX_REPORTED_ERRORS + 1)]
     body = rejection({"instances": rows}).to_dict()
-    assert body["error_count"] == 10 * 18
+    assert body["error_count"] == len(rows) * len(CONTRACT.features)
     assert len(body["errors"]) == MAX_REPORTED_ERRORS
 
 
@@ -257,7 +297,7 @@ def test_number_features_accept_integers_and_fractions_but_not_nan() -> None:
 def test_long_unknown_names_and_values_are_truncated_in_messages() -> None:
     row = valid_row()
     row["x" * 1000] = 1
-    row["purpose"] = "y" * 1000
+    row[CONTRACT.feature_names[0]] = "y" * 1000
     exc = rejection({"instances": [row]})
     assert all(len(e.field) <= 64 and len(e.message) < 1000 for e in exc.errors)
 
@@ -272,13 +312,16 @@ def test_large_batches_take_the_columnar_path_and_refuse_the_same(
     assert only_error({"instances": rows}) == (37, field, reason)
 
 
+_LAST = CONTRACT.feature_names[-1]
+
+
 @pytest.mark.parametrize(
     "change",
     [
-        lambda row: row.pop("housing"),
+        lambda row: row.pop(_LAST),
         lambda row: row.update(colour="red"),
-        lambda row: row.update(foreign_worker="yes"),
-        lambda row: (row.pop("housing"), row.update(colour="red")),  # same width, wrong keys
+        *[lambda row, name=name: row.update({name: "yes"}) for name in CONTRACT.excluded[:1]],
+        lambda row: (row.pop(_LAST), row.update(colour="red")),  # same width, wrong keys
     ],
 )
 def test_large_batches_refuse_wrong_keys(change: Any) -> None:
@@ -290,7 +333,7 @@ def test_large_batches_refuse_wrong_keys(change: Any) -> None:
 
 def test_a_huge_integral_number_is_echoed_shortened() -> None:
     # 1e308 decodes as a float, reported as the integer it is: all 309 digits of it.
-    row = {**valid_row(), "credit_amount": 1e308}
+    row = {**valid_row(), first_feature("integer").name: 1e308}
     (error,) = rejection({"instances": [row]}).errors
     assert error.reason is Reason.OUT_OF_RANGE
     assert error.message.startswith("10000000000000000109790636")
