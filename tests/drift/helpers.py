@@ -1,4 +1,4 @@
-"""Traffic for the drift tests: rows of the German Credit data, unchanged or drifted, scored by
+"""Traffic for the drift tests: rows of the model's training data, unchanged or drifted, scored by
 the registered model, as logged predictions or as request bodies."""
 
 from __future__ import annotations
@@ -8,30 +8,64 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loadtests.payloads import Drift, PayloadFactory, parse_shifts
+from models.contract import CONTRACT
+from service.contract import CategoricalFeature
 from service.drift.summary import ColumnDrift, DriftSummary
 from service.events import Prediction, PredictionEvent, RequestInfo
 from service.model import LoadedModel
 from service.predlog.records import new_event_id, to_entry
 from service.predlog.store import Store
-from tests.support import example_rows
+from tests.support import example_rows, training_data
 
-# Three features moved far enough for any test to see at a few hundred instances.
-SHIFTS = "duration_in_month*2; credit_amount+3000; purpose=car (new)"
-SHIFTED = ("duration_in_month", "credit_amount", "purpose")
+
+def _shifts() -> dict[str, str]:
+    """Three features of the contract moved far enough for any test to see at a few hundred
+    instances, as ``--drift`` writes them: the first two numeric features of many values (the
+    K-S test's) each moved by half the data's range, and the first categorical feature of more
+    than two categories (chi-square's) set to its rarest category. Features of fewer values
+    stand in when there are none such."""
+    data = training_data()
+
+    def varied(names: list[str], many: int) -> list[str]:
+        return sorted(names, key=lambda name: data[name].nunique() <= many)
+
+    numeric = varied([f.name for f in CONTRACT.numeric_features()], 5)
+    categorical = varied([f.name for f in CONTRACT.of_kind("categorical")], 2)
+    chosen = [*numeric[:2], *categorical[:1]]
+    chosen += [name for name in CONTRACT.feature_names if name not in chosen][: 3 - len(chosen)]
+    shifts = {}
+    for name in chosen:
+        feat = CONTRACT.feature(name)
+        if isinstance(feat, CategoricalFeature):
+            counts = data[name].value_counts()
+            shifts[name] = f"{name}={min(feat.categories, key=lambda c: counts.get(c, 0))}"
+        else:
+            shifts[name] = f"{name}+{(data[name].max() - data[name].min()) / 2:g}"
+    return shifts
+
+
+SHIFTS = "; ".join(_shifts().values())
+SHIFTED = tuple(_shifts())
 
 
 def sample(n: int, seed: int = 0, shifts: str = "") -> list[dict[str, Any]]:
     """``n`` rows drawn (with replacement) from the whole data set; ``shifts`` applied to all."""
-    factory = PayloadFactory(_contract(), example_rows(), seed=seed)
+    factory = PayloadFactory(CONTRACT, example_rows(), seed=seed)
     if not shifts:
         return factory.instances(n)
-    return Drift(_contract(), parse_shifts(shifts, _contract())).instances(factory, n)
+    return Drift(CONTRACT, parse_shifts(shifts, CONTRACT)).instances(factory, n)
 
 
-def _contract():  # the example model's contract (models/contract.py)
-    from models.contract import CONTRACT
-
-    return CONTRACT
+def unseen(model: LoadedModel) -> list[dict[str, Any]]:
+    """The rows of the training data the model was not fitted on (those its reference lacks:
+    the example's held-out quarter), as instances: what traffic from the data's population looks
+    like to the model. A flexible model scores the rows it was fitted on more confidently than
+    any new one (a random forest: prediction drift, K-S p = 0.02, with three quarters of a window
+    drawn from its training rows)."""
+    names = list(model.contract.feature_names)
+    seen = model.reference()[names].drop_duplicates()
+    rows = training_data()[names].merge(seen, how="left", on=names, indicator=True)
+    return rows[rows["_merge"] == "left_only"][names].to_dict(orient="records")
 
 
 def log_predictions(
@@ -77,7 +111,7 @@ def ok_summary(
         duration_seconds=1.5,
         dataset_drift=False,
         drifted_share=0.0,
-        features={"age_in_years": ColumnDrift("K-S p_value", 0.4, 0.05, False)},
+        features={CONTRACT.feature_names[0]: ColumnDrift("K-S p_value", 0.4, 0.05, False)},
         prediction=ColumnDrift("K-S p_value", 0.3, 0.05, False),
         report=report,
     )
