@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 
+from models.contract import CONTRACT
 from service.events import Prediction, PredictionEvent, RejectionEvent, RequestInfo
 from service.predlog.records import new_event_id
 from service.predlog.schema import predictions, rejections
@@ -49,7 +50,10 @@ def prediction_event(
     n: int = 1, request_id: str | None = None, received_at: datetime | None = None
 ) -> PredictionEvent:
     rows = [dict(row) for row in _example_rows()[:n]]
-    answers = [Prediction("bad" if i % 3 == 0 else "good", 0.5 + i / (2 * n)) for i in range(n)]
+    positive, negative = CONTRACT.positive_label, CONTRACT.negative_label
+    answers = [
+        Prediction(positive if i % 3 == 0 else negative, 0.5 + i / (2 * n)) for i in range(n)
+    ]
     return PredictionEvent(request_info(request_id, received_at), rows, answers)
 
 
