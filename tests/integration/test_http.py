@@ -22,8 +22,16 @@ from starlette.testclient import TestClient
 from models.contract import CONTRACT
 from service import prometheus_dir
 from service.balance import Board
+from service.contract import CategoricalFeature, IntegerFeature
 from service.validation import MAX_UNKNOWN_FIELDS
-from tests.support import ROOT, ServedService, example_rows
+from tests.support import (
+    ROOT,
+    ServedService,
+    example_model_only,
+    example_rows,
+    excluded_columns,
+    first_feature,
+)
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -128,43 +136,50 @@ def test_malformed_bodies(client: httpx.Client, body: bytes, field: str, reason:
 
 
 def test_invalid_value_names_instance_and_field(client: httpx.Client) -> None:
+    integer, categorical = first_feature("integer"), first_feature("categorical")
+    assert isinstance(integer, IntegerFeature)
+    assert isinstance(categorical, CategoricalFeature)
+    too_large = integer.maximum + 1
     rows = example_rows(5)
-    rows[3]["credit_amount"] = 2_000_000
-    rows[4]["housing"] = "castle"
+    rows[3][integer.name] = too_large
+    rows[4][categorical.name] = "castle"
     body = assert_refused(
-        predict(client, {"instances": rows}), 400, 3, "credit_amount", "out_of_range"
+        predict(client, {"instances": rows}), 400, 3, integer.name, "out_of_range"
     )
     assert body["error_count"] == 2
+    listing = ", ".join(repr(c) for c in categorical.categories)
     assert body["errors"][1] == {
         "instance": 4,
-        "field": "housing",
+        "field": categorical.name,
         "reason": "unknown_category",
-        "message": "'castle' is not one of: 'rent', 'own', 'for free'",
+        "message": f"'castle' is not one of: {listing}",
     }
-    assert body["message"].startswith("instances[3].credit_amount: 2000000 is outside")
+    assert body["message"].startswith(f"instances[3].{integer.name}: {too_large} is outside")
 
 
 def test_integers_must_be_json_integers(client: httpx.Client) -> None:
-    row = json.dumps(example_rows(1)[0]).replace('"age_in_years": 67', '"age_in_years": 67.0')
-    response = client.post("/predict", content=f'{{"instances": [{row}]}}'.encode())
-    assert_refused(response, 400, 0, "age_in_years", "wrong_type")
+    name = first_feature("integer").name
+    row = {**example_rows(1)[0], name: 67.0}
+    assert f'"{name}": 67.0' in json.dumps(row)  # a JSON fraction, however integral
+    response = client.post("/predict", content=json.dumps({"instances": [row]}).encode())
+    assert_refused(response, 400, 0, name, "wrong_type")
 
 
 def test_integers_too_large_for_64_bits_are_out_of_range(client: httpx.Client) -> None:
     # orjson decodes them as floats; they were reported as fractions.
-    payload = {"instances": [{**example_rows(1)[0], "credit_amount": 987654321987}]}
+    name = first_feature("integer").name
+    payload = {"instances": [{**example_rows(1)[0], name: 987654321987}]}
     body = json.dumps(payload).replace("987654321987", "18446744073709551616")
     response = client.post("/predict", content=body, headers={"content-type": "application/json"})
-    answer = assert_refused(response, 400, 0, "credit_amount", "out_of_range")
+    answer = assert_refused(response, 400, 0, name, "out_of_range")
     assert "18446744073709551616 is outside" in answer["errors"][0]["message"]
 
 
-def test_protected_attribute_is_refused(client: httpx.Client) -> None:
-    row = {**example_rows(1)[0], "foreign_worker": "yes"}
-    body = assert_refused(
-        predict(client, {"instances": [row]}), 400, 0, "foreign_worker", "excluded_field"
-    )
-    assert "protected" in body["errors"][0]["message"]
+@pytest.mark.parametrize("excluded", excluded_columns(1))
+def test_an_excluded_attribute_is_refused(client: httpx.Client, excluded: str) -> None:
+    row = {**example_rows(1)[0], excluded: "yes"}
+    body = assert_refused(predict(client, {"instances": [row]}), 400, 0, excluded, "excluded_field")
+    assert CONTRACT.excluded_reason in body["errors"][0]["message"]
 
 
 def test_a_flood_of_unknown_fields_is_one_error_per_instance(client: httpx.Client) -> None:
@@ -192,7 +207,8 @@ def test_oversized_batch(client: httpx.Client) -> None:
 
 
 def test_body_of_megabytes_is_refused_unread(client: httpx.Client) -> None:
-    body = json.dumps({"instances": example_rows(1) * 6000}).encode()
+    row = example_rows(1)
+    body = json.dumps({"instances": row * (MAX_BODY // len(json.dumps(row)) + 1)}).encode()
     assert len(body) > MAX_BODY
     response = client.post("/predict", content=body)
     assert_refused(response, 413, None, "$request", "body_too_large")
@@ -202,7 +218,7 @@ def test_body_of_megabytes_without_content_length_is_cut_off(client: httpx.Clien
     def chunks() -> Iterator[bytes]:
         yield b'{"instances": ['
         for _ in range(5000):
-            yield b'{"duration_in_month": 12, "padding": "' + b"x" * 1000 + b'"},'
+            yield b'{"feature": 12, "padding": "' + b"x" * 1000 + b'"},'
         yield b"]}"
 
     response = client.post("/predict", content=chunks())
@@ -233,7 +249,8 @@ def test_model_endpoint_describes_tag_metadata_and_contract(
     body = client.get("/model").json()
     assert body["model"] == model_tag
     assert body["version"] == model_tag.split(":")[1]
-    assert body["decision_threshold"] == pytest.approx(1 / 6)
+    threshold = bentoml.models.get(model_tag).info.metadata["decision_threshold"]
+    assert body["decision_threshold"] == threshold  # 1/6 for the example
     assert body["metadata"]["dataset"]["sha256"]
     assert [f["name"] for f in body["contract"]["features"]] == list(CONTRACT.feature_names)
     assert body["instance_schema"]["required"] == list(CONTRACT.feature_names)
@@ -262,7 +279,10 @@ def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.C
     assert document["openapi"].startswith("3.1")
     predict_op = document["paths"]["/predict"]["post"]
     infer_op = document["paths"]["/v2/models/{name}/infer"]["post"]
-    for operation, path in ((predict_op, "/predict"), (infer_op, "/v2/models/credit_risk/infer")):
+    for operation, path in (
+        (predict_op, "/predict"),
+        (infer_op, f"/v2/models/{CONTRACT.model_name}/infer"),
+    ):
         request = operation["requestBody"]["content"]["application/json"]
         example = request["example"]
         openapi_validator(document, request["schema"]["$ref"].rsplit("/", 1)[1]).validate(example)
@@ -283,7 +303,11 @@ def test_openapi_document_describes_the_bodies_sent_and_answered(client: httpx.C
     refused = [
         (predict_op, predict(client, {"instances": rows}), 400),
         (predict_op, predict(client, {"instances": example_rows(1) * 1001}), 413),
-        (infer_op, client.post("/v2/models/credit_risk/infer", json={"inputs": []}), 400),
+        (
+            infer_op,
+            client.post(f"/v2/models/{CONTRACT.model_name}/infer", json={"inputs": []}),
+            400,
+        ),
     ]
     for operation, answer, status in refused:
         assert answer.status_code == status, answer.text
@@ -388,6 +412,7 @@ def test_keep_alive_connections_are_spread_over_the_workers(served: ServedServic
 # -- the README's examples -----------------------------------------------------------------------
 
 
+@example_model_only
 def test_readme_predict_examples_answer_what_they_show(served: ServedService) -> None:
     text = (ROOT / "README.md").read_text()
     example = re.search(

@@ -37,8 +37,10 @@ from tests.support import (
     ROOT,
     Samples,
     ServedService,
+    above_training,
     example_rows,
     exported_names,
+    first_feature,
     scrape,
     total,
     wait_until,
@@ -75,14 +77,17 @@ def post_fresh(url: str, body: Any) -> httpx.Response:
 def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) -> None:
     rows = example_rows(40)
     before = settled_scrape(served.url)
+    numeric, categorical = CONTRACT.numeric_features()[0], first_feature("categorical")
 
     singles = [{"instances": [r]} for r in rows[:30]]
-    old = dict(rows[30], age_in_years=100, duration_in_month=100)  # above what training saw
+    above = above_training(2)
+    old = dict(rows[30], **above)  # above what training saw
     batch = {"instances": [*rows[31:40], old]}
+    too_small = numeric.minimum - 1
     invalid = [
-        {"instances": [dict(rows[0], age_in_years=17)]},
-        {"instances": [dict(rows[1], age_in_years=17)]},
-        {"instances": [dict(rows[2], purpose="yacht", colour="red")]},
+        {"instances": [{**rows[0], numeric.name: too_small}]},
+        {"instances": [{**rows[1], numeric.name: too_small}]},
+        {"instances": [{**rows[2], categorical.name: "yacht", "colour": "red"}]},
         {"instances": []},
     ]
     with ThreadPoolExecutor(8) as pool:
@@ -90,7 +95,7 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
     assert [a.status_code for a in answers] == [200] * 31 + [400] * 4
     predictions = [p for a in answers[:31] for p in a.json()["predictions"]]
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}") as grpc_client:
-        result = grpc_client.infer("credit_risk", triton_inputs(triton_grpc, rows[:3]))
+        result = grpc_client.infer(CONTRACT.model_name, triton_inputs(triton_grpc, rows[:3]))
     grpc_labels = [label.decode() for label in result.as_numpy("label")]
 
     def applied() -> bool:
@@ -117,8 +122,8 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
     assert delta("inference_request_instances_count", transport="http") == 31
     assert delta("inference_request_instances_sum", transport="http") == 40
     failures = {
-        ("age_in_years", "out_of_range"): 2,
-        ("purpose", "unknown_category"): 1,
+        (numeric.name, "out_of_range"): 2,
+        (categorical.name, "unknown_category"): 1,
         ("$unknown", "unknown_field"): 1,
         ("$request", "empty_batch"): 1,
     }
@@ -127,14 +132,15 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
     assert delta("inference_validation_failures_total") == sum(failures.values())
 
     labels = [p["label"] for p in predictions] + grpc_labels  # 40 over HTTP, 3 over gRPC
-    for label in ("good", "bad"):
+    for label in CONTRACT.labels:
         assert delta("model_predictions_total", label=label) == labels.count(label)
     assert delta("model_prediction_score_count") == 43
     assert delta("model_call_rows_sum") == 43
-    scores = np.array([p["probability_bad"] for p in predictions])
+    scores = np.array([p[CONTRACT.score_name] for p in predictions])
     http_low = int(np.sum(scores <= 0.1))
     assert delta("model_prediction_score_bucket", le="0.1") >= http_low
-    for feature in ("age_in_years", "duration_in_month"):
+    assert above
+    for feature in above:
         assert delta("model_out_of_training_range_total", feature=feature, side="above") == 1
     assert delta("grpc_server_handled_total", grpc_method="ModelInfer", grpc_code="OK") == 1
 
@@ -338,7 +344,7 @@ def test_grpc_infer_is_traced_too(traced: tuple[ServedService, OtlpReceiver]) ->
     trace_id = "1" * 32
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{service.grpc_port}") as client:
         client.infer(
-            "credit_risk",
+            CONTRACT.model_name,
             triton_inputs(triton_grpc, example_rows(2)),
             headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01"},
         )

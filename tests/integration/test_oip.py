@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
 from tests.oip_support import DATATYPES, rest_body, triton_inputs
-from tests.support import ROOT, Samples, ServedService, example_rows, scrape
+from tests.support import ROOT, Samples, ServedService, example_model_only, example_rows, scrape
 
 MODEL = CONTRACT.model_name
 SCORE = CONTRACT.score_name
@@ -823,6 +823,7 @@ def grpc_doc() -> str:
     return (ROOT / "docs" / "grpc.md").read_text()
 
 
+@example_model_only
 def test_grpc_doc_python_example_prints_what_it_shows(served: ServedService) -> None:
     code = re.search(r"```python\n(.*?)```", grpc_doc(), re.DOTALL)
     assert code is not None
@@ -835,6 +836,7 @@ def test_grpc_doc_python_example_prints_what_it_shows(served: ServedService) -> 
     assert output.getvalue().strip() == shown.group(1)
 
 
+@example_model_only
 def test_grpc_doc_curl_example_answers_what_it_shows(served: ServedService) -> None:
     example = re.search(
         r"\$ curl -s localhost:3000/v2/models/credit_risk/infer .*?-d '(.*?)'\n(.*?)\n```",

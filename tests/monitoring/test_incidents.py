@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from models.contract import CONTRACT
 from tests.monitoring.stack import Stack, monitoring_stack
 from tests.support import ROOT, example_rows, wait_until
 
@@ -95,7 +96,8 @@ def test_a_store_refusing_connections_raises_a_ticket_and_the_runbook_shows_why(
 
 def test_a_flood_of_invalid_requests_raises_a_ticket_not_a_page(stack: Stack) -> None:
     wait_until(stack.scraped, timeout=30, interval=0.5)
-    young = dict(example_rows(1)[0], age_in_years=17)
+    numeric = CONTRACT.numeric_features()[0]
+    young = {**example_rows(1)[0], numeric.name: numeric.minimum - 1}
 
     def flooded() -> list[dict[str, Any]]:
         with httpx.Client(base_url=stack.service.url, timeout=30) as client:
@@ -112,7 +114,7 @@ def test_a_flood_of_invalid_requests_raises_a_ticket_not_a_page(stack: Stack) ->
         "topk(10, sum by (field, reason) (rate(inference_validation_failures_total[15m])))"
     )
     broken = {(r["metric"]["field"], r["metric"]["reason"]) for r in top}
-    assert {("age_in_years", "out_of_range"), ("$request", "invalid_json")} <= broken
+    assert {(numeric.name, "out_of_range"), ("$request", "invalid_json")} <= broken
     # 4xx are the clients' errors, not the service's: no error budget spent, nothing paged
     assert value(stack, "job:inference_request_errors:ratio_rate5m") == 0
     assert stack.webhook.firing("ErrorBudgetBurnFast") == []

@@ -20,7 +20,7 @@ from tests.monitoring.promql import expressions, metric_names, runbook_names, ru
 from tests.monitoring.stack import Stack, monitoring_stack
 from tests.monitoring.support import recorded_names
 from tests.oip_support import triton_inputs
-from tests.support import ROOT, ServedService, example_rows, wait_until
+from tests.support import ROOT, ServedService, above_training, example_rows, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,13 @@ def send_traffic(service: ServedService) -> None:
         for row in rows:
             assert client.post("/predict", json={"instances": [row]}).status_code == 200
         assert client.post("/predict", json={"instances": rows[:20]}).status_code == 200
-        old = dict(rows[0], age_in_years=100)
+        old = {**rows[0], **above_training(1)}
         assert client.post("/predict", json={"instances": [old]}).status_code == 200
-        young = dict(rows[0], age_in_years=17)
-        assert client.post("/predict", json={"instances": [young]}).status_code == 400
+        numeric = CONTRACT.numeric_features()[0]
+        too_small = {**rows[0], numeric.name: numeric.minimum - 1}
+        assert client.post("/predict", json={"instances": [too_small]}).status_code == 400
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{service.grpc_port}") as grpc_client:
-        grpc_client.infer("credit_risk", triton_inputs(triton_grpc, rows[:3]))
+        grpc_client.infer(CONTRACT.model_name, triton_inputs(triton_grpc, rows[:3]))
 
 
 def test_under_normal_traffic_every_dashboard_query_returns_data(stack: Stack) -> None:
