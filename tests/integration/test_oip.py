@@ -391,7 +391,7 @@ def raw_request(rows: list[dict[str, Any]]) -> service_pb2.ModelInferRequest:
 
 def test_status_details_list_every_field_error(channel: grpc.Channel) -> None:
     rows = example_rows(4)
-    rows[2] = {**rows[2], CATEGORICAL: "castle", INTEGER: -5}
+    rows[2] = {**rows[2], CATEGORICAL: "castle", INTEGER: VALID_INTEGER - 1}
     request = raw_request(rows)
     with pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
