@@ -7,6 +7,7 @@ import zlib
 import orjson
 import pytest
 
+from models.contract import CONTRACT
 from service.predlog.records import CorruptLine, decode_line, encode_line, instance_rows, to_entry
 from service.predlog.schema import predictions
 from service.validation import MAX_REPORTED_ERRORS, FieldError, Reason
@@ -111,7 +112,10 @@ def test_damaged_spool_lines_are_detected(damage: str) -> None:
     if damage == "torn":
         line = line[: len(line) // 2]
     elif damage == "flipped":
-        line = line.replace(b'"good"', b'"gooe"', 1).replace(b'"bad"', b'"bae"', 1)
+        # one bit of the first answer's label (the contract's positive one: prediction_event)
+        label = orjson.dumps(CONTRACT.positive_label)
+        assert label in line
+        line = line.replace(label, label[:-2] + bytes([label[-2] ^ 1]) + b'"', 1)
     else:
         line = b"\x00\x00\x00 not a line\n"
     with pytest.raises(CorruptLine):
