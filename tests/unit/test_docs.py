@@ -3,6 +3,7 @@ table, and the settings tables of the topics it links to."""
 
 from __future__ import annotations
 
+import ast
 import re
 
 from service.settings import Settings
@@ -43,25 +44,25 @@ def test_the_readmes_configuration_links_to_every_settings_table() -> None:
             assert f"]({doc}#{anchor})" in section, doc
 
 
-# Of these only a part is data-specific, and the rest of the suite uses the other part.
-PARTLY_DATA_SPECIFIC = {"tests/drift/helpers.py"}  # its SHIFTS/SHIFTED only
+def files_of_tests_about_the_example() -> set[str]:
+    """The test files holding a test marked ``example_model_only`` (tests/support.py)."""
+    files = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            decorated = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if decorated and any(
+                ast.unparse(d) == "example_model_only"
+                for d in node.decorator_list  # type: ignore[union-attr]
+            ):
+                files.add(str(path.relative_to(ROOT)))
+    return files
 
 
-def test_no_test_of_the_machinery_imports_a_file_the_readme_calls_data_specific() -> None:
-    # README "Serving your own model" tells a fork to adapt or delete those files: a test of the
-    # machinery that imports one (test_overload.py took scrape() from test_observability.py)
-    # breaks when it is deleted.
+def test_the_readme_names_every_file_of_tests_about_the_example_data() -> None:
+    # README "Serving your own model" tells a data scientist which tests are skipped for their
+    # model and why: the list must be the tests' own.
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Serving your own model", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", section)) - PARTLY_DATA_SPECIFIC
-    assert "tests/integration/test_observability.py" in listed
-    modules = {path.removesuffix(".py").replace("/", ".") for path in listed}
-    importing = []
-    for path in sorted((ROOT / "tests").rglob("*.py")):
-        name = str(path.relative_to(ROOT))
-        if name in listed:
-            continue
-        for module in modules:
-            if re.search(rf"^\s*(from|import) {re.escape(module)}\b", path.read_text(), re.M):
-                importing.append((name, module))
-    assert importing == []
+    paragraph = next(p for p in section.split("\n\n") if "example_model_only" in p)
+    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", paragraph)) - {"tests/support.py"}
+    assert listed == files_of_tests_about_the_example()
