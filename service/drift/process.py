@@ -35,11 +35,16 @@ class RunFailed(RuntimeError):
 
 
 class DriftProcess:
-    """One child process, started on first use; ``run`` is called by one thread at a time."""
+    """One child process, started on first use; ``run`` is called by one thread at a time,
+    ``stop`` by any (the worker's shutdown), at any point of a run."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
         self._answers: queue.Queue[str | None] = queue.Queue()
+        # Held while a child is started or taken to be killed: a child started after stop()
+        # took the last one would be killed by nobody.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def warm(self) -> bool:
@@ -56,13 +61,16 @@ class DriftProcess:
                 f"the drift process did not start within {START_TIMEOUT_SECONDS:.0f}s",
             )
         deadline = time.monotonic() + timeout
-        assert self._proc is not None
-        assert self._proc.stdin is not None
+        # From here on this run's child is ``proc``, whatever stop() does to self._proc.
+        proc = self._proc
+        if proc is None:
+            raise RunFailed("the drift process was stopped")
+        assert proc.stdin is not None
         try:
-            self._proc.stdin.write(json.dumps(job) + "\n")
-            self._proc.stdin.flush()
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
         except OSError as exc:
-            self.stop()
+            self._kill()
             raise RunFailed(f"the drift process is gone: {exc}") from exc
         answer = self._answer(
             deadline, f"the run took longer than DRIFT_RUN_TIMEOUT_SECONDS={timeout:g}"
@@ -72,7 +80,15 @@ class DriftProcess:
         return answer["summary"]
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
+        """Kill the child, for good: a run in progress fails, and none starts another."""
+        with self._lock:
+            self._stopped = True
+        self._kill()
+
+    def _kill(self) -> None:
+        """Kill the child (a run's timeout or failure); the next run starts another."""
+        with self._lock:
+            proc, self._proc = self._proc, None
         if proc is None:
             return
         with contextlib.suppress(OSError):
@@ -84,30 +100,35 @@ class DriftProcess:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [_CODE_ROOT, os.environ.get("PYTHONPATH")])),
         }
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "service.drift.runner"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # the child's tracebacks join the worker's log
-            text=True,
-            env=env,
-        )
-        self._answers = queue.Queue()
+        with self._lock:
+            if self._stopped:
+                raise RunFailed("the drift process was stopped")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.drift.runner"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,  # the child's tracebacks join the worker's log
+                text=True,
+                env=env,
+            )
+            self._proc = proc
+            self._answers = queue.Queue()
         # A reader thread, so that waiting for an answer can time out whatever the child does.
         threading.Thread(
-            target=_read_lines, args=(self._proc, self._answers), name="drift-reader", daemon=True
+            target=_read_lines, args=(proc, self._answers), name="drift-reader", daemon=True
         ).start()
-        log.info("started the drift process (pid %d)", self._proc.pid)
+        log.info("started the drift process (pid %d)", proc.pid)
 
     def _answer(self, deadline: float, timed_out: str) -> dict[str, Any]:
         try:
             line = self._answers.get(timeout=max(deadline - time.monotonic(), 0))
         except queue.Empty:
-            self.stop()
+            self._kill()
             raise RunFailed(f"{timed_out}; the process was killed") from None
         if line is None:
-            code = self._proc.wait() if self._proc else None
-            self.stop()
+            proc = self._proc
+            code = proc.wait() if proc else None
+            self._kill()
             raise RunFailed(f"the drift process exited (code {code})")
         return json.loads(line)
 
