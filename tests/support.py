@@ -27,7 +27,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.contract import CONTRACT
-from service.contract import Feature, FeatureKind, IntegerFeature
+from service.contract import (
+    CategoricalFeature,
+    Feature,
+    FeatureKind,
+    IntegerFeature,
+    NumericFeature,
+)
 from service.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +86,23 @@ def first_feature(kind: FeatureKind) -> Feature:
     if not features:
         pytest.skip(f"the contract has no {kind} feature")
     return features[0]
+
+
+def first_numeric_feature() -> NumericFeature:
+    """The contract's first integer or number feature, for a test that needs a numeric one of
+    either kind; the test is skipped if it has none (a contract of categoricals only)."""
+    features = CONTRACT.numeric_features()
+    if not features:
+        pytest.skip("the contract has no integer or number feature")
+    return features[0]
+
+
+def refused_value(feature: Feature) -> tuple[str | int | float, str]:
+    """A value of ``feature``'s type that its domain refuses, and the refusal's reason: one below
+    a numeric feature's minimum, a string a categorical does not list."""
+    if isinstance(feature, CategoricalFeature):
+        return "castle", "unknown_category"
+    return feature.minimum - 1, "out_of_range"
 
 
 def excluded_columns(limit: int | None = None) -> list[Any]:

@@ -8,7 +8,7 @@ import contextlib
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -28,14 +28,29 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from models.contract import CONTRACT
-from tests.oip_support import DATATYPES, rest_body, triton_inputs
-from tests.support import ROOT, Samples, ServedService, example_model_only, example_rows, scrape
+from service.contract import IntegerFeature
+from tests.oip_support import DATATYPES, column, rest_body, triton_inputs
+from tests.support import (
+    ROOT,
+    Samples,
+    ServedService,
+    example_model_only,
+    example_rows,
+    first_feature,
+    first_numeric_feature,
+    refused_value,
+    scrape,
+)
 
 MODEL = CONTRACT.model_name
 SCORE = CONTRACT.score_name
-CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
-INTEGER = CONTRACT.of_kind("integer")[0].name
-VALID_INTEGER = CONTRACT.feature(INTEGER).minimum
+# The input of the refusals that any input gets (a wrong datatype or shape, a missing input): a
+# numeric one if the model has one (the example's is an integer), else its first.
+INPUT = (CONTRACT.numeric_features() or CONTRACT.features)[0].name
+INPUT_DATATYPE = DATATYPES[CONTRACT.feature(INPUT).kind]
+# A batch's size is the first input's, the one a ragged input is named against: not INPUT if
+# that is the first (a model of numbers only), but the last.
+RAGGED = CONTRACT.feature_names[-1] if CONTRACT.feature_names[0] == INPUT else INPUT
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 
@@ -335,32 +350,36 @@ def grpc_input(name: str, datatype: str, data: np.ndarray) -> triton_grpc.InferI
     return tensor
 
 
-def bad_category() -> list[Any]:
+def bad_category() -> tuple[list[Any], str]:
+    categorical = first_feature("categorical").name
     rows = example_rows(3)
-    rows[1] = {**rows[1], CATEGORICAL: "castle"}
-    return triton_inputs(triton_grpc, rows)
+    rows[1] = {**rows[1], categorical: "castle"}
+    return triton_inputs(triton_grpc, rows), f"instances[1].{categorical}: 'castle' is not one of: "
 
 
+def ragged() -> list[Any]:
+    rows = example_rows(3)
+    return with_input(rows, INPUT, grpc_input(INPUT, INPUT_DATATYPE, column(rows[:2], INPUT)))
+
+
+# Each case's inputs and the message's start; functions, called by the test: one that needs a
+# kind of feature the contract lacks skips.
 GRPC_REFUSALS = {
-    "wrong datatype": (
-        lambda: with_input(
-            example_rows(3), INTEGER, grpc_input(INTEGER, "FP64", np.array([12.0, 24.0, 6.0]))
+    "wrong datatype": lambda: (
+        with_input(
+            example_rows(3), INPUT, grpc_input(INPUT, "FP32", np.array([12, 24, 6], np.float32))
         ),
-        f"request.{INTEGER}: datatype must be INT64 (integer feature), got 'FP64'",
+        f"request.{INPUT}: datatype must be {INPUT_DATATYPE} "
+        f"({CONTRACT.feature(INPUT).kind} feature), got 'FP32'",
     ),
-    "unknown category": (bad_category, f"instances[1].{CATEGORICAL}: 'castle' is not one of: "),
-    "missing input": (
-        lambda: with_input(example_rows(3), INTEGER, None),
-        f"request.{INTEGER}: required input is missing",
+    "unknown category": bad_category,
+    "missing input": lambda: (
+        with_input(example_rows(3), INPUT, None),
+        f"request.{INPUT}: required input is missing",
     ),
-    "ragged shapes": (
-        lambda: with_input(
-            example_rows(3), INTEGER, grpc_input(INTEGER, "INT64", np.array([12, 24]))
-        ),
-        f"request.{INTEGER}: has 2 elements but input ",
-    ),
-    "unknown input": (
-        lambda: [
+    "ragged shapes": lambda: (ragged(), f"request.{INPUT}: has 2 elements but input "),
+    "unknown input": lambda: (
+        [
             *triton_inputs(triton_grpc, example_rows(3)),
             grpc_input("colour", "INT64", np.array([1, 2, 3])),
         ],
@@ -373,9 +392,9 @@ GRPC_REFUSALS = {
 def test_invalid_tensors_are_invalid_argument_naming_the_field(
     grpc_client: triton_grpc.InferenceServerClient, case: str
 ) -> None:
-    make_inputs, message = GRPC_REFUSALS[case]
+    inputs, message = GRPC_REFUSALS[case]()
     with pytest.raises(InferenceServerException) as info:
-        grpc_client.infer(MODEL, make_inputs())
+        grpc_client.infer(MODEL, inputs)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert info.value.message().startswith(message), info.value.message()
     assert "Traceback" not in info.value.message()
@@ -390,8 +409,14 @@ def raw_request(rows: list[dict[str, Any]]) -> service_pb2.ModelInferRequest:
 
 
 def test_status_details_list_every_field_error(channel: grpc.Channel) -> None:
+    # Two errors of one instance if the model has both kinds: a categorical's, a numeric's.
+    features = [*CONTRACT.of_kind("categorical")[:1], *CONTRACT.numeric_features()[:1]]
+    expected = set()
     rows = example_rows(4)
-    rows[2] = {**rows[2], CATEGORICAL: "castle", INTEGER: VALID_INTEGER - 1}
+    for feature in features:
+        value, reason = refused_value(feature)
+        rows[2] = {**rows[2], feature.name: value}
+        expected.add((f"instances[2].{feature.name}", reason))
     request = raw_request(rows)
     with pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
@@ -404,10 +429,7 @@ def test_status_details_list_every_field_error(channel: grpc.Channel) -> None:
     bad_request = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad_request)
     violations = {(v.field, v.reason) for v in bad_request.field_violations}
-    assert violations == {
-        (f"instances[2].{CATEGORICAL}", "unknown_category"),
-        (f"instances[2].{INTEGER}", "out_of_range"),
-    }
+    assert violations == expected
     assert trailers["x-request-id"]
 
 
@@ -420,38 +442,43 @@ def test_status_details_list_every_field_error(channel: grpc.Channel) -> None:
     ids=["truncated", "trailing bytes"],
 )
 def test_bad_raw_bytes(channel: grpc.Channel, corrupt: Any, message: str) -> None:
+    categorical = first_feature("categorical").name
     request = raw_request(example_rows(3))
-    index = [t.name for t in request.inputs].index(CATEGORICAL)
+    index = [t.name for t in request.inputs].index(categorical)
     request.raw_input_contents[index] = corrupt(request.raw_input_contents[index])
     with pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith(f"request.{CATEGORICAL}: ")
+    assert info.value.details().startswith(f"request.{categorical}: ")
     assert message in info.value.details()
 
 
 def test_typed_contents_in_another_field_are_invalid_argument_naming_it(
     channel: grpc.Channel,
 ) -> None:
+    numeric = first_numeric_feature().name
+    # INT64 elements in INT32's field were ignored; FP64 elements go in FP32's field likewise.
+    wrong_field = "int_contents" if CONTRACT.feature(numeric).kind == "integer" else "fp32_contents"
     rows = example_rows(2)
     request = service_pb2.ModelInferRequest(model_name=MODEL)
     for feature in CONTRACT.features:
         tensor = request.inputs.add(name=feature.name, datatype=DATATYPES[feature.kind], shape=[2])
         values = [row[feature.name] for row in rows]
-        if feature.name == INTEGER:  # INT64 elements in INT32's field: they were ignored
-            tensor.contents.int_contents.extend(values)
+        if feature.name == numeric:
+            getattr(tensor.contents, wrong_field).extend(values)
         elif feature.kind == "categorical":
             tensor.contents.bytes_contents.extend(v.encode() for v in values)
-        elif feature.kind == "number":  # a swapped model's FP64 features: every other is valid
+        elif feature.kind == "number":
             tensor.contents.fp64_contents.extend(values)
         else:
             tensor.contents.int64_contents.extend(values)
     with pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    datatype = DATATYPES[CONTRACT.feature(numeric).kind]
     assert info.value.details() == (
-        f"request.{INTEGER}: input {INTEGER!r}: INT64 elements go in int64_contents only; "
-        "it has int_contents"
+        f"request.{numeric}: input {numeric!r}: {datatype} elements go in "
+        f"{datatype.lower()}_contents only; it has {wrong_field}"
     )
 
 
@@ -485,10 +512,11 @@ def test_a_tensor_beyond_the_batch_limit_is_refused_unread(
     """1,300,000 one-byte BYTES elements (800,000 in raw bytes), none of them UTF-8, fit in 4 MB;
     each was decoded and refused on its own, which held the worker's event loop, and every other
     request of the worker, for 6 s."""
+    categorical = first_feature("categorical").name
     if transport == "grpc":
         count = 1_300_000
         request = service_pb2.ModelInferRequest(model_name=MODEL)
-        tensor = request.inputs.add(name=CATEGORICAL, datatype="BYTES", shape=[count])
+        tensor = request.inputs.add(name=categorical, datatype="BYTES", shape=[count])
         tensor.contents.bytes_contents.extend([b"\xff"] * count)
         assert request.ByteSize() < 4 << 20  # MAX_BODY_BYTES: the service reads it
         with pytest.raises(grpc.RpcError) as info:
@@ -498,7 +526,7 @@ def test_a_tensor_beyond_the_batch_limit_is_refused_unread(
     else:
         count = 800_000
         raw = b"\x01\x00\x00\x00\xff" * count
-        spec = {"name": CATEGORICAL, "datatype": "BYTES", "shape": [count]}
+        spec = {"name": categorical, "datatype": "BYTES", "shape": [count]}
         header = json.dumps(
             {"inputs": [{**spec, "parameters": {"binary_data_size": len(raw)}}]}
         ).encode()
@@ -518,12 +546,12 @@ def test_another_datatype_is_refused_naming_the_right_one(channel: grpc.Channel)
     """Not "INT32 elements go in int_contents only", which sent the client the wrong way."""
     request = service_pb2.ModelInferRequest(model_name=MODEL)
     for feature in CONTRACT.features:
-        datatype = "INT32" if feature.name == INTEGER else DATATYPES[feature.kind]
+        datatype = "INT32" if feature.name == INPUT else DATATYPES[feature.kind]
         tensor = request.inputs.add(name=feature.name, datatype=datatype, shape=[1])
         value = example_rows(1)[0][feature.name]
         if feature.kind == "categorical":
             tensor.contents.bytes_contents.append(value.encode())
-        elif feature.kind == "integer":  # INTEGER's too: where INT64 elements go
+        elif feature.kind == "integer":  # INPUT's too, if an integer: where INT64 elements go
             tensor.contents.int64_contents.append(value)
         else:
             tensor.contents.fp64_contents.append(value)
@@ -531,7 +559,8 @@ def test_another_datatype_is_refused_naming_the_right_one(channel: grpc.Channel)
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == (
-        f"request.{INTEGER}: datatype must be INT64 (integer feature), got 'INT32'"
+        f"request.{INPUT}: datatype must be {INPUT_DATATYPE} "
+        f"({CONTRACT.feature(INPUT).kind} feature), got 'INT32'"
     )
 
 
@@ -621,56 +650,66 @@ def nested(value: Any, depth: int) -> Any:
     return value
 
 
-REST_REFUSALS = {
-    "wrong datatype": (
-        lambda: rest_with(example_rows(2), INTEGER, datatype="FP64", data=[1.5, 2.5]),
-        (None, INTEGER, "wrong_type"),
+def unknown_category() -> tuple[dict[str, Any], tuple[int | None, str, str]]:
+    categorical = first_feature("categorical").name
+    valid = example_rows(1)[0][categorical]
+    body = rest_with(example_rows(2), categorical, data=[valid, "castle"])
+    return body, (1, categorical, "unknown_category")
+
+
+def integer_data(
+    values: Callable[[int], list[Any]], reason: str
+) -> tuple[dict[str, Any], tuple[int | None, str, str]]:
+    """An integer feature's data: ``values`` of its minimum (a valid value)."""
+    integer = first_feature("integer")
+    assert isinstance(integer, IntegerFeature)
+    body = rest_with(example_rows(2), integer.name, data=values(integer.minimum))
+    return body, (1, integer.name, reason)
+
+
+# A valid element of an input, for the cases whose data is wrongly shaped, not wrongly valued.
+def element(name: str = INPUT) -> Any:
+    return example_rows(1)[0][name]
+
+
+# Each case's body and its first error (instance, field, reason); functions, called by the test:
+# one that needs a kind of feature the contract lacks skips.
+REST_REFUSALS: dict[str, Callable[[], tuple[Any, tuple[int | None, str, str]]]] = {
+    "wrong datatype": lambda: (
+        rest_with(example_rows(2), INPUT, datatype="FP32", data=[1.5, 2.5]),
+        (None, INPUT, "wrong_type"),
     ),
-    "unknown category": (
-        lambda: rest_with(
-            example_rows(2), CATEGORICAL, data=[example_rows(1)[0][CATEGORICAL], "castle"]
-        ),
-        (1, CATEGORICAL, "unknown_category"),
+    "unknown category": unknown_category,
+    "missing input": lambda: (
+        {"inputs": [t for t in rest_body(example_rows(2))["inputs"] if t["name"] != INPUT]},
+        (None, INPUT, "missing"),
     ),
-    "missing input": (
-        lambda: {
-            "inputs": [t for t in rest_body(example_rows(2))["inputs"] if t["name"] != INTEGER]
-        },
-        (None, INTEGER, "missing"),
+    "ragged shapes": lambda: (
+        rest_with(example_rows(2), RAGGED, shape=[1], data=[element(RAGGED)]),
+        (None, RAGGED, "invalid_tensor"),
     ),
-    "ragged shapes": (
-        lambda: rest_with(example_rows(2), INTEGER, shape=[1], data=[12]),
-        (None, INTEGER, "invalid_tensor"),
+    "ragged nested data": lambda: (
+        rest_with(example_rows(2), INPUT, shape=[2, 1], data=[[element()], [element(), element()]]),
+        (None, INPUT, "invalid_tensor"),
     ),
-    "ragged nested data": (
-        lambda: rest_with(example_rows(2), INTEGER, shape=[2, 1], data=[[12], [24, 36]]),
-        (None, INTEGER, "invalid_tensor"),
-    ),
-    "data nested deeper than any accepted shape": (
-        lambda: rest_with(example_rows(1), INTEGER, shape=[1] * 600, data=nested(24, 600)),
-        (None, INTEGER, "invalid_tensor"),
+    "data nested deeper than any accepted shape": lambda: (
+        rest_with(example_rows(1), INPUT, shape=[1] * 600, data=nested(element(), 600)),
+        (None, INPUT, "invalid_tensor"),
     ),
     # orjson reads 1024 levels but writes 254: echoing this shape was a 500 (a server error)
-    "shape nested deeper than can be echoed": (
-        lambda: rest_with(example_rows(1), INTEGER, shape={"dims": nested(1, 300)}),
-        (None, INTEGER, "invalid_tensor"),
+    "shape nested deeper than can be echoed": lambda: (
+        rest_with(example_rows(1), INPUT, shape={"dims": nested(1, 300)}),
+        (None, INPUT, "invalid_tensor"),
     ),
-    "fraction for an integer": (
-        lambda: rest_with(example_rows(2), INTEGER, data=[VALID_INTEGER, VALID_INTEGER + 0.5]),
-        (1, INTEGER, "wrong_type"),
-    ),
-    "integer beyond 64 bits": (
-        lambda: rest_with(example_rows(2), INTEGER, data=[VALID_INTEGER, 2**64]),
-        (1, INTEGER, "out_of_range"),
-    ),
-    "not json": (lambda: b"{", (None, "$request", "invalid_json")),
+    "fraction for an integer": lambda: integer_data(lambda v: [v, v + 0.5], "wrong_type"),
+    "integer beyond 64 bits": lambda: integer_data(lambda v: [v, 2**64], "out_of_range"),
+    "not json": lambda: (b"{", (None, "$request", "invalid_json")),
 }
 
 
 @pytest.mark.parametrize("case", list(REST_REFUSALS))
 def test_v2_rest_refusals_name_the_field(served: ServedService, case: str) -> None:
-    make_body, (instance, field, reason) = REST_REFUSALS[case]
-    body = make_body()
+    body, (instance, field, reason) = REST_REFUSALS[case]()
     if isinstance(body, bytes):
         response = httpx.post(f"{served.url}/v2/models/{MODEL}/infer", content=body)
     else:
@@ -791,7 +830,7 @@ def test_grpc_calls_are_counted_by_method_and_code_across_workers(served: Served
     for _ in range(refused):
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{served.grpc_port}")
         with pytest.raises(InferenceServerException):
-            client.infer(MODEL, with_input(example_rows(2), INTEGER, None))
+            client.infer(MODEL, with_input(example_rows(2), INPUT, None))
         client.close()
     with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as chan:
         health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())

@@ -39,10 +39,9 @@ from service.oip.protocol import InferenceProtocol
 from service.oip.rest import v2_routes
 from service.oip.server import GrpcServer
 from tests.oip_support import rest_body, triton_inputs
-from tests.support import EventRecorder, HeldEstimator, example_rows
+from tests.support import EventRecorder, HeldEstimator, example_rows, refused_value
 
 MODEL = CONTRACT.model_name
-CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
 REST_ENDPOINT = f"/v2/models/{MODEL}/infer"
 
 
@@ -125,8 +124,11 @@ async def test_grpc_infer_publishes_one_prediction_event(stack: Stack) -> None:
 
 
 async def test_refused_grpc_infer_publishes_one_rejection_event(stack: Stack) -> None:
+    # Any model's first feature, given a value of its type that its domain refuses.
+    feature = CONTRACT.features[0]
+    value, reason = refused_value(feature)
     rows = example_rows(3)
-    rows[2] = {**rows[2], CATEGORICAL: "castle"}
+    rows[2] = {**rows[2], feature.name: value}
     with pytest.raises(InferenceServerException):
         await stack.grpc.infer(MODEL, triton_inputs(triton_aio, rows))
     (event,) = stack.recorder.events
@@ -137,7 +139,7 @@ async def test_refused_grpc_infer_publishes_one_rejection_event(stack: Stack) ->
         400,
     )
     assert [(e.instance, e.field, e.reason.value) for e in event.errors] == [
-        (2, CATEGORICAL, "unknown_category")
+        (2, feature.name, reason)
     ]
     # The protobuf message's size: at least its tensors' raw bytes (a length prefix per string).
     raw = sum(

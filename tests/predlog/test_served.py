@@ -30,7 +30,7 @@ from models.contract import CONTRACT
 from service.predlog.store import Store
 from tests.oip_support import rest_body, triton_inputs
 from tests.predlog.helpers import TcpProxy, row_keys
-from tests.support import ServedService, example_rows, wait_until
+from tests.support import ServedService, example_rows, refused_value, wait_until
 
 ROWS = example_rows(200)
 BATCH_ROWS = 500  # rows per store transaction in the outage test
@@ -45,12 +45,13 @@ class Answer:
 
 def payloads(n_valid: int, n_invalid: int) -> Iterator[tuple[bytes, int]]:
     """(body, instances) pairs: valid bodies of 1 to 4 instances, and 5 kinds of invalid ones."""
-    integer = CONTRACT.of_kind("integer")[0]
+    # Any model's first feature, given a value of its type that its domain refuses.
+    refused = CONTRACT.features[0]
     missing = CONTRACT.feature_names[0]
     refused_field = CONTRACT.excluded[0] if CONTRACT.excluded else "unknown_feature"
     invalid = [
         b'{"instances": [',
-        json.dumps({"instances": [{**ROWS[0], integer.name: integer.minimum - 1}]}).encode(),
+        json.dumps({"instances": [{**ROWS[0], refused.name: refused_value(refused)[0]}]}).encode(),
         json.dumps({"instances": [{k: v for k, v in ROWS[1].items() if k != missing}]}).encode(),
         json.dumps({"instances": [{**ROWS[2], refused_field: "yes"}]}).encode(),
         b'{"instances": []}',

@@ -28,11 +28,8 @@ from service.metrics import (
 )
 from service.model import LoadedModel, load_model
 from service.validation import InstanceValidator, RequestRejected
-from tests.support import ROOT, example_rows, wait_until
+from tests.support import ROOT, example_rows, first_feature, first_numeric_feature, wait_until
 
-# Any model's: the first integer and categorical features of the contract, its labels.
-INTEGER = CONTRACT.of_kind("integer")[0].name
-CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
 NEGATIVE, POSITIVE = CONTRACT.labels
 
 
@@ -75,8 +72,13 @@ def test_requests_latency_and_validation_failures_by_transport(
     metrics = ServiceMetrics(model, registry)
     rows = example_rows(3)
     metrics.publish(PredictionEvent(info(), rows, [Prediction(NEGATIVE, 0.1)] * 3))
-    below = CONTRACT.feature(INTEGER).minimum - 1
-    bad = [{**rows[0], INTEGER: below, CATEGORICAL: "yacht"}, {**rows[1], "colour": "red"}]
+    # One refusal of each kind the contract's features allow (a model may have no categorical).
+    numeric = first_numeric_feature()
+    refusals = [("grpc", numeric.name, "out_of_range"), ("grpc", "$unknown", "unknown_field")]
+    bad = [{**rows[0], numeric.name: numeric.minimum - 1}, {**rows[1], "colour": "red"}]
+    for categorical in CONTRACT.of_kind("categorical")[:1]:
+        bad[0][categorical.name] = "yacht"
+        refusals.append(("grpc", categorical.name, "unknown_category"))
     with pytest.raises(RequestRejected) as refused:
         InstanceValidator(model.contract, 10).validate_instances(bad)
     metrics.publish(RejectionEvent(info("grpc", "ModelInfer"), 400, refused.value.errors, 10, ""))
@@ -117,11 +119,7 @@ def test_requests_latency_and_validation_failures_by_transport(
             "inference_validation_failures_total",
             dict(zip(("transport", "field", "reason"), labels, strict=True)),
         )
-        for labels in [
-            ("grpc", INTEGER, "out_of_range"),
-            ("grpc", CATEGORICAL, "unknown_category"),
-            ("grpc", "$unknown", "unknown_field"),
-        ]
+        for labels in refusals
     }
     assert failures == dict.fromkeys(failures, 1.0)
     # a 500 is not a validation failure
@@ -132,18 +130,19 @@ def test_requests_latency_and_validation_failures_by_transport(
         for s in m.samples
         if s.name.endswith("_total")
     )
-    assert total == 3
+    assert total == len(refusals)
 
 
 def test_model_calls_count_labels_scores_and_out_of_training_range(
     registry: CollectorRegistry, model: LoadedModel
 ) -> None:
     metrics = ServiceMetrics(model, registry)
-    feature = model.contract.feature(INTEGER)
+    name = first_numeric_feature().name
+    feature = model.contract.feature(name)  # with the training range registered
     rows = example_rows(4)
-    rows[0][INTEGER] = feature.training_max + 1
-    rows[1][INTEGER] = feature.training_min - 1
-    rows[2][INTEGER] = feature.training_max  # inside: the range is inclusive
+    rows[0][name] = feature.training_max + 1
+    rows[1][name] = feature.training_min - 1
+    rows[2][name] = feature.training_max  # inside: the range is inclusive
     columns = model.contract.arrays_of_columns(model.contract.columns_of_rows(rows))
     # Two scores below the model's threshold and two at or above it (the threshold is inclusive).
     threshold = model.threshold
@@ -167,7 +166,7 @@ def test_model_calls_count_labels_scores_and_out_of_training_range(
     assert value("model_prediction_score_count", {"model_version": version}) == 5
     below_99 = {"model_version": version, "le": "0.95"}
     assert value("model_prediction_score_bucket", below_99) == 4
-    side = {"model_version": version, "feature": INTEGER}
+    side = {"model_version": version, "feature": name}
     assert value("model_out_of_training_range_total", {**side, "side": "above"}) == 2
     assert value("model_out_of_training_range_total", {**side, "side": "below"}) == 1
     assert value("model_call_rows_sum") == 5
@@ -300,10 +299,11 @@ def test_a_queued_model_call_holds_only_the_columns_it_checks(
 ) -> None:
     # The call's other columns (the categorical ones hold the request's strings) are not kept
     # until the next flush: a second of model calls would stay in memory.
+    categorical, numeric = first_feature("categorical").name, first_numeric_feature().name
     metrics = ServiceMetrics(model, registry)
     columns = model.contract.arrays_of_columns(model.contract.columns_of_rows(example_rows(3)))
-    kept = weakref.ref(columns[INTEGER])
-    let_go = weakref.ref(columns[CATEGORICAL])
+    kept = weakref.ref(columns[numeric])
+    let_go = weakref.ref(columns[categorical])
     scores = np.array([0.1, 0.5, 0.9])
     metrics.observe_model_call(columns, scores, model.labels(scores))
     del columns
@@ -311,7 +311,7 @@ def test_a_queued_model_call_holds_only_the_columns_it_checks(
     assert let_go() is None
     assert kept() is not None
     metrics.flush()
-    side = {"model_version": model.version, "feature": INTEGER, "side": "above"}
+    side = {"model_version": model.version, "feature": numeric, "side": "above"}
     assert registry.get_sample_value("model_out_of_training_range_total", side) == 0
 
 

@@ -14,12 +14,12 @@ from service.contract import CategoricalFeature, FeatureContract, IntegerFeature
 from service.events import Prediction
 from service.oip.tensors import Tensor, TensorCodec, decode_raw, encode_raw
 from service.validation import UNKNOWN_FIELD, InstanceValidator, Reason, RequestRejected
-from tests.support import example_rows
+from tests.support import example_rows, first_feature, first_numeric_feature
 
 VALIDATOR = InstanceValidator(CONTRACT, max_instances=1000)
 CODEC = TensorCodec(VALIDATOR)
-CATEGORICAL = CONTRACT.of_kind("categorical")[0].name
-INTEGER = CONTRACT.of_kind("integer")[0].name
+# The structural errors are the same for every input: any model's first one.
+ANY_INPUT = CODEC.inputs[0]
 
 
 def tensors(rows: list[dict[str, Any]], raw: bool = False, column: bool = False) -> list[Tensor]:
@@ -67,8 +67,9 @@ def test_tensors_decode_to_the_instances(raw: bool, column: bool) -> None:
 
 
 def test_bytes_elements_may_come_as_bytes() -> None:
+    categorical = first_feature("categorical").name
     rows = example_rows(3)
-    items = replace(tensors(rows), CATEGORICAL, data=[row[CATEGORICAL].encode() for row in rows])
+    items = replace(tensors(rows), categorical, data=[row[categorical].encode() for row in rows])
     assert CODEC.decode(items) == rows
 
 
@@ -119,15 +120,18 @@ def only_error(exc: RequestRejected) -> tuple[int | None, str, Reason, str]:
 
 
 def test_wrong_datatype() -> None:
-    items = replace(tensors(example_rows(2)), INTEGER, datatype="FP64", data=[12.0, 24.0])
+    name, datatype = ANY_INPUT.name, ANY_INPUT.datatype
+    other = "INT32"  # no feature's datatype
+    items = replace(tensors(example_rows(2)), name, datatype=other, data=[12, 24])
     instance, field, reason, message = only_error(refused(items))
-    assert (instance, field, reason) == (None, INTEGER, Reason.WRONG_TYPE)
-    assert message == "datatype must be INT64 (integer feature), got 'FP64'"
+    assert (instance, field, reason) == (None, name, Reason.WRONG_TYPE)
+    kind = CONTRACT.feature(name).kind
+    assert message == f"datatype must be {datatype} ({kind} feature), got 'INT32'"
 
 
 def test_missing_input() -> None:
-    items = [t for t in tensors(example_rows(2)) if t.name != INTEGER]
-    assert only_error(refused(items))[:3] == (None, INTEGER, Reason.MISSING)
+    items = [t for t in tensors(example_rows(2)) if t.name != ANY_INPUT.name]
+    assert only_error(refused(items))[:3] == (None, ANY_INPUT.name, Reason.MISSING)
 
 
 def test_unknown_and_excluded_inputs_are_refused_like_unknown_fields() -> None:
@@ -158,9 +162,10 @@ def test_input_given_twice() -> None:
 
 def test_ragged_batch_names_the_input_that_differs() -> None:
     rows = example_rows(3)
-    items = replace(tensors(rows), INTEGER, shape=[2], data=[r[INTEGER] for r in rows[:2]])
+    name = CODEC.inputs[-1].name  # not the first: the one the others are measured against
+    items = replace(tensors(rows), name, shape=[2], data=[r[name] for r in rows[:2]])
     instance, field, reason, message = only_error(refused(items))
-    assert (instance, field, reason) == (None, INTEGER, Reason.INVALID_TENSOR)
+    assert (instance, field, reason) == (None, name, Reason.INVALID_TENSOR)
     assert message == (
         f"has 2 elements but input {CODEC.inputs[0].name!r} has 3: "
         "every input needs one element per instance"
@@ -171,16 +176,16 @@ def test_ragged_batch_names_the_input_that_differs() -> None:
     "shape", [[3, 2], [1, 3], [3, 1, 1], [], [-3], ["3"], [3.0], [True]], ids=repr
 )
 def test_shapes_other_than_batch_or_batch_by_one(shape: list[Any]) -> None:
-    items = replace(tensors(example_rows(3)), INTEGER, shape=shape)
+    items = replace(tensors(example_rows(3)), ANY_INPUT.name, shape=shape)
     instance, field, reason, message = only_error(refused(items))
-    assert (instance, field, reason) == (None, INTEGER, Reason.INVALID_TENSOR)
+    assert (instance, field, reason) == (None, ANY_INPUT.name, Reason.INVALID_TENSOR)
     assert "[batch] or [batch, 1]" in message
 
 
 def test_element_count_must_match_the_shape() -> None:
-    items = replace(tensors(example_rows(3)), INTEGER, shape=[4])
+    items = replace(tensors(example_rows(3)), ANY_INPUT.name, shape=[4])
     _, field, reason, message = only_error(refused(items))
-    assert (field, reason) == (INTEGER, Reason.INVALID_TENSOR)
+    assert (field, reason) == (ANY_INPUT.name, Reason.INVALID_TENSOR)
     assert message == "shape [4] needs 4 elements; the contents hold 3"
 
 
@@ -193,37 +198,44 @@ def test_element_count_must_match_the_shape() -> None:
     ],
 )
 def test_malformed_raw_bytes(raw: bytes, expected: str) -> None:
-    items = replace(tensors(example_rows(3), raw=True), CATEGORICAL, data=raw)
+    categorical = first_feature("categorical").name
+    items = replace(tensors(example_rows(3), raw=True), categorical, data=raw)
     _, field, reason, message = only_error(refused(items))
-    assert (field, reason) == (CATEGORICAL, Reason.INVALID_TENSOR)
+    assert (field, reason) == (categorical, Reason.INVALID_TENSOR)
     assert expected in message
 
 
 def test_raw_fixed_size_length_must_match() -> None:
-    items = replace(tensors(example_rows(3), raw=True), INTEGER, data=b"\x00" * 20)
-    assert only_error(refused(items))[3] == "raw contents hold 20 bytes; 3 INT64 elements take 24"
+    numeric = first_numeric_feature().name
+    datatype = CODEC.inputs[CONTRACT.feature_names.index(numeric)].datatype  # INT64 or FP64
+    items = replace(tensors(example_rows(3), raw=True), numeric, data=b"\x00" * 20)
+    message = f"raw contents hold 20 bytes; 3 {datatype} elements take 24"
+    assert only_error(refused(items))[3] == message
 
 
 def test_bytes_that_are_not_utf8_name_the_instance() -> None:
+    categorical = first_feature("categorical").name
     rows = example_rows(3)
-    data = [r[CATEGORICAL].encode() for r in rows]
+    data = [r[categorical].encode() for r in rows]
     data[2] = b"\xff\xfe"
-    instance, field, reason, _ = only_error(refused(replace(tensors(rows), CATEGORICAL, data=data)))
-    assert (instance, field, reason) == (2, CATEGORICAL, Reason.WRONG_TYPE)
+    instance, field, reason, _ = only_error(refused(replace(tensors(rows), categorical, data=data)))
+    assert (instance, field, reason) == (2, categorical, Reason.WRONG_TYPE)
 
 
 # -- values are judged by the validator, with the messages of POST /predict ----------------------
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        (CATEGORICAL, "castle"),
-        (INTEGER, CONTRACT.feature(INTEGER).maximum + 1),  # type: ignore[union-attr]
-        (INTEGER, CONTRACT.feature(INTEGER).minimum - 1),  # type: ignore[union-attr]
-    ],
-)
-def test_value_errors_are_those_of_the_http_api(field: str, value: Any) -> None:
+def refused_value(case: str) -> tuple[str, Any]:
+    """A feature and a value of its type outside its domain."""
+    if case == "unknown category":
+        return first_feature("categorical").name, "castle"
+    numeric = first_numeric_feature()
+    return numeric.name, numeric.maximum + 1 if case == "above" else numeric.minimum - 1
+
+
+@pytest.mark.parametrize("case", ["unknown category", "above", "below"])
+def test_value_errors_are_those_of_the_http_api(case: str) -> None:
+    field, value = refused_value(case)
     rows = example_rows(4)
     bad = [dict(r) for r in rows]
     bad[3][field] = value
