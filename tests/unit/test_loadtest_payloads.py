@@ -88,8 +88,11 @@ def test_every_invalid_case_gets_exactly_its_expected_refusal(
         assert case.matches(status, answer), (case.reason, case.field, status, answer)
         assert 400 <= status < 500
     reasons = {case.reason for case in cases}
-    # a contract that excludes no column has no excluded field to send
+    # a contract that excludes no column has no excluded field to send, one without categorical
+    # features no unknown category
     unsendable = set() if CONTRACT.excluded else {Reason.EXCLUDED_FIELD}
+    if not CATEGORIES:
+        unsendable.add(Reason.UNKNOWN_CATEGORY)
     server_side = {Reason.INTERNAL_ERROR, Reason.UNAVAILABLE, Reason.BODY_TOO_LARGE, Reason.TIMEOUT}
     tensors_only = {Reason.INVALID_TENSOR, Reason.UNKNOWN_MODEL}  # Open Inference Protocol
     not_the_body = {Reason.CANCELLED}  # a client's cancelled gRPC call
@@ -273,10 +276,11 @@ def test_drift_fraction_and_defaults(factory: PayloadFactory) -> None:
     half = Drift(CONTRACT, default_shifts(CONTRACT), fraction=0.5)
     changed = sum(half.apply(r, rng) != r for r in rows)
     assert 60 < changed < 140
-    numeric, categorical = default_shifts(CONTRACT)
-    assert numeric.feature == CONTRACT.numeric_features()[0].name
-    assert numeric.scale == 1.5
-    assert categorical.feature == CATEGORIES[0].name
+    # the first numeric feature scaled and the first categorical moved, of those the model has
+    shifts = default_shifts(CONTRACT)
+    moved = [*CONTRACT.numeric_features()[:1], *CATEGORIES[:1]]
+    assert [s.feature for s in shifts] == [f.name for f in moved]
+    assert [s.scale for s in shifts] == [1.5 if f.kind != "categorical" else 1.0 for f in moved]
 
 
 def test_v2_inputs_are_one_typed_tensor_per_feature(factory: PayloadFactory) -> None:

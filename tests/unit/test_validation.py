@@ -49,9 +49,10 @@ def test_every_row_of_the_data_set_is_valid() -> None:
     assert InstanceValidator(CONTRACT, len(rows)).validate_instances(rows) == rows
 
 
-# The contract's first integer and first categorical features, and another categorical one:
-# the rules are the validator's, the fields any model's (a swapped model's included).
+# The contract's first feature of each kind, and another categorical one: the rules are the
+# validator's, the fields any model's (a swapped model's included, whichever kinds it has).
 _INTEGERS = CONTRACT.of_kind("integer")
+_NUMBERS = CONTRACT.of_kind("number")
 _CATEGORICALS = CONTRACT.of_kind("categorical")
 
 
@@ -79,6 +80,21 @@ def _integer_cases(feat: IntegerFeature) -> list[tuple[str, Any, Reason]]:
     ]
 
 
+def _number_cases(feat: NumberFeature) -> list[tuple[str, Any, Reason]]:
+    name, lo, hi = feat.name, feat.minimum, feat.maximum
+    return [
+        (name, str(lo), Reason.WRONG_TYPE),
+        (name, True, Reason.WRONG_TYPE),  # bool is not a number
+        (name, None, Reason.WRONG_TYPE),
+        (name, math.nan, Reason.WRONG_TYPE),
+        (name, math.inf, Reason.WRONG_TYPE),
+        (name, [lo], Reason.WRONG_TYPE),
+        (name, lo - 1, Reason.OUT_OF_RANGE),
+        (name, hi + 1, Reason.OUT_OF_RANGE),
+        (name, orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
+    ]
+
+
 def _categorical_cases(feat: CategoricalFeature) -> list[tuple[str, Any, Reason]]:
     first = feat.categories[0]
     unknown = [
@@ -100,6 +116,7 @@ INVALID_VALUES = [
     # every integer feature's domain, not only the first's
     *[(f.name, f.maximum + 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
     *[(f.name, f.minimum - 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
+    *(_number_cases(_NUMBERS[0]) if _NUMBERS else []),  # type: ignore[arg-type]
     *(_categorical_cases(_CATEGORICALS[0]) if _CATEGORICALS else []),  # type: ignore[arg-type]
     *[(f.name, ["x"], Reason.WRONG_TYPE) for f in _CATEGORICALS[1:2]],
 ]
