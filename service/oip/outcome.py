@@ -78,10 +78,17 @@ def cancellation(
     )
 
 
+# gRPC's deadline timer cancels a call a little before ``time_remaining()`` reaches 0 (6 ms
+# measured here, in about one call in four): without a margin such a call was recorded as its
+# client's cancel (499, outside the SLO) instead of the deadline it missed (504). A client that
+# cancels its call itself this close to its deadline is counted as missing it.
+DEADLINE_MARGIN_SECONDS = 0.05
+
+
 def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     """Whether the call's deadline has passed (no deadline: it has not)."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS
 
 
 def _status_code(code: Any) -> grpc.StatusCode:
