@@ -13,10 +13,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -30,6 +30,7 @@ from models.contract import CONTRACT
 from service.contract import (
     CategoricalFeature,
     Feature,
+    FeatureContract,
     FeatureKind,
     IntegerFeature,
     NumericFeature,
@@ -37,6 +38,7 @@ from service.contract import (
 from service.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
+F = TypeVar("F", bound=Feature)
 VENV_BIN = Path(sys.executable).parent
 
 # What identifies the example credit-risk model: its name, target, labels and features. A fork
@@ -82,19 +84,29 @@ example_model_only = pytest.mark.skipif(
 def first_feature(kind: FeatureKind) -> Feature:
     """The contract's first feature of ``kind``; the test is skipped if it has none (a contract
     of numbers only, say), saying so."""
-    features = CONTRACT.of_kind(kind)
-    if not features:
-        pytest.skip(f"the contract has no {kind} feature")
-    return features[0]
+    return _first_or_skip(CONTRACT.of_kind(kind), f"{kind} feature")
 
 
 def first_numeric_feature() -> NumericFeature:
     """The contract's first integer or number feature, for a test that needs a numeric one of
     either kind; the test is skipped if it has none (a contract of categoricals only)."""
-    features = CONTRACT.numeric_features()
+    return _first_or_skip(CONTRACT.numeric_features(), "integer or number feature")
+
+
+def _first_or_skip(features: Sequence[F], what: str) -> F:
     if not features:
-        pytest.skip("the contract has no integer or number feature")
+        pytest.skip(f"the contract has no {what}")
     return features[0]
+
+
+def contract_of(*features: Feature, **fields: Any) -> FeatureContract:
+    """A contract of ``features`` for a test of the machinery; its name and labels do not matter
+    unless given in ``fields``."""
+    return FeatureContract(
+        **{"model_name": "m", "target": "y", "positive_label": "yes", "negative_label": "no"}
+        | fields,
+        features=features,
+    )
 
 
 def refused_value(feature: Feature) -> tuple[str | int | float, str]:

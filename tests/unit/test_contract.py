@@ -10,7 +10,7 @@ from service.contract import (
     IntegerFeature,
     NumberFeature,
 )
-from tests.support import example_model_only, training_data
+from tests.support import contract_of, example_model_only, training_data
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +100,10 @@ def test_example_json_schema_of_age() -> None:
 
 
 def test_frame_has_contract_order_and_dtypes() -> None:
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="yes",
-        negative_label="no",
-        features=(
-            NumberFeature("x", 0, 10),
-            CategoricalFeature("c", ("a", "b")),
-            IntegerFeature("n", 0, 5),
-        ),
+    contract = contract_of(
+        NumberFeature("x", 0, 10),
+        CategoricalFeature("c", ("a", "b")),
+        IntegerFeature("n", 0, 5),
     )
     frame = contract.frame([{"n": 1, "c": "a", "x": 2}, {"c": "b", "x": 2.5, "n": 3}])
     assert list(frame.columns) == ["x", "c", "n"]

@@ -25,13 +25,12 @@ from service.asgi import decode_json
 from service.contract import (
     CategoricalFeature,
     Feature,
-    FeatureContract,
     IntegerFeature,
     NumberFeature,
 )
 from service.settings import Settings
 from service.validation import InstanceValidator, Reason, RequestRejected
-from tests.support import example_rows, training_data
+from tests.support import contract_of, example_rows, training_data
 
 MAX_INSTANCES = 50
 CATEGORIES = CONTRACT.of_kind("categorical")
@@ -108,16 +107,10 @@ def test_every_invalid_case_gets_exactly_its_expected_refusal(
 
 def test_out_of_range_cases_are_out_of_range_for_any_bounds() -> None:
     # A float bound of 1e20 minus 1 is the same float: the "out of range" value was in range.
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="bad",
-        negative_label="good",
-        features=(
-            NumberFeature("wide", minimum=-1e20, maximum=1e20),
-            NumberFeature("unit", minimum=0.0, maximum=1.0),
-            IntegerFeature("big", minimum=-(10**18), maximum=10**18),
-        ),
+    contract = contract_of(
+        NumberFeature("wide", minimum=-1e20, maximum=1e20),
+        NumberFeature("unit", minimum=0.0, maximum=1.0),
+        IntegerFeature("big", minimum=-(10**18), maximum=10**18),
     )
     factory = PayloadFactory.synthetic(contract, rows=20)
     validator = InstanceValidator(contract, MAX_INSTANCES)
@@ -132,14 +125,9 @@ def test_the_too_large_batch_fits_the_body_limit_of_a_wide_model() -> None:
     # A swapped model with 120 features: MAX_BATCH_SIZE + 1 copies of a valid instance were
     # 6.6 MB, over the default MAX_BODY_BYTES, so the service answered 413 body_too_large, unread,
     # and InvalidUser counted a failure on every batch_too_large request.
-    contract = FeatureContract(
+    contract = contract_of(
+        *(NumberFeature(f"lab_measurement_{i:03d}_mmol_per_litre", 0.0, 1e6) for i in range(120)),
         model_name="wide",
-        target="y",
-        positive_label="yes",
-        negative_label="no",
-        features=tuple(
-            NumberFeature(f"lab_measurement_{i:03d}_mmol_per_litre", 0.0, 1e6) for i in range(120)
-        ),
     )
     max_instances = Settings.model_fields["max_batch_size"].default
     factory = PayloadFactory.synthetic(contract, rows=20)
@@ -191,16 +179,10 @@ def test_parse_shifts() -> None:
 
 
 def test_parse_shifts_takes_categories_with_commas_and_names_sharing_a_prefix() -> None:
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="yes",
-        negative_label="no",
-        features=(
-            CategoricalFeature("asset", ("real estate", "car or other, not savings")),
-            IntegerFeature("amount", 0, 10),
-            IntegerFeature("amount_due", 0, 10),
-        ),
+    contract = contract_of(
+        CategoricalFeature("asset", ("real estate", "car or other, not savings")),
+        IntegerFeature("amount", 0, 10),
+        IntegerFeature("amount_due", 0, 10),
     )
     spec = "asset=car or other, not savings; amount_due+2; amount"
     assert parse_shifts(spec, contract) == (

@@ -10,11 +10,11 @@ import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from models.contract import CONTRACT
-from service.contract import CategoricalFeature, FeatureContract, IntegerFeature, NumberFeature
+from service.contract import CategoricalFeature, IntegerFeature, NumberFeature
 from service.events import Prediction
 from service.oip.tensors import Tensor, TensorCodec, decode_raw, encode_raw
 from service.validation import UNKNOWN_FIELD, InstanceValidator, Reason, RequestRejected
-from tests.support import example_rows, first_feature, first_numeric_feature
+from tests.support import contract_of, example_rows, first_feature, first_numeric_feature
 
 VALIDATOR = InstanceValidator(CONTRACT, max_instances=1000)
 CODEC = TensorCodec(VALIDATOR)
@@ -74,16 +74,10 @@ def test_bytes_elements_may_come_as_bytes() -> None:
 
 
 def test_a_number_feature_is_fp64() -> None:
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="yes",
-        negative_label="no",
-        features=(
-            NumberFeature("ratio", 0.0, 1.0),
-            IntegerFeature("count", 0, 9),
-            CategoricalFeature("color", ("red", "blue")),
-        ),
+    contract = contract_of(
+        NumberFeature("ratio", 0.0, 1.0),
+        IntegerFeature("count", 0, 9),
+        CategoricalFeature("color", ("red", "blue")),
     )
     codec = TensorCodec(InstanceValidator(contract, 10))
     assert [t.datatype for t in codec.inputs] == ["FP64", "INT64", "BYTES"]
@@ -248,7 +242,7 @@ def test_value_errors_are_those_of_the_http_api(case: str) -> None:
 
 
 def test_nan_in_fp64_is_refused_by_the_validator() -> None:
-    contract = FeatureContract("m", "y", "a", "b", (NumberFeature("x", 0.0, 1.0),))
+    contract = contract_of(NumberFeature("x", 0.0, 1.0))
     codec = TensorCodec(InstanceValidator(contract, 10))
     with pytest.raises(RequestRejected) as info:
         codec.decode([Tensor("x", "FP64", [2], encode_raw("FP64", [0.5, math.nan]))])

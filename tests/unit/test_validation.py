@@ -22,7 +22,7 @@ from service.validation import (
     Reason,
     RequestRejected,
 )
-from tests.support import example_rows, excluded_columns, first_feature, training_data
+from tests.support import contract_of, example_rows, excluded_columns, first_feature, training_data
 
 VALIDATOR = InstanceValidator(CONTRACT, max_instances=1000)
 
@@ -60,27 +60,8 @@ def _not_a_category(feat: CategoricalFeature, value: str) -> list[str]:
     return [] if value in feat.categories else [value]
 
 
-def _integer_cases(feat: IntegerFeature) -> list[tuple[str, Any, Reason]]:
-    name, lo, hi = feat.name, feat.minimum, feat.maximum
-    return [
-        (name, str(lo), Reason.WRONG_TYPE),
-        (name, lo + 0.5, Reason.WRONG_TYPE),
-        (name, float(lo), Reason.WRONG_TYPE),  # a JSON fraction, even if integral
-        (name, True, Reason.WRONG_TYPE),  # bool is not an integer
-        (name, None, Reason.WRONG_TYPE),
-        (name, math.nan, Reason.WRONG_TYPE),
-        (name, math.inf, Reason.WRONG_TYPE),
-        (name, [lo], Reason.WRONG_TYPE),
-        (name, lo - 1, Reason.OUT_OF_RANGE),
-        (name, hi + 1, Reason.OUT_OF_RANGE),
-        (name, 10**30, Reason.OUT_OF_RANGE),
-        # integers orjson decodes as floats (2**64 and beyond): too large, not fractions
-        (name, orjson.loads(b"18446744073709551616"), Reason.OUT_OF_RANGE),
-        (name, orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
-    ]
-
-
-def _number_cases(feat: NumberFeature) -> list[tuple[str, Any, Reason]]:
+def _numeric_cases(feat: IntegerFeature | NumberFeature) -> list[tuple[str, Any, Reason]]:
+    """What integer and number features both refuse."""
     name, lo, hi = feat.name, feat.minimum, feat.maximum
     return [
         (name, str(lo), Reason.WRONG_TYPE),
@@ -92,6 +73,18 @@ def _number_cases(feat: NumberFeature) -> list[tuple[str, Any, Reason]]:
         (name, lo - 1, Reason.OUT_OF_RANGE),
         (name, hi + 1, Reason.OUT_OF_RANGE),
         (name, orjson.loads(b"-1e30"), Reason.OUT_OF_RANGE),
+    ]
+
+
+def _integer_cases(feat: IntegerFeature) -> list[tuple[str, Any, Reason]]:
+    name, lo = feat.name, feat.minimum
+    return [
+        *_numeric_cases(feat),
+        (name, lo + 0.5, Reason.WRONG_TYPE),
+        (name, float(lo), Reason.WRONG_TYPE),  # a JSON fraction, even if integral
+        (name, 10**30, Reason.OUT_OF_RANGE),
+        # integers orjson decodes as floats (2**64 and beyond): too large, not fractions
+        (name, orjson.loads(b"18446744073709551616"), Reason.OUT_OF_RANGE),
     ]
 
 
@@ -116,7 +109,7 @@ INVALID_VALUES = [
     # every integer feature's domain, not only the first's
     *[(f.name, f.maximum + 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
     *[(f.name, f.minimum - 1, Reason.OUT_OF_RANGE) for f in _INTEGERS[1:]],
-    *(_number_cases(_NUMBERS[0]) if _NUMBERS else []),  # type: ignore[arg-type]
+    *(_numeric_cases(_NUMBERS[0]) if _NUMBERS else []),  # type: ignore[arg-type]
     *(_categorical_cases(_CATEGORICALS[0]) if _CATEGORICALS else []),  # type: ignore[arg-type]
     *[(f.name, ["x"], Reason.WRONG_TYPE) for f in _CATEGORICALS[1:2]],
 ]
@@ -198,14 +191,8 @@ def test_excluded_attributes_are_refused_with_a_reason(field: str) -> None:
 )
 def test_an_excluded_field_is_refused_with_the_contracts_reason(reason: str, message: str) -> None:
     # A swapped model's excluded columns need not be protected attributes: the contract says why.
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="yes",
-        negative_label="no",
-        features=(NumberFeature("x", 0, 1),),
-        excluded=("patient_name",),
-        excluded_reason=reason,
+    contract = contract_of(
+        NumberFeature("x", 0, 1), excluded=("patient_name",), excluded_reason=reason
     )
     with pytest.raises(RequestRejected) as info:
         InstanceValidator(contract, 10).validate_payload(
@@ -290,13 +277,7 @@ def test_oversized_batch_is_413_before_any_instance_is_checked() -> None:
 
 
 def test_number_features_accept_integers_and_fractions_but_not_nan() -> None:
-    contract = FeatureContract(
-        model_name="m",
-        target="y",
-        positive_label="1",
-        negative_label="0",
-        features=(NumberFeature("x", -1.5, 2.5),),
-    )
+    contract = contract_of(NumberFeature("x", -1.5, 2.5))
     validator = InstanceValidator(contract, 10)
     assert validator.validate_instances([{"x": 1}, {"x": -1.5}, {"x": 2.5}])
     for value, reason in [
