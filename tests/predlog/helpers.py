@@ -106,21 +106,26 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._flowing = threading.Event()
         self._flowing.set()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        # Bound, never listening, whenever the relay does not listen: connections are refused,
+        # and the port stays the relay's. Left free during a cut, it was taken by another socket
+        # (an outgoing connection's local port), and restore() failed "address already in use".
+        self._placeholder: socket.socket | None = _reusable_socket()
+        self._placeholder.bind(("127.0.0.1", 0))
+        self.port = self._placeholder.getsockname()[1]
 
     def url_for(self, url: str) -> str:
         host, port = self.upstream
         return url.replace(f"{host}:{port}", f"127.0.0.1:{self.port}")
 
     def start(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener = _reusable_socket()
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         listener.settimeout(0.1)
         self._listener = listener
+        placeholder, self._placeholder = self._placeholder, None
+        if placeholder is not None:
+            placeholder.close()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
 
@@ -130,6 +135,8 @@ class TcpProxy:
         """Refuse new connections and reset the open ones."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            self._placeholder = _reusable_socket()
+            self._placeholder.bind(("127.0.0.1", self.port))
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, set()
@@ -147,6 +154,9 @@ class TcpProxy:
     def close(self) -> None:
         self.resume()
         self.cut()
+        placeholder, self._placeholder = self._placeholder, None
+        if placeholder is not None:
+            placeholder.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
@@ -177,3 +187,11 @@ class TcpProxy:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def _reusable_socket() -> socket.socket:
+    # SO_REUSEPORT: the relay's listener and its placeholder hold the port in turn, overlapping.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
