@@ -5,6 +5,12 @@ client itself, its passed deadline, or the server at the end of its shutdown gra
 must tell these apart the same way: the call's gRPC status, for the call metrics and the span
 (:func:`final_code`), and the request's record in the log and the request metrics
 (:func:`cancellation`, which the servicer hands to its ``RequestContext``).
+
+One more cancel cannot be told apart, and counts as the client's: gRPC core's, when a connection's
+GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS ends under a call (its client sees UNAVAILABLE). It comes at
+a moment this process does not know (the age is jittered inside gRPC core, the connection's opening
+is not reported), and the connection is closed by then just as when a client closes its channel or
+cancels the last call of a connection that had its GOAWAY (docs/grpc.md, "Connections").
 """
 
 from __future__ import annotations
