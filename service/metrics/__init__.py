@@ -24,46 +24,24 @@ One module per family, by where its numbers come from:
   default process collector does not work in multiprocess mode (:class:`ProcessMetrics`);
 - ``traces``: span export metrics, when tracing exports, from the counts the tracing pipeline
   keeps (service/tracing.py) (:class:`TraceMetrics`);
-- ``flusher``: the worker's one thread (:data:`FLUSHER`) that applies the buffered request,
+- ``flusher``: the worker's one thread (``flusher.FLUSHER``) that applies the buffered request,
   model-call and span updates every ``REQUEST_FLUSH_SECONDS``, in the same turn as BentoML's
   request metrics (service/bentoml_metrics.py). To replace it (tests do), patch
-  ``service.metrics.flusher.FLUSHER``: the name re-exported here is only a second reference.
+  ``service.metrics.flusher.FLUSHER``: it is deliberately not re-exported here, where a patch
+  would change a second reference that nothing reads.
 """
 
-from service.metrics.drift import NAN, DriftMetrics
-from service.metrics.flusher import (
-    FLUSHER,
-    REQUEST_FLUSH_SECONDS,
-    Flusher,
-    observe_many,
-    take_all,
-)
+from service.metrics.drift import DriftMetrics
+from service.metrics.flusher import REQUEST_FLUSH_SECONDS, Flusher, observe_many
 from service.metrics.predlog import PredictionLogMetrics
 from service.metrics.process import PROCESS_SAMPLE_SECONDS, ProcessMetrics
-from service.metrics.requests import (
-    BUILD_PACKAGES,
-    CALL_REQUEST_BUCKETS,
-    CALL_ROW_BUCKETS,
-    INSTANCE_BUCKETS,
-    LATENCY_BUCKETS,
-    SCORE_BUCKETS,
-    SERVER_ERROR_CODES,
-    ServiceMetrics,
-)
+from service.metrics.requests import LATENCY_BUCKETS, ServiceMetrics
 from service.metrics.traces import TraceMetrics
 
 __all__ = [
-    "BUILD_PACKAGES",
-    "CALL_REQUEST_BUCKETS",
-    "CALL_ROW_BUCKETS",
-    "FLUSHER",
-    "INSTANCE_BUCKETS",
     "LATENCY_BUCKETS",
-    "NAN",
     "PROCESS_SAMPLE_SECONDS",
     "REQUEST_FLUSH_SECONDS",
-    "SCORE_BUCKETS",
-    "SERVER_ERROR_CODES",
     "DriftMetrics",
     "Flusher",
     "PredictionLogMetrics",
@@ -71,5 +49,4 @@ __all__ = [
     "ServiceMetrics",
     "TraceMetrics",
     "observe_many",
-    "take_all",
 ]
