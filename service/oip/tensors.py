@@ -50,7 +50,7 @@ _LENGTH = struct.Struct("<I")  # prefix of each BYTES element in raw contents
 # Longest echo of a refused value (a datatype, a shape, bytes) in a message.
 _MAX_ECHO = 64
 # Inputs or requested outputs beyond the model's that are still read and reported one by one;
-# a request with more is refused whole (see TensorCodec.check_counts).
+# a request with more is refused whole (see check_tensor_counts).
 MAX_EXTRA_TENSORS: Final = 100
 
 
