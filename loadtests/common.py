@@ -122,7 +122,6 @@ class Target:
     model_tag: str
     contract: FeatureContract
     payloads: PayloadFactory
-    payload_source: str
     invalid: list[InvalidCase]
     drift: Drift
 
@@ -240,7 +239,6 @@ def _discover(environment: Environment) -> Target:
         model_tag=tag,
         contract=contract,
         payloads=payloads,
-        payload_source=source,
         invalid=invalid_cases(
             payloads, max_instances=_batch_limit(environment.host or "", options)
         ),
