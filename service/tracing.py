@@ -336,10 +336,6 @@ class CountingSpanProcessor(SpanProcessor):
             forget = weakref.WeakMethod(self._forget_pending)
             os.register_at_fork(after_in_child=lambda: (f := forget()) and f())
 
-    @property
-    def span_exporter(self) -> SpanExporter:
-        return self._processor.span_exporter
-
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self._processor.on_start(span, parent_context)
 
