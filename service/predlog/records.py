@@ -39,10 +39,9 @@ class Entry:
     table: str  # a key of DATA_TABLES: "predictions" | "rejections"
     rows: list[Row]
     received_at: datetime  # UTC; the age of the oldest unwritten entry is measured from it
-    records: int  # instances (predictions) or requests (rejections) the rows hold
-
-    def __len__(self) -> int:
-        return self.records
+    # Instances (predictions) or requests (rejections) the rows hold: what the log's counters
+    # count. Not len(rows): a prediction entry is one row, however many instances it holds.
+    records: int
 
 
 def new_event_id() -> str:

@@ -118,7 +118,7 @@ class Claimed:
                     corrupt += 1
                     continue
                 batch.append(entry)
-                size += len(entry)
+                size += entry.records
                 if size >= rows:
                     yield batch, corrupt
                     batch, size, corrupt = [], 0, 0

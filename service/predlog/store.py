@@ -494,7 +494,7 @@ class Store:
                 rows = [row for entry in group for row in entry.rows]
                 if rows and self._inserts[name].execute(conn, rows) != len(rows) and not look_first:
                     raise _AlreadyPresent  # rolls back
-                inserted[name] = sum(len(entry) for entry in group)
+                inserted[name] = sum(entry.records for entry in group)
         return inserted
 
     # Retention

@@ -140,7 +140,7 @@ class _EventQueue:
 def _by_table(entries: list[Entry]) -> dict[str, int]:
     rows: dict[str, int] = {}
     for entry in entries:
-        rows[entry.table] = rows.get(entry.table, 0) + len(entry)
+        rows[entry.table] = rows.get(entry.table, 0) + entry.records
     return rows
 
 
@@ -426,10 +426,10 @@ class Writer:
                 self.observer.write_failed(operation)
                 if not self.spool.quarantine(entry, one_exc):
                     continue  # set aside and counted by a replay of this segment cut short
-                self.observer.dropped(entry.table, len(entry), "refused")
+                self.observer.dropped(entry.table, entry.records, "refused")
                 log.error(
                     "the store refused %d %s row(s) of request %s: %s; kept in %s",
-                    len(entry),
+                    entry.records,
                     entry.table,
                     entry.rows[0]["request_id"],
                     one_exc,

@@ -17,7 +17,7 @@ from tests.predlog.helpers import prediction_event, rejection_event
 def test_a_prediction_event_becomes_one_row_holding_every_instance() -> None:
     event = prediction_event(3, request_id="req-1")
     entry = to_entry(event)
-    assert (entry.table, len(entry)) == ("predictions", 3)  # counted as its instances
+    assert (entry.table, entry.records) == ("predictions", 3)  # counted as its instances
     (row,) = entry.rows
     assert row["request_id"] == "req-1"
     assert row["received_at"] == event.request.received_at
@@ -50,7 +50,7 @@ def test_a_spool_line_of_the_previous_format_is_read_as_request_rows() -> None:
     old_rows = [{**r, "received_at": r["received_at"].isoformat()} for r in instance_rows(request)]
     body = orjson.dumps({"v": 1, "table": "predictions", "rows": old_rows[::-1]})
     entry = decode_line(b"%08x %s\n" % (zlib.crc32(body), body))
-    assert len(entry) == 3
+    assert entry.records == 3
     (row,) = entry.rows
     assert instance_rows(row) == instance_rows(request)
 
@@ -99,10 +99,10 @@ def test_spool_lines_round_trip() -> None:
         assert orjson.dumps(decoded.rows, option=as_json) == orjson.dumps(
             entry.rows, option=as_json
         )
-        assert (decoded.table, decoded.received_at, len(decoded)) == (
+        assert (decoded.table, decoded.received_at, decoded.records) == (
             entry.table,
             entry.received_at,
-            len(entry),
+            entry.records,
         )
 
 

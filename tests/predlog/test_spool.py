@@ -45,7 +45,7 @@ def test_batches_hold_about_the_requested_rows(spool: Spool) -> None:
     spool.seal()
     claimed = spool.claim()
     assert claimed is not None
-    sizes = [sum(len(e) for e in batch) for batch, _ in claimed.batches(10)]
+    sizes = [sum(e.records for e in batch) for batch, _ in claimed.batches(10)]
     claimed.release()
     assert sum(sizes) == 45
     assert all(10 <= size <= 11 for size in sizes[:-1])
@@ -109,7 +109,7 @@ def test_a_killed_writers_segment_is_replayed_with_every_acknowledged_entry(
     found, corrupt = replay_all(Spool(tmp_path, 10**9))
     assert len(found) >= acknowledged
     assert corrupt <= 1  # at most the line being written when the process died
-    assert all(len(e) == 3 for e in found)
+    assert all(e.records == 3 for e in found)
 
 
 def test_a_damaged_line_is_skipped_and_counted(spool: Spool) -> None:
