@@ -5,8 +5,8 @@ dropped, pruned; a failed store operation; the store going down or coming back; 
 per flush interval, the queue depth, the spool size and the age of the oldest record not yet in
 the store. Methods are called from the writer and pruner threads, ``queue_depth``/``backlog_age``
 also from the writer's watch thread while a turn is stuck in the store, and ``spooled``/
-``dropped`` also from a request thread when the queue is full; they must be cheap and must not
-raise.
+``dropped`` also from the request path (the worker's event loop) when the queue is full; they
+must be cheap and must not raise.
 
 The interface is push-only on purpose: BentoML aggregates worker metrics with prometheus_client's
 *multiprocess mode*, where only values written when they change are exported (no custom

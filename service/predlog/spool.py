@@ -157,7 +157,7 @@ class Spool:
         self._sealed: dict[Path, datetime] = {}  # own sealed segments -> their oldest entry
         self._size = self.scan()
 
-    # Appending (writer thread, and request threads when the queue is full)
+    # Appending (writer thread, and the worker's event loop when the queue is full)
 
     def append(self, entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
         """Append ``entries``; returns (spooled, refused because the spool is full)."""

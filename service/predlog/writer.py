@@ -1,9 +1,9 @@
 """The background writer: a bounded queue in front of the store, with the spool behind it.
 
 Request path: :meth:`Writer.publish` appends the event to an in-memory queue bounded in rows and
-returns. Only when the queue is full does the request thread itself convert the event and append
-it to the spool (one ``write()`` to a local file, fsynced by the writer thread later), so nothing is
-lost and nothing waits on the store.
+returns. Only when the queue is full does the caller itself, on the worker's event loop, convert
+the event and append it to the spool (one ``write()`` to a local file, fsynced by the writer thread
+later), so nothing is lost and nothing waits on the store.
 
 Writer thread, once per flush interval or as soon as a batch's worth of rows is queued:
 
