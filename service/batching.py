@@ -165,7 +165,10 @@ class MicroBatcher(Generic[Row, Result]):
                         log.exception("batch observer failed")
                 offset = 0
                 for rows, future in batch:
-                    if not future.done():  # the caller may have gone (client disconnect)
+                    # Done already: its caller was cancelled during the call (BentoML's request
+                    # timeout, a gRPC deadline or cancel). An HTTP client that closes its
+                    # connection cancels nothing: its request is answered as usual.
+                    if not future.done():
                         future.set_result(
                             Batched(results[offset : offset + len(rows)], total, len(batch))
                         )

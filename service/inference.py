@@ -232,7 +232,8 @@ class Predictor:
             self.reject(ctx, failure)
             raise failure from exc
         except Exception:
-            # Logged with its traceback by the batcher; the caller answers a bare 500.
+            # Logged with its traceback by the batcher; the caller answers 500 internal_error,
+            # without the details.
             self.reject(ctx, server_failure())
             raise
         with tracing.span("log.enqueue"):
