@@ -50,7 +50,8 @@ class PredictionEvent:
 
 @dataclass(frozen=True, slots=True)
 class RejectionEvent:
-    """A refused request: its status, the validation errors and a bounded body excerpt."""
+    """A request not answered with predictions: its status, its errors (the client's mistakes, or
+    the server's condition: see ``RequestRejected``) and a bounded body excerpt."""
 
     request: RequestInfo
     status: int

@@ -82,7 +82,7 @@ class Reason(StrEnum):
     CANCELLED = "cancelled"
 
 
-# nginx's "client closed request": the status recorded for a call the client cancelled.
+# nginx's "client closed request": the status recorded when the client gave up (Reason.CANCELLED).
 CLIENT_CLOSED = 499
 
 

@@ -22,7 +22,8 @@ class ProcessMetrics:
 
     prometheus_client's process collector is not available in multiprocess mode, so each worker
     pushes its own: CPU as a counter of increments (sums over workers, dead ones included, as CPU
-    spent), the rest as live-summed gauges. ``service_workers`` counts the live workers.
+    spent), the rest as gauges over the live workers: memory and descriptors summed, the
+    descriptor limit the lowest. ``service_workers`` counts the live workers.
     """
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
