@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID
-from sqlalchemy.engine import make_url
 
+from service.predlog.store import parse_url
 from service.settings import Settings
 from tests.support import ROOT
 
@@ -207,7 +207,7 @@ def test_every_path_the_image_writes_is_on_a_writable_volume() -> None:
         return env.get(name.upper(), str(Settings.model_fields[name].default))
 
     state = [setting("prediction_log_spool_dir"), setting("drift_snapshot_dir")]
-    log = make_url(setting("prediction_log_url"))
+    log = parse_url(setting("prediction_log_url"))
     if log.get_backend_name() == "sqlite":
         state.append(str(PurePosixPath(str(log.database)).parent))
     # Each `bentoml serve` keeps its workers' metric files in Python's temporary directory
@@ -242,3 +242,18 @@ def test_every_variable_the_deployment_sets_is_read() -> None:
     for item in the_container(the_deployment()).get("env", []):
         name = item["name"]
         assert name in settings | OTHER_VARIABLES or OTEL_VARIABLE.fullmatch(name), name
+
+
+def test_more_than_one_replica_logs_to_postgresql() -> None:
+    # SQLite is for one replica (docs/prediction-log.md): replicas sharing its file on a
+    # ReadWriteMany claim (a network filesystem) cannot rely on its locking, and replicas on
+    # claims of their own split the log, each one's drift computed on part of the traffic.
+    deployment = the_deployment()
+    env = image_defaults() | {
+        item["name"]: item["value"] for item in the_container(deployment).get("env", [])
+    }
+    if deployment["spec"].get("replicas", 1) > 1:
+        url = parse_url(
+            env.get("PREDICTION_LOG_URL", Settings.model_fields["prediction_log_url"].default)
+        )
+        assert url.get_backend_name() == "postgresql", url.render_as_string()
