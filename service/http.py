@@ -90,13 +90,15 @@ class PredictEndpoint:
         body = b""
         try:
             predictor.check_room()
+            # Outside `validate`, as on the v2 and gRPC routes: a slow upload is the client's
+            # time, not validation's.
+            body = await read_body(
+                receive,
+                headers.get("content-length"),
+                self._max_body_bytes,
+                headers.get("content-encoding"),
+            )
             with tracing.span("validate"):
-                body = await read_body(
-                    receive,
-                    headers.get("content-length"),
-                    self._max_body_bytes,
-                    headers.get("content-encoding"),
-                )
                 instances = predictor.validator.validate_payload(decode_json(body))
         except RequestRejected as exc:
             predictor.reject(ctx, exc, *seen_body(exc, body))

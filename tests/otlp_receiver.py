@@ -31,6 +31,7 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    seconds: float  # its duration
 
 
 def _value(value: AnyValue) -> Any:
@@ -86,6 +87,7 @@ class OtlpReceiver:
                             kind=span.kind,
                             attributes=_attributes(span.attributes),
                             resource=resource,
+                            seconds=(span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
                         )
                     )
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
 
@@ -354,6 +355,37 @@ def test_grpc_infer_is_traced_too(traced: tuple[ServedService, OtlpReceiver]) ->
     assert spans[name].parent_span_id == PARENT_ID
     assert spans[name].attributes["rpc.grpc.status_code"] == 0
     receiver.wait_for(lambda s: "model.predict" in trace_of(s, trace_id))
+
+
+@pytest.mark.parametrize("path", ["/predict", f"/v2/models/{CONTRACT.model_name}/infer"])
+def test_a_slow_upload_is_not_charged_to_validation(
+    traced: tuple[ServedService, OtlpReceiver], path: str
+) -> None:
+    # On-call reads a long `validate` span as slow validation: the time the client took to
+    # send its body belongs to the request's span, not to that child.
+    service, receiver = traced
+    trace_id = ("3" if path == "/predict" else "4") * 32
+    instances = example_rows(2)
+    if path == "/predict":
+        body = orjson.dumps({"instances": instances})
+    else:
+        body = orjson.dumps(rest_body(instances))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\ntraceparent: 00-{trace_id}-{PARENT_ID}-01\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(1.0)
+        sock.sendall(body[10:])
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    name = "POST /predict" if path == "/predict" else "POST /v2/models/{name}/infer"
+    spans = trace_of(
+        receiver.wait_for(lambda s: {name, "validate"} <= set(trace_of(s, trace_id))), trace_id
+    )
+    assert spans[name].seconds >= 1.0
+    assert spans["validate"].seconds < 0.5, spans["validate"]
 
 
 def test_a_refused_request_is_traced_without_being_an_error(
