@@ -88,10 +88,12 @@ def test_every_invalid_case_gets_exactly_its_expected_refusal(
         assert 400 <= status < 500
     reasons = {case.reason for case in cases}
     # a contract that excludes no column has no excluded field to send, one without categorical
-    # features no unknown category
+    # features no unknown category, one without numeric features no value out of range
     unsendable = set() if CONTRACT.excluded else {Reason.EXCLUDED_FIELD}
     if not CATEGORIES:
         unsendable.add(Reason.UNKNOWN_CATEGORY)
+    if not CONTRACT.numeric_features():
+        unsendable.add(Reason.OUT_OF_RANGE)
     server_side = {Reason.INTERNAL_ERROR, Reason.UNAVAILABLE, Reason.BODY_TOO_LARGE, Reason.TIMEOUT}
     tensors_only = {Reason.INVALID_TENSOR, Reason.UNKNOWN_MODEL}  # Open Inference Protocol
     not_the_body = {Reason.CANCELLED}  # a client's cancelled gRPC call
@@ -142,7 +144,8 @@ def test_the_too_large_batch_fits_the_body_limit_of_a_wide_model() -> None:
 
 
 def test_an_invalid_case_does_not_match_other_answers(factory: PayloadFactory) -> None:
-    case = next(c for c in invalid_cases(factory) if c.reason == Reason.OUT_OF_RANGE)
+    # a missing feature: an instance-level case every contract has
+    case = next(c for c in invalid_cases(factory) if c.reason == Reason.MISSING)
     error = {"instance": case.instance, "field": case.field, "reason": case.reason}
     assert case.matches(400, {"errors": [error]})
     assert not case.matches(200, {"predictions": []})
