@@ -120,9 +120,15 @@ def refused_value(feature: Feature) -> tuple[str | int | float, str]:
 def excluded_columns(limit: int | None = None) -> list[Any]:
     """The contract's excluded columns (the first ``limit``), as a test's parameters; for a
     contract that excludes none, one parameter that skips the test saying so."""
-    names = list(CONTRACT.excluded[:limit])
-    skipped = pytest.param(None, marks=pytest.mark.skip(reason="the contract excludes no column"))
-    return names or [skipped]
+    return params_or_skip(list(CONTRACT.excluded[:limit]), "the contract excludes no column")
+
+
+def params_or_skip(params: Sequence[Any], reason: str, width: int = 1) -> list[Any]:
+    """``params`` of a parametrized test of ``width`` arguments; if the contract gives none (it
+    lacks a kind of feature), one parameter that skips the test saying ``reason``: pytest's own
+    skip of an empty set names the arguments, not what the contract lacks."""
+    skipped = pytest.param(*[None] * width, marks=pytest.mark.skip(reason=reason))
+    return list(params) or [skipped]
 
 
 # A scrape of GET /metrics: value per (sample name, labels).

@@ -22,7 +22,14 @@ from service.validation import (
     Reason,
     RequestRejected,
 )
-from tests.support import contract_of, example_rows, excluded_columns, first_feature, training_data
+from tests.support import (
+    contract_of,
+    example_rows,
+    excluded_columns,
+    first_feature,
+    params_or_skip,
+    training_data,
+)
 
 VALIDATOR = InstanceValidator(CONTRACT, max_instances=1000)
 
@@ -136,15 +143,19 @@ def _inside_the_domain_outside_training(feat: NumericFeature) -> list[tuple[str,
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [
-        *[(f.name, f.minimum) for f in CONTRACT.numeric_features()],
-        *[(f.name, f.maximum) for f in CONTRACT.numeric_features()],
-        *[
-            pair
-            for f in CONTRACT.numeric_features()
-            for pair in _inside_the_domain_outside_training(f)
+    params_or_skip(
+        [
+            *[(f.name, f.minimum) for f in CONTRACT.numeric_features()],
+            *[(f.name, f.maximum) for f in CONTRACT.numeric_features()],
+            *[
+                pair
+                for f in CONTRACT.numeric_features()
+                for pair in _inside_the_domain_outside_training(f)
+            ],
         ],
-    ],
+        "the contract has no integer or number feature",
+        width=2,
+    ),
 )
 def test_domain_bounds_are_inclusive(field: str, value: float) -> None:
     row = valid_row()
