@@ -17,7 +17,7 @@ from service.drift import compute
 from service.drift.compute import compute_drift
 from service.drift.summary import ColumnDrift
 from service.model import LoadedModel
-from tests.drift.helpers import SHIFTED, SHIFTS, sample, unseen
+from tests.drift.helpers import SHIFTED, SHIFTS, sample, shift_of, unseen
 
 FALSE_POSITIVES_ALLOWED = 2
 
@@ -82,7 +82,7 @@ def test_shifted_features_are_flagged_and_the_others_are_not(model: LoadedModel)
 
 
 def test_most_features_shifted_is_dataset_drift(model: LoadedModel) -> None:
-    every_feature = "; ".join(model.contract.feature_names)  # each moved by its default shift
+    every_feature = "; ".join(shift_of(name) for name in model.contract.feature_names)
     result = compute_drift(
         model.reference(), window(model, sample(500, seed=3, shifts=every_feature)), model.contract
     )
