@@ -73,7 +73,8 @@ def _options(parser: Any) -> None:
         env_var="LOCUST_DRIFT",
         help="DriftedUser's shift, e.g. 'duration_in_month*1.5; credit_amount+2000; "
         "purpose=car (new); housing' (a bare name: x1.5 or the next category); "
-        "default: the contract's first numeric and first categorical feature",
+        "default: the contract's first numeric feature x1.5, its first categorical one set to "
+        "its last category",
     )
     group.add_argument(
         "--drift-fraction",

@@ -268,9 +268,12 @@ def parse_shifts(spec: str, contract: FeatureContract) -> tuple[Shift, ...]:
 
 
 def default_shifts(contract: FeatureContract) -> tuple[Shift, ...]:
-    """The first numeric feature x1.5 and the first categorical moved: enough to show drift."""
+    """The first numeric feature x1.5 and the first categorical set to its last category: enough
+    to show drift. Not a bare name's next category: that permutes categories, which leaves ones
+    as frequent as each other as they were, and a model of such categories only saw no drift."""
     shifts = [Shift(f.name, scale=DEFAULT_SCALE) for f in contract.numeric_features()[:1]]
-    shifts += [Shift(f.name) for f in contract.of_kind("categorical")[:1]]
+    categorical = [f for f in contract.features if isinstance(f, CategoricalFeature)]
+    shifts += [Shift(f.name, category=f.categories[-1]) for f in categorical[:1]]
     return tuple(shifts)
 
 

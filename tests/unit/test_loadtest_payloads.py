@@ -4,6 +4,7 @@ drift moves exactly the named features and stays valid, v2 tensors follow the co
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -266,6 +267,18 @@ def test_drift_fraction_and_defaults(factory: PayloadFactory) -> None:
     moved = [*CONTRACT.numeric_features()[:1], *CATEGORIES[:1]]
     assert [s.feature for s in shifts] == [f.name for f in moved]
     assert [s.scale for s in shifts] == [1.5 if f.kind != "categorical" else 1.0 for f in moved]
+
+
+def test_the_default_drift_moves_categories_as_frequent_as_each_other() -> None:
+    # Each category moved to the next one (a bare name's shift) kept a uniform feature uniform:
+    # DriftedUser's default traffic did not drift for a model of such categories only.
+    contract = contract_of(CategoricalFeature("tier", ("basic", "standard", "premium")))
+    rows = [{"tier": tier} for tier in ("basic", "standard", "premium") * 100]
+    factory = PayloadFactory(contract, rows, seed=5)
+    drifted = Drift(contract, default_shifts(contract)).instances(factory, 300)
+    counts = Counter(row["tier"] for row in drifted)
+    # a third of the data each: a drift must make one far more frequent
+    assert max(counts.values()) > 200, counts
 
 
 def test_v2_inputs_are_one_typed_tensor_per_feature(factory: PayloadFactory) -> None:
