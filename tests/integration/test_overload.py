@@ -4,14 +4,17 @@ counted, and the service answers as usual once the burst is over."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from httpx import Response
 
 from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
@@ -30,6 +33,39 @@ def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
         yield served
 
 
+def burst(served: ServedService, path: str, body: bytes, request_ids: list[str]) -> list[Response]:
+    """The answers to requests whose bodies all end at once, one connection each.
+
+    Each request is sent but for its body's last byte, then the last bytes go out together: a
+    worker's event loop then validates the requests completed in one turn before its model takes
+    any, so they queue together and overflow the queue whatever the model's speed. (Sent by a
+    thread pool, they arrived one after another: with a model faster than validating its
+    request, each was taken before the next joined, and none was refused.)
+    """
+    connections = []
+    for request_id in request_ids:
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=60)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[:-1])
+        connections.append(sock)
+    time.sleep(0.5)  # every worker has read what was sent, and waits for the rest
+    for sock in connections:
+        sock.sendall(body[-1:])
+    answers = []
+    for sock in connections:
+        with sock:
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            answers.append(
+                Response(answer.status, headers=answer.getheaders(), content=answer.read())
+            )
+    return answers
+
+
 @pytest.mark.parametrize("path", ["/predict", V2_INFER])
 def test_a_burst_beyond_the_queue_is_refused_with_503_and_retry_after(
     service: tuple[ServedService, Path], path: str
@@ -39,19 +75,7 @@ def test_a_burst_beyond_the_queue_is_refused_with_503_and_retry_after(
     body = json.dumps({"instances": rows} if path == "/predict" else rest_body(rows)).encode()
     before = total(scrape(served.url), "inference_requests_total", endpoint=path, code="503")
     headers = {"Content-Type": "application/json"}
-    # one connection per request, so that both workers get their share
-    with ThreadPoolExecutor(BURST) as pool:
-        answers = list(
-            pool.map(
-                lambda i: httpx.post(
-                    served.url + path,
-                    content=body,
-                    headers={**headers, "X-Request-ID": f"burst-{path.count('/')}-{i}"},
-                    timeout=60,
-                ),
-                range(BURST),
-            )
-        )
+    answers = burst(served, path, body, [f"burst-{path.count('/')}-{i}" for i in range(BURST)])
     refused = [a for a in answers if a.status_code == 503]
     assert {a.status_code for a in answers} == {200, 503}, [a.status_code for a in answers]
     for answer in refused:
