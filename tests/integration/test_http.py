@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from models.contract import CONTRACT
 from service import prometheus_dir
 from service.balance import Board
-from service.contract import CategoricalFeature, IntegerFeature
+from service.contract import CategoricalFeature, Feature
 from service.validation import MAX_UNKNOWN_FIELDS
 from tests.support import (
     ROOT,
@@ -137,25 +137,37 @@ def test_malformed_bodies(client: httpx.Client, body: bytes, field: str, reason:
 
 
 def test_invalid_value_names_instance_and_field(client: httpx.Client) -> None:
-    integer, categorical = first_feature("integer"), first_feature("categorical")
-    assert isinstance(integer, IntegerFeature)
-    assert isinstance(categorical, CategoricalFeature)
-    too_large = integer.maximum + 1
+    # Two features, of two kinds where the contract has both (the example: an integer and a
+    # categorical one), each refused in its own instance.
+    first = (CONTRACT.numeric_features() or CONTRACT.features)[0]
+    others = [f for f in CONTRACT.features if f is not first]
+    if not others:
+        pytest.skip("the contract has one feature")
+    second = next((f for f in others if isinstance(f, CategoricalFeature)), others[-1])
     rows = example_rows(5)
-    rows[3][integer.name] = too_large
-    rows[4][categorical.name] = "castle"
-    body = assert_refused(
-        predict(client, {"instances": rows}), 400, 3, integer.name, "out_of_range"
-    )
+    (first_value, first_reason), (second_value, second_reason) = map(refused_value, (first, second))
+    rows[3][first.name] = first_value
+    rows[4][second.name] = second_value
+    body = assert_refused(predict(client, {"instances": rows}), 400, 3, first.name, first_reason)
     assert body["error_count"] == 2
-    listing = ", ".join(repr(c) for c in categorical.categories)
-    assert body["errors"][1] == {
-        "instance": 4,
-        "field": categorical.name,
-        "reason": "unknown_category",
-        "message": f"'castle' is not one of: {listing}",
-    }
-    assert body["message"].startswith(f"instances[3].{integer.name}: {too_large} is outside")
+    error = body["errors"][1]
+    assert (error["instance"], error["field"], error["reason"]) == (4, second.name, second_reason)
+    if isinstance(second, CategoricalFeature):
+        assert error["message"] == refusal_message(second, second_value)
+    else:
+        assert error["message"].startswith(refusal_message(second, second_value))
+    assert body["message"].startswith(
+        f"instances[3].{first.name}: {refusal_message(first, first_value)}"
+    )
+
+
+def refusal_message(feature: Feature, value: object) -> str:
+    """The message refusing ``value`` (from ``refused_value``) for ``feature``: whole for a
+    category, its start for a number (the range follows)."""
+    if isinstance(feature, CategoricalFeature):
+        listing = ", ".join(repr(c) for c in feature.categories)
+        return f"{value!r} is not one of: {listing}"
+    return f"{value} is outside the allowed range"
 
 
 def test_integers_must_be_json_integers(client: httpx.Client) -> None:
