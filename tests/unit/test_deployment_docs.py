@@ -197,22 +197,31 @@ def image_defaults() -> dict[str, str]:
     }
 
 
+def pod_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """The pod's environment: the image's (bentofile.yaml), overridden by the manifest's."""
+    manifest = the_container(deployment).get("env", [])
+    return image_defaults() | {item["name"]: item["value"] for item in manifest}
+
+
+def setting_in_pod(deployment: dict[str, Any], name: str) -> str:
+    """Setting ``name`` as the pod's service reads it, its default where nothing sets it."""
+    return pod_env(deployment).get(name.upper(), str(Settings.model_fields[name].default))
+
+
 def test_every_path_the_image_writes_is_on_a_writable_volume() -> None:
     deployment = the_deployment()
     spec = deployment["spec"]["template"]["spec"]
     container = the_container(deployment)
-    env = image_defaults() | {item["name"]: item["value"] for item in container.get("env", [])}
-
-    def setting(name: str) -> str:
-        return env.get(name.upper(), str(Settings.model_fields[name].default))
-
-    state = [setting("prediction_log_spool_dir"), setting("drift_snapshot_dir")]
-    log = parse_url(setting("prediction_log_url"))
+    state = [
+        setting_in_pod(deployment, "prediction_log_spool_dir"),
+        setting_in_pod(deployment, "drift_snapshot_dir"),
+    ]
+    log = parse_url(setting_in_pod(deployment, "prediction_log_url"))
     if log.get_backend_name() == "sqlite":
         state.append(str(PurePosixPath(str(log.database)).parent))
     # Each `bentoml serve` keeps its workers' metric files in Python's temporary directory
     # (service/prometheus_dir.py): /tmp in the image, where TMPDIR is not set.
-    scratch = [env.get("TMPDIR", "/tmp")]
+    scratch = [pod_env(deployment).get("TMPDIR", "/tmp")]
 
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
     mounts = {
@@ -249,11 +258,6 @@ def test_more_than_one_replica_logs_to_postgresql() -> None:
     # ReadWriteMany claim (a network filesystem) cannot rely on its locking, and replicas on
     # claims of their own split the log, each one's drift computed on part of the traffic.
     deployment = the_deployment()
-    env = image_defaults() | {
-        item["name"]: item["value"] for item in the_container(deployment).get("env", [])
-    }
     if deployment["spec"].get("replicas", 1) > 1:
-        url = parse_url(
-            env.get("PREDICTION_LOG_URL", Settings.model_fields["prediction_log_url"].default)
-        )
+        url = parse_url(setting_in_pod(deployment, "prediction_log_url"))
         assert url.get_backend_name() == "postgresql", url.render_as_string()
