@@ -109,6 +109,12 @@ def contract_of(*features: Feature, **fields: Any) -> FeatureContract:
     )
 
 
+def numeric_or_first_feature() -> Feature:
+    """The contract's first integer or number feature, else its first feature (a contract of
+    categories only): one to refuse a value of (``refused_value``) in any contract."""
+    return (CONTRACT.numeric_features() or CONTRACT.features)[0]
+
+
 def refused_value(feature: Feature) -> tuple[str | int | float, str]:
     """A value of ``feature``'s type that its domain refuses, and the refusal's reason: one below
     a numeric feature's minimum, a string a categorical does not list."""
@@ -222,6 +228,23 @@ def start_on_a_free_port(
         if attempt == attempts or "address already in use" not in output:
             raise AssertionError(f"exited with {process.returncode}:\n{output}")
     raise AssertionError("unreachable")
+
+
+def send_post_head(
+    port: int,
+    path: str,
+    content_length: int,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> socket.socket:
+    """A connection to the local service on which the head of a JSON ``POST path`` is sent,
+    its body left to the caller (to send slowly, in part, or not at all)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    lines = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/json"]
+    lines += [f"Content-Length: {content_length}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
 
 
 def send_endless_head(host: str, port: int, limit: int = 64 << 20) -> tuple[int, bytes]:

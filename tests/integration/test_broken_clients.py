@@ -22,6 +22,7 @@ from tests.support import (
     example_rows,
     scrape,
     send_endless_head,
+    send_post_head,
     served_with_log,
     total,
     wait_until,
@@ -44,12 +45,8 @@ def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
 def send_head(
     served: ServedService, request_id: str, content_length: int, path: str = "/predict"
 ) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT_SECONDS + 10)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        f"X-Request-ID: {request_id}\r\nContent-Length: {content_length}\r\n\r\n".encode()
-    )
-    return sock
+    headers = {"X-Request-ID": request_id}
+    return send_post_head(served.port, path, content_length, headers, TIMEOUT_SECONDS + 10)
 
 
 def rejection(store: Path, request_id: str) -> tuple[int, str, int] | None:

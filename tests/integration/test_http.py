@@ -31,6 +31,7 @@ from tests.support import (
     example_rows,
     excluded_columns,
     first_feature,
+    numeric_or_first_feature,
     refused_value,
 )
 
@@ -139,7 +140,7 @@ def test_malformed_bodies(client: httpx.Client, body: bytes, field: str, reason:
 def test_invalid_value_names_instance_and_field(client: httpx.Client) -> None:
     # Two features, of two kinds where the contract has both (the example: an integer and a
     # categorical one), each refused in its own instance.
-    first = (CONTRACT.numeric_features() or CONTRACT.features)[0]
+    first = numeric_or_first_feature()
     others = [f for f in CONTRACT.features if f is not first]
     if not others:
         pytest.skip("the contract has one feature")

@@ -42,8 +42,10 @@ from tests.support import (
     above_training,
     example_rows,
     exported_names,
+    numeric_or_first_feature,
     refused_value,
     scrape,
+    send_post_head,
     total,
     wait_until,
 )
@@ -80,7 +82,7 @@ def test_metrics_count_what_was_sent_over_both_workers(served: ServedService) ->
     rows = example_rows(40)
     before = settled_scrape(served.url)
     # a numeric feature's value out of range, or a model of categories only an unknown category
-    refused = (CONTRACT.numeric_features() or CONTRACT.features)[0]
+    refused = numeric_or_first_feature()
     refused_with, refused_reason = refused_value(refused)
     # an unknown category too, if the model has categorical features
     categorical = CONTRACT.of_kind("categorical")[:1]
@@ -373,13 +375,9 @@ def test_a_slow_upload_is_not_charged_to_validation(
         body = orjson.dumps({"instances": instances})
     else:
         body = orjson.dumps(rest_body(instances))
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\ntraceparent: 00-{trace_id}-{PARENT_ID}-01\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
-        sock.sendall(head + body[:10])
+    headers = {"traceparent": f"00-{trace_id}-{PARENT_ID}-01", "Connection": "close"}
+    with send_post_head(service.port, path, len(body), headers) as sock:
+        sock.sendall(body[:10])
         time.sleep(1.0)
         sock.sendall(body[10:])
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")

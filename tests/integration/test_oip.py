@@ -38,6 +38,7 @@ from tests.support import (
     example_rows,
     first_feature,
     first_numeric_feature,
+    numeric_or_first_feature,
     refused_value,
     scrape,
 )
@@ -46,7 +47,7 @@ MODEL = CONTRACT.model_name
 SCORE = CONTRACT.score_name
 # The input of the refusals that any input gets (a wrong datatype or shape, a missing input): a
 # numeric one if the model has one (the example's is an integer), else its first.
-INPUT = (CONTRACT.numeric_features() or CONTRACT.features)[0].name
+INPUT = numeric_or_first_feature().name
 INPUT_DATATYPE = DATATYPES[CONTRACT.feature(INPUT).kind]
 # A batch's size is the first input's, the one a ragged input is named against: not INPUT if
 # that is the first (a model of numbers only), but the last.

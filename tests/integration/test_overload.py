@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,7 +18,15 @@ from httpx import Response
 from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
 from tests.oip_support import rest_body
-from tests.support import ServedService, example_rows, scrape, served_with_log, total, wait_until
+from tests.support import (
+    ServedService,
+    example_rows,
+    scrape,
+    send_post_head,
+    served_with_log,
+    total,
+    wait_until,
+)
 
 QUEUED_ROWS = 1000
 # The served model's v2 infer route: the contract's name, whatever model a fork serves.
@@ -44,13 +51,9 @@ def burst(served: ServedService, path: str, body: bytes, request_ids: list[str])
     """
     connections = []
     for request_id in request_ids:
-        sock = socket.create_connection(("127.0.0.1", served.port), timeout=60)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        sock.sendall(head.encode() + body[:-1])
+        headers = {"X-Request-ID": request_id, "Connection": "close"}
+        sock = send_post_head(served.port, path, len(body), headers, timeout=60)
+        sock.sendall(body[:-1])
         connections.append(sock)
     time.sleep(0.5)  # every worker has read what was sent, and waits for the rest
     for sock in connections:
