@@ -339,7 +339,7 @@ def _check_slo(environment: Environment, **_: Any) -> None:
         # Failures within the error budget do not fail the run: the SLO is the verdict.
         environment.process_exit_code = 0
     else:
-        # Locust exits 1: a user that raised (a gRPC server down at its start, say) sent nothing
+        # Locust exits 1: a user that raised (its on_start failed, say) sent nothing
         # the verdict could count.
         count = sum(e["count"] for e in environment.runner.exceptions.values())
         log.error("but the users raised %d exception(s), logged above: exit code 1", count)

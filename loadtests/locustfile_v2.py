@@ -119,7 +119,13 @@ class GrpcCallFailed(Exception):
 
 
 class GrpcUser(User):
-    """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``."""
+    """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``.
+
+    The model's metadata (its input shapes) is read by the first task, and again by the next one
+    after a failure: a server that does not answer is then a failed ``ModelMetadata`` request in
+    the stats, with its reason, and the user goes on when the server does. Read in ``on_start``,
+    a failure killed the user with nothing counted.
+    """
 
     wait_time = constant(0)
 
@@ -127,18 +133,20 @@ class GrpcUser(User):
         self.target: Target = target(self.environment)
         self.model = self.target.contract.model_name
         pace(self)
-        self.client = GrpcClient(self.environment.parsed_options.grpc_target)
-        try:
-            self.shapes = _shapes(self.client.get_model_metadata(self.model, as_json=True))
-        except BaseException:
-            self.client.close()  # locust does not call on_stop when on_start fails
-            raise
+        options = self.environment.parsed_options
+        # Made last, so that nothing fails after it: locust does not call on_stop then.
+        self.client = GrpcClient(options.grpc_target)
+        self.shapes: dict[str, list[int]] | None = None
 
     def on_stop(self) -> None:
         self.client.close()
 
     @task
     def infer(self) -> None:
+        if self.shapes is None:
+            self.shapes = self._model_shapes()
+            if self.shapes is None:
+                return
         size = self.environment.parsed_options.batch_size
         instances = self.target.payloads.instances(size)
         inputs = []
@@ -170,6 +178,28 @@ class GrpcUser(User):
             exception=exception,
             context={},
         )
+
+    def _model_shapes(self) -> dict[str, list[int]] | None:
+        """The model's input shapes, from a ``ModelMetadata`` call counted in the stats."""
+        started = time.perf_counter()
+        exception: Exception | None = None
+        shapes = None
+        length = 0
+        try:
+            metadata = self.client.get_model_metadata(self.model)
+            length = metadata.ByteSize()
+            shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in metadata.inputs}
+        except InferenceServerException as exc:
+            exception = GrpcCallFailed(str(exc))
+        events.request.fire(
+            request_type="grpc",
+            name="ModelMetadata",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+        return shapes
 
 
 def _shapes(metadata: dict[str, Any]) -> dict[str, list[int]]:

@@ -295,11 +295,12 @@ def test_each_grpc_user_has_a_connection_of_its_own(served: ServedService) -> No
     assert result.stdout.split()[-1] == "3", result.stdout
 
 
-def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
+def test_a_grpc_server_that_does_not_answer_is_counted_as_failures(
     served: ServedService, tmp_path: Path
 ) -> None:
-    # Nothing listens on port 9: every GrpcUser raises at its start and sends nothing, while the
-    # V2RestUsers meet the SLO. The run must neither pass nor hang on the closed clients.
+    # Nothing listens on port 9. Every GrpcUser raised at its start (its model metadata read
+    # there) and sent nothing: the failures table said nothing of why. Its metadata read is now a
+    # request that fails with the reason, and the run misses its error budget.
     result = run_locust(
         served,
         tmp_path,
@@ -309,6 +310,46 @@ def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
         "V2RestUser",
         "GrpcUser",
         locustfile="locustfile_v2.py",
+    )
+    why = diagnostics(tmp_path, result)
+    assert result.returncode == SLO_MISSED_EXIT_CODE, why
+    stats = stats_by_name(tmp_path)
+    assert stats["ModelMetadata"]["num_failures"] == stats["ModelMetadata"]["num_requests"] > 0
+    assert stats["/v2/models/[model]/infer [20]"]["num_failures"] == 0, why
+    failures = (tmp_path / "run_failures.csv").read_text()
+    assert "UNAVAILABLE" in failures, why
+    assert "Connection refused" in failures, why
+    assert "exception(s)" not in result.stderr, why
+
+
+# A user that raises whatever it is given, beside the real scenarios.
+RAISING_LOCUSTFILE = """
+from locust import User, task
+
+
+class RaisingUser(User):
+    def on_start(self) -> None:
+        raise RuntimeError("a user that raised")
+
+    @task
+    def nothing(self) -> None:
+        pass
+"""
+
+
+def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # The RaisingUsers send nothing, while the SteadyUsers meet the SLO: the run must not pass.
+    raising = tmp_path / "raising.py"
+    raising.write_text(RAISING_LOCUSTFILE)
+    result = run_locust(
+        served,
+        tmp_path,
+        *LOOSE_SLO,
+        "SteadyUser",
+        "RaisingUser",
+        locustfile=f"locustfile.py,{raising}",
     )
     why = diagnostics(tmp_path, result)
     assert result.returncode == 1, why
