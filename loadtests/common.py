@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ log = logging.getLogger("loadtests")
 # --max-batch-size's default: read the limit from the service's OpenAPI document.
 ASK_THE_SERVICE = -1
 JSON_HEADERS = {"Content-Type": "application/json"}
+# Checks of the options a locustfile adds (it appends them): run at start with this module's own,
+# before the target is asked, so that a wrong option fails at once even when the host is down.
+OPTION_CHECKS: list[Callable[[Any], object]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -142,6 +146,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
         return
     _slo(environment.parsed_options)  # a wrong objective fails now, not after the whole run
     _check_load(environment.parsed_options)
+    for check in OPTION_CHECKS:
+        check(environment.parsed_options)
     _strip_host(environment)
     if environment.host:
         target(environment)  # a wrong --drift or an unreachable host fails now, too

@@ -4,6 +4,10 @@
         --grpc-target 127.0.0.1:3001 --headless -u 16 -r 16 -t 1m --batch-size 1 \
         --csv loadtests/reports/grpc --html loadtests/reports/grpc.html GrpcUser
 
+The service serves plaintext gRPC; ``--grpc-tls`` (with ``--grpc-root-certificates`` for a
+private CA and ``--grpc-server-name`` for a target that is not the certificate's name) calls the
+TLS-terminating proxy or ingress in front of it instead.
+
 Both send one tensor per contract feature (BYTES for categories, INT64/FP64 for numbers), shaped
 as the server's model metadata says. Any KServe v2 server serving the model works (MLServer too:
 ``--host`` is then only used for the v2 REST routes, and the contract comes from the local model
@@ -15,14 +19,23 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
+import grpc
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 import orjson
 from locust import FastHttpUser, User, constant, events, task
 
-from loadtests.common import JSON_HEADERS, Target, pace, response_failure, target
+from loadtests.common import (
+    JSON_HEADERS,
+    OPTION_CHECKS,
+    Target,
+    pace,
+    response_failure,
+    target,
+)
 from loadtests.payloads import v2_inputs, v2_output_rows
 
 # gRPC's own threads would block gevent's loop: let gRPC cooperate with gevent instead.
@@ -40,8 +53,65 @@ def _options(parser: Any) -> None:
         "--grpc-target",
         default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '3001')}",
         env_var="LOCUST_GRPC_TARGET",
-        help="host:port of the v2 gRPC server (GrpcUser)",
+        help="host:port of the v2 gRPC server (GrpcUser); with --grpc-tls, of the TLS-terminating "
+        "proxy in front of it",
     )
+    parser.add_argument(
+        "--grpc-tls",
+        action="store_true",
+        default=False,
+        env_var="LOCUST_GRPC_TLS",
+        help="GrpcUser calls --grpc-target over TLS (a TLS-terminating proxy or ingress in front "
+        "of the service); default: plaintext, as the service serves gRPC",
+    )
+    parser.add_argument(
+        "--grpc-root-certificates",
+        default="",
+        env_var="LOCUST_GRPC_ROOT_CERTIFICATES",
+        help="with --grpc-tls: PEM file of the CA certificates to trust (a private CA); "
+        "default: gRPC's bundled public roots",
+    )
+    parser.add_argument(
+        "--grpc-server-name",
+        default="",
+        env_var="LOCUST_GRPC_SERVER_NAME",
+        help="with --grpc-tls: the name the server's certificate must hold, also sent as SNI, "
+        "when --grpc-target does not name it (an IP address, a port-forward); default: "
+        "--grpc-target's host",
+    )
+
+
+class GrpcTls:
+    """How GrpcUser secures its channel: the credentials and the TLS server name override."""
+
+    def __init__(self, root_certificates: bytes | None, server_name: str) -> None:
+        self.credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        self.server_name = server_name
+
+
+def grpc_tls(options: Any) -> GrpcTls | None:
+    """The TLS of --grpc-tls and its options; None for plaintext (the default)."""
+    if not options.grpc_tls:
+        # Silently plaintext would call a TLS port in clear text: every call a confusing failure.
+        for name in ("grpc_root_certificates", "grpc_server_name"):
+            if getattr(options, name):
+                raise ValueError(f"--{name.replace('_', '-')} needs --grpc-tls")
+        return None
+    roots = None
+    if options.grpc_root_certificates:
+        path = Path(options.grpc_root_certificates)
+        try:
+            roots = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"--grpc-root-certificates: cannot read {path}: {exc}") from None
+        # Anything else (a key, a DER file) fails only at the handshake, as an untrusted server.
+        if b"-----BEGIN CERTIFICATE-----" not in roots:
+            raise ValueError(f"--grpc-root-certificates: {path} holds no PEM certificate")
+    return GrpcTls(roots, options.grpc_server_name)
+
+
+# A missing certificate file or a TLS option without --grpc-tls fails at start, not user by user.
+OPTION_CHECKS.append(grpc_tls)
 
 
 class V2RestUser(FastHttpUser):
@@ -94,7 +164,7 @@ class GrpcClient(triton_grpc.InferenceServerClient):
 
     _closed = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: GrpcTls | None = None) -> None:
         keepalive = triton_grpc.KeepAliveOptions()
         # channel_args replaces tritonclient's own: its defaults, then the pool of our own.
         channel_args = [
@@ -106,7 +176,12 @@ class GrpcClient(triton_grpc.InferenceServerClient):
             ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
             ("grpc.use_local_subchannel_pool", 1),
         ]
-        super().__init__(url, channel_args=channel_args)
+        if tls is None:
+            super().__init__(url, channel_args=channel_args)
+            return
+        if tls.server_name:
+            channel_args.append(("grpc.ssl_target_name_override", tls.server_name))
+        super().__init__(url, creds=tls.credentials, channel_args=channel_args)
 
     def close(self) -> None:
         if not self._closed:
@@ -122,9 +197,9 @@ class GrpcUser(User):
     """Batches of --batch-size instances to ``inference.GRPCInferenceService/ModelInfer``.
 
     The model's metadata (its input shapes) is read by the first task, and again by the next one
-    after a failure: a server that does not answer is then a failed ``ModelMetadata`` request in
-    the stats, with its reason, and the user goes on when the server does. Read in ``on_start``,
-    a failure killed the user with nothing counted.
+    after a failure: a server that does not answer, or a TLS handshake refused, is then a failed
+    ``ModelMetadata`` request in the stats, with its reason, and the user goes on when the
+    server does. Read in ``on_start``, a failure killed the user with nothing counted.
     """
 
     wait_time = constant(0)
@@ -135,7 +210,7 @@ class GrpcUser(User):
         pace(self)
         options = self.environment.parsed_options
         # Made last, so that nothing fails after it: locust does not call on_stop then.
-        self.client = GrpcClient(options.grpc_target)
+        self.client = GrpcClient(options.grpc_target, grpc_tls(options))
         self.shapes: dict[str, list[int]] | None = None
 
     def on_stop(self) -> None:

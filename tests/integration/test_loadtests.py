@@ -19,6 +19,7 @@ from loadtests.slo import SLO_MISSED_EXIT_CODE
 from models.contract import CONTRACT
 from service.contract import CategoricalFeature
 from tests.support import ROOT, VENV_BIN, ServedService, example_rows, free_port, wait_until
+from tests.tls_proxy import TlsProxy, write_private_ca
 
 # Latency is the machine's business here (CI shares its cores); correctness is not: no error.
 LOOSE_SLO = ("--slo-p99-ms", "10000", "--slo-error-rate", "0")
@@ -355,6 +356,76 @@ def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
     assert result.returncode == 1, why
     assert "SLO met" in result.stderr, why
     assert "exception(s), logged above: exit code 1" in result.stderr, why
+
+
+def grpc_tls_run(
+    served: ServedService, reports: Path, proxy: TlsProxy, *tls: str
+) -> tuple[subprocess.CompletedProcess[str], str, dict[str, dict[str, Any]]]:
+    """A GrpcUser run through ``proxy`` with the TLS options ``tls``: locust, why, stats."""
+    result = run_locust(
+        served,
+        reports,
+        *LOOSE_SLO,
+        "--users",
+        "2",
+        "--spawn-rate",
+        "2",
+        "--run-time",
+        "3s",
+        "--grpc-target",
+        f"127.0.0.1:{proxy.port}",
+        *tls,
+        "GrpcUser",
+        locustfile="locustfile_v2.py",
+    )
+    return result, diagnostics(reports, result), stats_by_name(reports)
+
+
+def test_grpc_user_calls_through_a_tls_terminating_proxy(
+    served: ServedService, tmp_path: Path
+) -> None:
+    # The way production is reached: TLS to an ingress, which forwards plaintext gRPC to the
+    # service. The proxy's certificate names models.test, of a private CA, not 127.0.0.1.
+    ca, certificate, key = write_private_ca(tmp_path, "models.test")
+    with TlsProxy(served.grpc_port, certificate, key) as proxy:
+        trusted = tmp_path / "trusted"
+        result, why, stats = grpc_tls_run(
+            served,
+            trusted,
+            proxy,
+            "--grpc-tls",
+            "--grpc-root-certificates",
+            str(ca),
+            "--grpc-server-name",
+            "models.test",
+        )
+        assert result.returncode == 0, why
+        assert stats["ModelInfer [20]"]["num_requests"] > 0, why
+        assert stats["Aggregated"]["num_failures"] == 0, why
+        assert set(proxy.server_names) == {"models.test"}, proxy.server_names
+
+        # gRPC's public roots do not trust the private CA: each call fails, counted and named.
+        untrusted = tmp_path / "untrusted"
+        result, why, stats = grpc_tls_run(
+            served, untrusted, proxy, "--grpc-tls", "--grpc-server-name", "models.test"
+        )
+        assert result.returncode == SLO_MISSED_EXIT_CODE, why
+        assert stats["ModelMetadata"]["num_failures"] == stats["ModelMetadata"]["num_requests"]
+        assert stats["ModelMetadata"]["num_requests"] > 0, why
+        assert "ModelInfer [20]" not in stats, why
+        failures = (untrusted / "run_failures.csv").read_text()
+        assert "UNAVAILABLE" in failures, why
+        assert "CERTIFICATE_VERIFY_FAILED" in failures, why
+        assert "exception(s)" not in result.stderr, why
+
+        # Trusted, but the certificate does not name 127.0.0.1, the target: refused as well.
+        unnamed = tmp_path / "unnamed"
+        result, why, stats = grpc_tls_run(
+            served, unnamed, proxy, "--grpc-tls", "--grpc-root-certificates", str(ca)
+        )
+        assert result.returncode == SLO_MISSED_EXIT_CODE, why
+        assert stats["Aggregated"]["num_requests"] == stats["Aggregated"]["num_failures"] > 0
+        assert "Hostname Verification Check failed" in (unnamed / "run_failures.csv").read_text()
 
 
 def test_a_refused_grpc_call_is_reported_with_its_status_and_reason(

@@ -48,6 +48,41 @@ def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> No
     assert "Connection refused" not in result.stderr  # refused before the host was asked
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--grpc-server-name", "models.test"], "--grpc-server-name needs --grpc-tls"),
+        (["--grpc-root-certificates", "README.md"], "--grpc-root-certificates needs --grpc-tls"),
+        (["--grpc-tls", "--grpc-root-certificates", "none.pem"], "cannot read none.pem"),
+        (["--grpc-tls", "--grpc-root-certificates", "README.md"], "holds no PEM certificate"),
+    ],
+)
+def test_a_wrong_grpc_tls_option_is_refused_at_start(options: list[str], error: str) -> None:
+    # A TLS option without --grpc-tls would call a TLS port in plaintext; a file without a
+    # certificate, an untrusted server at every call.
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "locust"),
+            "-f",
+            "loadtests/locustfile_v2.py",
+            "--host",
+            "http://127.0.0.1:9",
+            "--headless",
+            "--run-time",
+            "30s",
+            *options,
+            "GrpcUser",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr[-2000:]
+    assert "Connection refused" not in result.stderr  # refused before the host was asked
+
+
 def test_equal_failures_share_one_message() -> None:
     # Locust counts failures by message: a request id or a 2xx body would make each one unique.
     script = """
