@@ -3,8 +3,9 @@ Inference Protocol's v2 REST routes (service/oip/rest.py), so that both refuse a
 way.
 
 Reading the body (413 as soon as it is too large, 415 when compressed, 499 when the client leaves),
-decoding it as JSON, writing an answer straight to the ASGI server, and answering the methods a
-route does not take with a JSON 405. The OpenAPI and drift routes use :class:`JSONResponse`.
+decoding it as JSON, writing an answer straight to the ASGI server, answering the methods a
+route does not take with a JSON 405 and a path no route serves with a JSON 404. The OpenAPI and
+drift routes use :class:`JSONResponse`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
-from service.inference import BODY_EXCERPT_BYTES
+from service.inference import BODY_EXCERPT_BYTES, new_request_id, usable_request_id
 from service.validation import (
     CLIENT_CLOSED,
     MAX_NAME_ECHO,
@@ -256,3 +257,49 @@ def any_method(route: Route) -> Route:
     # Starlette gives a function endpoint ["GET"] when methods is None; None matches any.
     route.methods = None
     return route
+
+
+class UnknownPath(BaseRoute):
+    """The last route of the mounted app: a path that no route of the service serves is answered
+    with a JSON 404 (``error``, ``message``, ``request_id``, and ``X-Request-ID``) instead of
+    Starlette's plain-text "Not Found", which a client parsing every answer as JSON reports as a
+    decoding error rather than as a mistyped path. A trailing slash is told where the route is:
+    Starlette redirected it (307 to a URL built from the Host header, wrong behind a proxy that
+    rewrites it, and a POST's body sent twice).
+
+    It matches every path only partially, as a route taking none of the request's methods does:
+    BentoML's router takes a partial match only when no route matches in full, so its routes
+    mounted after this app (its UI's static files, ``/docs.json``'s fallback) still answer, and
+    no prediction route is slower (the router stops at the first full match). ``/`` is left out:
+    it is BentoML's index page, and its other methods get BentoML's 405.
+
+    Not a :class:`Route`, so that BentoML's request metrics label these requests ``other``
+    (service/bentoml_metrics.py) rather than with a path template matching every path.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self._routes = routes  # the app's other routes, to find the one a trailing slash hides
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        # BentoML's index page, under the root path when served with one.
+        if scope["path"].removeprefix(scope.get("root_path", "")) in ("", "/"):
+            return Match.NONE, {}
+        return Match.PARTIAL, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        request_id = request.headers.get("x-request-id", "")
+        if not usable_request_id(request_id):
+            request_id = new_request_id()
+        message = f"{request.method} {shown_path(request)}: no such route"
+        path = scope["path"]
+        other = path.rstrip("/") if path.endswith("/") else path + "/"
+        if any(route.matches({**scope, "path": other})[0] is Match.FULL for route in self._routes):
+            message += f"; the route is {other} (mind the trailing slash)"
+        else:
+            message += "; GET /docs.json lists the routes"
+        body = {"error": "not_found", "message": message, "request_id": request_id}
+        response = JSONResponse(body, status_code=404, headers={"x-request-id": request_id})
+        await response(scope, receive, send)

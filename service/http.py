@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import tracing
 from service.asgi import (
     JSONResponse,
+    UnknownPath,
     decode_json,
     read_body,
     refuse_other_methods,
@@ -133,21 +134,21 @@ def build_http_app(
 
     ``extra_routes`` are other APIs served on the same port (the Open Inference Protocol's v2).
     Every route's other methods are answered with a JSON 405 (the paths of ``extra_routes`` that
-    already refuse them their own way are left as they are).
+    already refuse them their own way are left as they are), and a path no route serves with a
+    JSON 404 (:class:`UnknownPath`).
     """
 
     async def model(request: Request) -> Response:
         return JSONResponse(get_predictor().describe())
 
-    return MountedRoutes(
-        routes=refuse_other_methods(
-            [
-                Route("/predict", PredictEndpoint(get_predictor, max_body_bytes), methods=["POST"]),
-                Route("/model", model, methods=["GET"]),
-                *extra_routes,
-            ]
-        )
+    routes = refuse_other_methods(
+        [
+            Route("/predict", PredictEndpoint(get_predictor, max_body_bytes), methods=["POST"]),
+            Route("/model", model, methods=["GET"]),
+            *extra_routes,
+        ]
     )
+    return MountedRoutes(routes=[*routes, UnknownPath(routes)])
 
 
 class MountedRoutes(Starlette):

@@ -33,6 +33,9 @@ from tests.support import (
     first_feature,
     numeric_or_first_feature,
     refused_value,
+    scrape,
+    total,
+    wait_until,
 )
 
 MAX_BODY = 4 * 1024 * 1024
@@ -374,6 +377,72 @@ def test_a_method_a_route_does_not_take_is_refused_in_json(
         "error": "method_not_allowed",
         "message": f"{method} {path}: this route takes {allowed}",
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "hint"),
+    [
+        ("POST", "/predcit", "GET /docs.json lists the routes"),
+        ("GET", "/nope", "GET /docs.json lists the routes"),
+        ("DELETE", "/a/b/c", "GET /docs.json lists the routes"),
+        # Starlette redirected these (307 to a URL made from the Host header)
+        ("POST", "/predict/", "the route is /predict (mind the trailing slash)"),
+        ("GET", "/model/", "the route is /model (mind the trailing slash)"),
+    ],
+)
+def test_an_unknown_path_is_refused_in_json(
+    client: httpx.Client, method: str, path: str, hint: str
+) -> None:
+    # It was Starlette's plain-text "Not Found", without a request id.
+    response = client.request(method, path, headers={"X-Request-ID": "lost-1"}, content=b"{}")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"] == "lost-1"
+    assert response.json() == {
+        "error": "not_found",
+        "message": f"{method} {path}: no such route; {hint}",
+        "request_id": "lost-1",
+    }
+    generated = client.get(path, headers={"X-Request-ID": "has a space"})
+    assert generated.json()["request_id"] == generated.headers["x-request-id"] != ""
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/", "text/html"),
+        ("/docs.json", "application/json"),
+        ("/static_content/index.css", "text/css"),
+        ("/livez", "text/plain"),
+        ("/readyz", "text/plain"),
+        # /metrics: scraped by the next test (in process, BentoML serves no metrics)
+    ],
+)
+def test_bentoml_routes_still_answer_beside_the_json_404(
+    client: httpx.Client, path: str, content_type: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(content_type)
+
+
+def test_unknown_paths_are_counted_as_other_and_not_as_inference_requests(
+    served: ServedService,
+) -> None:
+    # As the JSON 405s: in BentoML's request metrics (one `other` endpoint whatever the path,
+    # not one series per path tried), not inference requests.
+    def counts() -> tuple[float, float]:
+        samples = scrape(served.url)
+        bentoml = total(
+            samples, "bentoml_service_request_total", endpoint="other", http_response_code="404"
+        )
+        return bentoml, total(samples, "inference_requests_total", code="404")
+
+    before, inference_before = counts()
+    for path in ("/predcit", "/predict/", "/x/y"):
+        assert httpx.post(f"{served.url}{path}", json={}).status_code == 404
+    wait_until(lambda: counts()[0] >= before + 3)
+    assert counts()[1] == inference_before == 0
 
 
 def test_health_endpoints(served: ServedService) -> None:
