@@ -10,6 +10,7 @@ drift routes use :class:`JSONResponse`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,8 +162,40 @@ def decode_json(body: bytes, expected: str = '{"instances": [...]}') -> object:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestRejected.request_level(
-            Reason.INVALID_JSON, f"the body is not valid JSON: {exc}"
+            Reason.INVALID_JSON, f"the body is not valid JSON: {_syntax_error(body, exc)}"
         ) from exc
+
+
+# What Python, JavaScript and numpy write for a non-finite float, which JSON has no literal for.
+_NON_FINITE = re.compile(r"-?(?:nan|inf(?:inity)?)\b", re.IGNORECASE)
+# The member name right before a value: `"name": ` (its value is what the parser stopped at).
+_NAME_BEFORE = re.compile(r'"((?:[^"\\]|\\.){1,200})"\s*:\s*-?$')
+
+
+def _syntax_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    """orjson's message, told in the client's terms where it is obscure: bytes that are not
+    UTF-8 (orjson speaks of surrogates, at char 0, wherever they are), and ``NaN``/``Infinity``
+    ("unexpected character", "no digit after sign"); with the member whose value it stopped at."""
+    if not exc.doc:  # orjson could not decode the body as UTF-8
+        try:
+            body.decode()
+        except UnicodeDecodeError as bad:
+            return (
+                f"it is not UTF-8: byte 0x{body[bad.start]:02x} at offset {bad.start} "
+                f"({bad.reason}); send JSON encoded in UTF-8"
+            )
+    doc, pos = exc.doc, exc.pos
+    start = pos - 1 if doc[pos - 1 : pos] == "-" else pos  # orjson stops after a sign
+    where = f"line {exc.lineno} column {exc.colno - (pos - start)} (char {start})"
+    named = _NAME_BEFORE.search(doc, max(0, start - 256), pos)
+    member = f"the value of {named.group(1)[:MAX_NAME_ECHO]!r}: " if named else ""
+    literal = _NON_FINITE.match(doc, start)
+    if literal:
+        return (
+            f"{member}{literal.group()} is not a JSON value (JSON has no NaN or Infinity); "
+            f"send a finite number: {where}"
+        )
+    return f"{member}{exc.msg}: {where}"
 
 
 async def send_response(

@@ -140,6 +140,34 @@ def test_malformed_bodies(client: httpx.Client, body: bytes, field: str, reason:
     assert_refused(response, 400, None, field, reason)
 
 
+@pytest.mark.parametrize("literal", ["NaN", "-Infinity", "Infinity", "nan"])
+def test_a_non_finite_literal_is_named_with_its_field(client: httpx.Client, literal: str) -> None:
+    # orjson's own message was "unexpected character, expected a JSON value" (NaN, Infinity)
+    # or "no digit after sign" (-Infinity, at the character after the sign), without the field.
+    name = numeric_or_first_feature().name
+    row = {**example_rows(1)[0], name: "@"}
+    text = json.dumps({"instances": [row]}).replace('"@"', literal)
+    char = text.index(literal)
+    response = client.post("/predict", content=text.encode())
+    body = assert_refused(response, 400, None, "$request", "invalid_json")
+    assert body["errors"][0]["message"] == (
+        f"the body is not valid JSON: the value of {name!r}: {literal} is not a JSON value "
+        f"(JSON has no NaN or Infinity); send a finite number: line 1 column {char + 1} "
+        f"(char {char})"
+    )
+
+
+def test_a_body_that_is_not_utf8_is_told_where(client: httpx.Client) -> None:
+    # orjson's message was "str is not valid UTF-8: surrogates not allowed: line 1 column 1
+    # (char 0)", wherever the byte was.
+    response = client.post("/predict", content=b'{"instances": [{"x": "caf\xe9"}]}')
+    body = assert_refused(response, 400, None, "$request", "invalid_json")
+    assert body["errors"][0]["message"] == (
+        "the body is not valid JSON: it is not UTF-8: byte 0xe9 at offset 25 "
+        "(invalid continuation byte); send JSON encoded in UTF-8"
+    )
+
+
 def test_invalid_value_names_instance_and_field(client: httpx.Client) -> None:
     # Two features, of two kinds where the contract has both (the example: an integer and a
     # categorical one), each refused in its own instance.
