@@ -230,6 +230,23 @@ def shown_path(request: Request) -> str:
     return path if len(path) <= _MAX_PATH_ECHO else path[: _MAX_PATH_ECHO - 3] + "..."
 
 
+def route_refusal(
+    request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A refusal answered before any prediction endpoint (a 404 or 405 of the router, an unknown
+    model's metadata): ``body`` with a request id, in the body and ``X-Request-ID`` as every
+    other answer of the service, the client's when usable. Neither logged nor counted as a
+    request (BentoML's request metrics aside): the id lets a client tie the answer to its call."""
+    request_id = request.headers.get("x-request-id", "")
+    if not usable_request_id(request_id):
+        request_id = new_request_id()
+    return JSONResponse(
+        {**body, "request_id": request_id},
+        status_code=status,
+        headers={**(headers or {}), "x-request-id": request_id},
+    )
+
+
 def method_not_allowed_body(message: str) -> dict[str, Any]:
     """The 405 body of ``/predict`` and ``/model`` (the v2 routes give their own): ``error`` holds
     a code, as in other errors."""
@@ -277,7 +294,7 @@ def _method_not_allowed(
 
     async def refuse(request: Request) -> Response:
         message = f"{request.method} {shown_path(request)}: this route takes {allowed}"
-        return JSONResponse(body_of(message), status_code=405, headers={"allow": allowed})
+        return route_refusal(request, body_of(message), 405, {"allow": allowed})
 
     return any_method(Route(path, refuse, name=METHOD_NOT_ALLOWED))
 
@@ -323,9 +340,6 @@ class UnknownPath(BaseRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        request_id = request.headers.get("x-request-id", "")
-        if not usable_request_id(request_id):
-            request_id = new_request_id()
         message = f"{request.method} {shown_path(request)}: no such route"
         path = scope["path"]
         other = path.rstrip("/") if path.endswith("/") else path + "/"
@@ -333,6 +347,5 @@ class UnknownPath(BaseRoute):
             message += f"; the route is {other} (mind the trailing slash)"
         else:
             message += "; GET /docs.json lists the routes"
-        body = {"error": "not_found", "message": message, "request_id": request_id}
-        response = JSONResponse(body, status_code=404, headers={"x-request-id": request_id})
+        response = route_refusal(request, {"error": "not_found", "message": message}, 404)
         await response(scope, receive, send)

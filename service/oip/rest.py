@@ -32,6 +32,7 @@ from service.asgi import (
     read_body,
     refuse_other_methods,
     request_headers,
+    route_refusal,
     seen_body,
     send_response,
     shown_path,
@@ -58,9 +59,9 @@ def infer_endpoint(model_name: str) -> str:
     return f"/v2/models/{model_name}/infer"
 
 
-def v2_error(exc: RequestRejected) -> JSONResponse:
-    """A refusal of a metadata or readiness route (not a logged request: no request id)."""
-    return JSONResponse({**exc.to_dict(), "error": exc.summary}, status_code=exc.status)
+def v2_error(exc: RequestRejected, request: Request) -> JSONResponse:
+    """A refusal of a metadata or readiness route (not a logged request)."""
+    return route_refusal(request, {**exc.to_dict(), "error": exc.summary}, exc.status)
 
 
 def v2_error_body(exc: RequestRejected, ctx: RequestContext) -> bytes:
@@ -360,14 +361,14 @@ def v2_routes(
         try:
             protocol.check_model(*_model_of(request))
         except RequestRejected as exc:
-            return v2_error(exc)
+            return v2_error(exc, request)
         return JSONResponse(protocol.model_metadata())
 
     async def model_ready(request: Request) -> Response:
         try:
             is_ready = get_protocol().model_ready(*_model_of(request))
         except RequestRejected as exc:
-            return v2_error(exc)
+            return v2_error(exc, request)
         return Response(status_code=200 if is_ready else 503)
 
     async def unknown_route(request: Request) -> Response:
@@ -379,7 +380,7 @@ def v2_routes(
             f"Inference Protocol's health, metadata and infer routes for model "
             f"{get_protocol().model_name!r}"
         )
-        return JSONResponse({"error": message}, status_code=404)
+        return route_refusal(request, {"error": message}, 404)
 
     infer = InferEndpoint(get_protocol, max_body_bytes)
     model = "/v2/models/{name}"

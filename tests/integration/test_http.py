@@ -397,13 +397,15 @@ def test_openapi_document_lists_every_route_the_service_serves() -> None:
 def test_a_method_a_route_does_not_take_is_refused_in_json(
     client: httpx.Client, method: str, path: str, allowed: str
 ) -> None:
-    # It was Starlette's plain-text "Method Not Allowed".
-    response = client.request(method, path)
+    # It was Starlette's plain-text "Method Not Allowed"; then JSON without a request id.
+    response = client.request(method, path, headers={"X-Request-ID": "r-405"})
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
+    assert response.headers["x-request-id"] == "r-405"
     assert response.json() == {
         "error": "method_not_allowed",
         "message": f"{method} {path}: this route takes {allowed}",
+        "request_id": "r-405",
     }
 
 

@@ -590,9 +590,10 @@ def test_unknown_model_or_version_is_not_found(
         ("/v2/models/fraud/ready", "unknown model 'fraud'"),
         (f"/v2/models/{MODEL}/versions/9", f"version '9' of model '{MODEL}' is not served"),
     ]:
-        response = httpx.get(f"{served.url}{path}")
+        response = httpx.get(f"{served.url}{path}", headers={"X-Request-ID": "r-404"})
         assert response.status_code == 404
         assert message in response.json()["error"]
+        assert response.json()["request_id"] == response.headers["x-request-id"] == "r-404"
     with pytest.raises(grpc.RpcError) as grpc_info:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
             service_pb2.ModelMetadataRequest(name="fraud")
@@ -613,6 +614,8 @@ def test_v2_rest_unknown_routes_and_methods_are_refused_in_json(
         response = httpx.request(method, f"{served.url}/v2/repository/index")
         assert response.status_code == 404, method
         assert "no such route" in response.json()["error"]
+        # a request id as in every other answer, generated when the client sends none
+        assert response.json()["request_id"] == response.headers["x-request-id"] != ""
     for method, path, allowed in [
         ("GET", f"/v2/models/{MODEL}/infer", "POST"),
         ("PUT", f"/v2/models/{MODEL}/versions/1/infer", "POST"),
@@ -622,10 +625,14 @@ def test_v2_rest_unknown_routes_and_methods_are_refused_in_json(
         ("TRACE", f"/v2/models/{MODEL}/infer", "POST"),
         ("PROPFIND", "/v2", "GET, HEAD"),
     ]:
-        response = httpx.request(method, f"{served.url}{path}")
+        response = httpx.request(method, f"{served.url}{path}", headers={"X-Request-ID": "r-405"})
         assert response.status_code == 405, (method, path)
         assert response.headers["allow"] == allowed
-        assert response.json() == {"error": f"{method} {path}: this route takes {allowed}"}
+        assert response.headers["x-request-id"] == "r-405"
+        assert response.json() == {
+            "error": f"{method} {path}: this route takes {allowed}",
+            "request_id": "r-405",
+        }
 
 
 def test_v2_rest_refusals_echo_a_long_path_shortened(served: ServedService) -> None:
