@@ -309,6 +309,10 @@ def any_method(route: Route) -> Route:
     return route
 
 
+# The routes BentoML serves before the mounted app (service/service.py does not change them).
+_BENTOML_ROUTES = frozenset(("/livez", "/readyz", "/healthz", "/metrics", "/schema.json"))
+
+
 class UnknownPath(BaseRoute):
     """The last route of the mounted app: a path that no route of the service serves is answered
     with a JSON 404 (``error``, ``message``, ``request_id``, and ``X-Request-ID``) instead of
@@ -321,7 +325,8 @@ class UnknownPath(BaseRoute):
     BentoML's router takes a partial match only when no route matches in full, so its routes
     mounted after this app (its UI's static files, ``/docs.json``'s fallback) still answer, and
     no prediction route is slower (the router stops at the first full match). ``/`` is left out:
-    it is BentoML's index page, and its other methods get BentoML's 405.
+    it is BentoML's index page, and its other methods get BentoML's 405; so are BentoML's probes
+    and metrics with a trailing slash.
 
     Not a :class:`Route`, so that BentoML's request metrics label these requests ``other``
     (service/bentoml_metrics.py) rather than with a path template matching every path.
@@ -333,8 +338,10 @@ class UnknownPath(BaseRoute):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
-        # BentoML's index page, under the root path when served with one.
-        if scope["path"].removeprefix(scope.get("root_path", "")) in ("", "/"):
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        # BentoML's index page; and its probes and metrics with a trailing slash, which its router
+        # redirects to theirs (a probe or scraper configured so kept working).
+        if path in ("", "/") or path.rstrip("/") in _BENTOML_ROUTES:
             return Match.NONE, {}
         return Match.PARTIAL, {}
 
