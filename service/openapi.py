@@ -101,7 +101,8 @@ def _prediction_schemas(contract: FeatureContract, max_batch_size: int) -> dict[
 
 def _error_schemas() -> dict[str, Any]:
     """The error bodies: ``Error`` and ``InternalError`` of ``POST /predict``, ``V2Error`` of the
-    Open Inference Protocol; both list the same ``FieldError``s."""
+    Open Inference Protocol (both list the same ``FieldError``s), and ``RouteError``, the 404
+    and 405 of a path or method no route takes."""
     error_listing = {
         "message": {"type": "string", "description": "the first error, in one line"},
         "error_count": {"type": "integer", "minimum": 1},
@@ -148,6 +149,17 @@ def _error_schemas() -> dict[str, Any]:
             "properties": {
                 "error": {"const": "internal_error"},
                 "message": {"type": "string"},
+                "request_id": {"type": "string"},
+            },
+            "required": ["error", "message", "request_id"],
+        },
+        "RouteError": {
+            "type": "object",
+            "description": "a path that is no route (404) or a method the route does not take "
+            "(405, with `Allow`); under `/v2/` a `V2Error` instead",
+            "properties": {
+                "error": {"enum": ["not_found", "method_not_allowed"]},
+                "message": {"type": "string", "description": "the method, the path and why"},
                 "request_id": {"type": "string"},
             },
             "required": ["error", "message", "request_id"],
@@ -305,7 +317,9 @@ def openapi_document(
         "info": {
             "title": title,
             "version": version,
-            "description": f"Serves {model_tag}: {contract.description}",
+            "description": f"Serves {model_tag}: {contract.description} A path that is no "
+            "route answers 404 and a method a route does not take 405, with a `RouteError` "
+            "body (under `/v2/`: a `V2Error`).",
         },
         "servers": [{"url": "."}],
         "tags": [

@@ -407,6 +407,7 @@ def test_a_method_a_route_does_not_take_is_refused_in_json(
         "message": f"{method} {path}: this route takes {allowed}",
         "request_id": "r-405",
     }
+    openapi_validator(client.get("/docs.json").json(), "RouteError").validate(response.json())
 
 
 @pytest.mark.parametrize(
@@ -433,6 +434,7 @@ def test_an_unknown_path_is_refused_in_json(
         "message": f"{method} {path}: no such route; {hint}",
         "request_id": "lost-1",
     }
+    openapi_validator(client.get("/docs.json").json(), "RouteError").validate(response.json())
     generated = client.get(path, headers={"X-Request-ID": "has a space"})
     assert generated.json()["request_id"] == generated.headers["x-request-id"] != ""
 
