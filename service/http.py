@@ -43,6 +43,7 @@ from service.inference import (
     RequestContext,
     server_failure,
 )
+from service.timeout import TIMEOUT_ANSWER
 from service.validation import RequestRejected
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,16 @@ class PredictEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         with tracing.server_span("POST /predict", headers, _PREDICT_SPAN_ATTRIBUTES) as span:
-            status, body, request_id = await self._predict(headers, receive)
+            status, body, request_id = await self._predict(scope, headers, receive)
             tracing.end_status(span, status)
         await send_response(send, status, body, request_id)
 
-    async def _predict(self, headers: dict[str, str], receive: Receive) -> tuple[int, bytes, str]:
+    async def _predict(
+        self, scope: Scope, headers: dict[str, str], receive: Receive
+    ) -> tuple[int, bytes, str]:
         predictor = self._get_predictor()
         ctx = RequestContext.start("http", PREDICT_ENDPOINT, headers.get("x-request-id"))
+        scope[TIMEOUT_ANSWER] = (ctx, error_body)  # BentoML's timeout answers in our shape
         body = b""
         try:
             predictor.check_room()
@@ -106,7 +110,8 @@ class PredictEndpoint:
             return exc.status, error_body(ctx, exc), ctx.request_id
         except asyncio.CancelledError:
             # BentoML's request timeout, while a slow client was still sending the body:
-            # answered 504 by its middleware, recorded here like a timeout in the model queue.
+            # answered 504 by its middleware (service/timeout.py), recorded here like a timeout
+            # in the model queue.
             predictor.reject(ctx, ctx.cancellation())
             raise
         except Exception:

@@ -136,9 +136,9 @@ def _error_schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "error": {
-                    "enum": ["invalid_request", Reason.UNAVAILABLE.value],
-                    "description": "`invalid_request` (4xx: correct the request) or "
-                    "`unavailable` (503: retry later)",
+                    "enum": ["invalid_request", Reason.UNAVAILABLE.value, Reason.TIMEOUT.value],
+                    "description": "`invalid_request` (4xx: correct the request), "
+                    "`unavailable` (503: retry later) or `timeout` (504)",
                 },
                 **error_listing,
             },
@@ -269,10 +269,7 @@ def _refusals(schema: str) -> dict[str, Any]:
             **_answer(schema, "`unavailable`: shutting down or the model queue is full"),
             "headers": {**_REQUEST_ID_HEADER, "Retry-After": {"schema": {"type": "integer"}}},
         },
-        "504": _json_body(
-            {"type": "object", "properties": {"error": {"type": "string"}}},
-            "no answer within REQUEST_TIMEOUT_SECONDS (BentoML's answer)",
-        ),
+        "504": _answer(schema, "`timeout`: no answer within REQUEST_TIMEOUT_SECONDS"),
     }
 
 

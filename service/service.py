@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 
-from service import bentoml_metrics, header_limit, prometheus_dir, tracing
+from service import bentoml_metrics, header_limit, prometheus_dir, timeout, tracing
 from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
@@ -61,6 +61,8 @@ except tracing.UnsupportedTracingSetting as exc:
     raise SystemExit(f"invalid settings (environment variables):\n  {exc}") from None
 # Also before: BentoML's request metrics, the same series, updated beside the event loop.
 bentoml_metrics.install()
+# Also before: BentoML's request timeout, its 504 in the prediction endpoints' error shape.
+timeout.install()
 # Before uvicorn reads the first request: bounds on the size of request heads, and their time.
 header_limit.install(settings.request_timeout_seconds)
 

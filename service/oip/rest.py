@@ -47,6 +47,7 @@ from service.oip.protocol import (
     MalformedInferRequest,
 )
 from service.oip.tensors import Tensor, check_tensor_counts, encode_raw, input_error
+from service.timeout import TIMEOUT_ANSWER
 from service.validation import MAX_NAME_ECHO, Reason, RequestRejected
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -66,6 +67,11 @@ def v2_error(exc: RequestRejected, request: Request) -> JSONResponse:
 
 def v2_error_body(exc: RequestRejected, ctx: RequestContext) -> bytes:
     return orjson.dumps({**exc.to_dict(), "error": exc.summary, "request_id": ctx.request_id})
+
+
+def _timeout_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
+    """The 504 body when BentoML's request timeout ends an infer request (service/timeout.py)."""
+    return v2_error_body(exc, ctx)
 
 
 def _invalid(message: str) -> RequestRejected:
@@ -291,18 +297,23 @@ class InferEndpoint:
         with tracing.server_span(
             "POST /v2/models/{name}/infer", headers, _INFER_SPAN_ATTRIBUTES
         ) as span:
-            status, body, request_id, extra = await self._infer(params, headers, receive)
+            status, body, request_id, extra = await self._infer(scope, params, headers, receive)
             tracing.end_status(span, status)
         await send_response(send, status, body, request_id, extra)
 
     async def _infer(
-        self, params: Mapping[str, str], headers: Mapping[str, str], receive: Receive
+        self,
+        scope: Scope,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        receive: Receive,
     ) -> tuple[int, bytes, str, list[Header]]:
         protocol = self._get_protocol()
         name, version = params["name"], params.get("version", "")
         ctx = RequestContext.start(
             "http", infer_endpoint(protocol.model_name), headers.get("x-request-id")
         )
+        scope[TIMEOUT_ANSWER] = (ctx, _timeout_body)  # BentoML's timeout answers in our shape
         try:
             protocol.predictor.check_room()
             body = await read_body(

@@ -89,9 +89,21 @@ def test_a_body_slower_than_the_request_timeout_is_a_recorded_504(
     before = scrape(served.url)
     sock = send_head(served, request_id, len(BODY), path)
     sock.sendall(BODY[:10])
-    answer = sock.recv(65536)  # BentoML's 504, after REQUEST_TIMEOUT_SECONDS
+    answer = b""
+    while b"}" not in answer:  # the 504, after REQUEST_TIMEOUT_SECONDS
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
     sock.close()
     assert answer.startswith(b"HTTP/1.1 504 "), answer
+    # In the route's error shape, with the request id: it was BentoML's {"error": "Not able to
+    # process the request in 12 seconds"}, without one.
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert f"x-request-id: {request_id}".encode() in head.lower()
+    error = json.loads(body)
+    assert error["request_id"] == request_id
+    assert error["errors"][0]["reason"] == "timeout"
+    assert error["error"] == ("timeout" if path == "/predict" else error["message"])
     assert wait_until(lambda: rejection(store, request_id), timeout=30)[:2] == (504, "timeout")
 
     def counted() -> bool:
