@@ -234,8 +234,8 @@ def route_refusal(
     request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """A refusal answered before any prediction endpoint (a 404 or 405 of the router, an unknown
-    model's metadata): ``body`` with a request id, in the body and ``X-Request-ID`` as every
-    other answer of the service, the client's when usable. Neither logged nor counted as a
+    model's metadata): ``body`` with a request id, in the body and ``X-Request-ID`` as in the
+    service's other errors, the client's when usable. Neither logged nor counted as a
     request (BentoML's request metrics aside): the id lets a client tie the answer to its call."""
     request_id = request.headers.get("x-request-id", "")
     if not usable_request_id(request_id):
@@ -323,7 +323,7 @@ class UnknownPath(BaseRoute):
 
     It matches every path only partially, as a route taking none of the request's methods does:
     BentoML's router takes a partial match only when no route matches in full, so its routes
-    mounted after this app (its UI's static files, ``/docs.json``'s fallback) still answer, and
+    placed after this app (its UI's static files) still answer, and
     no prediction route is slower (the router stops at the first full match). ``/`` is left out:
     it is BentoML's index page, and its other methods get BentoML's 405; so are BentoML's probes
     and metrics with a trailing slash.
