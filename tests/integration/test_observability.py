@@ -489,11 +489,18 @@ def test_metrics_count_the_spans_the_collector_received(
         )
         assert response.status_code == 200
         receiver.wait_for(lambda s, t=trace_id: len(trace_of(s, t)) == SPANS_PER_PREDICTION)
+
     # Every span the receiver took (this module's earlier tests' too, from both workers) is
-    # counted exported once the workers' metric threads have applied them; none lost.
-    received = len(receiver.spans())
-    counts = wait_until(lambda: (c := span_counts(service.url))[0] == received and c, timeout=10)
-    assert counts == (received, 0, 0)
+    # counted exported once the workers' metric threads have applied them; none lost. Both are
+    # read again on each try: a span of an earlier test still in a worker's export queue may
+    # reach the receiver meanwhile.
+    def settled() -> tuple[float, ...] | None:
+        received = len(receiver.spans())
+        counts = span_counts(service.url)
+        return counts if counts[0] == received else None
+
+    counts = wait_until(settled, timeout=10)
+    assert counts[1:] == (0, 0)
 
 
 def test_with_the_collector_unreachable_predictions_answer_and_lost_spans_are_counted(
