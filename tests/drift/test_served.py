@@ -179,8 +179,8 @@ def test_traffic_like_the_data_set_shows_no_drift(
     assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
     assert state["dataset_drift"] is False
     assert state["prediction"]["drifted"] is False
-    _, samples = scrape(drifting.url)
-    assert_metrics_show(state, samples)
+    shown, samples = shown_with_metrics(drifting.url, state)
+    assert_metrics_show(shown, samples)
     assert samples[("model_drift_dataset_drifted", frozenset())] == 0
     report = httpx.get(f"{drifting.url}/drift/report")
     assert report.status_code == 200
@@ -201,11 +201,31 @@ def test_shifted_features_are_flagged_in_drift_and_metrics(drifting: ServedServi
     assert len(flagged - set(SHIFTED)) <= FALSE_POSITIVES_ALLOWED, flagged
     assert state["prediction"]["drifted"] is True
     assert state["drifted_share"] == pytest.approx(len(flagged) / len(CONTRACT.feature_names))
-    _, samples = scrape(drifting.url)
-    assert_metrics_show(state, samples)
+    shown, samples = shown_with_metrics(drifting.url, state)
+    assert_metrics_show(shown, samples)
     for name in SHIFTED:
         assert samples[("model_drift_feature_drifted", frozenset({("feature", name)}))] == 1
     assert samples[("model_drift_prediction_drifted", frozenset())] == 1
+
+
+def shown_with_metrics(url: str, state: dict[str, Any]) -> tuple[dict[str, Any], Samples]:
+    """``GET /drift`` and a scrape that show the same run, of the same window as ``state``.
+
+    A run ends every 2 s here, and each worker reads it back from the store on its own: a run
+    ending between the two reads would make them differ, so both are read again until they agree.
+    """
+
+    def agree() -> tuple[dict[str, Any], Samples] | None:
+        shown = drift(url)
+        _, samples = scrape(url)
+        exported = samples.get(("model_drift_last_run_timestamp_seconds", frozenset()))
+        if exported != pytest.approx(_timestamp(shown["computed_at"])):
+            return None
+        return shown, samples
+
+    shown, samples = wait_until(agree, timeout=30, interval=0.2)
+    assert shown["window_size"] == state["window_size"]  # no traffic since: the same window
+    return shown, samples
 
 
 def assert_metrics_show(state: dict[str, Any], samples: Samples) -> None:
