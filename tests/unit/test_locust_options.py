@@ -12,6 +12,32 @@ import pytest
 from tests.support import ROOT, VENV_BIN
 
 
+def refused_at_start(locustfile: str, options: list[str], user: str) -> str:
+    """locust's stderr, once it has refused ``options`` and exited: before asking the host,
+    where nothing listens."""
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "locust"),
+            "-f",
+            locustfile,
+            "--host",
+            "http://127.0.0.1:9",
+            "--headless",
+            "--run-time",
+            "30s",
+            *options,
+            user,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Connection refused" not in result.stderr  # refused before the host was asked
+    return result.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
@@ -23,29 +49,8 @@ from tests.support import ROOT, VENV_BIN
     ],
 )
 def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> None:
-    # Nothing listens on the host: the option must be refused before the target is asked.
-    result = subprocess.run(
-        [
-            str(VENV_BIN / "locust"),
-            "-f",
-            "loadtests/locustfile.py",
-            "--host",
-            "http://127.0.0.1:9",
-            "--headless",
-            "--run-time",
-            "30s",
-            option,
-            value,
-            "SteadyUser",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert option in result.stderr, result.stderr[-2000:]
-    assert "Connection refused" not in result.stderr  # refused before the host was asked
+    stderr = refused_at_start("loadtests/locustfile.py", [option, value], "SteadyUser")
+    assert option in stderr, stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -60,27 +65,8 @@ def test_an_impossible_option_is_refused_at_start(option: str, value: str) -> No
 def test_a_wrong_grpc_tls_option_is_refused_at_start(options: list[str], error: str) -> None:
     # A TLS option without --grpc-tls would call a TLS port in plaintext; a file without a
     # certificate, an untrusted server at every call.
-    result = subprocess.run(
-        [
-            str(VENV_BIN / "locust"),
-            "-f",
-            "loadtests/locustfile_v2.py",
-            "--host",
-            "http://127.0.0.1:9",
-            "--headless",
-            "--run-time",
-            "30s",
-            *options,
-            "GrpcUser",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert error in result.stderr, result.stderr[-2000:]
-    assert "Connection refused" not in result.stderr  # refused before the host was asked
+    stderr = refused_at_start("loadtests/locustfile_v2.py", options, "GrpcUser")
+    assert error in stderr, stderr[-2000:]
 
 
 def test_equal_failures_share_one_message() -> None:
