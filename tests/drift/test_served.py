@@ -209,14 +209,19 @@ def test_shifted_features_are_flagged_in_drift_and_metrics(drifting: ServedServi
 
 
 def shown_with_metrics(url: str, state: dict[str, Any]) -> tuple[dict[str, Any], Samples]:
-    """``GET /drift`` and a scrape that show the same run, of the same window as ``state``.
+    """``GET /drift`` and a scrape that show the same run: ``state``'s or a later one, of the same
+    window.
 
     A run ends every 2 s here, and each worker reads it back from the store on its own: a run
-    ending between the two reads would make them differ, so both are read again until they agree.
+    ending between the two reads would make them differ, and the worker answering ``GET /drift``
+    may not have read ``state``'s run yet. Both are read again until they agree on such a run.
     """
+    checked = _timestamp(state["computed_at"])
 
     def agree() -> tuple[dict[str, Any], Samples] | None:
         shown = drift(url)
+        if shown["computed_at"] is None or _timestamp(shown["computed_at"]) < checked:
+            return None
         _, samples = scrape(url)
         exported = samples.get(("model_drift_last_run_timestamp_seconds", frozenset()))
         if exported != pytest.approx(_timestamp(shown["computed_at"])):
