@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
-from service.inference import BODY_EXCERPT_BYTES, new_request_id, usable_request_id
+from service.inference import BODY_EXCERPT_BYTES, request_id_or_new
 from service.validation import (
     CLIENT_CLOSED,
     MAX_NAME_ECHO,
@@ -237,9 +237,7 @@ def route_refusal(
     model's metadata): ``body`` with a request id, in the body and ``X-Request-ID`` as in the
     service's other errors, the client's when usable. Neither logged nor counted as a
     request (BentoML's request metrics aside): the id lets a client tie the answer to its call."""
-    request_id = request.headers.get("x-request-id", "")
-    if not usable_request_id(request_id):
-        request_id = new_request_id()
+    request_id = request_id_or_new(request.headers.get("x-request-id"))
     return JSONResponse(
         {**body, "request_id": request_id},
         status_code=status,

@@ -72,6 +72,11 @@ def usable_request_id(value: str) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
 
 
+def request_id_or_new(value: str | None) -> str:
+    """The client's id when it is usable, else a new one."""
+    return value if value is not None and usable_request_id(value) else new_request_id()
+
+
 @dataclass
 class RequestContext:
     """Started when a request arrives; turned into a :class:`RequestInfo` when it is answered."""
@@ -101,10 +106,8 @@ class RequestContext:
 
         Call it inside the request's server span: the context keeps its trace id.
         """
-        if request_id is None or not usable_request_id(request_id):
-            request_id = new_request_id()
         return cls(
-            request_id=request_id,
+            request_id=request_id_or_new(request_id),
             transport=transport,
             endpoint=endpoint,
             trace_id=tracing.current_trace_id(),

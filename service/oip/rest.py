@@ -65,13 +65,9 @@ def v2_error(exc: RequestRejected, request: Request) -> JSONResponse:
     return route_refusal(request, {**exc.to_dict(), "error": exc.summary}, exc.status)
 
 
-def v2_error_body(exc: RequestRejected, ctx: RequestContext) -> bytes:
+def v2_error_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
+    """An infer request's error body (arguments as ``service.timeout.ErrorBody`` takes them)."""
     return orjson.dumps({**exc.to_dict(), "error": exc.summary, "request_id": ctx.request_id})
-
-
-def _timeout_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
-    """The 504 body when BentoML's request timeout ends an infer request (service/timeout.py)."""
-    return v2_error_body(exc, ctx)
 
 
 def _invalid(message: str) -> RequestRejected:
@@ -313,7 +309,7 @@ class InferEndpoint:
         ctx = RequestContext.start(
             "http", infer_endpoint(protocol.model_name), headers.get("x-request-id")
         )
-        scope[TIMEOUT_ANSWER] = (ctx, _timeout_body)  # BentoML's timeout answers in our shape
+        scope[TIMEOUT_ANSWER] = (ctx, v2_error_body)  # BentoML's timeout answers in our shape
         try:
             protocol.predictor.check_room()
             body = await read_body(
@@ -324,7 +320,7 @@ class InferEndpoint:
             )
         except RequestRejected as exc:
             protocol.predictor.reject(ctx, exc, *seen_body(exc, b""))
-            return exc.status, v2_error_body(exc, ctx), ctx.request_id, [JSON_CONTENT]
+            return exc.status, v2_error_body(ctx, exc), ctx.request_id, [JSON_CONTENT]
         except asyncio.CancelledError:  # BentoML's request timeout, during a slow body
             protocol.predictor.reject(ctx, ctx.cancellation())
             raise
@@ -342,7 +338,7 @@ class InferEndpoint:
         except InferRejected as exc:
             return (
                 exc.rejection.status,
-                v2_error_body(exc.rejection, exc.ctx),
+                v2_error_body(exc.ctx, exc.rejection),
                 exc.ctx.request_id,
                 [JSON_CONTENT],
             )
