@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 
-from service import bentoml_metrics, header_limit, prometheus_dir, timeout, tracing
+from service import bentoml_metrics, cors, header_limit, prometheus_dir, timeout, tracing
 from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
@@ -94,6 +94,8 @@ http_app = build_http_app(
     name=SERVICE_NAME,
     workers=settings.workers,
     traffic={"timeout": settings.request_timeout_seconds},
+    # BentoML's CORS middleware, for CORS_ALLOW_ORIGINS (service/cors.py).
+    http=cors.bentoml_http_config(settings.cors_allow_origins),
     # BentoML's text access log line per request, written on the event loop, costs a fifth of a
     # worker's time for single-instance requests (profiled); the JSON access log replaces it.
     logging={"access": {"enabled": False}},

@@ -6,11 +6,13 @@ docs/prediction-log.md and docs/drift.md for their topics) are checked against i
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import models.contract
 
@@ -124,6 +126,14 @@ class Settings(BaseSettings):
     )
     request_timeout_seconds: int = Field(
         30, ge=1, description="BentoML's per-request timeout (answered 504)."
+    )
+    # NoDecode: a comma-separated list, not the JSON pydantic-settings expects of a tuple.
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Origins of the browser apps allowed to call the HTTP API "
+        "(`https://app.example.com`, comma-separated; `*` for any): preflights are answered and "
+        "every answer, errors included, carries `Access-Control-Allow-Origin` and exposes "
+        "`X-Request-ID`. Empty: no CORS headers (browsers on other origins cannot read answers).",
     )
     metrics_enabled: bool = Field(
         True,
@@ -267,6 +277,18 @@ class Settings(BaseSettings):
         "it has 5 minutes of its own.",
     )
 
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[\s,]+", value) if part]
+        if not isinstance(value, list | tuple):
+            return value  # refused by the type check
+        origins = tuple(_origin(str(item)) for item in value)
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("`*` allows every origin: give it alone")
+        return origins
+
     @field_validator("prediction_log_url")
     @classmethod
     def _a_supported_store(cls, url: str) -> str:
@@ -291,6 +313,34 @@ class Settings(BaseSettings):
                 "instances, so no drift run would ever give a verdict"
             )
         return min_samples
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(origin: str) -> str:
+    """``origin`` as a browser writes it in ``Origin`` (lower-case scheme and host, no default
+    port), which BentoML's CORS middleware compares as a string: any other spelling of the same
+    origin would never match, and every answer would be blocked without a word."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    path = parts.path.rstrip("/")  # a trailing slash is a common slip; an origin has no path
+    if not (parts.scheme and parts.hostname) or port == -1 or parts.username is not None:
+        raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port]")
+    if path or parts.query or parts.fragment:
+        raise ValueError(
+            f"{origin!r} is not an origin (it has a path or query): write scheme://host[:port] "
+            "as the browser's address bar shows it, without a path"
+        )
+    scheme = parts.scheme.lower()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown_port = "" if port is None or _DEFAULT_PORTS.get(scheme) == port else f":{port}"
+    return f"{scheme}://{host}{shown_port}"
 
 
 class InvalidSettings(SystemExit):

@@ -410,6 +410,21 @@ def test_a_method_a_route_does_not_take_is_refused_in_json(
     openapi_validator(client.get("/docs.json").json(), "RouteError").validate(response.json())
 
 
+def test_without_cors_allow_origins_no_answer_has_cors_headers(client: httpx.Client) -> None:
+    # Off by default: a browser's preflight is one more method the route does not take, and no
+    # answer lets another origin's script read it (tests/integration/test_cors.py turns it on).
+    origin = {"Origin": "https://app.example"}
+    refused = client.options(
+        "/predict", headers={**origin, "Access-Control-Request-Method": "POST"}
+    )
+    assert refused.status_code == 405
+    assert refused.json()["error"] == "method_not_allowed"
+    answered = predict(client, {"instances": example_rows(1)}, headers=origin)
+    assert answered.status_code == 200
+    for response in (refused, answered):
+        assert not [name for name in response.headers if name.startswith("access-control-")]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "hint"),
     [

@@ -1,0 +1,174 @@
+"""A browser app on another origin calling the HTTP API (CORS_ALLOW_ORIGINS), against a real
+`bentoml serve` of its own (one worker: counts and log lines are one worker's, no waiting for a
+sibling). What a browser needs: preflights answered before any route, and every answer, errors
+included, readable (`Access-Control-Allow-Origin`) with its request id (`X-Request-ID` exposed)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from models.contract import CONTRACT
+from service.oip.rest import infer_endpoint
+from tests.oip_support import rest_body
+from tests.support import ServedService, example_rows, scrape, total, wait_until
+
+APP = "https://app.example"
+OTHER_APP = "https://elsewhere.example"
+V2_INFER = infer_endpoint(CONTRACT.model_name)
+PREDICT_BODY = {"instances": example_rows(1)}
+
+
+@pytest.fixture(scope="module")
+def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
+    store = Path(tempfile.mkdtemp(prefix="cors-")) / "predictions.db"
+    env = {
+        # Spelled as an operator might: the service compares the browser's spelling.
+        "CORS_ALLOW_ORIGINS": "https://App.example:443/, http://localhost:5173",
+        "PREDICTION_LOG_URL": f"sqlite:///{store}",
+        "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
+    }
+    with ServedService(env=env, workers=1) as served:
+        yield served, store
+
+
+@pytest.fixture(scope="module")
+def client(service: tuple[ServedService, Path]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service[0].url, timeout=30) as http:
+        yield http
+
+
+def preflight(
+    client: httpx.Client, path: str, origin: str = APP, headers: str = "content-type,x-request-id"
+) -> httpx.Response:
+    """What a browser sends before a cross-origin JSON POST with an X-Request-ID header."""
+    return client.options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": headers,
+        },
+    )
+
+
+def assert_readable(response: httpx.Response, request_id: bool = True) -> None:
+    """A browser script on APP may read this answer and, if it has one, its X-Request-ID."""
+    assert response.headers["access-control-allow-origin"] == APP
+    exposed = response.headers["access-control-expose-headers"].lower().split(", ")
+    assert "x-request-id" in exposed
+    assert bool(response.headers.get("x-request-id")) == request_id
+    assert "Origin" in response.headers["vary"]
+
+
+@pytest.mark.parametrize("path", ["/predict", V2_INFER])
+def test_a_preflight_is_answered_before_any_route(client: httpx.Client, path: str) -> None:
+    response = preflight(client, path, headers="content-type,x-request-id,traceparent")
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == APP
+    assert "POST" in response.headers["access-control-allow-methods"].split(", ")
+    allowed = response.headers["access-control-allow-headers"].lower().split(", ")
+    assert {"content-type", "x-request-id", "traceparent"} <= set(allowed)
+    assert response.headers["access-control-max-age"] == "600"
+
+
+def test_the_other_configured_origin_is_allowed_too(client: httpx.Client) -> None:
+    response = preflight(client, "/predict", origin="http://localhost:5173")
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/predict", PREDICT_BODY, 200),
+        ("POST", "/predict", {"instances": [{}]}, 400),
+        ("POST", V2_INFER, rest_body(example_rows(1)), 200),
+        ("POST", V2_INFER, {"inputs": []}, 400),
+        ("GET", "/model", None, 200),
+        ("GET", "/predict", None, 405),
+        ("POST", "/predcit", PREDICT_BODY, 404),
+    ],
+)
+def test_every_answer_is_readable_by_the_allowed_origin(
+    client: httpx.Client, method: str, path: str, body: Any, status: int
+) -> None:
+    response = client.request(method, path, json=body, headers={"Origin": APP})
+    assert response.status_code == status, response.text
+    assert_readable(response, request_id=path != "/model")  # /model's answer has no id
+    if status == 400:  # what the browser app shows its user: the field at fault
+        assert response.json()["errors"][0]["field"] == CONTRACT.features[0].name
+
+
+def test_a_body_too_large_is_readable(client: httpx.Client) -> None:
+    response = client.post(
+        "/predict", content=b" " * (4 * 1024 * 1024 + 1), headers={"Origin": APP}
+    )
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["reason"] == "body_too_large"
+    assert_readable(response)
+
+
+def test_another_origin_is_answered_but_not_allowed(client: httpx.Client) -> None:
+    # The server answers (CORS is the browser's rule, not authentication); the browser, seeing
+    # no Access-Control-Allow-Origin, keeps the answer from the other origin's script.
+    refused = preflight(client, "/predict", origin=OTHER_APP)
+    assert refused.status_code == 400
+    assert "access-control-allow-origin" not in refused.headers
+    response = client.post("/predict", json=PREDICT_BODY, headers={"Origin": OTHER_APP})
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+def access_lines(served: ServedService) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for line in served.read_log().splitlines()
+        if line.startswith('{"time"') and '"type":"access"' in line
+    ]
+
+
+def test_preflights_are_neither_validated_logged_nor_counted(
+    service: tuple[ServedService, Path], client: httpx.Client
+) -> None:
+    served, store = service
+
+    def counts() -> tuple[float, float]:
+        samples = scrape(served.url)
+        return (
+            total(samples, "inference_requests_total"),
+            total(samples, "inference_validation_failures_total"),
+        )
+
+    def settled() -> tuple[float, float] | None:
+        # The metrics thread applies counts once a second: start from counts no earlier
+        # request of this module still changes.
+        first = counts()
+        time.sleep(1.5)
+        return first if counts() == first else None
+
+    requests, failures = wait_until(settled)
+    lines = len(access_lines(served))
+    with sqlite3.connect(store) as db:
+        rejections = db.execute("SELECT count(*) FROM rejections").fetchone()[0]
+    for path in ("/predict", V2_INFER):
+        assert preflight(client, path).status_code == 200
+        assert preflight(client, path, origin=OTHER_APP).status_code == 400
+        assert preflight(client, path, headers="x-secret").status_code == 400
+    # Then one prediction: counted and logged after the preflights, in the same worker.
+    response = client.post("/predict", json=PREDICT_BODY, headers={"Origin": APP})
+    assert response.status_code == 200
+    wait_until(lambda: counts()[0] >= requests + 1)
+    wait_until(lambda: len(access_lines(served)) >= lines + 1)
+    assert counts() == (requests + 1, failures)
+    (line,) = access_lines(served)[lines:]
+    assert line["request_id"] == response.headers["x-request-id"]
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT count(*) FROM rejections").fetchone()[0] == rejections
