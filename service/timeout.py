@@ -10,6 +10,10 @@ writes an error body, and the 504 is then that endpoint's error body (``/predict
 the v2 one) with the request id, in the body and ``X-Request-ID``. Other routes, and a request
 cancelled before its endpoint began, keep BentoML's answer.
 
+BentoML places its CORS middleware inside this one, so the 504 does not pass through it: with CORS
+on (``service/cors.py``), the answer goes through a CORS middleware of the same options, else a
+browser app could read neither the 504 nor its request id.
+
 :func:`install` makes BentoML use it: BentoML's app imports the class from its module when it
 builds its middleware stack (``bentoml/_internal/server/base_app.py``), so replacing the module's
 attribute before the worker builds its app is enough.
@@ -22,9 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bentoml._internal.server.http import traffic
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import cors
 from service.asgi import send_response
 from service.inference import RequestContext, timed_out
 from service.validation import RequestRejected
@@ -39,6 +45,14 @@ BentoMLTimeoutMiddleware = traffic.TimeoutMiddleware
 
 class TimeoutMiddleware(BentoMLTimeoutMiddleware):
     """BentoML's request timeout; the 504 of a prediction endpoint in the service's shape."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        super().__init__(app, timeout)  # type: ignore[arg-type]
+        # Built with the worker's app, once BentoML's configuration is loaded.
+        options = cors.answer_options()
+        self._write_answer: ASGIApp = (
+            self._answer if options is None else CORSMiddleware(self._answer, **options)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +73,7 @@ class TimeoutMiddleware(BentoMLTimeoutMiddleware):
             await waiter
         except TimeoutError:
             if task.cancel():
-                await self._answer(scope, receive, send)
+                await self._write_answer(scope, receive, send)
         else:
             await task
 

@@ -5,6 +5,7 @@ included, readable (`Access-Control-Allow-Origin`) with its request id (`X-Reque
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import tempfile
@@ -19,12 +20,22 @@ import pytest
 from models.contract import CONTRACT
 from service.oip.rest import infer_endpoint
 from tests.oip_support import rest_body
-from tests.support import ServedService, example_rows, scrape, total, wait_until
+from tests.support import (
+    ServedService,
+    example_rows,
+    scrape,
+    send_post_head,
+    total,
+    wait_until,
+)
 
 APP = "https://app.example"
 OTHER_APP = "https://elsewhere.example"
 V2_INFER = infer_endpoint(CONTRACT.model_name)
 PREDICT_BODY = {"instances": example_rows(1)}
+# Short, for the 504 test: a body stalled that long is answered 504 (room for the other tests'
+# requests on a loaded 2-core machine).
+TIMEOUT_SECONDS = 5
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +44,7 @@ def service(model_tag: str) -> Iterator[tuple[ServedService, Path]]:
     env = {
         # Spelled as an operator might: the service compares the browser's spelling.
         "CORS_ALLOW_ORIGINS": "https://App.example:443/, http://localhost:5173",
+        "REQUEST_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
         "PREDICTION_LOG_URL": f"sqlite:///{store}",
         "PREDICTION_LOG_SPOOL_DIR": str(store.parent / "spool"),
     }
@@ -113,6 +125,21 @@ def test_a_body_too_large_is_readable(client: httpx.Client) -> None:
     )
     assert response.status_code == 413
     assert response.json()["errors"][0]["reason"] == "body_too_large"
+    assert_readable(response)
+
+
+def test_a_timeout_is_readable(service: tuple[ServedService, Path]) -> None:
+    # BentoML's timeout middleware is outside its CORS middleware: its 504 lacked the header,
+    # and the browser app saw a network error instead of the timeout and its request id.
+    headers = {"Origin": APP, "X-Request-ID": "cors-timeout"}
+    with send_post_head(service[0].port, "/predict", 100, headers, TIMEOUT_SECONDS + 10) as sock:
+        sock.sendall(b'{"instances": [')  # and the rest never comes
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        response = httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+    assert response.status_code == 504
+    assert response.json()["errors"][0]["reason"] == "timeout"
+    assert response.headers["x-request-id"] == "cors-timeout"
     assert_readable(response)
 
 
