@@ -17,7 +17,10 @@ anything that is not HTTP keep BentoML's own code.
 One difference: BentoML labels a request with its raw path, so every path a client makes up (a
 scanner's probes, unknown model names under ``/v2/models/``) would add series for good. Here the
 ``endpoint`` label is the path of the app's route that matches (a route with parameters: its
-template, e.g. ``/v2/models/{name}/infer``), and ``other`` for a path that is no route.
+template, e.g. ``/v2/models/{name}/infer``), and ``other`` for a path that is no route. And a
+browser's CORS preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) is
+``cors_preflight`` whatever its path: under its route, a preflight refused for its origin (400)
+read as ``/predict``'s client errors, and the allowed ones as prediction traffic.
 
 :func:`install` makes BentoML use it: BentoML's service app imports the middleware class from its
 module when it builds its middleware stack (``_bentoml_impl/server/app.py``), so replacing the
@@ -48,6 +51,8 @@ from service.metrics.flusher import observe_many, take_all
 BentoMLTrafficMetricsMiddleware = instruments.RunnerTrafficMetricsMiddleware
 # The endpoint label of a path that is no route of the app.
 OTHER = "other"
+# The endpoint label of a CORS preflight; no request path (they start with "/") can be it.
+PREFLIGHT = "cors_preflight"
 _MAX_CACHED_PATHS = 1024
 
 
@@ -79,7 +84,8 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
         self._shown: set[str] = set()  # endpoints in flight at the last turn
         self._flusher: flusher.Flusher | None = None  # the worker's, from the first request
         self._routes: list[tuple[re.Pattern[str], str]] = []  # the app's, from the first request
-        self._labels: dict[str, str] = {}  # path -> endpoint label, for the paths seen first
+        # path -> endpoint label, for the paths seen first
+        self._labels: dict[str, str] = {PREFLIGHT: PREFLIGHT}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
@@ -89,6 +95,8 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             self._start(scope)
         # The raw path: the flushing thread maps it to its route's endpoint label (_label).
         path: str = scope["path"]
+        if scope["method"] == "OPTIONS" and is_preflight(scope["headers"]):
+            path = PREFLIGHT
         if not path.startswith(self._skip):
             self._last_request = time.time()
         started = default_timer()
@@ -171,6 +179,13 @@ class DeferredTrafficMetricsMiddleware(BentoMLTrafficMetricsMiddleware):
             if len(self._labels) < _MAX_CACHED_PATHS:
                 self._labels[path] = label
         return label
+
+
+def is_preflight(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an ``OPTIONS`` request's headers make it a CORS preflight, as Starlette's
+    ``CORSMiddleware`` (BentoML's) tells one: ``Origin`` and ``Access-Control-Request-Method``."""
+    names = {name.lower() for name, _ in headers}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def install() -> None:

@@ -167,21 +167,27 @@ def test_preflights_are_neither_validated_logged_nor_counted(
 ) -> None:
     served, store = service
 
-    def counts() -> tuple[float, float]:
+    def counts() -> tuple[float, ...]:
         samples = scrape(served.url)
+        http = "bentoml_service_request_total"
         return (
             total(samples, "inference_requests_total"),
             total(samples, "inference_validation_failures_total"),
+            # BentoML's HTTP request metrics count every request: preflights under their own label
+            total(samples, http, endpoint="/predict"),
+            total(samples, http, endpoint="/v2/models/{name}/infer"),
+            total(samples, http, endpoint="cors_preflight", http_response_code="200"),
+            total(samples, http, endpoint="cors_preflight", http_response_code="400"),
         )
 
-    def settled() -> tuple[float, float] | None:
+    def settled() -> tuple[float, ...] | None:
         # The metrics thread applies counts once a second: start from counts no earlier
         # request of this module still changes.
         first = counts()
         time.sleep(1.5)
         return first if counts() == first else None
 
-    requests, failures = wait_until(settled)
+    requests, failures, predict, infer, allowed, refused = wait_until(settled)
     lines = len(access_lines(served))
     with sqlite3.connect(store) as db:
         rejections = db.execute("SELECT count(*) FROM rejections").fetchone()[0]
@@ -194,7 +200,7 @@ def test_preflights_are_neither_validated_logged_nor_counted(
     assert response.status_code == 200
     wait_until(lambda: counts()[0] >= requests + 1)
     wait_until(lambda: len(access_lines(served)) >= lines + 1)
-    assert counts() == (requests + 1, failures)
+    assert counts() == (requests + 1, failures, predict + 1, infer, allowed + 2, refused + 4)
     (line,) = access_lines(served)[lines:]
     assert line["request_id"] == response.headers["x-request-id"]
     with sqlite3.connect(store) as db:

@@ -78,14 +78,22 @@ def middleware(cls: type, app: App) -> tuple[Any, CollectorRegistry]:
     return instance, client.registry
 
 
-async def request(app: Any, path: str) -> None:
+async def request(
+    app: Any, path: str, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    scope = {"type": "http", "path": path, "method": "POST", "headers": [], "app": ROUTED}
+    scope = {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "headers": headers or [],
+        "app": ROUTED,
+    }
     await app(scope, receive, send)
 
 
@@ -208,5 +216,29 @@ def test_paths_that_are_no_route_share_one_endpoint_label() -> None:
         assert count("bentoml_service_request_total", {"endpoint": "other", **labels}) == 50
         template = {"endpoint": "/v2/models/{name}/infer", **labels}
         assert count("bentoml_service_request_total", template) == 3
+
+    asyncio.run(scenario())
+
+
+def test_cors_preflights_have_an_endpoint_label_of_their_own() -> None:
+    # Under /predict, a preflight refused for its origin (400) read as the route's client errors.
+    async def scenario() -> None:
+        ours, registry = middleware(DeferredTrafficMetricsMiddleware, App())
+        origin = (b"origin", b"https://app.example")
+        asks = (b"Access-Control-Request-Method", b"POST")  # any case, as a proxy may write it
+        for path in ("/predict", "/v2/models/credit_risk/infer", "/status/400"):
+            await request(ours, path, "OPTIONS", [origin, asks])
+        # Not preflights: BentoML's CORS middleware passes them to the routes, as the service does
+        await request(ours, "/predict", "OPTIONS", [origin])
+        await request(ours, "/predict", "OPTIONS", [asks])
+        await request(ours, "/predict", "POST", [origin, asks])
+        ours.flush()
+        count = registry.get_sample_value
+        labels = {"http_response_code": "200", **service_labels()}
+        preflights = {"endpoint": "cors_preflight", **labels}
+        assert count("bentoml_service_request_total", preflights) == 2
+        refused = {**preflights, "http_response_code": "400"}
+        assert count("bentoml_service_request_total", refused) == 1
+        assert count("bentoml_service_request_total", {"endpoint": "/predict", **labels}) == 3
 
     asyncio.run(scenario())
