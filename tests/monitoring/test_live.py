@@ -5,10 +5,17 @@ webhook (ServiceDown held back)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import re
+import shlex
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +23,13 @@ import tritonclient.grpc as triton_grpc
 
 from models.contract import CONTRACT
 from tests.drift.helpers import sample
-from tests.monitoring.promql import expressions, metric_names, runbook_names, runbook_queries
+from tests.monitoring.promql import (
+    expressions,
+    metric_names,
+    runbook_code,
+    runbook_names,
+    runbook_queries,
+)
 from tests.monitoring.stack import Stack, monitoring_stack
 from tests.monitoring.support import recorded_names
 from tests.oip_support import triton_inputs
@@ -97,6 +110,52 @@ def test_every_runbook_query_runs_on_metrics_prometheus_has(stack: Stack) -> Non
         stack.query(expr)  # 200: valid PromQL
     assert {name for expr in queries for name in metric_names(expr)} - known == set()
     assert {name for name in runbook_names() if name in families} - known == set()
+
+
+def predlog(command: str, service: ServedService, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A `python -m service.predlog` command of the runbook, run on the instance's store."""
+    args = shlex.split(command)
+    assert args[:3] == ["python", "-m", "service.predlog"], command
+    return subprocess.run(
+        [sys.executable, *args[1:]],
+        cwd=cwd,
+        env={**os.environ, "PREDICTION_LOG_URL": service.env["PREDICTION_LOG_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_runbooks_prediction_log_commands_work_on_the_served_store(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # What the on-call runs on the instance: every `python -m service.predlog` command of the
+    # runbook succeeds, and ValidationFailureSpike's export shows the refused requests with the
+    # field and rule each broke (it was `export --help`, which shows none).
+    send_traffic(stack.service)  # a request refused for a value below the contract's minimum
+    commands = sorted({c for c in runbook_code() if c.startswith("python -m service.predlog")})
+    assert "python -m service.predlog status" in commands
+    numeric = CONTRACT.numeric_features()[0]
+
+    def exported() -> list[dict[str, str]] | None:
+        rows = []
+        for command in commands:
+            if command.endswith(" migrate"):  # a store of an older schema only
+                continue
+            result = predlog(command, stack.service, tmp_path)
+            assert result.returncode == 0, (command, result.stdout + result.stderr)
+            if command.endswith(" status"):
+                assert json.loads(result.stdout)["reachable"] is True
+            for out in re.findall(r"--out (\S+)", command):
+                with (tmp_path / out).open() as f:
+                    rows += list(csv.DictReader(f))
+        refused = [r for r in rows if r.get("status") == "400" and numeric.name in r["errors"]]
+        return refused or None
+
+    refused = wait_until(exported, timeout=60, interval=2)
+    (problem, *_) = json.loads(refused[0]["errors"])
+    assert (problem["field"], problem["reason"]) == (numeric.name, "out_of_range")
 
 
 def test_batch_sizes_are_whole_instances_rows_and_requests(stack: Stack) -> None:
