@@ -19,6 +19,7 @@ from tests.monitoring.support import (
     DASHBOARDS,
     MONITORING,
     RUNBOOK,
+    alerts,
     recorded_names,
     run,
     tool,
@@ -235,6 +236,28 @@ def test_the_dashboards_panels_and_rows_the_runbook_names_exist() -> None:
     assert named - titles == set()
     dashboards = set(re.findall(r'"(credit-risk-service / [^"]+)"', text))
     assert dashboards == {load(path)["title"] for path in DASHBOARDS}
+
+
+# Span export has no panel: its counters exist only while traces are exported.
+WITHOUT_PANEL = {"TraceSpansLost"}
+
+
+def test_every_alerts_runbook_section_names_the_panels_to_look_at() -> None:
+    # Paged, the on-call opens a dashboard: the section says which panel shows the alert's
+    # condition (ServiceDown, the drift monitor and the prediction log named none).
+    text = RUNBOOK.read_text()
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    titles = {panel["title"] for path in DASHBOARDS for panel in panels(load(path))}
+    unnamed = []
+    for alert in alerts():
+        name = alert["alert"]
+        body = " ".join(sections[name].split())
+        lists = re.findall(r'((?:"[^"]+"(?:,| and| or)? )+)(?:panels?|row)\b', body)
+        named = {title for group in lists for title in re.findall(r'"([^"]+)"', group)}
+        assert named <= titles, (name, named - titles)
+        if not named and name not in WITHOUT_PANEL:
+            unnamed.append(name)
+    assert unnamed == []
 
 
 def test_dashboards_and_alerts_describe_any_classifier_not_the_example() -> None:
