@@ -60,9 +60,16 @@ def test_a_store_refusing_connections_raises_a_ticket_and_the_runbook_shows_why(
     )
     assert alerts[0]["receiver"] == "ticket"
     assert alerts[0]["annotations"]["runbook_url"] == "monitoring/RUNBOOK.md#predictionlogstoredown"
+    # where the runbook's commands are to be run
+    instance = f"127.0.0.1:{stack.service.port}"
+    assert alerts[0]["labels"]["instance"] == instance
+    assert instance in alerts[0]["annotations"]["summary"]
     # The runbook's first checks: the gauge, the failing operation, the status command
-    assert value(stack, "min(prediction_log_store_up)") == 0
-    errors = stack.query("sum by (operation) (rate(prediction_log_store_errors_total[5m]))")
+    (down,) = stack.query("min by (instance) (prediction_log_store_up)")
+    assert (down["metric"]["instance"], float(down["value"][1])) == (instance, 0)
+    errors = stack.query(
+        "sum by (instance, operation) (rate(prediction_log_store_errors_total[5m]))"
+    )
     assert {r["metric"]["operation"] for r in errors if float(r["value"][1]) > 0} == {"connect"}
     spool = stack.service.env["PREDICTION_LOG_SPOOL_DIR"]
     assert wait_until(lambda: value(stack, "max(prediction_log_spool_bytes)") > 0, timeout=10)
