@@ -287,9 +287,12 @@ def service_health() -> model.Dashboard:
     predlog = [
         series(
             "Prediction-log lag",
-            "Age of the oldest record not yet in the store. Normal: under a second; over 5 "
-            "minutes fires PredictionLogLagging.",
-            query(f"max(prediction_log_backlog_age_seconds{{{SEL}}})", "lag"),
+            "Age of the oldest record not yet in the store, per instance. Normal: under a "
+            "second; over 5 minutes fires PredictionLogLagging for the instance.",
+            query(
+                f"max by (instance) (prediction_log_backlog_age_seconds{{{SEL}}})",
+                "lag {{instance}}",
+            ),
             unit="s",
             w=8,
         ),
@@ -310,11 +313,17 @@ def service_health() -> model.Dashboard:
         ),
         series(
             "Prediction-log queue, spool and store",
-            "Rows waiting in memory, bytes waiting in the spool, and whether every worker's "
-            "store takes writes (1). Normal: queue near 0, spool 0, store up 1.",
-            query(f"sum(prediction_log_queue_rows{{{SEL}}})", "queued rows"),
-            query(f"max(prediction_log_spool_bytes{{{SEL}}})", "spool bytes"),
-            query(f"min(prediction_log_store_up{{{SEL}}})", "store up"),
+            "Per instance: rows waiting in memory, bytes waiting in the spool, and whether "
+            "every worker's store takes writes (1). Normal: queue near 0, spool 0, store up 1.",
+            query(
+                f"sum by (instance) (prediction_log_queue_rows{{{SEL}}})",
+                "queued rows {{instance}}",
+            ),
+            query(
+                f"max by (instance) (prediction_log_spool_bytes{{{SEL}}})",
+                "spool bytes {{instance}}",
+            ),
+            query(f"min by (instance) (prediction_log_store_up{{{SEL}}})", "store up {{instance}}"),
             w=8,
         ),
     ]

@@ -168,6 +168,29 @@ def test_drift_panels_show_each_model_version_on_its_own(tmp_path: Path) -> None
     assert_promql(tmp_path, expr, series, "1m", expected)
 
 
+@pytest.mark.parametrize(
+    ("metric", "values"),
+    [
+        ("prediction_log_store_up", ("1x10", "0x10")),
+        ("prediction_log_backlog_age_seconds", ("0x10", "400x10")),
+        ("prediction_log_spool_bytes", ("0x10", "5000x10")),
+    ],
+)
+def test_prediction_log_panels_show_which_instance(
+    tmp_path: Path, metric: str, values: tuple[str, str]
+) -> None:
+    # The prediction-log alerts name the instance whose store, lag or spool it is (its own): a
+    # panel showing only the worst of all instances (min, max) could not show which.
+    (expr,) = [e for _, _, e in expressions() if metric in e]
+    series = {
+        f'{metric}{{job="credit-risk-service",instance="{i}:3000"}}': v
+        for i, v in zip(("a", "b"), values, strict=True)
+    }
+    a, b = (float(v.split("x")[0]) for v in values)
+    expected = {'{instance="a:3000"}': a, '{instance="b:3000"}': b}
+    assert_promql(tmp_path, expr, series, "2m", expected)
+
+
 def assert_promql(
     tmp_path: Path, expr: str, series: dict[str, str], at: str, expected: dict[str, float]
 ) -> None:
