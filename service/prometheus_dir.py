@@ -53,24 +53,32 @@ def use_own() -> Path | None:
     return directory
 
 
-def forget_dead_workers() -> None:
-    """Remove the live-gauge files of worker processes that are gone.
+def forget_dead_workers() -> int:
+    """Remove the live-gauge files of worker processes that are gone; the number of workers
+    whose files this call removed.
 
     In multiprocess mode each worker writes its live gauges (``livesum``, ``livemax``...) to
-    files named after its pid, which are removed when it exits cleanly (BentoML marks it dead).
-    A worker killed outright (SIGKILL, the OOM killer) cannot, and BentoML starts another beside
-    its files: its last values would stay in every live gauge for the service's life
-    (``service_workers`` one too many, its memory and fds counted, a store outage or a backlog
-    it saw never ending for the alerts). Every worker's process sampler calls this.
+    files named after its pid. A worker killed outright (SIGKILL, the OOM killer, a crash)
+    cannot remove them, and BentoML starts another beside its files: its last values would stay
+    in every live gauge for the service's life (``service_workers`` one too many, its memory and
+    fds counted, a store outage or a backlog it saw never ending for the alerts). Every worker's
+    process sampler calls this. A worker that exits cleanly leaves its files too (BentoML's
+    ``mark_process_dead`` runs from a finaliser, if at all), but only when the whole service
+    stops, after its siblings' samplers have stopped: a worker counted here died while the
+    service was serving. Each has a ``livesum`` file (``service_workers``): whoever removes it
+    counts the worker, once.
     """
     directory = os.environ.get(ENV)
     if not directory:
-        return
+        return 0
+    died = 0
     for path in Path(directory).glob("gauge_live*_*.db"):
         pid = path.stem.rpartition("_")[2]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):  # another worker was first
                 path.unlink()
+                died += path.name.startswith("gauge_livesum_")
+    return died
 
 
 def _alive(pid: int) -> bool:

@@ -243,6 +243,10 @@ class CreditRiskService:
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
         self.oip.ready = False
+        # First: every worker stops sampling as the shutdown starts, so a sibling that has
+        # already exited is not counted as a worker death (service_worker_deaths_total).
+        if self.process_metrics is not None:
+            self.process_metrics.stop()
         await http_app.balancer.stop()
         if self.grpc_server is not None:  # before the predictor: calls in flight still need it
             await self.grpc_server.stop()
@@ -267,8 +271,6 @@ class CreditRiskService:
             await asyncio.to_thread(self.access_log.close)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
-        if self.process_metrics is not None:
-            self.process_metrics.stop()
         await asyncio.to_thread(tracer_provider.shutdown)  # exports the spans still buffered
         if self.trace_metrics is not None:  # with the spans the shutdown could not export
             await asyncio.to_thread(self.trace_metrics.stop)

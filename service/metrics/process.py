@@ -54,6 +54,13 @@ class ProcessMetrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self._died = Counter(
+            "service_worker_deaths",
+            "Worker processes that died while the service was serving (killed outright, by the "
+            "OOM killer or SIGKILL, or crashed) and were replaced: their requests in flight "
+            "were never answered.",
+            registry=registry,
+        )
         self._workers.set(1)
         self._max_fds.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self._cpu_seen = 0.0
@@ -61,7 +68,9 @@ class ProcessMetrics:
         self._thread = threading.Thread(target=self._run, name="process-metrics", daemon=True)
 
     def sample(self) -> None:
-        prometheus_dir.forget_dead_workers()
+        died = prometheus_dir.forget_dead_workers()
+        if died and not self._stop.is_set():  # a sibling's clean exit at shutdown is no death
+            self._died.inc(died)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
         self._cpu.inc(max(cpu - self._cpu_seen, 0.0))

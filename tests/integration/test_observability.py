@@ -264,6 +264,7 @@ def test_a_killed_workers_last_values_leave_the_live_gauges(model_tag: str) -> N
     # ending for PredictionLogStoreDown) for the rest of the service's life.
     with ServedService(workers=2) as service:
         wait_until(lambda: value(scrape(service.url), "service_workers") == 2, timeout=60)
+        assert value(scrape(service.url), "service_worker_deaths_total") == 0
         before = service.worker_pids()
         os.kill(min(before), signal.SIGKILL)
         multiproc = prometheus_dir.directory_for(service.pid)
@@ -277,6 +278,9 @@ def test_a_killed_workers_last_values_leave_the_live_gauges(model_tag: str) -> N
         wait_until(lambda: value(scrape(service.url), "service_workers") == 2, timeout=30)
         time.sleep(PROCESS_SAMPLE_SECONDS + 1)  # every live worker has sampled since
         assert value(scrape(service.url), "service_workers") == 2
+        # Its requests in flight were never answered, so no request metric counts them: the
+        # death is counted, once (WorkersDying), though every live worker found its files.
+        assert value(scrape(service.url), "service_worker_deaths_total") == 1
 
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

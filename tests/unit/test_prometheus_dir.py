@@ -53,3 +53,20 @@ def test_a_worker_keeps_the_directory_its_server_chose(
     before = BentoMLContainer.prometheus_multiproc_dir.get()
     assert prometheus_dir.use_own() is None
     assert BentoMLContainer.prometheus_multiproc_dir.get() == before
+
+
+def test_each_dead_worker_is_counted_once_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # service_worker_deaths_total: a dead worker has several live-gauge files (one per mode);
+    # it is one death, counted by the call that removes its files, not again by the next.
+    monkeypatch.setenv(prometheus_dir.ENV, str(tmp_path))
+    dead = [exited_pid(), exited_pid()]
+    for pid in [*dead, os.getpid()]:
+        for mode in ("livesum", "livemax", "livemin"):
+            (tmp_path / f"gauge_{mode}_{pid}.db").touch()
+    assert prometheus_dir.forget_dead_workers() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"gauge_{mode}_{os.getpid()}.db" for mode in ("livemax", "livemin", "livesum")
+    ]
+    assert prometheus_dir.forget_dead_workers() == 0
