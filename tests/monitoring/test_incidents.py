@@ -1,13 +1,14 @@
 """Incidents reproduced on the monitoring stack (tests/monitoring/stack.py: a served service, a
 real Prometheus and Alertmanager with the committed rules and routing): the prediction-log store
-(the drift monitor's too) refusing connections, and a flood of invalid requests (the service
-down: test_live). The alert for each reaches the receiver its severity names, nothing else pages,
+(the drift monitor's too) refusing connections, a flood of invalid requests and a worker killed
+outright (the service down: test_live). The alert for each reaches the receiver its severity names, nothing else pages,
 and the runbook's first checks show the cause."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,4 +126,20 @@ def test_a_flood_of_invalid_requests_raises_a_ticket_not_a_page(stack: Stack) ->
     # 4xx are the clients' errors, not the service's: no error budget spent, nothing paged
     assert value(stack, "job:inference_request_errors:ratio_rate5m") == 0
     assert stack.webhook.firing("ErrorBudgetBurnFast") == []
+    assert pages(stack) == []
+
+
+def test_a_worker_killed_outright_raises_a_ticket_naming_its_instance(stack: Stack) -> None:
+    # Its requests in flight are never answered and no request metric counts them: only the
+    # death itself (service_worker_deaths_total) tells the on-call.
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    assert stack.webhook.firing("WorkersDying") == []
+    os.kill(min(stack.service.worker_pids()), signal.SIGKILL)
+    alerts = wait_until(lambda: stack.webhook.firing("WorkersDying"), timeout=60, interval=0.5)
+    assert alerts[0]["receiver"] == "ticket"
+    assert alerts[0]["labels"]["instance"] == f"127.0.0.1:{stack.service.port}"
+    assert alerts[0]["annotations"]["runbook_url"] == "monitoring/RUNBOOK.md#workersdying"
+    # The runbook's first check counts the one death
+    deaths = "sum by (instance) (increase(service_worker_deaths_total[1h]))"
+    assert round(value(stack, deaths)) == 1
     assert pages(stack) == []
