@@ -1,8 +1,8 @@
 """Incidents reproduced on the monitoring stack (tests/monitoring/stack.py: a served service, a
 real Prometheus and Alertmanager with the committed rules and routing): the prediction-log store
 (the drift monitor's too) refusing connections, a flood of invalid requests and a worker killed
-outright (the service down: test_live). The alert for each reaches the receiver its severity names, nothing else pages,
-and the runbook's first checks show the cause."""
+outright (the service down: test_live). The alert for each reaches the receiver its severity
+names, nothing else pages, and the runbook's first checks show the cause."""
 
 from __future__ import annotations
 
