@@ -274,13 +274,19 @@ def service_health() -> model.Dashboard:
         ),
         series(
             "File descriptors and workers",
-            "Open file descriptors of all workers against one worker's limit, and live workers. "
-            "Normal: open far below the limit; workers equal to WORKERS.",
+            "Open file descriptors of all workers against one worker's limit, live workers, and "
+            "workers that died while serving (killed outright or crashed; BentoML replaces them). "
+            "Normal: open far below the limit; workers equal to WORKERS; no deaths "
+            "(WorkersDying).",
             query(f"sum by (instance) (process_open_fds{{{PROC}}})", "open {{instance}}"),
             query(
                 f"min by (instance) (process_max_fds{{{PROC}}})", "limit per worker {{instance}}"
             ),
             query(f"sum by (instance) (service_workers{{{SEL}}})", "workers {{instance}}"),
+            query(
+                f"sum by (instance) (increase(service_worker_deaths_total{{{SEL}}}[{RATE}]))",
+                "worker deaths {{instance}}",
+            ),
             w=8,
         ),
     ]

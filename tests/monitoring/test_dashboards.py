@@ -265,22 +265,51 @@ def test_the_dashboards_panels_and_rows_the_runbook_names_exist() -> None:
 WITHOUT_PANEL = {"TraceSpansLost"}
 
 
+def panels_named_in_runbook_section(alert: str) -> set[str]:
+    """Titles of the panels (or rows) the runbook section of ``alert`` names."""
+    text = RUNBOOK.read_text()
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    body = " ".join(sections[alert].split())
+    lists = re.findall(r'((?:"[^"]+"(?:,| and| or)? )+)(?:panels?|row)\b', body)
+    return {title for group in lists for title in re.findall(r'"([^"]+)"', group)}
+
+
 def test_every_alerts_runbook_section_names_the_panels_to_look_at() -> None:
     # Paged, the on-call opens a dashboard: the section says which panel shows the alert's
     # condition (ServiceDown, the drift monitor and the prediction log named none).
-    text = RUNBOOK.read_text()
-    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
     titles = {panel["title"] for path in DASHBOARDS for panel in panels(load(path))}
     unnamed = []
     for alert in alerts():
         name = alert["alert"]
-        body = " ".join(sections[name].split())
-        lists = re.findall(r'((?:"[^"]+"(?:,| and| or)? )+)(?:panels?|row)\b', body)
-        named = {title for group in lists for title in re.findall(r'"([^"]+)"', group)}
+        named = panels_named_in_runbook_section(name)
         assert named <= titles, (name, named - titles)
         if not named and name not in WITHOUT_PANEL:
             unnamed.append(name)
     assert unnamed == []
+
+
+@pytest.mark.parametrize(
+    ("alert", "metric"),
+    [
+        ("WorkersDying", "service_worker_deaths_total"),
+        ("LatencyBudgetBurnFast", "inference_request_duration_seconds_bucket"),
+        ("LatencyP99High", "inference_request_duration_seconds_bucket"),
+        ("ValidationFailureSpike", "inference_validation_failures_total"),
+        ("PredictionLogRowsDropped", "prediction_log_rows_dropped_total"),
+        ("PredictionLogLagging", "prediction_log_backlog_age_seconds"),
+        ("PredictionLogStoreDown", "prediction_log_store_up"),
+        ("DatasetDriftSustained", "model_drift_dataset_drifted"),
+        ("PredictionDrift", "model_drift_prediction_score"),
+        ("DriftMonitorStale", "model_drift_last_run_timestamp_seconds"),
+        ("DriftMonitorFailing", "model_drift_runs_total"),
+    ],
+)
+def test_a_panel_the_runbook_names_for_an_alert_shows_its_metric(alert: str, metric: str) -> None:
+    # The panel the on-call is sent to must show what the alert fired on: the workers panel
+    # showed live workers, in which a worker's death is a dip shorter than a scrape or two.
+    named = panels_named_in_runbook_section(alert)
+    shown = {m for _, panel, e in expressions() if panel in named for m in metric_names(e)}
+    assert metric in shown, (alert, named)
 
 
 def test_dashboards_and_alerts_describe_any_classifier_not_the_example() -> None:
