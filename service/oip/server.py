@@ -130,6 +130,14 @@ def check_port_free(host: str, port: int, http_port: int | None = None) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            # A name that does not resolve, or an address of no interface here: the port is not
+            # what to change, and "free it" would send the operator looking for a listener.
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise GrpcPortUnavailable(
+                    f"GRPC_HOST {host!r} cannot be bound: {exc}; set it to an address of this "
+                    "host (0.0.0.0 for every IPv4 address, :: for IPv6 and IPv4), or set "
+                    "GRPC_ENABLED=false to serve HTTP only"
+                ) from exc
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
             raise GrpcPortUnavailable(
                 f"GRPC_PORT {address(host, port)} {reason}; free it, choose another GRPC_PORT, "

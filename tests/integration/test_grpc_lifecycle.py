@@ -53,6 +53,23 @@ def test_a_grpc_port_that_is_the_http_port_stops_the_service(model_tag: str) -> 
     assert "Traceback" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "host", ["no-such-host.invalid", "192.0.2.1"], ids=["unresolvable", "not_this_hosts"]
+)
+def test_a_grpc_host_that_cannot_be_bound_stops_the_service_naming_it(
+    model_tag: str, host: str
+) -> None:
+    """The port is free: the message must send the operator to GRPC_HOST, not to a listener on
+    GRPC_PORT that does not exist."""
+    service = ServedService(env={"GRPC_HOST": host}, workers=1)
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start(timeout=60)
+    assert f"GRPC_HOST '{host}' cannot be bound" in str(info.value)
+    assert "choose another GRPC_PORT" not in str(info.value)
+    assert "Traceback" not in str(info.value)
+    assert service.stop() == 1
+
+
 def test_sigterm_reports_not_serving_then_stops(model_tag: str) -> None:
     env = {"GRPC_SHUTDOWN_GRACE_SECONDS": "1"}
     with ServedService(env=env, workers=1) as service:
