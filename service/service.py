@@ -37,7 +37,10 @@ from service.oip.server import (
     ConnectionLimits,
     GrpcPortUnavailable,
     GrpcServer,
+    HttpPortUnavailable,
+    check_http_port_free,
     check_port_free,
+    serving_http_host,
     serving_http_port,
 )
 from service.oip.servicer import INFER_RPC
@@ -207,6 +210,17 @@ class CreditRiskService:
             except GrpcPortUnavailable as exc:
                 # The message alone (exit code 1), as for invalid settings: at the end of
                 # BentoML's CLI traceback an operator would look for a bug rather than a port.
+                raise SystemExit(str(exc)) from None
+
+    @bentoml.on_deployment
+    def check_http_port() -> None:
+        # As check_grpc_port, for the port BentoML binds after the deployment hooks: a taken one
+        # otherwise ends `bentoml serve` in a traceback that names neither the port nor the fix.
+        host, port = serving_http_host(), serving_http_port()
+        if host is not None and port is not None:
+            try:
+                check_http_port_free(host, port)
+            except HttpPortUnavailable as exc:
                 raise SystemExit(str(exc)) from None
 
     @bentoml.on_startup

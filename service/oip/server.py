@@ -108,6 +108,45 @@ def serving_http_port() -> int | None:
     return int(BentoMLContainer.http.port.get())
 
 
+def serving_http_host() -> str | None:
+    """The address ``bentoml serve`` is about to serve HTTP on (``--host``, ``BENTOML_HOST``,
+    else BentoML's configured default), from its main process; None elsewhere."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None or "host" not in context.params:
+        return None
+    if context.params["host"] is not None:
+        return str(context.params["host"])
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.http.host.get())
+
+
+class HttpPortUnavailable(RuntimeError):
+    """The HTTP port cannot be bound."""
+
+
+def check_http_port_free(host: str, port: int) -> None:
+    """Raise :class:`HttpPortUnavailable` if ``host:port`` cannot be bound (something listens
+    on it). BentoML binds it only after the deployment hooks, and a failure there ends its CLI
+    with a 50-line traceback whose last line says "Address already in use" but not which port,
+    nor how to choose another."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As circus binds it: connections of a previous run in TIME_WAIT don't count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise HttpPortUnavailable(
+                f"HTTP port {address(host, port)} cannot be bound: {exc}; free it or choose "
+                "another port (PORT in the image, BENTOML_PORT or `bentoml serve --port`)"
+            ) from exc
+
+
 def check_port_free(host: str, port: int, http_port: int | None = None) -> None:
     """Raise :class:`GrpcPortUnavailable` if something listens on ``host:port``, or if it is
     ``http_port``, which BentoML binds only after this check.

@@ -34,6 +34,24 @@ def test_an_unsupported_prediction_log_url_stops_the_service(model_tag: str) -> 
     assert "Traceback" not in str(info.value)
 
 
+def test_a_taken_http_port_stops_the_service_naming_it(model_tag: str) -> None:
+    # BentoML binds it after the deployment hooks; its own failure is a 50-line CLI traceback
+    # ending in "Address already in use", which names neither the port nor how to move it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        service = ServedService(workers=1)
+        # Given, not chosen by the harness: it must not try another port.
+        service.port = holder.getsockname()[1]
+        with pytest.raises(RuntimeError, match="exited early") as info:
+            service.start(timeout=60)
+    output = str(info.value)
+    assert f"HTTP port 127.0.0.1:{service.port} cannot be bound: [Errno 98]" in output
+    assert "BENTOML_PORT" in output
+    assert "Traceback" not in output
+    assert service.stop() == 1
+
+
 def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> None:
     """The harness (tests/support.py): a port seen free may be taken by another process on the
     shared machine before `bentoml serve` binds it; the tests must not fail for it."""
