@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import Awaitable
 
 import bentoml
@@ -46,7 +47,7 @@ from service.oip.server import (
 from service.oip.servicer import INFER_RPC
 from service.openapi import openapi_routes
 from service.predlog import AccessLog, PredictionLog
-from service.settings import get_settings
+from service.settings import get_settings, misspelled_settings
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -222,6 +223,12 @@ class CreditRiskService:
                 check_http_port_free(host, port)
             except HttpPortUnavailable as exc:
                 raise SystemExit(str(exc)) from None
+
+    @bentoml.on_deployment
+    def warn_of_misspelled_settings() -> None:
+        # Once per start, in `bentoml serve`'s main process, not in every worker.
+        for warning in misspelled_settings(os.environ):
+            log.warning(warning)
 
     @bentoml.on_startup
     async def start_balancer(self) -> None:

@@ -6,7 +6,9 @@ docs/prediction-log.md and docs/drift.md for their topics) are checked against i
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -361,6 +363,33 @@ class InvalidSettings(SystemExit):
             for name, messages in problems.items()
         ]
         super().__init__("invalid settings (environment variables):\n" + "\n".join(lines))
+
+
+# Prefixes of this service's settings that no other software here reads (gRPC's core reads
+# GRPC_*, BentoML BENTOML_*): a variable with one of them that is no setting is a misspelling.
+OWN_PREFIXES = ("PREDICTION_LOG_", "DRIFT_", "ACCESS_LOG_")
+# How alike a name must be to a setting's to be taken for a misspelling of it: GRPC_PORTS,
+# DRIFT_INTERVAL or REQUEST_TIMEOUT are (0.78 and above); gRPC's GRPC_VERBOSITY (0.7 to
+# GRPC_HOST) and the environment a container usually has are not.
+LIKE_A_SETTING = 0.75
+
+
+def misspelled_settings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each variable of ``environ`` that looks like a setting but is none, with
+    the setting it probably means: the settings ignore unknown variables, so a misspelled one
+    would silently leave its setting at the default."""
+    names = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()  # the settings are read case-insensitively
+        if upper in names:
+            continue
+        own = upper.startswith(OWN_PREFIXES)
+        near = difflib.get_close_matches(upper, names, n=1, cutoff=LIKE_A_SETTING)
+        if own or near:
+            meant = f"; did you mean {near[0]}?" if near else ""
+            warnings.append(f"environment variable {variable} is no setting, ignored{meant}")
+    return warnings
 
 
 def load_settings() -> Settings:

@@ -52,6 +52,21 @@ def test_a_taken_http_port_stops_the_service_naming_it(model_tag: str) -> None:
     assert service.stop() == 1
 
 
+def test_a_misspelled_setting_is_warned_of_once_and_the_service_starts(model_tag: str) -> None:
+    # Ignored, it would leave its setting at the default without a word; a warning, not a
+    # refusal: a variable meant for other software may look like one.
+    env = {"GRPC_PORTS": "3001", "PREDICTION_LOG_RETENTION": "30"}
+    with ServedService(env=env, workers=2) as service:
+        assert httpx.get(f"{service.url}/readyz", timeout=10).status_code == 200
+    lines = service.output.splitlines()
+    for warning in [
+        "environment variable GRPC_PORTS is no setting, ignored; did you mean GRPC_PORT?",
+        "environment variable PREDICTION_LOG_RETENTION is no setting, ignored; did you mean "
+        "PREDICTION_LOG_RETENTION_DAYS?",
+    ]:
+        assert sum(line.endswith(warning) for line in lines) == 1, warning
+
+
 def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> None:
     """The harness (tests/support.py): a port seen free may be taken by another process on the
     shared machine before `bentoml serve` binds it; the tests must not fail for it."""

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 import models.contract
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, misspelled_settings
 from tests.support import ROOT
 
 
@@ -145,3 +145,63 @@ def test_an_empty_address_or_directory_is_refused(
     with pytest.raises(SystemExit) as info:
         load_settings()
     assert f"{name}='': String should have at least 1 character" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("GRPC_PORTS", "GRPC_PORT"),
+        ("WORKER", "WORKERS"),
+        ("DRIFT_INTERVAL", "DRIFT_INTERVAL_SECONDS"),
+        ("REQUEST_TIMEOUT", "REQUEST_TIMEOUT_SECONDS"),
+        ("prediction_log_retention", "PREDICTION_LOG_RETENTION_DAYS"),
+        ("ACCESS_LOG_FEATURE", "ACCESS_LOG_FEATURES"),
+    ],
+)
+def test_a_misspelled_setting_is_named_with_the_one_it_means(variable: str, meant: str) -> None:
+    # Unknown variables are ignored: a misspelled one would leave its setting at the default.
+    assert misspelled_settings({variable: "1"}) == [
+        f"environment variable {variable} is no setting, ignored; did you mean {meant}?"
+    ]
+
+
+def test_any_variable_of_the_services_own_prefixes_that_is_no_setting_is_named() -> None:
+    assert misspelled_settings({"PREDICTION_LOG_COMPRESSION": "zstd"}) == [
+        "environment variable PREDICTION_LOG_COMPRESSION is no setting, ignored"
+    ]
+
+
+def test_settings_and_other_softwares_variables_are_not_taken_for_misspellings() -> None:
+    environ = {name.upper(): "1" for name in Settings.model_fields}
+    environ |= {"workers": "2", "drift_interval_seconds": "60"}  # read case-insensitively
+    # gRPC's core, BentoML, OpenTelemetry, the image's and Kubernetes' own variables.
+    environ |= dict.fromkeys(
+        [
+            "GRPC_VERBOSITY",
+            "GRPC_TRACE",
+            "GRPC_DNS_RESOLVER",
+            "GRPC_POLL_STRATEGY",
+            "GRPC_ENABLE_FORK_SUPPORT",
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            "GRPC_EXPERIMENTS",
+            "BENTOML_PORT",
+            "BENTOML_HOST",
+            "BENTOML_HOME",
+            "BENTOML_CONFIG",
+            "BENTOML_DO_NOT_TRACK",
+            "BENTOML_CONTAINERIZED",
+            "PORT",
+            "OTEL_SERVICE_NAME",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "HOSTNAME",
+            "HOME",
+            "PATH",
+            "TMPDIR",
+            "PYTHONPATH",
+            "KUBERNETES_SERVICE_HOST",
+            "KUBERNETES_PORT",
+            "CREDIT_RISK_SERVICE_PORT_3001_TCP_PORT",
+        ],
+        "1",
+    )
+    assert misspelled_settings(environ) == []
