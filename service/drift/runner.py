@@ -61,6 +61,27 @@ def _reference(path: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+class SnapshotDirUnwritable(Exception):
+    """DRIFT_SNAPSHOT_DIR cannot be written: a setting (or a volume) to correct, not a bug, so
+    the run fails with this one line and no traceback."""
+
+
+def _writable_snapshot_dir(path: str) -> Path:
+    # Checked before the comparison: it takes seconds of CPU, which a run that cannot keep its
+    # snapshot would spend every interval for nothing.
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise PermissionError(f"not writable by uid {os.getuid()}")
+    except OSError as exc:
+        raise SnapshotDirUnwritable(
+            f"DRIFT_SNAPSHOT_DIR {path} cannot be written ({exc}): point it at a writable "
+            "directory (a volume); the runs fail until then"
+        ) from None
+    return directory
+
+
 def run_job(job: dict[str, Any]) -> DriftSummary:
     """One drift run, as described by ``job`` (built by ``DriftMonitor.job`` in ``monitor.py``)."""
     from service.drift.compute import DRIFT_SHARE, compute_drift  # imported by main() already
@@ -87,12 +108,11 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
         return DriftSummary(
             "insufficient_data", duration_seconds=time.perf_counter() - started, **common
         )
+    directory = _writable_snapshot_dir(job["snapshot_dir"])
     reference = _reference(job["reference_path"])
     name = snapshots.run_name(job["slot"], job["model_tag"])
     metadata, header = describe(job, window, len(reference), computed_at)
     result = compute_drift(reference, window, contract, computed_at, name, metadata, header)
-    directory = Path(job["snapshot_dir"])
-    directory.mkdir(parents=True, exist_ok=True)
     snapshots.write_snapshot(directory / f"{name}.json", result.snapshot)
     snapshots.write_atomically(directory / f"{name}.html", result.snapshot.save_html)
     snapshots.prune(directory, job["keep"], job["keep_reports"])
@@ -149,6 +169,8 @@ def serve(jobs: IO[str], answers: IO[str]) -> None:
     for line in jobs:
         try:
             answer: dict[str, Any] = {"summary": run_job(json.loads(line)).to_dict()}
+        except SnapshotDirUnwritable as exc:  # the worker logs the message
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)  # into the service's log, with the worker's
             answer = {"error": f"{type(exc).__name__}: {exc}"}

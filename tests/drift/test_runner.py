@@ -3,6 +3,8 @@ summary (kept in ``drift_runs``, served by GET /drift) and in the metrics."""
 
 from __future__ import annotations
 
+import io
+import json
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.drift.runner import run_job
+from service.drift.runner import run_job, serve
 from service.drift.summary import DriftSummary
 from service.metrics import DriftMetrics
 from service.model import CONTRACT_FILE, REFERENCE_FILE, LoadedModel
@@ -163,3 +165,26 @@ def test_the_signals_stopping_its_worker_leave_the_child_to_its_worker() -> None
         child.kill()
     assert child.returncode == 0, errors
     assert "KeyboardInterrupt" not in errors
+
+
+def test_an_unwritable_snapshot_directory_fails_the_run_naming_the_setting_without_a_traceback(
+    store: Store,
+    store_url: str,
+    model: LoadedModel,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # A volume not mounted, or not the service user's: the same failure every interval, which
+    # printed a 27-line traceback each time and did not say which setting to correct. Under a
+    # file, not a read-only directory: the tests may run as root, who writes anywhere.
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "drift"
+    log_predictions(store, model, sample(100, seed=4))
+    job = a_job(store_url, model, unwritable)
+    answers = io.StringIO()
+
+    serve(io.StringIO(json.dumps(job) + "\n"), answers)
+
+    error = json.loads(answers.getvalue())["error"]
+    assert error.startswith(f"SnapshotDirUnwritable: DRIFT_SNAPSHOT_DIR {unwritable} cannot be")
+    assert "Traceback" not in capfd.readouterr().err
