@@ -50,7 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.sql.dml import Insert
 
 from service.predlog.records import Entry, Row, instance_rows, requests_from_instance_rows
@@ -186,6 +186,17 @@ def parse_url(url: str) -> URL:
         )
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ValueError("PREDICTION_LOG_URL: an in-memory SQLite store would lose every row")
+    # A driver named in the URL (postgresql+psycopg2://, common in other applications' settings)
+    # is imported only by create_engine, in every worker: each failed its start with a traceback
+    # and was restarted, forever. Only psycopg (3) and SQLite's own are installed.
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (ImportError, NoSuchModuleError):
+        raise ValueError(
+            f"PREDICTION_LOG_URL {parsed.render_as_string()!r}: its driver "
+            f"{parsed.get_driver_name()!r} is not installed; name none (postgresql://..., "
+            "sqlite:///...) or postgresql+psycopg://"
+        ) from None
     return parsed
 
 

@@ -24,14 +24,28 @@ def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) 
     assert service.stop() == 1
 
 
-def test_an_unsupported_prediction_log_url_stops_the_service(model_tag: str) -> None:
-    service = ServedService(env={"PREDICTION_LOG_URL": "mysql://app@db/log"}, workers=1)
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://app@db/log", "'mysql://app@db/log': only"),
+        # A driver that is not installed was refused only by each worker, with a traceback,
+        # and the workers were restarted forever.
+        (
+            "postgresql+psycopg2://app:s3cret@db/log",
+            "'postgresql+psycopg2://app:***@db/log': its driver 'psycopg2' is not installed",
+        ),
+    ],
+    ids=["database", "driver"],
+)
+def test_an_unsupported_prediction_log_url_stops_the_service(
+    model_tag: str, url: str, says: str
+) -> None:
+    service = ServedService(env={"PREDICTION_LOG_URL": url}, workers=1)
     with pytest.raises(RuntimeError, match="exited early") as info:
         service.start(timeout=60)
-    assert "PREDICTION_LOG_URL: Value error, PREDICTION_LOG_URL 'mysql://app@db/log': only" in str(
-        info.value
-    )
+    assert f"PREDICTION_LOG_URL: Value error, PREDICTION_LOG_URL {says}" in str(info.value)
     assert "Traceback" not in str(info.value)
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_taken_http_port_stops_the_service_naming_it(model_tag: str) -> None:

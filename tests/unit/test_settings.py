@@ -69,6 +69,7 @@ def test_workers_is_a_count_or_cpu_count(monkeypatch: pytest.MonkeyPatch, worker
         ("mysql://app:s3cret@db/log", "only sqlite:///path and postgresql://... stores"),
         ("sqlite://", "an in-memory SQLite store would lose every row"),
         ("predictions.db", "Could not parse SQLAlchemy URL"),
+        ("postgresql+psycopg2://app:s3cret@db/log", "its driver 'psycopg2' is not installed"),
     ],
 )
 def test_an_unsupported_prediction_log_url_is_an_invalid_setting(
