@@ -105,11 +105,15 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         1000, ge=1, description="Most instances accepted in one request; more is refused (413)."
     )
+    # le: also gRPC's message limit, which it takes as a C int; above it every worker's gRPC
+    # server failed to start (OverflowError), and the workers were restarted forever.
     max_body_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,
+        le=2**31 - 1,
         description="Largest request body accepted, in bytes; larger bodies are refused (413) "
-        "before they are read. A 1000-instance body of the example model is about 0.75 MB.",
+        "before they are read. A 1000-instance body of the example model is about 0.75 MB. "
+        "At most 2147483647 (gRPC's limit).",
     )
     max_model_batch_rows: int = Field(
         4000,

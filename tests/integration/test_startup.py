@@ -13,13 +13,16 @@ from tests.support import ServedService
 
 
 def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) -> None:
-    service = ServedService(env={"WORKERS": "0", "GRPC_PORT": "70000"})
+    # MAX_BODY_BYTES: gRPC's message limit too, a C int; above it every worker failed to start.
+    env = {"WORKERS": "0", "GRPC_PORT": "70000", "MAX_BODY_BYTES": str(2**31)}
+    service = ServedService(env=env)
     with pytest.raises(RuntimeError, match="exited early") as info:
         service.start()
     output = str(info.value)
     assert "invalid settings (environment variables):" in output
     assert "WORKERS='0': Input should be greater than or equal to 1" in output
     assert "GRPC_PORT='70000': Input should be less than or equal to 65535" in output
+    assert "MAX_BODY_BYTES='2147483648': Input should be less than or equal to 2147483647" in output
     assert "Traceback" not in output
     assert service.stop() == 1
 
