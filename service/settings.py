@@ -24,6 +24,13 @@ def default_model_tag() -> str:
     return f"{models.contract.CONTRACT.model_name}:latest"
 
 
+# Longest duration a setting waited on may take (about 23 days). A thread's wait raises
+# OverflowError beyond ~2.9e11 s (time_t), gRPC takes its durations in milliseconds as a C int
+# (2**31 - 1 ms, 24.8 days); past them the prediction log's threads died in every worker
+# while the service went on serving, unrecorded.
+LONGEST_WAIT_SECONDS = 2_000_000
+
+
 class Settings(BaseSettings):
     # No `inf` or `nan` for a float: every float here is a duration waited on (or subtracted from
     # now), and an infinite one raises OverflowError in the thread that waits, not here.
@@ -70,6 +77,7 @@ class Settings(BaseSettings):
     grpc_shutdown_grace_seconds: float = Field(
         5.0,
         ge=0,
+        le=LONGEST_WAIT_SECONDS,
         description="On shutdown, how long gRPC calls in flight may take to finish before they "
         "are cancelled; new calls are refused and health checks answer NOT_SERVING meanwhile.",
     )
@@ -77,7 +85,7 @@ class Settings(BaseSettings):
     grpc_max_connection_idle_seconds: float = Field(
         300.0,
         ge=0,
-        le=2_000_000,
+        le=LONGEST_WAIT_SECONDS,
         description="A gRPC connection without a call in flight for this long is closed by the "
         "server (a GOAWAY: the client reconnects at its next call); client keepalive pings do "
         "not count as calls. Below the idle timeouts of common L4 load balancers (AWS NLB: "
@@ -87,7 +95,7 @@ class Settings(BaseSettings):
     grpc_max_connection_age_seconds: float = Field(
         300.0,
         ge=0,
-        le=2_000_000,
+        le=LONGEST_WAIT_SECONDS,
         description="A gRPC connection this old (+-10% jitter) is asked to go away (GOAWAY): its "
         "calls in flight finish, new calls go on a new connection, which the kernel, the load "
         "balancer or the client's resolver may place on another worker or replica, so that "
@@ -96,7 +104,7 @@ class Settings(BaseSettings):
     grpc_max_connection_age_grace_seconds: float = Field(
         30.0,
         ge=0,
-        le=2_000_000,
+        le=LONGEST_WAIT_SECONDS,
         description="After GRPC_MAX_CONNECTION_AGE_SECONDS, how long the calls in flight on the "
         "old connection may take before it is closed under them (their clients get "
         "UNAVAILABLE). Longer than any call should take; long-lived streams (health `Watch`) "
@@ -131,7 +139,10 @@ class Settings(BaseSettings):
         "empty queue always runs. 0 = no bound.",
     )
     request_timeout_seconds: int = Field(
-        30, ge=1, description="BentoML's per-request timeout (answered 504)."
+        30,
+        ge=1,
+        le=LONGEST_WAIT_SECONDS,
+        description="BentoML's per-request timeout (answered 504).",
     )
     # NoDecode: a comma-separated list, not the JSON pydantic-settings expects of a tuple.
     cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -172,6 +183,7 @@ class Settings(BaseSettings):
     prediction_log_flush_interval_seconds: float = Field(
         0.5,
         gt=0,
+        le=LONGEST_WAIT_SECONDS,
         description="Longest a record waits in memory before the writer commits it (or spools "
         "it); also how often the spool is fsynced.",
     )
@@ -190,12 +202,14 @@ class Settings(BaseSettings):
     prediction_log_retry_max_seconds: float = Field(
         30.0,
         gt=0,
+        le=LONGEST_WAIT_SECONDS,
         description="Longest wait between attempts to reach a store that is down (the wait "
         "doubles from 0.5 s up to this).",
     )
     prediction_log_shutdown_timeout_seconds: float = Field(
         10.0,
         ge=0,
+        le=LONGEST_WAIT_SECONDS,
         description="At shutdown, how long the writer keeps trying the store before it spools "
         "what is left. Keep it below the orchestrator's grace period.",
     )
@@ -214,7 +228,10 @@ class Settings(BaseSettings):
         "requests (rejections); the oldest are pruned first. 0 = no cap.",
     )
     prediction_log_prune_interval_seconds: float = Field(
-        3600, gt=0, description="How often each worker runs the retention prune."
+        3600,
+        gt=0,
+        le=LONGEST_WAIT_SECONDS,
+        description="How often each worker runs the retention prune.",
     )
     access_log: bool = Field(
         True, description="Write one JSON line per request to stdout (the access log)."
@@ -234,6 +251,7 @@ class Settings(BaseSettings):
     drift_interval_seconds: int = Field(
         60,
         ge=1,
+        le=LONGEST_WAIT_SECONDS,
         description="How often drift is computed: once per interval across all workers and "
         "replicas sharing the prediction log (the interval slot is claimed in the store).",
     )
@@ -278,6 +296,7 @@ class Settings(BaseSettings):
     drift_run_timeout_seconds: int = Field(
         120,
         ge=1,
+        le=LONGEST_WAIT_SECONDS,
         description="Longest a drift run may take (its child process is then killed and the "
         "run counted as failed). Starting the child process (importing Evidently) is not counted: "
         "it has 5 minutes of its own.",

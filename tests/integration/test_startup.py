@@ -14,7 +14,13 @@ from tests.support import ServedService
 
 def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) -> None:
     # MAX_BODY_BYTES: gRPC's message limit too, a C int; above it every worker failed to start.
-    env = {"WORKERS": "0", "GRPC_PORT": "70000", "MAX_BODY_BYTES": str(2**31)}
+    # A flush interval past what a thread can wait: the log's writer died in every worker.
+    env = {
+        "WORKERS": "0",
+        "GRPC_PORT": "70000",
+        "MAX_BODY_BYTES": str(2**31),
+        "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS": "1e12",
+    }
     service = ServedService(env=env)
     with pytest.raises(RuntimeError, match="exited early") as info:
         service.start()
@@ -23,6 +29,10 @@ def test_invalid_settings_stop_the_service_naming_the_variables(model_tag: str) 
     assert "WORKERS='0': Input should be greater than or equal to 1" in output
     assert "GRPC_PORT='70000': Input should be less than or equal to 65535" in output
     assert "MAX_BODY_BYTES='2147483648': Input should be less than or equal to 2147483647" in output
+    assert (
+        "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS='1e12': Input should be less than or equal to "
+        "2000000" in output
+    )
     assert "Traceback" not in output
     assert service.stop() == 1
 

@@ -122,6 +122,34 @@ def test_an_infinite_duration_is_refused(monkeypatch: pytest.MonkeyPatch, name: 
     assert f"{name}='inf': Input should be a finite number" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GRPC_SHUTDOWN_GRACE_SECONDS",
+        "REQUEST_TIMEOUT_SECONDS",
+        "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS",
+        "PREDICTION_LOG_RETRY_MAX_SECONDS",
+        "PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS",
+        "PREDICTION_LOG_PRUNE_INTERVAL_SECONDS",
+        "DRIFT_INTERVAL_SECONDS",
+        "DRIFT_RUN_TIMEOUT_SECONDS",
+    ],
+)
+def test_a_duration_longer_than_a_wait_can_take_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Finite, but past what a thread can wait (OverflowError): as for inf, the prediction log's
+    # threads died in every worker while the service went on serving. 23 days still pass.
+    monkeypatch.setenv(name, "1000000000000")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert f"{name}='1000000000000': Input should be less than or equal to 2000000" in str(
+        info.value
+    )
+    monkeypatch.setenv(name, "2000000")
+    assert getattr(load_settings(), name.lower()) == 2_000_000
+
+
 def test_a_retention_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # The prune deletes rows older than now - RETENTION_DAYS: a million days is before year 1,
     # and every prune failed (OverflowError) for as long as the service ran. 0 keeps rows forever.
