@@ -264,8 +264,12 @@ class Settings(BaseSettings):
     drift_window_max_age_seconds: int = Field(
         0,
         ge=0,
+        # Runs read instances received after now minus this: much more is before year 1, and
+        # every run failed (OverflowError). As PREDICTION_LOG_RETENTION_DAYS, 100 years.
+        le=3_153_600_000,
         description="Only instances received within this many seconds enter the window; "
-        "0 = no age bound (the window is the last DRIFT_WINDOW_SIZE instances).",
+        "0 = no age bound (the window is the last DRIFT_WINDOW_SIZE instances). At most "
+        "3153600000 (100 years).",
     )
     drift_min_samples: int = Field(
         100,

@@ -163,6 +163,19 @@ def test_a_retention_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyP
     assert load_settings().prediction_log_retention_days == 36500
 
 
+def test_a_window_age_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each run reads the instances received after now - MAX_AGE: before year 1, every run failed
+    # (OverflowError, a traceback each interval). Meant as "no bound", that is 0.
+    monkeypatch.setenv("DRIFT_WINDOW_MAX_AGE_SECONDS", "1000000000000")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "DRIFT_WINDOW_MAX_AGE_SECONDS='1000000000000': Input should be less than or equal" in (
+        str(info.value)
+    )
+    monkeypatch.setenv("DRIFT_WINDOW_MAX_AGE_SECONDS", "3153600000")
+    assert load_settings().drift_window_max_age_seconds == 3_153_600_000
+
+
 @pytest.mark.parametrize("name", ["GRPC_HOST", "PREDICTION_LOG_SPOOL_DIR", "DRIFT_SNAPSHOT_DIR"])
 def test_an_empty_address_or_directory_is_refused(
     monkeypatch: pytest.MonkeyPatch, name: str
