@@ -202,6 +202,19 @@ class CreditRiskService:
         gc.set_threshold(*GC_THRESHOLDS)
 
     @bentoml.on_deployment
+    def check_model_tag() -> None:
+        # Serving a bento (the image), BentoML resolves only the model `bentoml build` packed: a
+        # MODEL_TAG naming another one failed in every worker, with a traceback, restarted
+        # forever (outside a container). Outside a bento BentoML has already refused it.
+        if bentoml.models.BentoModel(settings.model_tag).stored is None:
+            present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
+            raise SystemExit(
+                "invalid settings (environment variables):\n"
+                f"  MODEL_TAG={settings.model_tag!r}: no such model in the model store (models "
+                f"there: {present}); unset it to serve the one the image was built with"
+            )
+
+    @bentoml.on_deployment
     def check_grpc_port() -> None:
         # Runs once, in `bentoml serve`'s main process, before any worker starts: a taken port
         # stops the service with a clear message instead of serving HTTP only.

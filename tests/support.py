@@ -337,7 +337,9 @@ class ServedService:
     pass ``BENTOML_HOME`` in ``env`` to share another's).
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(
+        self, env: Mapping[str, str] | None = None, workers: int = 2, target: str = "."
+    ) -> None:
         home = Path(tempfile.mkdtemp(prefix="bentoml-serve-home-"))
         (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
         self.env = {
@@ -346,6 +348,7 @@ class ServedService:
             "WORKERS": str(workers),
             **(env or {}),
         }
+        self.target = target  # the project (its directory), or a bento's tag, as the image
         self._grpc_port_given = "GRPC_PORT" in (env or {})
         self._choose_ports()
         self.output = ""
@@ -387,7 +390,10 @@ class ServedService:
     def _start(self, timeout: float) -> ServedService:
         log = self._log_path.open("wb")
         self._proc = subprocess.Popen(
-            [str(VENV_BIN / "bentoml"), "serve", "--port", str(self.port), "--host", "127.0.0.1"],
+            [
+                *(str(VENV_BIN / "bentoml"), "serve", self.target),
+                *("--port", str(self.port), "--host", "127.0.0.1"),
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,

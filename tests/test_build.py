@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ import bentoml
 import pytest
 
 from service.model import CONTRACT_FILE, MODEL_FILE, REFERENCE_FILE
-from tests.support import ROOT, build_bento, oci_label_options
+from tests.support import ROOT, ServedService, build_bento, oci_label_options
 
 
 def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -> None:
@@ -47,6 +48,25 @@ def _oci_labels(bento: str, *args: str) -> dict[str, str]:
 def built(model_tag: str) -> str:
     """A bento of the project, shared by the label tests; its tag."""
     return build_bento()
+
+
+def test_a_model_tag_the_bento_does_not_hold_stops_its_service_naming_it(
+    built: str, model_tag: str
+) -> None:
+    # The image serves the bento, which holds the one model `bentoml build` packed: another
+    # MODEL_TAG failed in every worker with a traceback, and the workers were restarted.
+    other = f"{model_tag.split(':')[0]}:nosuchversion"
+    env = {"MODEL_TAG": other, "BENTOML_HOME": os.environ["BENTOML_HOME"]}  # where it was built
+    service = ServedService(env=env, workers=1, target=built)
+    with pytest.raises(RuntimeError, match="exited early") as info:
+        service.start(timeout=90)
+    output = str(info.value)
+    assert "invalid settings (environment variables):" in output
+    assert f"MODEL_TAG='{other}': no such model in the model store (models there: {model_tag})" in (
+        output
+    )
+    assert "Traceback" not in output
+    assert service.stop() == 1
 
 
 def test_the_image_is_labelled_with_the_bento_and_the_commit(built: str) -> None:
