@@ -202,6 +202,14 @@ class CreditRiskService:
         gc.set_threshold(*GC_THRESHOLDS)
 
     @bentoml.on_deployment
+    def check_environment_names() -> None:
+        # Once per start, in `bentoml serve`'s main process, not in every worker; before the
+        # other checks (BentoML runs the hooks in name order), whose refusal a misspelling may
+        # explain: GRPC_PORTS=4001 and "GRPC_PORT 0.0.0.0:3001 is in use".
+        for warning in misspelled_settings(os.environ):
+            log.warning(warning)
+
+    @bentoml.on_deployment
     def check_model_tag() -> None:
         # Serving a bento (the image), BentoML resolves only the model `bentoml build` packed: a
         # MODEL_TAG naming another one failed in every worker, with a traceback, restarted
@@ -236,12 +244,6 @@ class CreditRiskService:
                 check_http_port_free(host, port)
             except HttpPortUnavailable as exc:
                 raise SystemExit(str(exc)) from None
-
-    @bentoml.on_deployment
-    def warn_of_misspelled_settings() -> None:
-        # Once per start, in `bentoml serve`'s main process, not in every worker.
-        for warning in misspelled_settings(os.environ):
-            log.warning(warning)
 
     @bentoml.on_startup
     async def start_balancer(self) -> None:

@@ -94,6 +94,22 @@ def test_a_misspelled_setting_is_warned_of_once_and_the_service_starts(model_tag
         assert sum(line.endswith(warning) for line in lines) == 1, warning
 
 
+def test_a_misspelling_is_warned_of_before_a_refusal_it_may_explain(model_tag: str) -> None:
+    # GRPC_PORTS meant to move gRPC off a taken port: the refusal names GRPC_PORT, the warning
+    # says why the setting did not take.
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        service = ServedService(env={"GRPC_PORT": str(port), "GRPC_PORTS": "0"}, workers=1)
+        with pytest.raises(RuntimeError, match="exited early") as info:
+            service.start(timeout=60)
+    assert "environment variable GRPC_PORTS is no setting, ignored; did you mean GRPC_PORT?" in (
+        str(info.value)
+    )
+    assert f"GRPC_PORT 0.0.0.0:{port} is in use" in str(info.value)
+
+
 def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> None:
     """The harness (tests/support.py): a port seen free may be taken by another process on the
     shared machine before `bentoml serve` binds it; the tests must not fail for it."""
