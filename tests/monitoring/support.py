@@ -18,6 +18,9 @@ RULE_TESTS = sorted((MONITORING / "prometheus" / "tests").glob("*.yml"))
 ALERTMANAGER_YML = MONITORING / "alertmanager" / "alertmanager.yml"
 RUNBOOK = MONITORING / "RUNBOOK.md"
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
+# The always-firing alert whose notifications feed the dead-man's switch (RUNBOOK.md#watchdog):
+# tests that look for alerts firing, or count notifications, leave it out.
+HEARTBEAT = "Watchdog"
 
 
 def tool(name: str) -> str:

@@ -3,7 +3,7 @@
 Alerts are posted to its API as Prometheus would send them: one replica down (ServiceDown) must
 not hide the job-wide alerts the healthy replicas raise; the whole job down (ServiceJobDown) hides
 them and each instance's ServiceDown; the prediction-log store down (PredictionLogStoreDown) hides
-the alerts that follow from it, not the rows lost.
+the alerts that follow from it, not the rows lost; the Watchdog heartbeat is never held back.
 """
 
 from __future__ import annotations
@@ -142,3 +142,24 @@ def test_the_store_down_holds_back_its_consequences_but_not_lost_rows(alertmanag
     assert inhibition(alertmanager, "PredictionLogStoreDown", job) is False
     assert inhibition(alertmanager, "PredictionLogRowsDropped", job) is False
     assert inhibition(alertmanager, "PredictionLogLagging", "other") is False
+
+
+def test_the_heartbeat_is_never_held_back(alertmanager: str) -> None:
+    # Watchdog carries no job: were an inhibit rule to match it, an outage would also stop the
+    # dead-man's switch's beats, which would read as the alerting pipeline down
+    job = f"{JOB}-heartbeat"
+    post(
+        alertmanager,
+        {"alertname": "Watchdog", "severity": "none"},
+        {"alertname": "PredictionLogStoreDown", "job": job, "severity": "ticket"},
+        {"alertname": "PredictionLogLagging", "job": job, "severity": "ticket"},
+    )
+    whole_job_down(alertmanager, job)
+    wait_until(lambda: inhibited(alertmanager, "PredictionLogLagging", job), timeout=10)
+    response = httpx.get(
+        f"{alertmanager}/api/v2/alerts", params={"filter": 'alertname="Watchdog"'}, timeout=5
+    )
+    response.raise_for_status()
+    (watchdog,) = response.json()
+    assert watchdog["status"]["inhibitedBy"] == []
+    assert [r["name"] for r in watchdog["receivers"]] == ["heartbeat"]

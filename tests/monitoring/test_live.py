@@ -1,7 +1,7 @@
 """The monitoring stack end to end under normal and drifted traffic (tests/monitoring/stack.py:
 a served service, a real Prometheus and Alertmanager with the committed configuration): the
 dashboards' and the runbook's queries return data, the drift alerts and ServiceJobDown reach the
-webhook (ServiceDown held back)."""
+webhook (ServiceDown held back), the Watchdog heartbeat reaches its own receiver and no other."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from tests.monitoring.promql import (
     runbook_queries,
 )
 from tests.monitoring.stack import Stack, monitoring_stack
-from tests.monitoring.support import recorded_names
+from tests.monitoring.support import HEARTBEAT, recorded_names
 from tests.oip_support import triton_inputs
 from tests.support import ROOT, ServedService, above_training, example_rows, wait_until
 
@@ -189,6 +189,22 @@ def test_drifted_traffic_makes_the_drift_alert_reach_the_webhook(stack: Stack) -
         assert alerts[0]["receiver"] == "ticket"
         assert alerts[0]["labels"]["severity"] == "ticket"
         assert alerts[0]["labels"]["model_version"] == served_version  # whose inputs drifted
+
+
+def test_the_heartbeat_reaches_the_dead_mans_switch_and_nothing_else_does(stack: Stack) -> None:
+    # Watchdog fires from Prometheus's first evaluation: by now (after the drift alerts) it has
+    # reached the heartbeat receiver, and only it; the pages and tickets sent meanwhile did not
+    # go there, where they would be mere beats.
+    wait_until(lambda: stack.webhook.firing(HEARTBEAT), timeout=60, interval=0.5)
+    assert {a["receiver"] for a in stack.webhook.firing(HEARTBEAT)} == {"heartbeat"}
+    to_the_switch = {
+        alert["labels"]["alertname"]
+        for n in stack.webhook.notifications
+        if n["receiver"] == "heartbeat"
+        for alert in n["alerts"]
+    }
+    assert to_the_switch == {HEARTBEAT}
+    assert {n["receiver"] for n in stack.webhook.notifications} >= {"heartbeat", "ticket"}
 
 
 def test_stopping_the_service_pages_once_for_the_job(stack: Stack) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.monitoring.support import (
     ALERTMANAGER_YML,
+    HEARTBEAT,
     PROMETHEUS_YML,
     RULE_TESTS,
     RULES,
@@ -57,7 +58,8 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
                     quiet.add(name)
     names = {a["alert"] for a in alerts()}
     assert names - firing == set(), "alerts never shown firing"
-    assert names - quiet == set(), "alerts never shown quiet"
+    # the heartbeat fires always: quiet, it would no longer beat
+    assert names - quiet == {HEARTBEAT}, "alerts never shown quiet"
 
 
 def runbook_anchors() -> set[str]:
@@ -68,7 +70,9 @@ def runbook_anchors() -> set[str]:
 
 @pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
 def test_alert_has_severity_summary_description_and_a_runbook_section(alert: dict) -> None:
-    assert alert["labels"]["severity"] in {"page", "ticket"}
+    # the heartbeat is for a machine (the dead-man's switch), never a person: severity none
+    severities = {"none"} if alert["alert"] == HEARTBEAT else {"page", "ticket"}
+    assert alert["labels"]["severity"] in severities
     annotations = alert["annotations"]
     assert annotations["summary"].strip()
     assert annotations["description"].strip()
@@ -92,10 +96,60 @@ def test_amtool_accepts_the_alertmanager_config() -> None:
     ],
 )
 def test_alerts_are_routed_by_severity(labels: list[str], receiver: str) -> None:
+    assert routed(labels) == receiver
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_every_alert_reaches_the_receiver_its_severity_names(alert: dict) -> None:
+    # with its own labels: a page or a ticket sent to the dead-man's switch would be a mere beat
+    labels = [f"alertname={alert['alert']}", *(f"{k}={v}" for k, v in alert["labels"].items())]
+    expected = "heartbeat" if alert["alert"] == HEARTBEAT else alert["labels"]["severity"]
+    assert routed(labels) == expected
+
+
+def routed(labels: list[str]) -> str:
+    """The receivers (comma-separated) the committed routing sends an alert with ``labels`` to."""
     result = run(
         tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels
     )
-    assert (result.returncode, result.stdout.strip()) == (0, receiver), result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def test_the_watchdog_goes_to_the_heartbeat_receiver_only_and_often() -> None:
+    # Its labels as alerts.yml gives them: a page or a ticket every few minutes would bury the
+    # on-call; the switch needs a beat within each of its periods (10 to 15 minutes, typically).
+    (watchdog,) = [a for a in alerts() if a["alert"] == HEARTBEAT]
+    assert watchdog["expr"].strip() == "vector(1)"
+    assert "for" not in watchdog
+    labels = [f"alertname={HEARTBEAT}", *(f"{k}={v}" for k, v in watchdog["labels"].items())]
+    assert routed(labels) == "heartbeat"
+    config = load_yaml(ALERTMANAGER_YML)
+    (route,) = [r for r in config["route"]["routes"] if r["receiver"] == "heartbeat"]
+    assert route.get("continue", False) is False
+    assert parse_duration(route["repeat_interval"]) <= 5 * 60
+    assert parse_duration(route["group_interval"]) <= parse_duration(route["repeat_interval"])
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "heartbeat"]
+    # a "resolved" sent once Prometheus stopped sending it would reach the switch as a beat
+    assert all(hook["send_resolved"] is False for hook in receiver["webhook_configs"])
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of a Prometheus duration with one unit (``30s``, ``5m``, ``12h``)."""
+    match = re.fullmatch(r"(\d+)([smh])", text)
+    assert match, text
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def test_the_watchdog_neither_inhibits_nor_is_inhibited() -> None:
+    # a beat held back would read as the pipeline down; a heartbeat holding back a real alert
+    # would hide it always
+    for rule in load_yaml(ALERTMANAGER_YML)["inhibit_rules"]:
+        assert HEARTBEAT not in " ".join(rule["source_matchers"])
+        for matcher in rule["target_matchers"]:
+            pattern = re.fullmatch(r'alertname=~"(.+)"', matcher)
+            assert pattern, matcher
+            assert not re.fullmatch(pattern.group(1), HEARTBEAT)
 
 
 def inhibited_by(source: str) -> set[str]:
@@ -119,11 +173,13 @@ def test_service_job_down_inhibits_only_alerts_that_exist_and_are_its_symptoms()
     names = {a["alert"] for a in alerts()}
     inhibited = inhibited_by("ServiceJobDown")
     # the job's own outage (one page, not one more per instance) and the model's drift (read
-    # from a shared store) stay visible
+    # from a shared store) stay visible; the heartbeat is no symptom of anything, and a beat
+    # held back would read as the alerting pipeline down
     assert inhibited == names - {
         "ServiceJobDown",
         "DatasetDriftSustained",
         "PredictionDrift",
+        HEARTBEAT,
     }
 
 
