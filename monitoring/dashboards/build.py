@@ -552,7 +552,8 @@ def model_health() -> model.Dashboard:
         series(
             "Drift runs by status",
             "Drift runs per interval by outcome. Normal: ok (insufficient_data while the window "
-            "fills); failed runs fire DriftMonitorFailing. The configured interval is shown too.",
+            "fills; only that for 6 hours fires DriftStarved); failed runs fire "
+            "DriftMonitorFailing. The configured interval is shown too.",
             # each run is counted once, by the replica that ran it: summed, unlike the gauges
             query(
                 f"sum by (status, model_version) (increase(model_drift_runs_total{{{M}}}[{RATE}]))",

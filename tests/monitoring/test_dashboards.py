@@ -304,6 +304,8 @@ def test_every_alerts_runbook_section_names_the_panels_to_look_at() -> None:
         ("PredictionDrift", "model_drift_prediction_score"),
         ("DriftMonitorStale", "model_drift_last_run_timestamp_seconds"),
         ("DriftMonitorFailing", "model_drift_runs_total"),
+        ("DriftStarved", "model_drift_runs_total"),
+        ("DriftStarved", "model_drift_insufficient_data"),
     ],
 )
 def test_a_panel_the_runbook_names_for_an_alert_shows_its_metric(alert: str, metric: str) -> None:

@@ -131,6 +131,8 @@ def test_the_store_down_holds_back_its_consequences_but_not_lost_rows(alertmanag
         {"alertname": "PredictionLogLagging", "job": job, "severity": "ticket"},
         {"alertname": "DriftMonitorStale", "job": job, "severity": "ticket"},
         {"alertname": "DriftMonitorFailing", "job": job, "severity": "ticket"},
+        # the drift window is read from the store: rows not written there never reach it
+        {"alertname": "DriftStarved", "job": job, "severity": "ticket"},
         # rows lost once the spool is full: data gone, worth a ticket of its own
         {"alertname": "PredictionLogRowsDropped", "job": job, "severity": "ticket"},
         # the same symptom of another job, whose store is not known to be down
@@ -139,6 +141,7 @@ def test_the_store_down_holds_back_its_consequences_but_not_lost_rows(alertmanag
     wait_until(lambda: inhibited(alertmanager, "PredictionLogLagging", job), timeout=10)
     assert inhibition(alertmanager, "DriftMonitorStale", job) is True
     assert inhibition(alertmanager, "DriftMonitorFailing", job) is True
+    assert inhibition(alertmanager, "DriftStarved", job) is True
     assert inhibition(alertmanager, "PredictionLogStoreDown", job) is False
     assert inhibition(alertmanager, "PredictionLogRowsDropped", job) is False
     assert inhibition(alertmanager, "PredictionLogLagging", "other") is False

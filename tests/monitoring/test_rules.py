@@ -184,10 +184,12 @@ def test_service_job_down_inhibits_only_alerts_that_exist_and_are_its_symptoms()
 
 
 def test_the_store_down_inhibits_what_follows_from_it_but_not_lost_rows() -> None:
-    # the log's backlog and the drift runs (claimed and read in the same store) follow from it;
-    # rows dropped once the spool is full are data lost, notified on their own
+    # the log's backlog and the drift runs (claimed and read in the same store, their window
+    # starved of the rows not written) follow from it; rows dropped once the spool is full are
+    # data lost, notified on their own
     assert inhibited_by("PredictionLogStoreDown") == {
         "PredictionLogLagging",
         "DriftMonitorStale",
         "DriftMonitorFailing",
+        "DriftStarved",
     }
