@@ -96,31 +96,29 @@ def address(host: str, port: int) -> str:
 def serving_http_port() -> int | None:
     """The port ``bentoml serve`` is about to serve HTTP on (``--port``, ``BENTOML_PORT``, else
     BentoML's configured default), from its main process; None elsewhere."""
-    import click
-
-    context = click.get_current_context(silent=True)
-    if context is None or "port" not in context.params:
-        return None
-    if context.params["port"] is not None:
-        return int(context.params["port"])
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return int(BentoMLContainer.http.port.get())
+    port = _serve_option("port")
+    return None if port is None else int(port)
 
 
 def serving_http_host() -> str | None:
     """The address ``bentoml serve`` is about to serve HTTP on (``--host``, ``BENTOML_HOST``,
     else BentoML's configured default), from its main process; None elsewhere."""
+    return _serve_option("host")
+
+
+def _serve_option(name: str) -> str | None:
+    """``bentoml serve``'s option ``name`` (``port``, ``host``), else BentoML's ``http.<name>``;
+    None outside ``bentoml serve``'s main process (no click context holding the option)."""
     import click
 
     context = click.get_current_context(silent=True)
-    if context is None or "host" not in context.params:
+    if context is None or name not in context.params:
         return None
-    if context.params["host"] is not None:
-        return str(context.params["host"])
+    if context.params[name] is not None:
+        return str(context.params[name])
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return str(BentoMLContainer.http.host.get())
+    return str(getattr(BentoMLContainer.http, name).get())
 
 
 class HttpPortUnavailable(RuntimeError):
