@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,12 +134,22 @@ def test_the_runbooks_prediction_log_commands_work_on_the_served_store(
     # What the on-call runs on the instance: every `python -m service.predlog` command of the
     # runbook succeeds, and ValidationFailureSpike's export shows the refused requests with the
     # field and rule each broke (it was `export --help`, which shows none).
-    send_traffic(stack.service)  # a request refused for a value below the contract's minimum
+    # The session's served services share one store (tests/conftest.py), holding other tests'
+    # refusals: this test's own is found by its request id.
+    request_id = uuid.uuid4().hex
+    numeric = CONTRACT.numeric_features()[0]
+    too_small = {**example_rows(1)[0], numeric.name: numeric.minimum - 1}
+    answer = httpx.post(
+        f"{stack.service.url}/predict",
+        json={"instances": [too_small]},
+        headers={"X-Request-ID": request_id},
+        timeout=30,
+    )
+    assert answer.status_code == 400
     commands = sorted({c for c in runbook_code() if c.startswith("python -m service.predlog")})
     assert "python -m service.predlog status" in commands
-    numeric = CONTRACT.numeric_features()[0]
 
-    def exported() -> list[dict[str, str]] | None:
+    def exported() -> dict[str, str] | None:
         rows = []
         for command in commands:
             if command.endswith(" migrate"):  # a store of an older schema only
@@ -150,11 +161,11 @@ def test_the_runbooks_prediction_log_commands_work_on_the_served_store(
             for out in re.findall(r"--out (\S+)", command):
                 with (tmp_path / out).open() as f:
                     rows += list(csv.DictReader(f))
-        refused = [r for r in rows if r.get("status") == "400" and numeric.name in r["errors"]]
-        return refused or None
+        return next((r for r in rows if r.get("request_id") == request_id), None)
 
     refused = wait_until(exported, timeout=60, interval=2)
-    (problem, *_) = json.loads(refused[0]["errors"])
+    assert refused["status"] == "400"
+    (problem,) = json.loads(refused["errors"])
     assert (problem["field"], problem["reason"]) == (numeric.name, "out_of_range")
 
 
