@@ -131,6 +131,7 @@ class DriftMonitor:
             "window_size": None,
             "window_newest_at": None,
             "window_oldest_at": None,
+            "reference_size": None,
             "dataset_drift": None,
             "drifted_share": None,
             "drift_share_threshold": None,

@@ -125,6 +125,7 @@ def run_job(job: dict[str, Any]) -> DriftSummary:
         features=result.features,
         prediction=result.prediction,
         report=f"{name}.html",
+        reference_size=len(reference),
         **common,
     )
 

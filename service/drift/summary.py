@@ -67,6 +67,9 @@ class DriftSummary:
     # recorded before these were): computed_at is fresh on every run, the data need not be.
     window_newest_at: datetime | None = None
     window_oldest_at: datetime | None = None
+    # Rows of the reference the window was compared with: a p-value depends on both sizes, so a
+    # reader judging one needs both. None without a comparison, or for a run recorded before.
+    reference_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class DriftSummary:
             "report": self.report,
             "window_newest_at": _iso(self.window_newest_at),
             "window_oldest_at": _iso(self.window_oldest_at),
+            "reference_size": self.reference_size,
         }
 
     @classmethod
@@ -104,6 +108,7 @@ class DriftSummary:
             report=data.get("report"),
             window_newest_at=_datetime(data.get("window_newest_at")),
             window_oldest_at=_datetime(data.get("window_oldest_at")),
+            reference_size=data.get("reference_size"),
         )
 
 

@@ -58,6 +58,8 @@ def test_a_run_records_when_the_data_of_its_window_arrived(
     served = summary.to_dict()
     assert served["window_newest_at"] == newest.isoformat()
     assert served["window_oldest_at"] == oldest.isoformat()
+    # A p-value depends on both sizes: GET /drift names the reference's as well as the window's.
+    assert (served["window_size"], served["reference_size"]) == (200, len(model.reference()))
     assert DriftSummary.from_dict(served) == summary
 
     registry = CollectorRegistry()
