@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -22,9 +23,11 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 
 from service.drift.runs import UNKNOWN_MODEL, DriftRuns, drift_runs, utc_ago
+from service.drift.summary import ColumnDrift
 from service.predlog.schema import SCHEMA_VERSION, Json, Timestamp
 from service.predlog.store import SchemaMissing, Store
 from tests.drift.helpers import ok_summary
@@ -228,3 +231,29 @@ def test_the_docs_document_the_columns_of_the_table() -> None:
     block = section.split("\n\n")[1]
     documented = re.findall(r"^\| `(\w+)` \|", block, flags=re.MULTILINE)
     assert documented == [column.name for column in drift_runs.columns]
+
+
+def test_the_docs_query_of_a_models_verdicts_over_time_runs(sqlite_url: str) -> None:
+    # docs/drift.md's SQLite query, as written but for the model tag: a data scientist pastes it
+    # to see how a sustained drift built up, run by run.
+    section = (ROOT / "docs" / "drift.md").read_text().split("\n## The `drift_runs` table", 1)[1]
+    (query,) = re.findall(r"```sql\n(.*?);\n```", section, flags=re.DOTALL)
+    store = Store(sqlite_url)
+    try:
+        runs = DriftRuns(store, MODEL)
+        runs.ensure_schema()
+        purpose = ColumnDrift("chi-square two-sample p_value", 1e-9, 0.05, True)
+        drifted = replace(
+            ok_summary(window_size=400), drifted_share=0.25, features={"purpose": purpose}
+        )
+        for slot, summary in ((600, ok_summary()), (660, drifted)):
+            assert runs.claim(slot, 60, "host:1")
+            runs.finish(slot, "ok", summary, None)
+        with store.engine.connect() as conn:
+            rows = conn.execute(text(query.replace("credit_risk:<version>", MODEL))).all()
+    finally:
+        store.close()
+    assert [tuple(row) for row in rows] == [
+        ("1970-01-01 00:11:00", "ok", 400, 0.25, 0, 1e-9),
+        ("1970-01-01 00:10:00", "ok", 500, 0.0, 0, None),
+    ]
