@@ -37,8 +37,9 @@ model: setup ## train and register the example model if the model store has none
 serve: model ## set up, register the model if absent, serve HTTP on PORT and gRPC on GRPC_PORT
 	$(BIN)/bentoml serve --port $(PORT)
 
+# --durations: the slowest tests, so that a CI run that grows shows where its time went.
 test: setup lint system-deps ## set up and run the test suite (the image's: make test-container)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 system-deps: ## install Prometheus, Alertmanager (promtool, amtool) and docker-compose if missing (Debian, as root)
 	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
