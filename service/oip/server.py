@@ -132,17 +132,12 @@ def check_http_port_free(host: str, port: int) -> None:
     nor how to choose another."""
     if port == 0:
         return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As circus binds it: connections of a previous run in TIME_WAIT don't count.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise HttpPortUnavailable(
-                f"HTTP port {address(host, port)} cannot be bound: {exc}; free it or choose "
-                "another port (PORT in the image, BENTOML_PORT or `bentoml serve --port`)"
-            ) from exc
+    exc = _bind_error(host, port)
+    if exc is not None:
+        raise HttpPortUnavailable(
+            f"HTTP port {address(host, port)} cannot be bound: {exc}; free it or choose "
+            "another port (PORT in the image, BENTOML_PORT or `bentoml serve --port`)"
+        ) from exc
 
 
 def check_port_free(host: str, port: int, http_port: int | None = None) -> None:
@@ -160,26 +155,36 @@ def check_port_free(host: str, port: int, http_port: int | None = None) -> None:
             f"GRPC_PORT {port} is also the HTTP port; choose another GRPC_PORT (or HTTP port), "
             "or set GRPC_ENABLED=false to serve HTTP only"
         )
+    exc = _bind_error(host, port)
+    if exc is None:
+        return
+    # A name that does not resolve, or an address of no interface here: the port is not what to
+    # change, and "free it" would send the operator looking for a listener.
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        raise GrpcPortUnavailable(
+            f"GRPC_HOST {host!r} cannot be bound: {exc}; set it to an address of this host "
+            "(0.0.0.0 for every IPv4 address, :: for IPv6 and IPv4), or set GRPC_ENABLED=false "
+            "to serve HTTP only"
+        ) from exc
+    reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
+    raise GrpcPortUnavailable(
+        f"GRPC_PORT {address(host, port)} {reason}; free it, choose another GRPC_PORT, "
+        "or set GRPC_ENABLED=false to serve HTTP only"
+    ) from exc
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound; None if it can. With SO_REUSEADDR, as servers set it
+    (connections of a previous run in TIME_WAIT don't count), and without SO_REUSEPORT, so that
+    any listener counts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR, as servers set it: connections of a previous run in TIME_WAIT don't count.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            # A name that does not resolve, or an address of no interface here: the port is not
-            # what to change, and "free it" would send the operator looking for a listener.
-            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-                raise GrpcPortUnavailable(
-                    f"GRPC_HOST {host!r} cannot be bound: {exc}; set it to an address of this "
-                    "host (0.0.0.0 for every IPv4 address, :: for IPv6 and IPv4), or set "
-                    "GRPC_ENABLED=false to serve HTTP only"
-                ) from exc
-            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
-            raise GrpcPortUnavailable(
-                f"GRPC_PORT {address(host, port)} {reason}; free it, choose another GRPC_PORT, "
-                "or set GRPC_ENABLED=false to serve HTTP only"
-            ) from exc
+            return exc
+    return None
 
 
 @cache
