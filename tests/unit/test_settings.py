@@ -150,30 +150,27 @@ def test_a_duration_longer_than_a_wait_can_take_is_refused(
     assert getattr(load_settings(), name.lower()) == 2_000_000
 
 
-def test_a_retention_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The prune deletes rows older than now - RETENTION_DAYS: a million days is before year 1,
-    # and every prune failed (OverflowError) for as long as the service ran. 0 keeps rows forever.
-    monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "1000000")
+@pytest.mark.parametrize(
+    ("name", "too_far", "farthest"),
+    [
+        # The prune deletes rows older than now - RETENTION_DAYS: a million days is before year
+        # 1, and every prune failed (OverflowError) for as long as the service ran. 0 keeps rows
+        # forever.
+        ("PREDICTION_LOG_RETENTION_DAYS", "1000000", 36500),
+        # Each run reads the instances received after now - MAX_AGE: before year 1, every run
+        # failed (OverflowError, a traceback each interval). Meant as "no bound", that is 0.
+        ("DRIFT_WINDOW_MAX_AGE_SECONDS", "1000000000000", 3_153_600_000),
+    ],
+)
+def test_an_age_reaching_before_year_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, too_far: str, farthest: int
+) -> None:
+    monkeypatch.setenv(name, too_far)
     with pytest.raises(SystemExit) as info:
         load_settings()
-    assert "PREDICTION_LOG_RETENTION_DAYS='1000000': Input should be less than or equal" in str(
-        info.value
-    )
-    monkeypatch.setenv("PREDICTION_LOG_RETENTION_DAYS", "36500")
-    assert load_settings().prediction_log_retention_days == 36500
-
-
-def test_a_window_age_longer_than_dates_go_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each run reads the instances received after now - MAX_AGE: before year 1, every run failed
-    # (OverflowError, a traceback each interval). Meant as "no bound", that is 0.
-    monkeypatch.setenv("DRIFT_WINDOW_MAX_AGE_SECONDS", "1000000000000")
-    with pytest.raises(SystemExit) as info:
-        load_settings()
-    assert "DRIFT_WINDOW_MAX_AGE_SECONDS='1000000000000': Input should be less than or equal" in (
-        str(info.value)
-    )
-    monkeypatch.setenv("DRIFT_WINDOW_MAX_AGE_SECONDS", "3153600000")
-    assert load_settings().drift_window_max_age_seconds == 3_153_600_000
+    assert f"{name}='{too_far}': Input should be less than or equal" in str(info.value)
+    monkeypatch.setenv(name, str(farthest))
+    assert getattr(load_settings(), name.lower()) == farthest
 
 
 @pytest.mark.parametrize("name", ["GRPC_HOST", "PREDICTION_LOG_SPOOL_DIR", "DRIFT_SNAPSHOT_DIR"])
