@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from models.contract import CONTRACT
+from service.asgi import decode_json
 from service.contract import (
     CategoricalFeature,
     FeatureContract,
@@ -27,6 +28,7 @@ from tests.support import (
     example_rows,
     excluded_columns,
     first_feature,
+    first_numeric_feature,
     params_or_skip,
     training_data,
 )
@@ -347,3 +349,21 @@ def test_a_huge_integral_number_is_echoed_shortened() -> None:
     assert error.reason is Reason.OUT_OF_RANGE
     assert error.message.startswith("10000000000000000109790636")
     assert len(error.message) < 160, error.message
+
+
+def test_a_field_given_twice_counts_once_with_its_last_value() -> None:
+    # JSON leaves repeated names undefined (RFC 8259, 4); the body's parser keeps the last one,
+    # and the README says so: the value validated and predicted on is the last one written.
+    feature = first_numeric_feature()
+    row = valid_row()
+    fields = orjson.dumps(row).decode()[1:-1]  # the row's members, without the braces
+    bad = orjson.dumps("not a number").decode()
+    name = orjson.dumps(feature.name).decode()
+
+    last_good = f'{{"instances": [{{{name}: {bad}, {fields}}}]}}'.encode()
+    assert VALIDATOR.validate_payload(decode_json(last_good)) == [row]
+
+    last_bad = f'{{"instances": [{{{fields}, {name}: {bad}}}]}}'.encode()
+    with pytest.raises(RequestRejected) as info:
+        VALIDATOR.validate_payload(decode_json(last_bad))
+    assert [(e.field, e.reason) for e in info.value.errors] == [(feature.name, Reason.WRONG_TYPE)]
