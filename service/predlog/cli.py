@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -243,7 +244,40 @@ def _connect(store: Store) -> None:
         raise _StoreUnreachable(str(exc)) from exc
 
 
+class _ReaderGone(Exception):
+    """What stdout leads to was closed before all was written (``show ... | head``)."""
+
+
+# What a shell reports for a command a closed pipe's SIGPIPE ended (128 + 13), as `cat` or
+# `grep` would be: 1 already means "not found" or "store unusable" here, and a script under
+# `set -o pipefail` should see the same status as from any Unix tool in its place.
+EXIT_READER_GONE = 141
+
+
+def _emit(text: str) -> None:
+    """``text`` on stdout, flushed now: a reader that went away is met here, where it can be
+    told apart, rather than in the flush at exit (a traceback and exit code 120)."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        raise _ReaderGone from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except _ReaderGone:
+        # Python ignores SIGPIPE, so a closed pipe is an exception rather than a quiet end.
+        # What the buffer still holds would be flushed at exit and fail again: stdout leads
+        # nowhere from now on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_READER_GONE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings()
     store = Store(args.url or settings.prediction_log_url)
@@ -270,24 +304,24 @@ def _unusable(
     if args.command == "status":
         spool = _spool_status(Path(settings.prediction_log_spool_dir))
         status = {"store": store.display_url, "reachable": reachable, "error": error}
-        print(_dumps({**status, "spool": spool}))
+        _emit(_dumps({**status, "spool": spool}))
     return 1
 
 
 def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.command == "init":
         store.ensure_schema()
-        print(f"{store.display_url}: schema version {store.version()}")
+        _emit(f"{store.display_url}: schema version {store.version()}")
         return 0
     if args.command == "migrate":
         moved = store.migrate()
-        print(f"{store.display_url}: schema version {store.version()} ({moved} instances moved)")
+        _emit(f"{store.display_url}: schema version {store.version()} ({moved} instances moved)")
         return 0
     if args.command == "replay":
         spool = Spool(settings.prediction_log_spool_dir, settings.prediction_log_spool_max_bytes)
         writer = Writer(store, spool, WriterConfig(batch_rows=settings.prediction_log_batch_size))
         writer.replay_spool()
-        print(_dumps({**writer.stats.summary(), "spool": _spool_status(spool.directory)}))
+        _emit(_dumps({**writer.stats.summary(), "spool": _spool_status(spool.directory)}))
         return 0 if writer.stats.total("dropped") == 0 and not spool.segments() else 1
     version = store.version()
     if version is None:
@@ -308,7 +342,7 @@ def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
         return 0
     if args.command == "show":
         found = store.find(args.request_id)
-        print(_dumps(found))
+        _emit(_dumps(found))
         return 0 if any(found.values()) else 1
     if args.command == "status":
         status = {
@@ -318,13 +352,13 @@ def _run(args: argparse.Namespace, settings: Settings, store: Store) -> int:
             "tables": store.summary(),
             "spool": _spool_status(Path(settings.prediction_log_spool_dir)),
         }
-        print(_dumps(status))
+        _emit(_dumps(status))
         return 0
     if args.command == "prune":
         days = args.retention_days
         days = settings.prediction_log_retention_days if days is None else days
         max_rows = settings.prediction_log_max_rows if args.max_rows is None else args.max_rows
         deleted = store.prune(days or None, max_rows or None)
-        print(_dumps({"deleted": deleted}))
+        _emit(_dumps({"deleted": deleted}))
         return 0
     raise AssertionError(args.command)

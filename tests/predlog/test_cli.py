@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -315,3 +316,43 @@ def test_status_counts_no_segment_a_worker_deleted_while_it_looked(
     status = orjson.loads(capsys.readouterr().out)
     assert status["spool"]["segments"] == 1
     assert status["spool"]["segment_bytes"] == spool.segments()[0].stat().st_size
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.predlog", *args]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(logged: Store) -> None:
+    # `show ... | head`: enough rows that what head leaves unread overflows the pipe (64 KiB),
+    # so the command is still writing when head has gone.
+    logged.write([to_entry(prediction_event(300, "large"))])
+    command = subprocess.Popen(
+        _command("show", "large"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert command.stdout is not None
+    head = subprocess.run(
+        ["head", "-n", "1"], stdin=command.stdout, capture_output=True, timeout=120
+    )
+    command.stdout.close()  # head holds the only reading end now it has gone
+    _, stderr = command.communicate(timeout=120)
+    assert head.stdout == b"{\n"
+    assert stderr == b""  # no traceback, no "Exception ignored"
+    # What a shell reports for `cat` or `grep` ended by SIGPIPE, and not the 1 of "not found".
+    assert command.returncode == 141
+
+
+@pytest.mark.parametrize("args", [["status"], ["show", "at-10"], ["prune"]])
+def test_a_reader_gone_before_the_first_line_ends_the_command_quietly(
+    logged: Store, args: list[str]
+) -> None:
+    # `... | head -c 0`, or a pager quit at once: no reader is left by the time anything is
+    # written (even an output shorter than one buffer, flushed only at exit).
+    read, write = os.pipe()
+    subprocess.run(["head", "-c", "0"], stdin=read, check=True, timeout=60)
+    os.close(read)
+    result = subprocess.run(
+        _command(*args), cwd=ROOT, stdout=write, stderr=subprocess.PIPE, timeout=120
+    )
+    os.close(write)
+    assert result.stderr == b""
+    assert result.returncode == 141
