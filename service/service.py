@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
+from bentoml.exceptions import BentoMLException
 
 from service import bentoml_metrics, cors, header_limit, prometheus_dir, timeout, tracing
 from service.balance import Board
@@ -94,6 +95,26 @@ http_app = build_http_app(
 )
 
 
+class _ModelTagModel(bentoml.models.BentoModel):
+    """The model MODEL_TAG names. Outside a bento, `bentoml serve` resolves it before any
+    deployment hook runs, and a tag the store lacks ended the start in BentoML's own words ("could
+    not be found locally and failed to fetch from remote because No cloud context default
+    found"), naming neither the setting nor what to do. Serving a bento, BentoML resolves the
+    models it packed instead, and check_model_tag refuses a MODEL_TAG naming another."""
+
+    def resolve(self, base_path: str | os.PathLike[str] | None = None) -> bentoml.Model:
+        try:  # a BentoCloud context, if there is one, may still provide it
+            return super().resolve(base_path)
+        except BentoMLException:  # NotFound too
+            present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
+            raise SystemExit(
+                "invalid settings (environment variables):\n"
+                f"  MODEL_TAG={settings.model_tag!r}: no such model in the model store (models "
+                f"there: {present}); set it to one `bentoml models list` shows, unset it for the "
+                "latest, or register one (`make model` trains the example if there is none)"
+            ) from None
+
+
 @bentoml.service(
     name=SERVICE_NAME,
     workers=settings.workers,
@@ -112,7 +133,7 @@ http_app = build_http_app(
 @bentoml.asgi_app(http_app, path="/")
 class CreditRiskService:
     # Resolved by `bentoml build`, which packs this exact model version into the bento.
-    model_ref = bentoml.models.BentoModel(settings.model_tag)
+    model_ref = _ModelTagModel(settings.model_tag)
 
     def __init__(self) -> None:
         model = load_model(self.model_ref)
@@ -213,7 +234,7 @@ class CreditRiskService:
     def check_model_tag() -> None:
         # Serving a bento (the image), BentoML resolves only the model `bentoml build` packed: a
         # MODEL_TAG naming another one failed in every worker, with a traceback, restarted
-        # forever (outside a container). Outside a bento BentoML has already refused it.
+        # forever (outside a container). Outside a bento _ModelTagModel.resolve has refused it.
         if bentoml.models.BentoModel(settings.model_tag).stored is None:
             present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
             raise SystemExit(

@@ -137,13 +137,22 @@ def test_a_port_taken_after_it_was_chosen_is_chosen_again(model_tag: str) -> Non
             },
             "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported: use http/protobuf or grpc",
         ),
+        # Outside a bento BentoML resolves the model before any hook of the service runs; its
+        # refusal named neither the setting nor the fix.
+        (
+            {"MODEL_TAG": "credit_risk:nosuchversion"},
+            "MODEL_TAG='credit_risk:nosuchversion': no such model in the model store (models "
+            "there: {model_tag}); set it to one `bentoml models list` shows",
+        ),
     ],
-    ids=["exporter", "protocol"],
+    ids=["exporter", "protocol", "model"],
 )
-def test_an_unsupported_tracing_setting_stops_the_service_naming_it(
+def test_a_setting_checked_at_start_stops_the_service_naming_it(
     model_tag: str, env: dict[str, str], says: str
 ) -> None:
-    # The OTEL_* variables are settings too: the same one line as for the others, no traceback.
+    # The OTEL_* variables are settings too, and MODEL_TAG is one whose value is checked only
+    # against the model store: the same one line as for the others, no traceback.
+    says = says.format(model_tag=model_tag)
     service = ServedService(env=env, workers=1)
     with pytest.raises(RuntimeError, match="exited early") as info:
         service.start(timeout=60)
