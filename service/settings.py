@@ -29,6 +29,15 @@ def default_model_tag() -> str:
 # (2**31 - 1 ms, 24.8 days); past them the prediction log's threads died in every worker
 # while the service went on serving, unrecorded.
 LONGEST_WAIT_SECONDS = 2_000_000
+# Longest a worker's graceful shutdown takes (docs/deployment.md, Shutdown): a request in flight
+# to its timeout, then the gRPC calls, then the log's flush to a hung store (1 s more: the
+# writer's turn) beside drift's thread (10 s): tests/unit/test_deployment_docs.py holds the
+# examples' grace periods to it.
+SHUTDOWN_FORMULA = (
+    "the orchestrator's grace period must cover REQUEST_TIMEOUT_SECONDS + "
+    "GRPC_SHUTDOWN_GRACE_SECONDS + max(PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS + 1, 10), 46 s with "
+    "the defaults (docs/deployment.md, Shutdown)"
+)
 
 
 class Settings(BaseSettings):
@@ -79,7 +88,8 @@ class Settings(BaseSettings):
         ge=0,
         le=LONGEST_WAIT_SECONDS,
         description="On shutdown, how long gRPC calls in flight may take to finish before they "
-        "are cancelled; new calls are refused and health checks answer NOT_SERVING meanwhile.",
+        "are cancelled; new calls are refused and health checks answer NOT_SERVING meanwhile. "
+        f"Part of the worst-case shutdown: {SHUTDOWN_FORMULA}.",
     )
     # gRPC takes these in milliseconds, as a C int: at most 2**31 - 1 ms, about 24.8 days.
     grpc_max_connection_idle_seconds: float = Field(
@@ -142,7 +152,8 @@ class Settings(BaseSettings):
         30,
         ge=1,
         le=LONGEST_WAIT_SECONDS,
-        description="BentoML's per-request timeout (answered 504).",
+        description="BentoML's per-request timeout (answered 504); a shutdown waits for the "
+        f"requests in flight up to it. Part of the worst-case shutdown: {SHUTDOWN_FORMULA}.",
     )
     # NoDecode: a comma-separated list, not the JSON pydantic-settings expects of a tuple.
     cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -211,7 +222,7 @@ class Settings(BaseSettings):
         ge=0,
         le=LONGEST_WAIT_SECONDS,
         description="At shutdown, how long the writer keeps trying the store before it spools "
-        "what is left. Keep it below the orchestrator's grace period.",
+        f"what is left. Part of the worst-case shutdown: {SHUTDOWN_FORMULA}.",
     )
     prediction_log_retention_days: float = Field(
         90,

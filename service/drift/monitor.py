@@ -40,6 +40,10 @@ from service.model import CONTRACT_FILE, REFERENCE_FILE, LoadedModel
 from service.predlog.store import Store
 from service.settings import Settings
 
+# Longest the shutdown waits for the thread (a read of a hung store): part of the worst-case
+# shutdown the orchestrator's grace period must cover (docs/deployment.md, Shutdown).
+STOP_TIMEOUT_SECONDS = 10.0
+
 log = logging.getLogger(__name__)
 # Longest wait between two reads of the newest run (shorter for short intervals).
 MAX_POLL_SECONDS = 5.0
@@ -109,7 +113,7 @@ class DriftMonitor:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Stop the thread; a run in progress is killed and its slot's claim released."""
         self._stop.set()
         self.process.stop()

@@ -57,6 +57,9 @@ from service.predlog.spool import Claimed, Spool
 from service.predlog.store import SchemaMismatch, Store, is_refusal
 
 log = logging.getLogger(__name__)
+# How much longer than shutdown_timeout close() waits for the writer thread to finish its turn:
+# part of the worst-case shutdown (docs/deployment.md, Shutdown).
+CLOSE_MARGIN_SECONDS = 1.0
 # Longest a turn stuck in the store goes without the backlog being reported.
 WATCH_SECONDS = 1.0
 # What ended the writer's wait: a full batch queued, wake() (flush, close), or neither.
@@ -245,7 +248,7 @@ class Writer:
         self._closing.set()
         self._queue.wake()
         if self._thread.is_alive():
-            self._thread.join(self.config.shutdown_timeout + 1.0)
+            self._thread.join(self.config.shutdown_timeout + CLOSE_MARGIN_SECONDS)
         if self._thread.is_alive():
             log.error(
                 "the prediction log store did not answer within %.0fs of shutdown; spooling "

@@ -42,8 +42,9 @@ def test_compose_mounts_the_committed_configuration() -> None:
     ]
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "credit-risk-service"]
     assert job["static_configs"][0]["targets"] == ["service:3000"]
-    # docs/deployment.md's `docker run --stop-timeout 30`: Docker's 10 s default is too short
-    assert services["service"]["stop_grace_period"] == "30s"
+    # docs/deployment.md's `docker run --stop-timeout 60`: Docker's 10 s default is too short
+    # (tests/unit/test_deployment_docs.py checks it covers the worst-case shutdown)
+    assert services["service"]["stop_grace_period"] == "60s"
     assert services["service"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith(
         "http://jaeger:"
     )

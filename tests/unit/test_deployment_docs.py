@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -21,8 +21,10 @@ import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID
 
+from service.drift.monitor import STOP_TIMEOUT_SECONDS as DRIFT_STOP_TIMEOUT_SECONDS
 from service.predlog.store import parse_url
-from service.settings import Settings
+from service.predlog.writer import CLOSE_MARGIN_SECONDS
+from service.settings import SHUTDOWN_FORMULA, Settings
 from tests.support import ROOT
 
 # A recent Kubernetes release whose schema kubernetes-validate ships (it bundles the JSON
@@ -261,3 +263,60 @@ def test_more_than_one_replica_logs_to_postgresql() -> None:
     if deployment["spec"].get("replicas", 1) > 1:
         url = parse_url(setting_in_pod(deployment, "prediction_log_url"))
         assert url.get_backend_name() == "postgresql", url.render_as_string()
+
+
+# Past the worst case, for the process's exit once its workers' logs closed (0.5 s measured) and
+# the export of the spans still queued.
+SHUTDOWN_MARGIN_SECONDS = 5
+
+
+def worst_case_shutdown(env: Mapping[str, str]) -> float:
+    """docs/deployment.md's worst-case shutdown (Shutdown) with the settings ``env`` sets and the
+    defaults of the others: a request in flight to its timeout, the gRPC calls' grace, then the
+    log's flush to a hung store beside drift's thread."""
+
+    def setting(name: str) -> float:
+        return float(env.get(name.upper(), Settings.model_fields[name].default))
+
+    flush = setting("prediction_log_shutdown_timeout_seconds") + CLOSE_MARGIN_SECONDS
+    return (
+        setting("request_timeout_seconds")
+        + setting("grpc_shutdown_grace_seconds")
+        + max(flush, DRIFT_STOP_TIMEOUT_SECONDS)
+    )
+
+
+def test_the_documented_worst_case_shutdown_is_the_defaults() -> None:
+    worst = f"{worst_case_shutdown({}):g} s"
+    assert f"= {worst} with the defaults" in (ROOT / DEPLOYMENT_DOC).read_text()
+    assert f"{worst} with the defaults" in SHUTDOWN_FORMULA  # the settings' descriptions
+
+
+def grace_periods() -> Iterator[tuple[str, float, Mapping[str, str]]]:
+    """``(where, seconds, settings it sets)`` of every grace period the docs and compose give:
+    the Deployment's terminationGracePeriodSeconds, each `docker run --stop-timeout`, compose's
+    stop_grace_period."""
+    deployment = the_deployment()
+    spec = deployment["spec"]["template"]["spec"]
+    yield "Deployment", spec["terminationGracePeriodSeconds"], pod_env(deployment)
+    for doc in (DEPLOYMENT_DOC, "README.md"):
+        runs = re.findall(r"docker run [^\n]*--stop-timeout (\d+)", (ROOT / doc).read_text())
+        assert runs, f"{doc}: no `docker run --stop-timeout`"
+        for seconds in runs:
+            yield f"{doc}: docker run", float(seconds), image_defaults()
+    compose = yaml.safe_load((ROOT / "monitoring" / "compose.yaml").read_text())
+    service = compose["services"]["service"]
+    period = re.fullmatch(r"(\d+)s", service["stop_grace_period"])
+    assert period, f"compose: stop_grace_period {service['stop_grace_period']!r} not in seconds"
+    environment = {k: str(v) for k, v in service.get("environment", {}).items()}
+    yield "monitoring/compose.yaml", float(period[1]), image_defaults() | environment
+
+
+def test_every_grace_period_covers_the_worst_case_shutdown() -> None:
+    # Shorter, SIGKILL ends a shutdown still flushing the prediction log (a request in flight to
+    # its timeout, then the store hung): the rows the workers held are lost.
+    for where, seconds, env in grace_periods():
+        worst = worst_case_shutdown(env)
+        assert seconds >= worst + SHUTDOWN_MARGIN_SECONDS, (
+            f"{where}: a grace period of {seconds:g} s; the worst-case shutdown takes {worst:g} s"
+        )
