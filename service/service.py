@@ -106,13 +106,20 @@ class _ModelTagModel(bentoml.models.BentoModel):
         try:  # a BentoCloud context, if there is one, may still provide it
             return super().resolve(base_path)
         except BentoMLException:  # NotFound too
-            present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
-            raise SystemExit(
-                "invalid settings (environment variables):\n"
-                f"  MODEL_TAG={settings.model_tag!r}: no such model in the model store (models "
-                f"there: {present}); set it to one `bentoml models list` shows, unset it for the "
-                "latest, or register one (`make model` trains the example if there is none)"
+            raise _model_tag_missing(
+                "set it to one `bentoml models list` shows, unset it for the latest, or register "
+                "one (`make model` trains the example if there is none)"
             ) from None
+
+
+def _model_tag_missing(advice: str) -> SystemExit:
+    """The one-line refusal of a MODEL_TAG the model store lacks, as for other invalid settings."""
+    present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
+    return SystemExit(
+        "invalid settings (environment variables):\n"
+        f"  MODEL_TAG={settings.model_tag!r}: no such model in the model store (models there: "
+        f"{present}); {advice}"
+    )
 
 
 @bentoml.service(
@@ -236,12 +243,7 @@ class CreditRiskService:
         # MODEL_TAG naming another one failed in every worker, with a traceback, restarted
         # forever (outside a container). Outside a bento _ModelTagModel.resolve has refused it.
         if bentoml.models.BentoModel(settings.model_tag).stored is None:
-            present = ", ".join(str(m.tag) for m in bentoml.models.list()) or "none"
-            raise SystemExit(
-                "invalid settings (environment variables):\n"
-                f"  MODEL_TAG={settings.model_tag!r}: no such model in the model store (models "
-                f"there: {present}); unset it to serve the one the image was built with"
-            )
+            raise _model_tag_missing("unset it to serve the one the image was built with")
 
     @bentoml.on_deployment
     def check_grpc_port() -> None:
