@@ -41,8 +41,9 @@ serve: model ## set up, register the model if absent, serve HTTP on PORT and gRP
 test: setup lint system-deps ## set up and run the test suite (the image's: make test-container)
 	$(BIN)/pytest --durations=25
 
-system-deps: ## install Prometheus, Alertmanager (promtool, amtool) and docker-compose if missing (Debian, as root)
-	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
+system-deps: ## install Prometheus, Alertmanager (promtool, amtool), the blackbox exporter and docker-compose if missing (Debian, as root)
+	tests/apt-ensure.sh promtool:prometheus amtool:prometheus-alertmanager \
+	    prometheus-blackbox-exporter:prometheus-blackbox-exporter docker-compose:docker-compose
 
 CONTAINER_BACKEND ?= docker
 

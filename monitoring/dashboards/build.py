@@ -26,6 +26,12 @@ SEL = 'instance=~"$instance"'  # the selector every query carries
 PROC = f'job="credit-risk-service",{SEL}'
 M = f'{SEL},model_version=~"$model_version"'
 RATE = "$__rate_interval"
+# The blackbox exporter's probes (prometheus.yml, the *-probe jobs): their instance is the address
+# probed, not a scrape target of $instance, so their panels show every target.
+GRPC_PROBE = 'job="credit-risk-service-grpc-probe"'
+READYZ_PROBE = 'job="credit-risk-service-readyz-probe"'
+PROBES = 'job=~"credit-risk-service-(grpc|readyz)-probe"'
+EXPORTER = 'job="blackbox-exporter"'
 SLO_ERROR_BUDGET = 0.001  # 99.9% availability, as in monitoring/prometheus/rules/recording.yml
 
 Panel = Builder[model.Panel]
@@ -290,6 +296,51 @@ def service_health() -> model.Dashboard:
             w=8,
         ),
     ]
+    probes = [
+        series(
+            "Probes from outside",
+            "1 while the blackbox exporter's probe of a target succeeds, per target: the gRPC "
+            "health check of the inference service, GET /readyz answering 200. The targets are "
+            "what clients dial (prometheus.yml). Normal: 1 for every target; a target at 0 (or "
+            "without data: see Probe scrapes) for a minute while /metrics answers fires "
+            "GrpcProbeFailing or ReadinessProbeFailing.",
+            query(f"min by (instance) (probe_success{{{GRPC_PROBE}}})", "gRPC {{instance}}"),
+            query(f"min by (instance) (probe_success{{{READYZ_PROBE}}})", "readyz {{instance}}"),
+            w=8,
+        ),
+        series(
+            "Probe answers",
+            "What each probe got: the gRPC call's status code (0 OK; 14 UNAVAILABLE: no "
+            "connection, or not a gRPC server; 5 NOT_FOUND: a gRPC server without this "
+            "service) with the health status answered, and the HTTP status of /readyz (0: no "
+            "connection or no answer in 5 s). Normal: gRPC 0 with SERVING, HTTP 200.",
+            query(
+                f"max by (instance) (probe_grpc_status_code{{{GRPC_PROBE}}})",
+                "gRPC status code {{instance}}",
+            ),
+            query(
+                f"max by (instance, serving_status) "
+                f"(probe_grpc_healthcheck_response{{{GRPC_PROBE}}}) == 1",
+                "gRPC health {{serving_status}} {{instance}}",
+            ),
+            query(
+                f"max by (instance) (probe_http_status_code{{{READYZ_PROBE}}})",
+                "HTTP status {{instance}}",
+            ),
+            w=8,
+        ),
+        series(
+            "Probe scrapes",
+            "Whether each probe finished within Prometheus's scrape timeout (1), per target, and "
+            "whether the blackbox exporter answers its own scrape. A probe that does not finish "
+            "(an endpoint that accepts connections and never answers holds the gRPC probe) "
+            "counts as failed while the exporter is up. Normal: all 1; the exporter at 0 for "
+            "5 minutes fires BlackboxExporterDown.",
+            query(f"min by (instance) (up{{{PROBES}}})", "probe finished {{instance}}"),
+            query(f"max(up{{{EXPORTER}}})", "exporter up"),
+            w=8,
+        ),
+    ]
     predlog = [
         series(
             "Prediction-log lag",
@@ -368,7 +419,8 @@ def service_health() -> model.Dashboard:
         base(
             "crs-service-health",
             "credit-risk-service / Service health",
-            "Traffic, errors, latency, processes, the prediction log and the availability SLO.",
+            "Traffic, errors, latency, processes, probes from outside, the prediction log and "
+            "the availability SLO.",
         ),
         model_version=False,
     )
@@ -377,6 +429,7 @@ def service_health() -> model.Dashboard:
         [
             ("Traffic, errors and latency", traffic),
             ("Processes", process),
+            ("Probes from outside", probes),
             ("Prediction log", predlog),
             ("Availability SLO (99.9%)", slo),
         ],

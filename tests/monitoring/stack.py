@@ -1,16 +1,20 @@
 """A monitoring stack on loopback for the end-to-end tests: a served service, a real Prometheus
-(scrape and rule evaluation every second) and Alertmanager, and a webhook receiver in this
-process.
+(scrape and rule evaluation every second) and Alertmanager, a webhook receiver in this process,
+and, if asked for, a real blackbox exporter probing the service from outside.
 
 The only changes to the committed configuration are those a test on a 2-core machine needs, made
 in temporary copies: the scrape target and the Alertmanager address, 1 s intervals, every rule's
 `for:` cut to 1 s, Alertmanager's group_wait/group_interval cut to 1 s and its receivers' URLs
-pointed at the webhook. Routing, inhibition, expressions and labels are the committed ones.
+pointed at the webhook; the probe jobs' targets (in files the test can change) and the exporter's
+address. Routing, inhibition, expressions, labels, the probe modules and relabeling are the
+committed ones.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import subprocess
 import tempfile
 import threading
@@ -24,8 +28,11 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.monitoring.blackbox import start_blackbox
 from tests.monitoring.support import (
     ALERTMANAGER_YML,
+    EXPORTER_JOB,
+    PROBE_JOBS,
     PROMETHEUS_YML,
     RULES,
     load_yaml,
@@ -74,6 +81,13 @@ class Stack:
     prometheus: str
     alertmanager: str
     webhook: Webhook
+    blackbox: str | None = None  # the exporter's URL, with probes
+    probe_files: dict[str, Path] = field(default_factory=dict)  # PROBE_JOBS' key: targets file
+
+    def probe_targets(self, kind: str, targets: list[str]) -> None:
+        """Probe ``targets`` in the job of PROBE_JOBS[``kind``] from now on (Prometheus watches
+        the file)."""
+        write_targets(self.probe_files[kind], targets)
 
     def scraped(self) -> bool:
         try:
@@ -112,10 +126,45 @@ def shortened_rules(directory: Path) -> list[Path]:
     return copies
 
 
+def write_targets(path: Path, targets: list[str]) -> None:
+    """A file_sd file of ``targets``, replaced whole: Prometheus never reads half of one."""
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps([{"targets": targets}]))
+    os.replace(part, path)
+
+
+def probe_jobs(
+    prom: dict[str, Any], work: Path, service: ServedService, exporter_port: int
+) -> dict[str, Path]:
+    """The committed probe jobs of ``prom``, turned to the local service and exporter (and the
+    exporter's own scrape to it): each probe job's targets in a file of ``work`` (returned by
+    PROBE_JOBS' key), first the service's."""
+    files = {}
+    first = {
+        "grpc": f"127.0.0.1:{service.grpc_port}",
+        "readyz": f"{service.url}/readyz",
+    }
+    for kind, name in PROBE_JOBS.items():
+        (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == name]
+        # the two jobs share their relabeling (a YAML alias): changed for each on its own copy
+        job["relabel_configs"] = copy.deepcopy(job["relabel_configs"])
+        (to_exporter,) = [r for r in job["relabel_configs"] if r["target_label"] == "__address__"]
+        to_exporter["replacement"] = f"127.0.0.1:{exporter_port}"
+        files[kind] = work / f"{name}.json"
+        write_targets(files[kind], [first[kind]])
+        del job["static_configs"]
+        job["file_sd_configs"] = [{"files": [str(files[kind])], "refresh_interval": "1s"}]
+    (exporter,) = [j for j in prom["scrape_configs"] if j["job_name"] == EXPORTER_JOB]
+    exporter["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
+    return files
+
+
 @contextmanager
-def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
+def monitoring_stack(env: Mapping[str, str], probes: bool = False) -> Iterator[Stack]:
     """A served service (``env`` added to its environment), scraped by Prometheus with the
-    committed rules, alerting through Alertmanager with the committed routing to the webhook."""
+    committed rules, alerting through Alertmanager with the committed routing to the webhook;
+    with ``probes``, also probed from outside through a blackbox exporter with the committed
+    modules (prometheus.yml's probe jobs, their targets the service's gRPC port and /readyz)."""
     work = Path(tempfile.mkdtemp(prefix="monitoring-live-"))
     webhook = Webhook()
     server = webhook.serve()
@@ -152,7 +201,15 @@ def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
         alertmanagers["static_configs"] = [{"targets": [f"127.0.0.1:{am_port}"]}]
         (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "credit-risk-service"]
         job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
-        prom["scrape_configs"] = [job]
+        kept = {"credit-risk-service"}
+        blackbox, probe_files = None, {}
+        if probes:
+            exporter, exporter_port = start_blackbox(work)
+            processes.append(exporter)
+            blackbox = f"http://127.0.0.1:{exporter_port}"
+            probe_files = probe_jobs(prom, work, service, exporter_port)
+            kept |= {*PROBE_JOBS.values(), EXPORTER_JOB}
+        prom["scrape_configs"] = [j for j in prom["scrape_configs"] if j["job_name"] in kept]
         (work / "prometheus.yml").write_text(yaml.safe_dump(prom))
         prometheus, prom_port = start_on_a_free_port(
             lambda port: [
@@ -165,7 +222,12 @@ def monitoring_stack(env: Mapping[str, str]) -> Iterator[Stack]:
         )
         processes.append(prometheus)
         yield Stack(
-            service, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", webhook
+            service,
+            f"http://127.0.0.1:{prom_port}",
+            f"http://127.0.0.1:{am_port}",
+            webhook,
+            blackbox,
+            probe_files,
         )
     finally:
         service.stop()

@@ -16,6 +16,14 @@ PROMETHEUS_YML = MONITORING / "prometheus" / "prometheus.yml"
 RULES = sorted((MONITORING / "prometheus" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((MONITORING / "prometheus" / "tests").glob("*.yml"))
 ALERTMANAGER_YML = MONITORING / "alertmanager" / "alertmanager.yml"
+BLACKBOX_YML = MONITORING / "blackbox" / "blackbox.yml"
+# prometheus.yml's scrape jobs of the blackbox exporter's probes, by what they probe
+PROBE_JOBS = {
+    "grpc": "credit-risk-service-grpc-probe",
+    "readyz": "credit-risk-service-readyz-probe",
+}
+# prometheus.yml's scrape job of the exporter's own /metrics
+EXPORTER_JOB = "blackbox-exporter"
 RUNBOOK = MONITORING / "RUNBOOK.md"
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 # The always-firing alert whose notifications feed the dead-man's switch (RUNBOOK.md#watchdog):
@@ -24,9 +32,13 @@ HEARTBEAT = "Watchdog"
 
 
 def tool(name: str) -> str:
-    """Path of a Prometheus/Alertmanager command; ``make system-deps`` installs them."""
+    """Path of a Prometheus, Alertmanager or blackbox exporter command; ``make system-deps``
+    installs them."""
     path = shutil.which(name)
-    assert path, f"{name} is installed by `make system-deps` (Debian prometheus/-alertmanager)"
+    assert path, (
+        f"{name} is installed by `make system-deps` "
+        "(Debian prometheus, prometheus-alertmanager, prometheus-blackbox-exporter)"
+    )
     return path
 
 
@@ -53,3 +65,9 @@ def alerts() -> list[dict[str, Any]]:
 
 def recorded_names() -> set[str]:
     return {rule["record"] for rule in rules() if "record" in rule}
+
+
+def probe_job(name: str) -> dict[str, Any]:
+    """The scrape job of prometheus.yml named ``name``."""
+    (job,) = [j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == name]
+    return job

@@ -14,6 +14,7 @@ from jsonschema import Draft7Validator
 
 from monitoring.dashboards.build import DASHBOARDS as BUILDERS
 from monitoring.dashboards.build import render
+from tests.monitoring.blackbox import probe, start_blackbox
 from tests.monitoring.promql import expressions, load, metric_names, panels
 from tests.monitoring.support import (
     DASHBOARDS,
@@ -64,6 +65,9 @@ def test_each_dashboard_and_panel_fits_grafanas_schema(path: Path) -> None:
     assert errors == []
 
 
+PROBE_SELECTOR = re.compile(r'job=~?"(blackbox-exporter|credit-risk-service-.+-probe)"')
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_layout_descriptions_datasource_and_variables(path: Path) -> None:
     dashboard = load(path)
@@ -83,8 +87,14 @@ def test_layout_descriptions_datasource_and_variables(path: Path) -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
-            assert 'instance=~"$instance"' in target["expr"] or target["expr"].startswith(
-                ("1 - max(job:", "max(job:")
+            # A probe's instance is the address probed, not a scrape target the variable
+            # lists: the probe panels show every target (and the exporter).
+            selectors = re.findall(r"\{([^}]*)\}", target["expr"])
+            probes_only = bool(selectors) and all(PROBE_SELECTOR.search(s) for s in selectors)
+            assert (
+                'instance=~"$instance"' in target["expr"]
+                or target["expr"].startswith(("1 - max(job:", "max(job:"))
+                or probes_only
             ), target["expr"]
     names = [v["name"] for v in dashboard["templating"]["list"]]
     expected = ["datasource", "instance"] + (["model_version"] if "model" in path.stem else [])
@@ -220,7 +230,7 @@ def assert_promql(
 
 
 def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
-    served: ServedService,
+    served: ServedService, tmp_path: Path
 ) -> None:
     # labelled series appear with the first accepted and the first refused request
     httpx.post(f"{served.url}/predict", json={"instances": example_rows(1)}, timeout=30)
@@ -239,6 +249,20 @@ def test_every_query_uses_metrics_the_service_exports_or_the_rules_record(
     # drift table of docs/metrics-and-traces.md, which tests/drift/test_served.py checks against
     # a drifting scrape.
     known |= documented_drift_metrics()
+    # The probe panels' metrics: the blackbox exporter's, from its probes of the served service
+    exporter, port = start_blackbox(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for module, target in (
+            ("grpc_health", f"127.0.0.1:{served.grpc_port}"),
+            ("http_readyz", f"{served.url}/readyz"),
+        ):
+            samples = probe(url, module, target)
+            assert samples["probe_success"] == 1, (module, samples)
+            known |= {name.partition("{")[0] for name in samples}
+    finally:
+        exporter.terminate()
+        exporter.wait(30)
     missing = used - known
     assert missing == set()
 
@@ -294,6 +318,11 @@ def test_every_alerts_runbook_section_names_the_panels_to_look_at() -> None:
     ("alert", "metric"),
     [
         ("WorkersDying", "service_worker_deaths_total"),
+        ("GrpcProbeFailing", "probe_success"),
+        ("GrpcProbeFailing", "probe_grpc_status_code"),
+        ("ReadinessProbeFailing", "probe_success"),
+        ("ReadinessProbeFailing", "probe_http_status_code"),
+        ("BlackboxExporterDown", "up"),
         ("LatencyBudgetBurnFast", "inference_request_duration_seconds_bucket"),
         ("LatencyP99High", "inference_request_duration_seconds_bucket"),
         ("ValidationFailureSpike", "inference_validation_failures_total"),

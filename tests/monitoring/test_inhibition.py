@@ -4,6 +4,8 @@ Alerts are posted to its API as Prometheus would send them: one replica down (Se
 not hide the job-wide alerts the healthy replicas raise; the whole job down (ServiceJobDown) hides
 them and each instance's ServiceDown; the prediction-log store down (PredictionLogStoreDown) hides
 the alerts that follow from it, not the rows lost; the Watchdog heartbeat is never held back.
+The probes' alerts (GrpcProbeFailing, ReadinessProbeFailing) are held back with the whole job
+down, not with one replica down.
 """
 
 from __future__ import annotations
@@ -20,6 +22,25 @@ from tests.monitoring.support import ALERTMANAGER_YML, tool
 from tests.support import start_on_a_free_port, wait_until
 
 JOB = "credit-risk-service"
+
+
+def probe_alerts(job: str) -> list[dict[str, str]]:
+    """The probes' alerts of ``job`` as alerts.yml labels them: the probed service's job and
+    the target probed."""
+    return [
+        {
+            "alertname": "GrpcProbeFailing",
+            "job": job,
+            "instance": "grpc.example.com:3001",
+            "severity": "page",
+        },
+        {
+            "alertname": "ReadinessProbeFailing",
+            "job": job,
+            "instance": "https://credit-risk.example.com/readyz",
+            "severity": "page",
+        },
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +117,15 @@ def test_one_replica_down_does_not_inhibit_the_job_wide_alerts(alertmanager: str
         {"alertname": "ServiceDown", "job": job, "instance": "a:3000", "severity": "page"},
         {"alertname": "ErrorBudgetBurnFast", "job": job, "severity": "page"},
         {"alertname": "PredictionLogLagging", "job": job, "severity": "ticket"},
+        # what clients dial fails while a replica serves on: the probes' own pages
+        *probe_alerts(job),
     )
     whole_job_down(alertmanager, f"{JOB}-marker")
     assert inhibition(alertmanager, "ServiceDown", job) is False
     assert inhibition(alertmanager, "ErrorBudgetBurnFast", job) is False
     assert inhibition(alertmanager, "PredictionLogLagging", job) is False
+    assert inhibition(alertmanager, "GrpcProbeFailing", job) is False
+    assert inhibition(alertmanager, "ReadinessProbeFailing", job) is False
 
 
 def test_the_whole_job_down_inhibits_its_symptom_alerts(alertmanager: str) -> None:
@@ -112,8 +137,12 @@ def test_the_whole_job_down_inhibits_its_symptom_alerts(alertmanager: str) -> No
         {"alertname": "PredictionDrift", "job": job, "severity": "ticket"},
         # another job's alert is not this job's symptom
         {"alertname": "ErrorBudgetBurnFast", "job": "other", "severity": "page"},
+        # the probes fail with the service: sent in the moment before the scrapes fail too
+        *probe_alerts(job),
     )
     whole_job_down(alertmanager, job)
+    assert inhibition(alertmanager, "GrpcProbeFailing", job) is True
+    assert inhibition(alertmanager, "ReadinessProbeFailing", job) is True
     assert inhibition(alertmanager, "ErrorBudgetBurnFast", job) is True
     assert inhibition(alertmanager, "DriftMonitorFailing", job) is True
     assert inhibition(alertmanager, "ServiceJobDown", job) is False

@@ -1,7 +1,9 @@
 """The monitoring stack end to end under normal and drifted traffic (tests/monitoring/stack.py:
-a served service, a real Prometheus and Alertmanager with the committed configuration): the
-dashboards' and the runbook's queries return data, the drift alerts and ServiceJobDown reach the
-webhook (ServiceDown held back), the Watchdog heartbeat reaches its own receiver and no other."""
+a served service, a real Prometheus and Alertmanager with the committed configuration, a real
+blackbox exporter probing the service from outside): the dashboards' and the runbook's queries
+return data, the drift alerts and ServiceJobDown reach the webhook (ServiceDown and the failing
+probes' alerts held back), the Watchdog heartbeat reaches its own receiver and no other, the
+probes succeed on the service and page for an endpoint that does not answer."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ import tritonclient.grpc as triton_grpc
 
 from models.contract import CONTRACT
 from tests.drift.helpers import sample
+from tests.monitoring.blackbox import probe
 from tests.monitoring.promql import (
     expressions,
     metric_names,
@@ -32,15 +36,24 @@ from tests.monitoring.promql import (
     runbook_queries,
 )
 from tests.monitoring.stack import Stack, monitoring_stack
-from tests.monitoring.support import HEARTBEAT, recorded_names
+from tests.monitoring.support import HEARTBEAT, PROBE_JOBS, recorded_names
 from tests.oip_support import triton_inputs
-from tests.support import ROOT, ServedService, above_training, example_rows, wait_until
+from tests.support import (
+    ROOT,
+    ServedService,
+    above_training,
+    example_rows,
+    free_port,
+    wait_until,
+)
+
+PROBE_ALERTS = {"grpc": "GrpcProbeFailing", "readyz": "ReadinessProbeFailing"}
 
 
 @pytest.fixture(scope="module")
 def stack(model_tag: str) -> Iterator[Stack]:
     env = {"DRIFT_ENABLED": "true", "DRIFT_INTERVAL_SECONDS": "2", "DRIFT_MIN_SAMPLES": "50"}
-    with monitoring_stack(env) as running:
+    with monitoring_stack(env, probes=True) as running:
         yield running
 
 
@@ -218,6 +231,106 @@ def test_the_heartbeat_reaches_the_dead_mans_switch_and_nothing_else_does(stack:
     assert {n["receiver"] for n in stack.webhook.notifications} >= {"heartbeat", "ticket"}
 
 
+def probe_success(stack: Stack, kind: str) -> dict[str, float]:
+    """The last probe_success of each target of the probe job ``kind``, by target."""
+    found = stack.query(f'probe_success{{job="{PROBE_JOBS[kind]}"}}')
+    return {r["metric"]["instance"]: float(r["value"][1]) for r in found}
+
+
+def test_the_probes_from_outside_succeed_on_the_served_service(stack: Stack) -> None:
+    # The committed modules, as prometheus.yml's relabeling sends them: the gRPC health check
+    # of the inference service answered SERVING, /readyz answered 200; the series named after
+    # the target probed.
+    grpc = f"127.0.0.1:{stack.service.grpc_port}"
+    readyz = f"{stack.service.url}/readyz"
+    expected = {"grpc": {grpc: 1.0}, "readyz": {readyz: 1.0}}
+    wait_until(
+        lambda: all(probe_success(stack, kind) == expected[kind] for kind in expected),
+        timeout=30,
+        interval=0.5,
+    )
+    (serving,) = stack.query("probe_grpc_healthcheck_response == 1")
+    assert serving["metric"]["serving_status"] == "SERVING"
+    assert serving["metric"]["instance"] == grpc
+    (status,) = stack.query("probe_http_status_code")
+    assert (status["metric"]["instance"], float(status["value"][1])) == (readyz, 200)
+    # a port that connects but is not this gRPC server (the HTTP port) fails the gRPC probe
+    assert stack.blackbox
+    http_port = f"127.0.0.1:{stack.service.port}"
+    assert probe(stack.blackbox, "grpc_health", http_port)["probe_success"] == 0
+
+
+def test_endpoints_that_do_not_answer_page_naming_them_and_resolve(stack: Stack) -> None:
+    # A Service or ingress pointed at the wrong port: the service's own /metrics answers, the
+    # address clients dial does not (a closed port; for gRPC also a listener that accepts and
+    # never answers, which holds the exporter's gRPC probe past the scrape timeout). Each probe
+    # alert pages for those targets only, and resolves once they are no longer probed.
+    wait_until(stack.scraped, timeout=30, interval=0.5)
+    closed = free_port()  # nothing listens there
+    healthy = {
+        "grpc": f"127.0.0.1:{stack.service.grpc_port}",
+        "readyz": f"{stack.service.url}/readyz",
+    }
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(128)  # the kernel accepts the connections; nothing answers them
+        hung = f"127.0.0.1:{silent.getsockname()[1]}"
+        broken = {
+            "grpc": {f"127.0.0.1:{closed}", hung},
+            "readyz": {f"http://127.0.0.1:{closed}/readyz"},
+        }
+        try:
+            for kind in PROBE_ALERTS:
+                stack.probe_targets(kind, [healthy[kind], *sorted(broken[kind])])
+
+            def all_firing(name: str, instances: set[str]) -> list[dict[str, Any]] | None:
+                alerts = stack.webhook.firing(name)
+                return alerts if {a["labels"]["instance"] for a in alerts} >= instances else None
+
+            for kind, name in PROBE_ALERTS.items():
+                alerts = wait_until(
+                    lambda n=name, k=kind: all_firing(n, broken[k]), timeout=60, interval=0.5
+                )
+                assert {a["labels"]["instance"] for a in alerts} == broken[kind]
+                for alert in alerts:
+                    assert alert["receiver"] == "page"
+                    assert alert["labels"]["job"] == "credit-risk-service"
+                    assert alert["labels"]["instance"] in alert["annotations"]["summary"]
+                    assert alert["annotations"]["runbook_url"] == (
+                        f"monitoring/RUNBOOK.md#{name.lower()}"
+                    )
+            # What the runbook's first checks show: the closed port's probe failed
+            # (UNAVAILABLE), the hung listener's never finished (its scrape failed, no
+            # probe_success) while the exporter answered.
+            assert probe_success(stack, "grpc") == {healthy["grpc"]: 1, f"127.0.0.1:{closed}": 0}
+            assert probe_success(stack, "readyz") == {
+                healthy["readyz"]: 1,
+                f"http://127.0.0.1:{closed}/readyz": 0,
+            }
+            codes = stack.query(f'probe_grpc_status_code{{job="{PROBE_JOBS["grpc"]}"}}')
+            assert {r["metric"]["instance"]: float(r["value"][1]) for r in codes} == {
+                healthy["grpc"]: 0,
+                f"127.0.0.1:{closed}": 14,
+            }
+            (unfinished,) = stack.query(f'up{{job="{PROBE_JOBS["grpc"]}"}} == 0')
+            assert unfinished["metric"]["instance"] == hung
+            assert float(stack.query('up{job="blackbox-exporter"}')[0]["value"][1]) == 1
+        finally:
+            for kind in PROBE_ALERTS:
+                stack.probe_targets(kind, [healthy[kind]])
+
+    def resolved(name: str) -> set[str]:
+        return {
+            a["labels"]["instance"]
+            for n in stack.webhook.notifications
+            for a in n["alerts"]
+            if a["labels"]["alertname"] == name and a["status"] == "resolved"
+        }
+
+    for kind, name in PROBE_ALERTS.items():
+        wait_until(lambda n=name, k=kind: resolved(n) >= broken[k], timeout=60, interval=0.5)
+
+
 def test_stopping_the_service_pages_once_for_the_job(stack: Stack) -> None:
     assert stack.webhook.firing("ServiceJobDown") == []
     stack.service.stop()
@@ -233,3 +346,9 @@ def test_stopping_the_service_pages_once_for_the_job(stack: Stack) -> None:
     assert down["labels"]["instance"] == f"127.0.0.1:{stack.service.port}"
     time.sleep(3)  # group_wait and group_interval are 1 s here: ServiceDown's would be sent
     assert stack.webhook.firing("ServiceDown") == []
+    # Every probe fails with the service gone, and neither probe alert is pending or firing:
+    # the outage is ServiceJobDown's page alone.
+    for kind in PROBE_ALERTS:
+        wait_until(lambda k=kind: set(probe_success(stack, k).values()) == {0}, timeout=30)
+    names = "|".join(PROBE_ALERTS.values())
+    assert stack.query(f'ALERTS{{alertname=~"{names}"}}') == []
