@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
@@ -49,6 +50,9 @@ from service.oip.servicer import INFER_RPC
 from service.openapi import openapi_routes
 from service.predlog import AccessLog, PredictionLog
 from service.settings import get_settings, misspelled_settings
+
+if TYPE_CHECKING:
+    from bentoml._internal.bento.bento import BentoModelInfo
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -96,9 +100,9 @@ http_app = build_http_app(
 
 
 class _ModelTagModel(bentoml.models.BentoModel):
-    """The model MODEL_TAG names. Outside a bento, `bentoml serve` resolves it before any
-    deployment hook runs, and a tag the store lacks ended the start in BentoML's own words ("could
-    not be found locally and failed to fetch from remote because No cloud context default
+    """The model MODEL_TAG names. `bentoml build`, and outside a bento `bentoml serve` before any
+    deployment hook runs, look it up, and a tag the store lacks ended them in BentoML's own words
+    ("could not be found locally and failed to fetch from remote because No cloud context default
     found"), naming neither the setting nor what to do. Serving a bento, BentoML resolves the
     models it packed instead, and check_model_tag refuses a MODEL_TAG naming another."""
 
@@ -106,10 +110,20 @@ class _ModelTagModel(bentoml.models.BentoModel):
         try:  # a BentoCloud context, if there is one, may still provide it
             return super().resolve(base_path)
         except BentoMLException:  # NotFound too
-            raise _model_tag_missing(
-                "set it to one `bentoml models list` shows, unset it for the latest, or register "
-                "one (`make model` trains the example if there is none)"
-            ) from None
+            raise _model_tag_missing(_REGISTER) from None
+
+    def to_info(self, alias: str | None = None) -> BentoModelInfo:
+        # What `bentoml build` asks of the model it packs: the same failure, the same refusal.
+        try:
+            return super().to_info(alias)
+        except BentoMLException:
+            raise _model_tag_missing(_REGISTER) from None
+
+
+_REGISTER = (
+    "set it to one `bentoml models list` shows, unset it for the latest, or register one "
+    "(`make model` trains the example if there is none)"
+)
 
 
 def _model_tag_missing(advice: str) -> SystemExit:

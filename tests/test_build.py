@@ -11,7 +11,7 @@ import bentoml
 import pytest
 
 from service.model import CONTRACT_FILE, MODEL_FILE, REFERENCE_FILE
-from tests.support import ROOT, ServedService, build_bento, oci_label_options
+from tests.support import ROOT, VENV_BIN, ServedService, build_bento, oci_label_options
 
 
 def test_bento_contains_the_model_and_the_code(model_tag: str, tmp_path: Path) -> None:
@@ -67,6 +67,26 @@ def test_a_model_tag_the_bento_does_not_hold_stops_its_service_naming_it(
     )
     assert "Traceback" not in output
     assert service.stop() == 1
+
+
+def test_a_model_tag_the_store_does_not_hold_stops_the_build_naming_it(model_tag: str) -> None:
+    # `bentoml build` packs the model MODEL_TAG names: a tag the store lacks ended the build in
+    # BentoML's own words, naming neither the setting nor what to do.
+    other = f"{model_tag.split(':')[0]}:nosuchversion"
+    result = subprocess.run(
+        [str(VENV_BIN / "bentoml"), "build", "--output", "tag"],
+        cwd=ROOT,
+        env={**os.environ, "MODEL_TAG": other},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("invalid settings (environment variables):\n")
+    assert f"MODEL_TAG='{other}': no such model in the model store (models there: {model_tag})" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_the_image_is_labelled_with_the_bento_and_the_commit(built: str) -> None:
