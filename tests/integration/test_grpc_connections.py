@@ -166,7 +166,7 @@ def test_a_call_still_running_when_the_max_age_grace_ends_is_cut(model_tag: str)
 
 
 def test_a_client_sending_keepalive_pings_every_few_seconds_keeps_its_calls(
-    model_tag: str,
+    served: ServedService,
 ) -> None:
     """Clients and proxies set keepalive pings to find dead connections early (grpc-go allows
     one every 10 s). gRPC's default server policy allows one every 5 minutes: at the third ping
@@ -177,60 +177,62 @@ def test_a_client_sending_keepalive_pings_every_few_seconds_keeps_its_calls(
         ("grpc.keepalive_time_ms", 6_000),
         ("grpc.http2.max_pings_without_data", 0),  # else the client stops after 2 pings
     ]
-    with ServedService(workers=1) as service:
-        channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}", options=pinging)
+    # The shared service has the default connection settings this is about.
+    earlier = open_connections(served.grpc_port)  # of earlier tests' clients, if any
+    channel = grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}", options=pinging)
+    try:
+        # Four pings in the meantime: the third strike under gRPC's default comes at 24 s.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=28
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        (connection,) = open_connections(served.grpc_port) - earlier
+        ended: grpc.StatusCode | None = None
         try:
-            # Four pings in the meantime: the third strike under gRPC's default comes at 24 s.
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(), timeout=28
-            )
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-            (connection,) = open_connections(service.grpc_port)
-            ended: grpc.StatusCode | None = None
-            try:
-                for _ in watch:
-                    pass
-            except grpc.RpcError as exc:
-                ended = exc.code()
-            assert ended == grpc.StatusCode.DEADLINE_EXCEEDED  # its own deadline, not a GOAWAY
-            assert open_connections(service.grpc_port) == {connection}
-            assert live(channel)
-        finally:
-            channel.close()
+            for _ in watch:
+                pass
+        except grpc.RpcError as exc:
+            ended = exc.code()
+        assert ended == grpc.StatusCode.DEADLINE_EXCEEDED  # its own deadline, not a GOAWAY
+        assert open_connections(served.grpc_port) - earlier == {connection}
+        assert live(channel)
+    finally:
+        channel.close()
 
 
-def test_one_connection_runs_at_most_100_calls_at_once(model_tag: str) -> None:
+def test_one_connection_runs_at_most_100_calls_at_once(served: ServedService) -> None:
     """A client (or a proxy multiplexing many) cannot pile an unbounded number of calls, each up
     to MAX_BODY_BYTES, onto one connection: the 101st waits, in the client, for one to end."""
-    with ServedService(workers=1) as service:
-        channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}", options=OWN_CONNECTION)
-        stub = health_pb2_grpc.HealthStub(channel)
-        watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(101)]
-        answered: list[int] = []
-        lock = threading.Lock()
+    # The shared service has the default connection settings this is about.
+    earlier = open_connections(served.grpc_port)  # of earlier tests' clients, if any
+    channel = grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}", options=OWN_CONNECTION)
+    stub = health_pb2_grpc.HealthStub(channel)
+    watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(101)]
+    answered: list[int] = []
+    lock = threading.Lock()
 
-        def first_answer(index: int) -> None:
-            try:
-                next(watches[index])
-            except grpc.RpcError:
-                return
-            with lock:
-                answered.append(index)
-
-        readers = [threading.Thread(target=first_answer, args=(i,)) for i in range(101)]
+    def first_answer(index: int) -> None:
         try:
-            for reader in readers:
-                reader.start()
-            wait_until(lambda: len(answered) >= 100, timeout=30)
-            time.sleep(2)
-            assert len(answered) == 100
-            assert len(open_connections(service.grpc_port)) == 1
-            with lock:
-                watches[answered[0]].cancel()
-            wait_until(lambda: len(answered) == 101, timeout=30)
-        finally:
-            for watch in watches:
-                watch.cancel()
-            for reader in readers:
-                reader.join(10)
-            channel.close()
+            next(watches[index])
+        except grpc.RpcError:
+            return
+        with lock:
+            answered.append(index)
+
+    readers = [threading.Thread(target=first_answer, args=(i,)) for i in range(101)]
+    try:
+        for reader in readers:
+            reader.start()
+        wait_until(lambda: len(answered) >= 100, timeout=30)
+        time.sleep(2)
+        assert len(answered) == 100
+        assert len(open_connections(served.grpc_port) - earlier) == 1
+        with lock:
+            watches[answered[0]].cancel()
+        wait_until(lambda: len(answered) == 101, timeout=30)
+    finally:
+        for watch in watches:
+            watch.cancel()
+        for reader in readers:
+            reader.join(10)
+        channel.close()
