@@ -203,22 +203,24 @@ def test_promtool_finds_nothing_to_report(served: ServedService) -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_two_servers_sharing_a_bentoml_home_keep_their_own_metrics(model_tag: str) -> None:
+def test_two_servers_sharing_a_bentoml_home_keep_their_own_metrics(served: ServedService) -> None:
     """Two replicas on one host with one model store: starting the second neither blanks the
     first one's counters nor adds them to its own (BentoML's shared directory did both)."""
 
     def answered(samples: Samples) -> float:
         return total(samples, "inference_requests_total", endpoint="/predict", code="200")
 
-    with ServedService(workers=1) as first:
-        for _ in range(3):
-            assert post_fresh(first.url, {"instances": example_rows(1)}).status_code == 200
-        wait_until(lambda: answered(scrape(first.url)) == 3)
-        with ServedService(env={"BENTOML_HOME": first.env["BENTOML_HOME"]}, workers=1) as second:
-            assert post_fresh(second.url, {"instances": example_rows(1)}).status_code == 200
-            wait_until(lambda: answered(scrape(second.url)) >= 1)
-            assert answered(settled_scrape(second.url)) == 1
-            assert answered(settled_scrape(first.url)) == 3
+    # The shared service is the first replica: it has counted earlier tests' requests too.
+    first = served
+    before = answered(settled_scrape(first.url))
+    for _ in range(3):
+        assert post_fresh(first.url, {"instances": example_rows(1)}).status_code == 200
+    wait_until(lambda: answered(scrape(first.url)) == before + 3)
+    with ServedService(env={"BENTOML_HOME": first.env["BENTOML_HOME"]}, workers=1) as second:
+        assert post_fresh(second.url, {"instances": example_rows(1)}).status_code == 200
+        wait_until(lambda: answered(scrape(second.url)) >= 1)
+        assert answered(settled_scrape(second.url)) == 1
+        assert answered(settled_scrape(first.url)) == before + 3
 
 
 def test_server_error_series_exist_before_the_first_error(served: ServedService) -> None:
