@@ -359,7 +359,7 @@ def test_a_user_that_raised_fails_the_run_even_with_the_slo_met(
 
 
 def grpc_tls_run(
-    served: ServedService, reports: Path, proxy: TlsProxy, *tls: str
+    served: ServedService, reports: Path, proxy: TlsProxy, *tls: str, run_time: str = "3s"
 ) -> tuple[subprocess.CompletedProcess[str], str, dict[str, dict[str, Any]]]:
     """A GrpcUser run through ``proxy`` with the TLS options ``tls``: locust, why, stats."""
     result = run_locust(
@@ -371,7 +371,7 @@ def grpc_tls_run(
         "--spawn-rate",
         "2",
         "--run-time",
-        "3s",
+        run_time,
         "--grpc-target",
         f"127.0.0.1:{proxy.port}",
         *tls,
@@ -405,9 +405,17 @@ def test_grpc_user_calls_through_a_tls_terminating_proxy(
         assert set(proxy.server_names) == {"models.test"}, proxy.server_names
 
         # gRPC's public roots do not trust the private CA: each call fails, counted and named.
+        # A refused handshake fails at once, and the user tries again at once: a second of run
+        # counts many.
         untrusted = tmp_path / "untrusted"
         result, why, stats = grpc_tls_run(
-            served, untrusted, proxy, "--grpc-tls", "--grpc-server-name", "models.test"
+            served,
+            untrusted,
+            proxy,
+            "--grpc-tls",
+            "--grpc-server-name",
+            "models.test",
+            run_time="1s",
         )
         assert result.returncode == SLO_MISSED_EXIT_CODE, why
         assert stats["ModelMetadata"]["num_failures"] == stats["ModelMetadata"]["num_requests"]
@@ -421,7 +429,7 @@ def test_grpc_user_calls_through_a_tls_terminating_proxy(
         # Trusted, but the certificate does not name 127.0.0.1, the target: refused as well.
         unnamed = tmp_path / "unnamed"
         result, why, stats = grpc_tls_run(
-            served, unnamed, proxy, "--grpc-tls", "--grpc-root-certificates", str(ca)
+            served, unnamed, proxy, "--grpc-tls", "--grpc-root-certificates", str(ca), run_time="1s"
         )
         assert result.returncode == SLO_MISSED_EXIT_CODE, why
         assert stats["Aggregated"]["num_requests"] == stats["Aggregated"]["num_failures"] > 0
