@@ -141,7 +141,9 @@ def test_requests_without_an_answer_are_reported_with_the_clients_error(
     # say why (they read "HTTP 0: ", nothing more).
     service = ServedService(workers=1).start()
     try:
-        paced = ("--user-rps", "5", "--run-time", "12s")
+        # The service is stopped about 2 s into the run (its first answers written to the stats,
+        # then SIGTERM); the rest of the run is the refused requests this is about.
+        paced = ("--user-rps", "5", "--run-time", "8s")
         command = locust_command(service, tmp_path, *LOOSE_SLO, *paced, "SteadyUser", "InvalidUser")
         locust = subprocess.Popen(
             command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
