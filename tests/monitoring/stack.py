@@ -4,10 +4,10 @@ and, if asked for, a real blackbox exporter probing the service from outside.
 
 The only changes to the committed configuration are those a test on a 2-core machine needs, made
 in temporary copies: the scrape target and the Alertmanager address, 1 s intervals, every rule's
-`for:` cut to 1 s, Alertmanager's group_wait/group_interval cut to 1 s and its receivers' URLs
-pointed at the webhook; the probe jobs' targets (in files the test can change) and the exporter's
-address. Routing, inhibition, expressions, labels, the probe modules and relabeling are the
-committed ones.
+`for:` cut to 1 s, alerts sent again every 5 s, Alertmanager's group_wait/group_interval cut to
+1 s and its receivers' URLs pointed at the webhook; the probe jobs' targets (in files the test can
+change) and the exporter's address. Routing, inhibition, expressions, labels, the probe modules
+and relabeling are the committed ones.
 """
 
 from __future__ import annotations
@@ -217,6 +217,10 @@ def monitoring_stack(env: Mapping[str, str], probes: bool = False) -> Iterator[S
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                # The alerts of the first evaluations are sent before Alertmanager is
+                # discovered, and lost: by default sent again a minute later (Watchdog reached
+                # the heartbeat then). Alertmanager still dedups: a resend is no notification.
+                "--rules.alert.resend-delay=5s",
             ],
             work / "prometheus.log",
         )
