@@ -93,7 +93,9 @@ def test_the_rows_a_killed_process_held_in_memory_are_counted_as_dropped(
         # What the dead process had spooled is not lost: replayed from its segment.
         wait_until(lambda: row_count(store) == 4, timeout=10)
         assert writer.stats.total("replayed") == 4
-        assert "had 3 predictions row(s) and 1 rejections row(s) in memory" in caplog.text
+        # The writer counts the dead process's rows as dropped, then logs them: wait for the line.
+        lost = "had 3 predictions row(s) and 1 rejections row(s) in memory"
+        wait_until(lambda: lost in caplog.text, timeout=10)
         # Counted once: its ledger is gone, and only this writer's own is left.
         assert [p.name for p in killed.glob("*.ledger")] == [writer.ledger.path.name]  # type: ignore[union-attr]
     finally:
