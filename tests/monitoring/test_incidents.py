@@ -68,10 +68,17 @@ def test_a_store_refusing_connections_raises_a_ticket_and_the_runbook_shows_why(
     # The runbook's first checks: the gauge, the failing operation, the status command
     (down,) = stack.query("min by (instance) (prediction_log_store_up)")
     assert (down["metric"]["instance"], float(down["value"][1])) == (instance, 0)
-    errors = stack.query(
-        "sum by (instance, operation) (rate(prediction_log_store_errors_total[5m]))"
-    )
-    assert {r["metric"]["operation"] for r in errors if float(r["value"][1]) > 0} == {"connect"}
+
+    def failing() -> set[str]:
+        errors = stack.query(
+            "sum by (instance, operation) (rate(prediction_log_store_errors_total[5m]))"
+        )
+        return {r["metric"]["operation"] for r in errors if float(r["value"][1]) > 0}
+
+    # rate() needs a failure between two scrapes: the writer counts one per attempt, its waits
+    # doubling to 30 s, and the alert fires within seconds of the first scrape, which may have
+    # come after the latest attempt (then nothing rises until the next one, 16 s or more later).
+    assert wait_until(failing, timeout=60, interval=0.5) == {"connect"}
     spool = stack.service.env["PREDICTION_LOG_SPOOL_DIR"]
     assert wait_until(lambda: value(stack, "max(prediction_log_spool_bytes)") > 0, timeout=10)
     status = subprocess.run(
