@@ -248,6 +248,9 @@ def export_mlserver_model(model: LoadedModel, repo: Path, port: int, spec: Serve
         "http_port": port,
         "grpc_port": free_port(),
         "metrics_port": free_port(),
+        # Its workers' metric files: by default `.metrics` in the working directory, the
+        # repository's checkout, where they would be left behind.
+        "metrics_dir": str(repo / ".metrics"),
         "parallel_workers": 1,
     }
     model_settings = {
