@@ -36,6 +36,7 @@ from tests.monitoring.support import (
     PROMETHEUS_YML,
     RULES,
     load_yaml,
+    scrape_job,
     tool,
 )
 from tests.support import ServedService, start_on_a_free_port
@@ -145,7 +146,7 @@ def probe_jobs(
         "readyz": f"{service.url}/readyz",
     }
     for kind, name in PROBE_JOBS.items():
-        (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == name]
+        job = scrape_job(name, prom)
         # the two jobs share their relabeling (a YAML alias): changed for each on its own copy
         job["relabel_configs"] = copy.deepcopy(job["relabel_configs"])
         (to_exporter,) = [r for r in job["relabel_configs"] if r["target_label"] == "__address__"]
@@ -154,7 +155,7 @@ def probe_jobs(
         write_targets(files[kind], [first[kind]])
         del job["static_configs"]
         job["file_sd_configs"] = [{"files": [str(files[kind])], "refresh_interval": "1s"}]
-    (exporter,) = [j for j in prom["scrape_configs"] if j["job_name"] == EXPORTER_JOB]
+    exporter = scrape_job(EXPORTER_JOB, prom)
     exporter["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
     return files
 
@@ -199,7 +200,7 @@ def monitoring_stack(env: Mapping[str, str], probes: bool = False) -> Iterator[S
         prom["rule_files"] = [str(p) for p in shortened_rules(work)]
         alertmanagers = prom["alerting"]["alertmanagers"][0]
         alertmanagers["static_configs"] = [{"targets": [f"127.0.0.1:{am_port}"]}]
-        (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "credit-risk-service"]
+        job = scrape_job("credit-risk-service", prom)
         job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
         kept = {"credit-risk-service"}
         blackbox, probe_files = None, {}

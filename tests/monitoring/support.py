@@ -67,7 +67,9 @@ def recorded_names() -> set[str]:
     return {rule["record"] for rule in rules() if "record" in rule}
 
 
-def probe_job(name: str) -> dict[str, Any]:
-    """The scrape job of prometheus.yml named ``name``."""
-    (job,) = [j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == name]
+def scrape_job(name: str, prometheus: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scrape job named ``name`` of ``prometheus`` (a loaded configuration; by default the
+    committed prometheus.yml): the object itself, for a test's copy to change."""
+    config = load_yaml(PROMETHEUS_YML) if prometheus is None else prometheus
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == name]
     return job

@@ -12,8 +12,8 @@ from tests.monitoring.support import (
     PROBE_JOBS,
     alerts,
     load_yaml,
-    probe_job,
     run,
+    scrape_job,
     tool,
 )
 
@@ -47,7 +47,7 @@ def test_the_readyz_module_wants_200_itself() -> None:
 
 def test_each_probe_job_sends_its_targets_to_the_exporter_named_as_probed() -> None:
     for kind, name in PROBE_JOBS.items():
-        job = probe_job(name)
+        job = scrape_job(name)
         assert job["metrics_path"] == "/probe"
         assert job["params"] == {"module": [MODULES[kind]]}
         target, instance, exporter = job["relabel_configs"]
@@ -55,11 +55,11 @@ def test_each_probe_job_sends_its_targets_to_the_exporter_named_as_probed() -> N
         assert instance == {"source_labels": ["__param_target"], "target_label": "instance"}
         assert exporter["target_label"] == "__address__"
         assert set(exporter) == {"target_label", "replacement"}
-    (readyz,) = probe_job(PROBE_JOBS["readyz"])["static_configs"]
+    (readyz,) = scrape_job(PROBE_JOBS["readyz"])["static_configs"]
     assert all(t.endswith("/readyz") for t in readyz["targets"])
     # the exporter is scraped too, at the address the probes go to: a probe scrape failing
     # while it answers is a probe that did not finish, not the exporter down
-    (exporter_scrape,) = probe_job(EXPORTER_JOB)["static_configs"]
+    (exporter_scrape,) = scrape_job(EXPORTER_JOB)["static_configs"]
     assert exporter_scrape["targets"] == [exporter["replacement"]]
 
 

@@ -11,8 +11,8 @@ from tests.monitoring.support import (
     MONITORING,
     PROBE_JOBS,
     load_yaml,
-    probe_job,
     run,
+    scrape_job,
     tool,
 )
 
@@ -58,7 +58,7 @@ def test_compose_mounts_the_committed_configuration() -> None:
     assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"
     ]
-    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "credit-risk-service"]
+    job = scrape_job("credit-risk-service", prometheus)
     assert job["static_configs"][0]["targets"] == ["service:3000"]
     # docs/deployment.md's `docker run --stop-timeout 60`: Docker's 10 s default is too short
     # (tests/unit/test_deployment_docs.py checks it covers the worst-case shutdown)
@@ -79,7 +79,7 @@ def test_the_probes_go_through_the_compose_blackbox_exporter_to_the_service() ->
         PROBE_JOBS["readyz"]: ("http_readyz", ["http://service:3000/readyz"]),
     }
     for name, (module, targets) in expected.items():
-        job = probe_job(name)
+        job = scrape_job(name)
         assert job["params"]["module"] == [module]
         assert module in modules
         assert job["static_configs"][0]["targets"] == targets
