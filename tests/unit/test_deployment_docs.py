@@ -290,6 +290,9 @@ def test_the_documented_worst_case_shutdown_is_the_defaults() -> None:
     worst = f"{worst_case_shutdown({}):g} s"
     assert f"= {worst} with the defaults" in (ROOT / DEPLOYMENT_DOC).read_text()
     assert f"{worst} with the defaults" in SHUTDOWN_FORMULA  # the settings' descriptions
+    # settings.py cannot import the writer or the monitor: its formula writes their waits out
+    terms = f"PREDICTION_LOG_SHUTDOWN_TIMEOUT_SECONDS + {CLOSE_MARGIN_SECONDS:g}, "
+    assert f"max({terms}{DRIFT_STOP_TIMEOUT_SECONDS:g})" in SHUTDOWN_FORMULA
 
 
 def grace_periods() -> Iterator[tuple[str, float, Mapping[str, str]]]:
