@@ -9,7 +9,10 @@ limit is set on the protocol class itself, in each worker, when the service modu
 as ``service.bentoml_metrics`` does for BentoML's request metrics.
 
 A head that grows beyond MAX_HEAD_BYTES is answered 431 and its connection closed, as uvicorn
-answers a malformed request (400), whose answer is replaced here by the same JSON error.
+answers a malformed request (400), whose answer is replaced here by the same JSON error: while it
+is still arriving, once the socket reads after the one it began in exceed the limit (a bound on
+what a worker holds), and when it is whole, whatever the reads it came in (a head of 100 KB read
+at once was served).
 
 The head must also arrive within a timeout (the service's REQUEST_TIMEOUT_SECONDS), counted from
 the connection's opening or from the first byte of each later request: uvicorn closes a
@@ -119,9 +122,14 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     timed_out = f"the request line and headers did not arrive within {timeout_seconds:g} s"
     # Whether a head is being read, and its bytes received in the pieces after the one it
     # began in: that one may also hold the end of the previous request, which must not count.
-    # The head is thus bounded to MAX_HEAD_BYTES plus one piece (at most 256 KB with uvloop).
+    # The head is thus bounded to MAX_HEAD_BYTES plus one piece (at most 256 KB with uvloop)
+    # while it arrives; once whole, it is measured (_whole_head_too_large).
     protocol._head_open = False
     protocol._head_bytes = 0
+    # The size of the piece being parsed, and of the one the head began in: the head has at most
+    # their bytes and _head_bytes, so that only a head that may exceed the limit is measured.
+    protocol._piece_bytes = 0
+    protocol._first_piece_bytes = 0
     # The timer of the head awaited (from the connection's opening or a head's first byte).
     protocol._head_timer = None
 
@@ -160,6 +168,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
 
     def bounded_data_received(self: Any, data: bytes) -> None:
         counted = self._head_open
+        self._piece_bytes = len(data)
         data_received(self, data)
         if not (counted and self._head_open):
             return
@@ -170,18 +179,31 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     def bounded_on_message_begin(self: Any) -> None:
         self._head_open = True
         self._head_bytes = 0
+        self._first_piece_bytes = self._piece_bytes
         arm(self)
         on_message_begin(self)
 
     def bounded_on_headers_complete(self: Any) -> None:
         self._head_open = False
+        if (
+            self._first_piece_bytes + self._head_bytes + self._piece_bytes > MAX_HEAD_BYTES
+            and _whole_head_too_large(self)
+        ):
+            _refuse(self, HEAD_TOO_LARGE, _TOO_LARGE, waited(self))
+            disarm(self)
+            # Stops the parser before the request reaches the application (its task is
+            # created here); uvicorn then logs an invalid request, which this one is not, and
+            # calls send_400_response, which sees the connection closed.
+            self.logger = _SILENT
+            raise HeadTooLarge
         disarm(self)
         on_headers_complete(self)
 
     def send_400_response(self: Any, msg: str) -> None:
         # uvicorn's answer to what its parser refuses, in plain text and without a request id;
         # uvicorn has logged its warning already.
-        _refuse(self, MALFORMED, _MALFORMED, waited(self))
+        if not self.transport.is_closing():  # else refused already (a head too large)
+            _refuse(self, MALFORMED, _MALFORMED, waited(self))
 
     protocol.data_received = bounded_data_received
     protocol.connection_made = bounded_connection_made
@@ -189,6 +211,25 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     protocol.on_message_begin = bounded_on_message_begin
     protocol.on_headers_complete = bounded_on_headers_complete
     protocol.send_400_response = send_400_response
+
+
+class HeadTooLarge(Exception):
+    """Raised in the parser's callback of a whole head over the limit, to stop the parser."""
+
+
+# The logger of a protocol whose connection was refused and closed: uvicorn's warning of the
+# parser stopped by HeadTooLarge would say "Invalid HTTP request received."
+_SILENT = logging.getLogger(f"{__name__}.refused")
+_SILENT.disabled = True
+
+
+def _whole_head_too_large(protocol: Any) -> bool:
+    """Whether the head just parsed exceeds MAX_HEAD_BYTES: its request line and header lines as
+    the parser gave them (without optional whitespace, which only makes it larger)."""
+    size = len(protocol.parser.get_method()) + len(protocol.url) + len(b"  HTTP/1.1\r\n\r\n")
+    for name, value in protocol.headers:
+        size += len(name) + len(value) + len(b": \r\n")
+    return size > MAX_HEAD_BYTES
 
 
 def _refuse(protocol: Any, reason: str, message: str, waited: float) -> None:

@@ -137,6 +137,30 @@ def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
         assert b"exceed 65536 bytes" in answer
 
 
+def test_a_request_head_beyond_the_limit_is_refused_when_it_arrives_at_once(
+    service: tuple[ServedService, Path],
+) -> None:
+    """A head over the limit sent in one write was served: the limit counted only the reads
+    after the one a head began in, and none once the head was whole. A head just under the limit
+    sent the same way is still served."""
+    served, _ = service
+    head = b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: %s\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head % (b"a" * 60_000))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    invalid = served.read_log().count("Invalid HTTP request received")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head % (b"a" * 100_000))
+        status, request_id, body = refusal_answer(sock)
+    assert status == 431, body
+    assert body["error"] == "invalid_request"
+    assert "exceed 65536 bytes" in body["message"]
+    assert body["request_id"] == request_id
+    # Logged as the refusal it is, not also as uvicorn's invalid request.
+    wait_until(lambda: f"refused request {request_id} (431)" in served.read_log(), timeout=30)
+    assert served.read_log().count("Invalid HTTP request received") == invalid
+
+
 def test_a_request_head_slower_than_the_request_timeout_is_refused_and_an_idle_connection_closed(
     service: tuple[ServedService, Path],
 ) -> None:
