@@ -14,13 +14,19 @@ things are added here:
 - :func:`answer_options`: the same options for the 504 of the request timeout
   (``service/timeout.py``), whose middleware is outside BentoML's CORS middleware: without them a
   browser could read neither that 504 nor its request id.
+- :func:`refusal_headers`: the headers that middleware gives an answer, for the 431, 408 and 400
+  written before the app (``service/header_limit.py``), by the same middleware's code.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from bentoml._internal.configuration.containers import BentoMLContainer
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Message, Receive, Scope, Send
 
 # Every route of the service takes GET or POST.
 ALLOW_METHODS = ("GET", "POST")
@@ -63,3 +69,37 @@ def answer_options() -> dict[str, Any] | None:
     if not BentoMLContainer.http.cors.enabled.get():
         return None
     return dict(BentoMLContainer.access_control_options.get())
+
+
+@functools.cache
+def _middleware() -> CORSMiddleware | None:
+    # Built at the first refusal, once the worker has loaded BentoML's configuration.
+    options = answer_options()
+    return None if options is None else CORSMiddleware(_no_app, **options)
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotImplementedError  # only the middleware's `send` is used
+
+
+async def _sent(message: Message) -> None:
+    pass
+
+
+def refusal_headers(origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The CORS headers BentoML's middleware adds to an answer of the app for a request from
+    ``origin`` (none when CORS is off or the request has no ``Origin``), for an answer written
+    outside the app."""
+    middleware = _middleware()
+    if middleware is None or origin is None:
+        return []
+    message: Message = {"type": "http.response.start", "headers": []}
+    # The middleware's own code for the app's answers; it awaits only `_sent`, which returns at
+    # once, so that the coroutine ends at its first step.
+    step = middleware.send(message, _sent, Headers(raw=[(b"origin", origin)]))
+    try:
+        step.send(None)
+    except StopIteration:
+        return list(message["headers"])
+    step.close()
+    raise RuntimeError("CORSMiddleware.send suspended")

@@ -24,7 +24,10 @@ for good. A partial head is answered 408, an idle connection just closed.
 Such a refused request never reaches the application: it has no endpoint, no body and no model,
 so it is no row of the prediction log (whose rejections are what a prediction endpoint refused).
 It still gets a request id, in its answer (body and ``X-Request-ID``) and, for a 431 or 408, in
-the warning logged (uvicorn logs its own, without it, for a 400). A body the parser refuses (a
+the warning logged (uvicorn logs its own, without it, for a 400), and, with CORS on, the CORS
+headers an answer of the application gets for the request's ``Origin`` (if read before the
+refusal), by BentoML's CORS middleware's own code (``service/cors.py``): a browser app reads the
+refusal and its request id rather than a network error. A body the parser refuses (a
 broken chunked encoding) is counted as malformed too, though its request had reached the
 application. Each :class:`Refusal` is handed to the observers added with :func:`observe` (the
 worker's request metrics and access log), on the event loop: they must only queue it. Nothing of
@@ -41,6 +44,7 @@ from typing import Any
 
 import orjson
 
+from service.cors import refusal_headers
 from service.inference import new_request_id
 
 log = logging.getLogger(__name__)
@@ -90,13 +94,25 @@ def forget(observer: Observer) -> None:
         _observers.remove(observer)
 
 
-def _response(status: bytes, message: str, request_id: str) -> bytes:
+def _response(status: bytes, message: str, request_id: str, origin: bytes | None) -> bytes:
     body = orjson.dumps({"error": "invalid_request", "message": message, "request_id": request_id})
+    # The CORS headers the app's answers get: else a browser app reports a network error, not
+    # the refusal and its request id.
+    cors = b"".join(b"%s: %s\r\n" % header for header in refusal_headers(origin))
     return (
         b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\nconnection: close\r\n\r\n%s"
-        % (status, len(body), request_id.encode("ascii"), body)
+        b"x-request-id: %s\r\n%sconnection: close\r\n\r\n%s"
+        % (status, len(body), request_id.encode("ascii"), cors, body)
     )
+
+
+def _origin(protocol: Any) -> bytes | None:
+    """The request's ``Origin``, if the parser has read it (uvicorn's header names are lower
+    case; the head being read, or the one whose body was refused)."""
+    for name, value in protocol.headers or ():
+        if name == b"origin":
+            return value
+    return None
 
 
 def install(timeout_seconds: float) -> None:
@@ -236,7 +252,8 @@ def _refuse(protocol: Any, reason: str, message: str, waited: float) -> None:
     """Answer ``reason``'s status with ``message``, close the connection, tell the observers."""
     request_id = new_request_id()
     protocol._head_open = False
-    protocol.transport.write(_response(_STATUS_LINES[reason], message, request_id))
+    answer = _response(_STATUS_LINES[reason], message, request_id, _origin(protocol))
+    protocol.transport.write(answer)
     protocol.transport.close()
     if reason != MALFORMED:
         log.warning("refused request %s (%d): %s", request_id, STATUSES[reason], message)

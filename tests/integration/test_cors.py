@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sqlite3
 import tempfile
 import time
@@ -141,6 +142,49 @@ def test_a_timeout_is_readable(service: tuple[ServedService, Path]) -> None:
     assert response.json()["errors"][0]["reason"] == "timeout"
     assert response.headers["x-request-id"] == "cors-timeout"
     assert_readable(response)
+
+
+def refusal(port: int, head: bytes) -> httpx.Response:
+    """The answer to ``head``, sent as it is on a connection of its own, which the server closes
+    (a refusal made before the app, service/header_limit.py)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS + 10) as sock:
+        sock.sendall(head)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+
+
+def too_large(origin: str) -> bytes:
+    return b"GET /model HTTP/1.1\r\nHost: test\r\nOrigin: %s\r\nX-Padding: %s\r\n\r\n" % (
+        origin.encode(),
+        b"a" * 70_000,
+    )
+
+
+def test_refusals_before_the_app_are_readable(service: tuple[ServedService, Path]) -> None:
+    # The 431 of a head too large, the 408 of one too slow and the 400 of a request the parser
+    # refuses are written before the app, so BentoML's CORS middleware never saw them: the
+    # browser app got a network error instead of the refusal and its request id.
+    port = service[0].port
+    large = refusal(port, too_large(APP))
+    assert large.status_code == 431
+    assert large.json()["request_id"] == large.headers["x-request-id"]
+    assert_readable(large)
+    slow = refusal(port, b"GET /model HTTP/1.1\r\nHost: test\r\nOrigin: %s\r\nX-Pad" % APP.encode())
+    assert slow.status_code == 408
+    assert_readable(slow)
+    malformed = refusal(
+        port,
+        b"GET /model HTTP/1.1\r\nHost: test\r\nOrigin: %s\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nnot a chunk size\r\n" % APP.encode(),
+    )
+    assert malformed.status_code == 400
+    assert malformed.json()["error"] == "invalid_request"
+    assert_readable(malformed)
+    # As for the app's answers: not readable by another origin.
+    other = refusal(port, too_large(OTHER_APP))
+    assert other.status_code == 431
+    assert "access-control-allow-origin" not in other.headers
 
 
 def test_another_origin_is_answered_but_not_allowed(client: httpx.Client) -> None:
