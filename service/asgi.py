@@ -323,8 +323,8 @@ class UnknownPath(BaseRoute):
     BentoML's router takes a partial match only when no route matches in full, so its routes
     placed after this app (its UI's static files) still answer, and
     no prediction route is slower (the router stops at the first full match). ``/`` is left out:
-    it is BentoML's index page, and its other methods get BentoML's 405; so are BentoML's probes
-    and metrics with a trailing slash.
+    it is BentoML's index page, and its other methods get BentoML's 405 (in JSON too:
+    service/route_errors.py); so are BentoML's probes and metrics with a trailing slash.
 
     Not a :class:`Route`, so that BentoML's request metrics label these requests ``other``
     (service/bentoml_metrics.py) rather than with a path template matching every path.

@@ -18,7 +18,15 @@ import bentoml
 from bentoml import get_current_service  # bound once: `bentoml.<name>` imports on every access
 from bentoml.exceptions import BentoMLException
 
-from service import bentoml_metrics, cors, header_limit, prometheus_dir, timeout, tracing
+from service import (
+    bentoml_metrics,
+    cors,
+    header_limit,
+    prometheus_dir,
+    route_errors,
+    timeout,
+    tracing,
+)
 from service.balance import Board
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.routes import drift_routes
@@ -72,6 +80,8 @@ except tracing.UnsupportedTracingSetting as exc:
 bentoml_metrics.install()
 # Also before: BentoML's request timeout, its 504 in the prediction endpoints' error shape.
 timeout.install()
+# Also before: the 404s and 405s of BentoML's own routes in the service's JSON.
+route_errors.install()
 # Before uvicorn reads the first request: bounds on the size of request heads, and their time.
 header_limit.install(settings.request_timeout_seconds)
 

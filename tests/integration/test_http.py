@@ -455,6 +455,57 @@ def test_an_unknown_path_is_refused_in_json(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status", "allowed"),
+    [
+        # Starlette's plain-text "Method Not Allowed" of BentoML's routes
+        ("POST", "/livez", 405, "GET, HEAD"),
+        ("PUT", "/readyz", 405, "GET, HEAD"),
+        ("DELETE", "/healthz", 405, "GET, HEAD"),
+        ("OPTIONS", "/livez", 405, "GET, HEAD"),
+        ("POST", "/schema.json", 405, "GET, HEAD"),
+        ("POST", "/", 405, "GET, HEAD"),
+        # and of its UI's static files, with no Allow; "Not Found" for a missing one
+        ("POST", "/static_content/index.css", 405, "GET, HEAD"),
+        ("GET", "/static_content/x", 404, None),
+        ("GET", "/static_content/", 404, None),
+    ],
+)
+def test_bentoml_routes_refuse_in_json(
+    client: httpx.Client, method: str, path: str, status: int, allowed: str | None
+) -> None:
+    response = client.request(method, path, headers={"X-Request-ID": "bentoml-1"})
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"] == "bentoml-1"
+    assert response.headers.get("allow") == allowed
+    if status == 405:
+        expected = {
+            "error": "method_not_allowed",
+            "message": f"{method} {path}: this route takes {allowed}",
+        }
+    else:
+        expected = {
+            "error": "not_found",
+            "message": f"{method} {path}: no such route; GET /docs.json lists the routes",
+        }
+    assert response.json() == {**expected, "request_id": "bentoml-1"}
+    openapi_validator(client.get("/docs.json").json(), "RouteError").validate(response.json())
+
+
+def test_metrics_refuse_other_methods_in_json_and_are_scraped(served: ServedService) -> None:
+    for method in ("POST", "PUT", "DELETE"):
+        response = httpx.request(method, f"{served.url}/metrics")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET, HEAD"
+        assert response.json()["error"] == "method_not_allowed"
+    # Prometheus's scrape, unchanged: its text format, not JSON.
+    scraped = httpx.get(f"{served.url}/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert "bentoml_service_request_total" in scraped.text
+
+
+@pytest.mark.parametrize(
     ("path", "content_type"),
     [
         ("/", "text/html"),
