@@ -234,8 +234,9 @@ class HeadTooLarge(Exception):
 
 
 # The logger of a protocol whose connection was refused and closed: uvicorn's warning of the
-# parser stopped by HeadTooLarge would say "Invalid HTTP request received."
-_SILENT = logging.getLogger(f"{__name__}.refused")
+# parser stopped by HeadTooLarge would say "Invalid HTTP request received." Not from
+# getLogger: a later logging configuration (BentoML's, in the worker) would enable it again.
+_SILENT = logging.Logger(f"{__name__}.refused", logging.CRITICAL + 1)
 _SILENT.disabled = True
 
 
