@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import bentoml
@@ -127,13 +127,14 @@ class InferenceProtocol:
             with tracing.span("validate"):
                 request = parse()
                 if request.id and usable_request_id(request.id):
-                    ctx = replace(ctx, request_id=request.id)
+                    # In place: BentoML's timeout answer (service/timeout.py) holds this context.
+                    ctx.request_id = request.id
                 self.check_model(request.model_name, request.model_version)
                 outputs = self.codec.requested_outputs(request.outputs)
                 instances = self.codec.decode(request.inputs)
         except RequestRejected as exc:
             if isinstance(exc, MalformedInferRequest) and usable_request_id(exc.request_id):
-                ctx = replace(ctx, request_id=exc.request_id)
+                ctx.request_id = exc.request_id
             self.predictor.reject(ctx, exc, describe(), body_size)
             raise InferRejected(exc, ctx) from exc
         except Exception as exc:

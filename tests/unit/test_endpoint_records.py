@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import bentoml
@@ -12,14 +13,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from models.contract import CONTRACT
-from service import http
+from service import http, timeout
 from service.events import RejectionEvent
 from service.inference import BODY_EXCERPT_BYTES, Predictor
 from service.model import load_model
 from service.oip import rest
 from service.oip.protocol import InferenceProtocol
 from tests.oip_support import rest_body
-from tests.support import EventRecorder, example_rows
+from tests.support import EventRecorder, HeldEstimator, example_rows
 
 MAX_BODY = 1 << 20
 
@@ -130,3 +131,35 @@ def test_v2_structural_errors_answer_and_record_the_client_id(
     assert response.json()["request_id"] == "loan-42"
     (event,) = recorder.events
     assert event.request.request_id == "loan-42"
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Request-ID": "header-id"}])
+def test_a_v2_timeout_answers_under_the_id_it_is_recorded_under(
+    model_tag: str, headers: dict[str, str]
+) -> None:
+    expected = "loan-7"
+    # The body's "id" replaces the header's request id: BentoML's timeout answer (the 504 in the
+    # endpoint's shape) must name the same id as the log row, or the client cannot find it.
+    estimator = HeldEstimator()
+    model = replace(load_model(bentoml.models.get(model_tag)), estimator=estimator)
+    recorder = EventRecorder()
+    predictor = Predictor(model, 10, 100, sinks=[recorder])
+    protocol = InferenceProtocol(predictor, "test", "0")
+    app = timeout.TimeoutMiddleware(
+        http.build_http_app(
+            lambda: predictor, MAX_BODY, rest.v2_routes(lambda: protocol, MAX_BODY)
+        ),
+        0.3,
+    )
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            body = {**rest_body(example_rows(1)), "id": expected}
+            response = client.post(PATHS[1], json=body, headers=headers)
+    finally:
+        estimator.release.set()
+    assert response.status_code == 504
+    assert response.headers["x-request-id"] == expected
+    assert response.json()["request_id"] == expected
+    (event,) = recorder.events
+    assert isinstance(event, RejectionEvent)
+    assert (event.status, event.request.request_id) == (504, expected)
