@@ -13,8 +13,6 @@ routes (``service/oip/rest.py``): they live in ``service/asgi.py``.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -36,17 +34,9 @@ from service.asgi import (
     send_response,
 )
 from service.balance import ConnectionBalancer
-from service.inference import (
-    MODEL_FAILED,
-    SERVER_FAILED,
-    Predictor,
-    RequestContext,
-    server_failure,
-)
+from service.inference import MODEL_FAILED, Predictor, RequestContext, RequestFailed
 from service.timeout import TIMEOUT_ANSWER
 from service.validation import RequestRejected
-
-log = logging.getLogger(__name__)
 
 # The endpoint label of /predict's requests (metrics, logs).
 PREDICT_ENDPOINT = "/predict"
@@ -82,52 +72,29 @@ class PredictEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         with tracing.server_span("POST /predict", headers, _PREDICT_SPAN_ATTRIBUTES) as span:
-            status, body, request_id = await self._predict(scope, headers, receive)
+            predictor = self._get_predictor()
+            ctx = RequestContext.start("http", PREDICT_ENDPOINT, headers.get("x-request-id"))
+            scope[TIMEOUT_ANSWER] = (ctx, error_body)  # BentoML's timeout answers in our shape
+            try:
+                predictions, _ = await predictor.answer(
+                    ctx,
+                    lambda body: (predictor.validator.validate_payload(decode_json(body)), None),
+                    seen_body,
+                    read=lambda: read_body(
+                        receive,
+                        headers.get("content-length"),
+                        self._max_body_bytes,
+                        headers.get("content-encoding"),
+                    ),
+                )
+            except RequestRejected as exc:
+                status, body = exc.status, error_body(ctx, exc)
+            except RequestFailed as exc:
+                status, body = 500, internal_error_body(ctx, exc.message)
+            else:
+                status, body = 200, orjson.dumps(predictor.render(ctx, predictions))
             tracing.end_status(span, status)
-        await send_response(send, status, body, request_id)
-
-    async def _predict(
-        self, scope: Scope, headers: dict[str, str], receive: Receive
-    ) -> tuple[int, bytes, str]:
-        predictor = self._get_predictor()
-        ctx = RequestContext.start("http", PREDICT_ENDPOINT, headers.get("x-request-id"))
-        scope[TIMEOUT_ANSWER] = (ctx, error_body)  # BentoML's timeout answers in our shape
-        body = b""
-        try:
-            predictor.check_room()
-            # Outside `validate`, as on the v2 and gRPC routes: a slow upload is the client's
-            # time, not validation's.
-            body = await read_body(
-                receive,
-                headers.get("content-length"),
-                self._max_body_bytes,
-                headers.get("content-encoding"),
-            )
-            with tracing.span("validate"):
-                instances = predictor.validator.validate_payload(decode_json(body))
-        except RequestRejected as exc:
-            predictor.reject(ctx, exc, *seen_body(exc, body))
-            return exc.status, error_body(ctx, exc), ctx.request_id
-        except asyncio.CancelledError:
-            # BentoML's request timeout, while a slow client was still sending the body:
-            # answered 504 by its middleware (service/timeout.py), recorded here like a timeout
-            # in the model queue.
-            predictor.reject(ctx, ctx.cancellation())
-            raise
-        except Exception:
-            # A defect of ours: answered and recorded now, not left to BentoML's timeout
-            # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or
-            # log row).
-            log.exception("request %s failed before the model call", ctx.request_id)
-            predictor.reject(ctx, server_failure(), body)
-            return 500, internal_error_body(ctx, SERVER_FAILED), ctx.request_id
-        try:
-            predictions = await predictor.predict(ctx, instances)
-        except RequestRejected as exc:  # e.g. 503 while shutting down; already recorded
-            return exc.status, error_body(ctx, exc), ctx.request_id
-        except Exception:
-            return 500, internal_error_body(ctx), ctx.request_id
-        return 200, orjson.dumps(predictor.render(ctx, predictions)), ctx.request_id
+        await send_response(send, status, body, ctx.request_id)
 
 
 def build_http_app(

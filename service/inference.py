@@ -1,10 +1,11 @@
 """The transport-independent core: validate, predict, and tell the side channels.
 
 ``POST /predict`` (service/http.py) and the Open Inference Protocol's gRPC and v2 REST (through
-service/oip/protocol.py) are thin adapters around :class:`Predictor`: they turn their payload into
-instances, call :meth:`Predictor.predict` or :meth:`Predictor.reject`, and render the answer.
-Every answered request produces exactly one event for the sinks (prediction log, metrics, access
-log), so all transports are logged and counted the same way.
+service/oip/protocol.py) are thin adapters around :class:`Predictor`: each hands
+:meth:`Predictor.answer`, the one request lifecycle, how to read its body and turn it into
+instances, and renders what comes back (predictions, a :class:`RequestRejected`, or a
+:class:`RequestFailed`). Every answered request produces exactly one event for the sinks
+(prediction log, metrics, access log), so all transports are logged and counted the same way.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -51,6 +52,12 @@ _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 BODY_EXCERPT_BYTES = 256
 MODEL_FAILED = "the model failed to answer; the server log has the details"
 SERVER_FAILED = "the server failed on this request; the server log has the details"
+# What a transport parses from a request besides its instances, for its answer (e.g. the v2
+# request's id and requested outputs).
+Parsed = TypeVar("Parsed")
+# What to record of a refused request's body: the bytes for the excerpt (the body, or a readable
+# account of it) and the body's size (None: the length of those bytes).
+SeenBody = Callable[[RequestRejected, bytes], tuple[bytes, int | None]]
 
 
 # Request ids must be unique, not secret: a generator seeded once per process from the OS is
@@ -156,6 +163,15 @@ def body_excerpt(body: bytes) -> str:
     return body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace")
 
 
+class RequestFailed(Exception):
+    """The model, or the server before it, failed on a request: recorded (500) and logged with its
+    traceback already; the message, without the details, is what the client is told."""
+
+    def __init__(self, message: str = MODEL_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def _unavailable(exc: BatcherClosed | BatcherFull) -> RequestRejected:
     """The 503 of a request the model cannot take: shutting down, or its queue full."""
     return RequestRejected.request_level(Reason.UNAVAILABLE, str(exc), status=503)
@@ -214,6 +230,63 @@ class Predictor:
                 name: list(chain.from_iterable(c[name] for c in columns)) for name in columns[0]
             }
         return self.contract.columns_of_rows([row for part in parts for row in part])
+
+    async def answer(
+        self,
+        ctx: RequestContext,
+        validate: Callable[[bytes], tuple[list[Instance], Parsed]],
+        seen: SeenBody,
+        *,
+        read: Callable[[], Awaitable[bytes]] | None = None,
+        body: bytes = b"",
+    ) -> tuple[list[Prediction], Parsed]:
+        """One request's life, whatever its transport: room in the model queue, read the body,
+        validate, predict; every outcome recorded once (:meth:`reject` or the prediction's event).
+
+        ``read`` reads the body (HTTP), else ``body`` is the request's (gRPC has the message
+        already); ``validate`` turns the body into instances (and what the transport's answer
+        needs), raising :class:`RequestRejected`; ``seen`` tells what of the body a refusal
+        records. Raises :class:`RequestRejected` for a refused request and
+        :class:`RequestFailed` when the server or the model fails, both recorded already, for the
+        transport to render under ``ctx.request_id`` (which ``validate`` may set: the v2 ``id``).
+        A cancellation (a timeout, a gRPC client's cancel) is recorded as
+        ``ctx.cancellation()`` and goes on.
+        """
+        try:
+            if read is not None:
+                # Before the body is read: under overload, reading and validating a body only to
+                # refuse it took the event loop's time from the requests it could still serve.
+                # gRPC's message is read by gRPC already, and refused by predict() if need be.
+                self.check_room()
+                # Outside `validate`: a slow upload is the client's time, not validation's.
+                body = await read()
+            with tracing.span("validate"):
+                instances, parsed = validate(body)
+        except RequestRejected as exc:
+            self.reject(ctx, exc, *seen(exc, body))
+            raise
+        except asyncio.CancelledError:
+            # BentoML's request timeout, while a slow client was still sending the body:
+            # answered 504 by its middleware (service/timeout.py), recorded here like a timeout
+            # in the model queue.
+            self.reject(ctx, ctx.cancellation())
+            raise
+        except Exception as exc:
+            # A defect of ours: answered and recorded now, not left to BentoML's timeout
+            # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or
+            # log row).
+            log.exception(
+                "%s request %s failed before the model call", ctx.endpoint, ctx.request_id
+            )
+            failure = server_failure()
+            self.reject(ctx, failure, *seen(failure, body))
+            raise RequestFailed(SERVER_FAILED) from exc
+        try:
+            return await self.predict(ctx, instances), parsed
+        except RequestRejected:  # e.g. 503 while shutting down; recorded
+            raise
+        except Exception as exc:  # recorded and logged by predict() and the batcher
+            raise RequestFailed() from exc
 
     async def predict(self, ctx: RequestContext, instances: list[Instance]) -> list[Prediction]:
         """Predictions for validated ``instances``, in order; publishes the event."""

@@ -2,33 +2,24 @@
 
 Both transports parse their wire format into an :class:`InferRequest` and render what
 :meth:`InferenceProtocol.infer` returns; everything else (which model is served, its metadata,
-readiness, validation, prediction, recording refused requests) happens here once. Every infer
-call produces exactly one event through the :class:`Predictor`, like ``POST /predict``.
+readiness, validation) happens here once, and the request's lifecycle (prediction, recording
+refused and failed requests: one event per infer call) is :meth:`Predictor.answer`'s, as for
+``POST /predict``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import bentoml
 
-from service import tracing
-from service.inference import (
-    MODEL_FAILED,
-    SERVER_FAILED,
-    Predictor,
-    RequestContext,
-    server_failure,
-    usable_request_id,
-)
+from service.events import Prediction
+from service.inference import Predictor, RequestContext, SeenBody, usable_request_id
 from service.oip.tensors import Tensor, TensorCodec
-from service.validation import Reason, RequestRejected
-
-log = logging.getLogger(__name__)
+from service.validation import Instance, Reason, RequestRejected
 
 _DISTRIBUTION = "credit-risk-service"
 
@@ -107,55 +98,57 @@ class InferenceProtocol:
         self.check_model(name, version)
         return self.ready
 
-    async def infer(
+    def infer(
         self,
         ctx: RequestContext,
-        parse: Callable[[], InferRequest],
-        describe: Callable[[], bytes],
-        body_size: int | None = None,
-    ) -> InferResult:
-        """Parse, validate and predict.
+        parse: Callable[[bytes], InferRequest],
+        seen: SeenBody,
+        *,
+        read: Callable[[], Awaitable[bytes]] | None = None,
+        body: bytes = b"",
+    ) -> Coroutine[Any, Any, tuple[list[Prediction], InferCall]]:
+        """:meth:`Predictor.answer`, ``parse`` turning the body into an :class:`InferRequest` and
+        the protocol validating it: the model served, the outputs requested, the input tensors.
 
-        Raises :class:`InferRejected` for a refused request and :class:`InferFailed` when the
-        model, or the server before it, fails; both are recorded already and carry the context
-        to answer with. ``describe()`` is called only for a request refused or failed before the
-        model call: the body, or a readable account of it, kept cut short in its log.
-        The protocol's ``id``, when usable as a request id, replaces the one from the header:
-        tritonclient's ``request_id`` argument sets it.
+        The protocol's ``id``, when usable as a request id, replaces the one from the header (in
+        ``ctx``, which the transport answers with): tritonclient's ``request_id`` argument sets
+        it. Not a coroutine itself: the one of ``answer`` is the request's, without another.
         """
-        try:
-            with tracing.span("validate"):
-                request = parse()
-                if request.id and usable_request_id(request.id):
-                    # In place: BentoML's timeout answer (service/timeout.py) holds this context.
-                    ctx.request_id = request.id
-                self.check_model(request.model_name, request.model_version)
-                outputs = self.codec.requested_outputs(request.outputs)
-                instances = self.codec.decode(request.inputs)
-        except RequestRejected as exc:
-            if isinstance(exc, MalformedInferRequest) and usable_request_id(exc.request_id):
-                ctx.request_id = exc.request_id
-            self.predictor.reject(ctx, exc, describe(), body_size)
-            raise InferRejected(exc, ctx) from exc
-        except Exception as exc:
-            # A defect of ours: answered and recorded now, not left to BentoML's timeout
-            # middleware (REQUEST_TIMEOUT_SECONDS, then a bare text 500 without request id or
-            # log row).
-            log.exception("infer request %s failed before the model call", ctx.request_id)
-            self.predictor.reject(ctx, server_failure(), describe(), body_size)
-            raise InferFailed(ctx, SERVER_FAILED) from exc
-        try:
-            predictions = await self.predictor.predict(ctx, instances)
-        except RequestRejected as exc:  # e.g. 503 while shutting down; recorded
-            raise InferRejected(exc, ctx) from exc
-        except Exception as exc:  # recorded and logged by the predictor and the batcher
-            raise InferFailed(ctx) from exc
-        return InferResult(ctx, request, self.codec.encode(predictions, outputs))
+
+        def validate(body: bytes) -> tuple[list[Instance], InferCall]:
+            try:
+                request = parse(body)
+            except MalformedInferRequest as exc:
+                if usable_request_id(exc.request_id):
+                    ctx.request_id = exc.request_id
+                raise
+            if request.id and usable_request_id(request.id):
+                # In place: BentoML's timeout answer (service/timeout.py) holds this context.
+                ctx.request_id = request.id
+            self.check_model(request.model_name, request.model_version)
+            outputs = self.codec.requested_outputs(request.outputs)
+            return self.codec.decode(request.inputs), InferCall(request, outputs)
+
+        return self.predictor.answer(ctx, validate, seen, read=read, body=body)
+
+    def result(
+        self, ctx: RequestContext, call: InferCall, predictions: list[Prediction]
+    ) -> InferResult:
+        """The answer's output tensors, for the transport to render."""
+        return InferResult(ctx, call.request, self.codec.encode(predictions, call.outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class InferCall:
+    """A validated infer request: what its answer needs besides the predictions."""
+
+    request: InferRequest
+    outputs: tuple[str, ...]  # the outputs to answer, in order
 
 
 @dataclass(frozen=True, slots=True)
 class InferResult:
-    ctx: RequestContext  # with the request id finally used
+    ctx: RequestContext
     request: InferRequest
     outputs: list[Tensor]
 
@@ -171,20 +164,3 @@ class MalformedInferRequest(RequestRejected):
     def __init__(self, rejection: RequestRejected, request_id: str) -> None:
         super().__init__(rejection.errors, rejection.status)
         self.request_id = request_id
-
-
-class InferRejected(Exception):
-    """A refused infer request, already recorded; ``ctx`` has the request id to answer with."""
-
-    def __init__(self, rejection: RequestRejected, ctx: RequestContext) -> None:
-        super().__init__(rejection.summary)
-        self.rejection = rejection
-        self.ctx = ctx
-
-
-class InferFailed(Exception):
-    """The model, or the server before it, failed (recorded; logged with its traceback)."""
-
-    def __init__(self, ctx: RequestContext, message: str = MODEL_FAILED) -> None:
-        super().__init__(message)
-        self.ctx = ctx

@@ -12,7 +12,6 @@ the protocol specifies and as clients such as tritonclient display it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -37,11 +36,9 @@ from service.asgi import (
     send_response,
     shown_path,
 )
-from service.inference import RequestContext
+from service.inference import RequestContext, RequestFailed
 from service.oip.protocol import (
     InferenceProtocol,
-    InferFailed,
-    InferRejected,
     InferRequest,
     InferResult,
     MalformedInferRequest,
@@ -68,6 +65,11 @@ def v2_error(exc: RequestRejected, request: Request) -> JSONResponse:
 def v2_error_body(ctx: RequestContext, exc: RequestRejected) -> bytes:
     """An infer request's error body (arguments as ``service.timeout.ErrorBody`` takes them)."""
     return orjson.dumps({**exc.to_dict(), "error": exc.summary, "request_id": ctx.request_id})
+
+
+def v2_failure_body(ctx: RequestContext, message: str) -> bytes:
+    """The 500 body of an infer request the server or the model failed on (no details)."""
+    return orjson.dumps({"error": message, "request_id": ctx.request_id})
 
 
 def _invalid(message: str) -> RequestRejected:
@@ -293,60 +295,46 @@ class InferEndpoint:
         with tracing.server_span(
             "POST /v2/models/{name}/infer", headers, _INFER_SPAN_ATTRIBUTES
         ) as span:
-            status, body, request_id, extra = await self._infer(scope, params, headers, receive)
+            protocol = self._get_protocol()
+            ctx = RequestContext.start(
+                "http", infer_endpoint(protocol.model_name), headers.get("x-request-id")
+            )
+            scope[TIMEOUT_ANSWER] = (ctx, v2_error_body)  # BentoML's timeout answers in our shape
+            extra = [JSON_CONTENT]
+            try:
+                predictions, call = await protocol.infer(
+                    ctx,
+                    _parser(protocol, params, headers),
+                    seen_body,
+                    read=lambda: read_body(
+                        receive,
+                        headers.get("content-length"),
+                        self._max_body_bytes,
+                        headers.get("content-encoding"),
+                    ),
+                )
+            except RequestRejected as exc:
+                status, body = exc.status, v2_error_body(ctx, exc)
+            except RequestFailed as exc:
+                status, body = 500, v2_failure_body(ctx, exc.message)
+            else:
+                status = 200
+                body, extra = render_infer(protocol, protocol.result(ctx, call, predictions))
             tracing.end_status(span, status)
-        await send_response(send, status, body, request_id, extra)
+        await send_response(send, status, body, ctx.request_id, extra)
 
-    async def _infer(
-        self,
-        scope: Scope,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        receive: Receive,
-    ) -> tuple[int, bytes, str, list[Header]]:
-        protocol = self._get_protocol()
-        name, version = params["name"], params.get("version", "")
-        ctx = RequestContext.start(
-            "http", infer_endpoint(protocol.model_name), headers.get("x-request-id")
-        )
-        scope[TIMEOUT_ANSWER] = (ctx, v2_error_body)  # BentoML's timeout answers in our shape
-        try:
-            protocol.predictor.check_room()
-            body = await read_body(
-                receive,
-                headers.get("content-length"),
-                self._max_body_bytes,
-                headers.get("content-encoding"),
-            )
-        except RequestRejected as exc:
-            protocol.predictor.reject(ctx, exc, *seen_body(exc, b""))
-            return exc.status, v2_error_body(ctx, exc), ctx.request_id, [JSON_CONTENT]
-        except asyncio.CancelledError:  # BentoML's request timeout, during a slow body
-            protocol.predictor.reject(ctx, ctx.cancellation())
-            raise
-        header_length = headers.get(HEADER_LENGTH.lower())
-        codec = protocol.codec
-        counts = (len(codec.inputs), len(codec.outputs), f"GET /v2/models/{protocol.model_name}")
-        try:
-            result = await protocol.infer(
-                ctx,
-                lambda: parse_rest_infer(
-                    body, header_length, name, version, codec.input_names, counts
-                ),
-                lambda: body,
-            )
-        except InferRejected as exc:
-            return (
-                exc.rejection.status,
-                v2_error_body(exc.ctx, exc.rejection),
-                exc.ctx.request_id,
-                [JSON_CONTENT],
-            )
-        except InferFailed as exc:
-            failed = orjson.dumps({"error": str(exc), "request_id": exc.ctx.request_id})
-            return 500, failed, exc.ctx.request_id, [JSON_CONTENT]
-        answer, extra = render_infer(protocol, result)
-        return 200, answer, result.ctx.request_id, extra
+
+def _parser(
+    protocol: InferenceProtocol, params: Mapping[str, str], headers: Mapping[str, str]
+) -> Callable[[bytes], InferRequest]:
+    """:func:`parse_rest_infer` for a request to ``params``' model, with these headers."""
+    name, version = params["name"], params.get("version", "")
+    header_length = headers.get(HEADER_LENGTH.lower())
+    codec = protocol.codec
+    counts = (len(codec.inputs), len(codec.outputs), f"GET /v2/models/{protocol.model_name}")
+    return lambda body: parse_rest_infer(
+        body, header_length, name, version, codec.input_names, counts
+    )
 
 
 def v2_routes(

@@ -18,14 +18,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from service import tracing
-from service.inference import RequestContext
+from service.inference import RequestContext, RequestFailed
 from service.oip.generated import grpc_predict_v2_pb2 as pb
 from service.oip.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.oip.outcome import ShutdownCancel, cancellation, final_code
 from service.oip.protocol import (
     InferenceProtocol,
-    InferFailed,
-    InferRejected,
     InferRequest,
     InferResult,
     MalformedInferRequest,
@@ -306,39 +304,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         request: pb.ModelInferRequest | None = None
 
-        def parse() -> InferRequest:
+        def parse(data: bytes) -> InferRequest:
             nonlocal request
             request = decode_infer_request(data)
             return parse_infer_request(request, self._datatypes, self._counts)
 
+        def seen(exc: RequestRejected, data: bytes) -> tuple[bytes, int | None]:
+            # The message is binary: its log excerpt is a readable account of it, once decoded.
+            return data if request is None else describe_request(request), len(data)
+
         try:
-            result = await self._protocol.infer(
-                ctx,
-                parse,
-                lambda: data if request is None else describe_request(request),
-                len(data),
-            )
-        except InferRejected as exc:
-            code = _STATUS_CODES.get(exc.rejection.status, grpc.StatusCode.INTERNAL)
+            predictions, call = await self._protocol.infer(ctx, parse, seen, body=data)
+        except RequestRejected as exc:
+            code = _STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
             await context.abort(
                 code,
-                exc.rejection.summary,
+                exc.summary,
                 trailing_metadata=(
-                    (REQUEST_ID_METADATA, exc.ctx.request_id),
-                    (STATUS_DETAILS_METADATA, status_details(exc.rejection, code)),
+                    (REQUEST_ID_METADATA, ctx.request_id),
+                    (STATUS_DETAILS_METADATA, status_details(exc, code)),
                 ),
             )
             raise  # abort() raises
-        except InferFailed as exc:
+        except RequestFailed as exc:
             await context.abort(
                 grpc.StatusCode.INTERNAL,
-                str(exc),
-                trailing_metadata=((REQUEST_ID_METADATA, exc.ctx.request_id),),
+                exc.message,
+                trailing_metadata=((REQUEST_ID_METADATA, ctx.request_id),),
             )
             raise  # abort() raises
-        context.set_trailing_metadata(((REQUEST_ID_METADATA, result.ctx.request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, ctx.request_id),))
         assert request is not None  # parsed, or infer() would have raised
-        return build_infer_response(self._protocol, result, raw=bool(request.raw_input_contents))
+        return build_infer_response(
+            self._protocol,
+            self._protocol.result(ctx, call, predictions),
+            raw=bool(request.raw_input_contents),
+        )
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
