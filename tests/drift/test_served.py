@@ -1,10 +1,15 @@
 """Drift in a real `bentoml serve` with 2 workers, its runs every 2 s, fed by real traffic.
 
-One service for the module, the tests in order: no traffic (insufficient data, no verdict);
-traffic drawn from the data set unchanged (no drift); the same amount with three features
-shifted (those flagged, the prediction too); one run per slot between the two workers; a run
-that fails for real (the snapshot directory replaced by a file) is counted as failed while
-predictions are answered; the drift metric table of docs/metrics-and-traces.md against the scrape.
+One service for the module: no traffic (insufficient data, no verdict); traffic drawn from the
+data set unchanged (no drift); the same amount with three features shifted (those flagged, the
+prediction too); one run per slot between the two workers; a run that fails for real (the
+snapshot directory replaced by a file) is counted as failed while predictions are answered; the
+drift metric table of docs/metrics-and-traces.md against the scrape.
+
+Each test passes alone and in any order: each sends the traffic whose window it checks, and the
+two that need a window of nothing but their own (no traffic; the held-out rows, fewer than a
+window) take ``untouched``: the module's service while no request reached it (in file order they
+come first, so no other service is started), else one started for the test.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from service.model import LoadedModel
 from service.predlog.schema import predictions
 from service.predlog.store import Store
 from tests.drift.helpers import SHIFTED, SHIFTS, sample, unseen
-from tests.support import ROOT, ServedService, exported_names, wait_until
+from tests.support import ROOT, ServedService, exported_names, total, wait_until
+from tests.support import scrape as scrape_all
 
 WINDOW = 300
 FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features (test_compute.py)
@@ -41,8 +47,8 @@ FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features 
 FIRST_RUN_SECONDS = 240
 
 
-@pytest.fixture(scope="module")
-def drifting(model_tag: str) -> Iterator[ServedService]:
+def served_drift() -> ServedService:
+    """A service of its own: its own prediction log and snapshot directory."""
     state = Path(tempfile.mkdtemp(prefix="drift-served-"))
     env = {
         "DRIFT_ENABLED": "true",
@@ -56,7 +62,25 @@ def drifting(model_tag: str) -> Iterator[ServedService]:
         "PREDICTION_LOG_FLUSH_INTERVAL_SECONDS": "0.1",
         "ACCESS_LOG": "false",
     }
-    with ServedService(env=env, workers=2) as service:
+    return ServedService(env=env, workers=2)
+
+
+@pytest.fixture(scope="module")
+def drifting(model_tag: str) -> Iterator[ServedService]:
+    with served_drift() as service:
+        yield service
+
+
+@pytest.fixture
+def untouched(drifting: ServedService) -> Iterator[ServedService]:
+    """A service no inference request has reached: nothing in its window, no report, no verdict
+    ever shown. The module's while that holds (free: the tests taking this come first in the
+    file); else one for this test alone (seconds to start, and its first run imports Evidently
+    in its own child process)."""
+    if total(scrape_all(drifting.url), "inference_requests_total") == 0:
+        yield drifting
+        return
+    with served_drift() as service:
         yield service
 
 
@@ -104,8 +128,11 @@ def logged(service: ServedService) -> int:
         store.close()
 
 
-def run_after(service: ServedService, instances: int, timeout: float = 120) -> dict[str, Any]:
-    """The first completed run that started after ``instances`` rows were in the log."""
+def run_after(
+    service: ServedService, instances: int, timeout: float = FIRST_RUN_SECONDS
+) -> dict[str, Any]:
+    """The first completed run that started after ``instances`` rows were in the log; it may be
+    the service's first (a test run alone or first), which starts the drift process."""
     wait_until(lambda: logged(service) >= instances, timeout=30)
     since = time.time()
 
@@ -133,12 +160,12 @@ def verdict_gauges(samples: Samples) -> dict[str, float]:
     return {name: samples[(name, frozenset())] for name in names}
 
 
-def test_without_traffic_there_is_no_verdict(drifting: ServedService) -> None:
-    answer = httpx.get(f"{drifting.url}/drift/report")
+def test_without_traffic_there_is_no_verdict(untouched: ServedService) -> None:
+    answer = httpx.get(f"{untouched.url}/drift/report")
     assert answer.status_code == 404
     assert "no drift report yet" in answer.json()["message"]
 
-    state = run_after(drifting, 0, timeout=FIRST_RUN_SECONDS)
+    state = run_after(untouched, 0)
 
     assert state["status"] == "insufficient_data"
     assert state["window_size"] == 0
@@ -146,7 +173,7 @@ def test_without_traffic_there_is_no_verdict(drifting: ServedService) -> None:
     assert state["features"] == {}
     assert state["prediction"] is None
     assert (state["interval_seconds"], state["min_samples"]) == (2, 100)
-    _, samples = scrape(drifting.url)
+    _, samples = scrape(untouched.url)
     assert samples[("model_drift_insufficient_data", frozenset())] == 1
     assert samples[("model_drift_window_instances", frozenset())] == 0
     assert samples[("model_drift_interval_seconds", frozenset())] == 2
@@ -158,7 +185,7 @@ def test_without_traffic_there_is_no_verdict(drifting: ServedService) -> None:
 
 
 def test_traffic_like_the_data_set_shows_no_drift(
-    drifting: ServedService, model: LoadedModel
+    untouched: ServedService, model: LoadedModel
 ) -> None:
     # Rows the model was not fitted on, each once. Training rows would show as prediction drift
     # (a flexible model scores them more confidently than new ones: helpers.unseen), and rows
@@ -168,10 +195,9 @@ def test_traffic_like_the_data_set_shows_no_drift(
     if len(rows) < 100:
         pytest.skip("models/train.py kept fewer than 100 rows of its data out of training")
     window = random.Random(11).sample(rows, min(len(rows), WINDOW))
-    before = logged(drifting)
-    post(drifting.url, window)
+    post(untouched.url, window)  # the whole window: nothing else reached this service
 
-    state = run_after(drifting, before + len(window))
+    state = run_after(untouched, len(window))
 
     assert state["status"] == "ok"
     assert state["window_size"] == len(window)
@@ -179,10 +205,10 @@ def test_traffic_like_the_data_set_shows_no_drift(
     assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
     assert state["dataset_drift"] is False
     assert state["prediction"]["drifted"] is False
-    shown, samples = shown_with_metrics(drifting.url, state)
+    shown, samples = shown_with_metrics(untouched.url, state)
     assert_metrics_show(shown, samples)
     assert samples[("model_drift_dataset_drifted", frozenset())] == 0
-    report = httpx.get(f"{drifting.url}/drift/report")
+    report = httpx.get(f"{untouched.url}/drift/report")
     assert report.status_code == 200
     assert report.headers["content-type"].startswith("text/html")
     assert all(name in report.text for name in CONTRACT.feature_names)  # this model's report
@@ -298,7 +324,7 @@ def a_completed_run(service: ServedService) -> dict[str, Any]:
         return state
     before = logged(service)
     post(service.url, sample(WINDOW, seed=14))
-    state = run_after(service, before + WINDOW, timeout=FIRST_RUN_SECONDS)
+    state = run_after(service, before + WINDOW)
     assert state["status"] == "ok", state
     return state
 
