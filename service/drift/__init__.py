@@ -11,6 +11,7 @@ Modules, in the order a run flows through them:
   interpreter;
 - ``runner``: what the child runs (``python -m service.drift.runner``): read the window,
   compute, keep the snapshot;
+- ``priority``: the child's CPU priority, lowered before its imports;
 - ``window``: the most recent logged instances, from the prediction log, typed by the contract;
 - ``compute``: Evidently's data drift preset over the features and the score;
 - ``summary``: the typed result of a run, as stored and as served;

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import signal
 
+from service.drift.priority import lower_priority
+
 if __name__ == "__main__":
+    # First of all: the imports below alone (pandas, SQLAlchemy) take seconds of CPU, and a child
+    # is started again after every run that timed out (again and again while the CPU is
+    # saturated), each time taking those seconds from the requests at the workers' priority.
+    lower_priority()
     # Its worker decides when the child ends (closing stdin, or killing it mid-run), not a
     # signal meant for the worker: Ctrl-C in the terminal of `bentoml serve` reaches the whole
     # process group (the child died with a KeyboardInterrupt traceback in the service's log),
@@ -24,7 +30,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-import contextlib
 import functools
 import json
 import os
@@ -42,8 +47,6 @@ from service.drift import snapshots
 from service.drift.summary import DriftSummary
 from service.drift.window import read_window
 from service.predlog.store import Store
-
-NICENESS = 10
 
 
 @functools.cache
@@ -179,21 +182,7 @@ def serve(jobs: IO[str], answers: IO[str]) -> None:
         answers.flush()
 
 
-def lower_priority() -> None:
-    """Run only on CPU the serving workers leave idle.
-
-    Linux's SCHED_IDLE: the scheduler gives this process a core only when nothing else wants it,
-    so a run never delays a request; under sustained saturation a run is starved until it times
-    out (counted as failed), which is the right way round. Plain nice 10 elsewhere (and as well:
-    a nice value survives where the policy is refused, e.g. by a container's seccomp profile).
-    """
-    os.nice(NICENESS)
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 def main() -> None:
-    lower_priority()
     import service.drift.compute  # noqa: F401  (the slow import, before saying ready)
 
     # The answers get the real stdout; anything a library prints goes to stderr instead of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.drift.priority import NICENESS
 from service.drift.runner import run_job, serve
 from service.drift.summary import DriftSummary
 from service.metrics import DriftMetrics
@@ -167,6 +169,46 @@ def test_the_signals_stopping_its_worker_leave_the_child_to_its_worker() -> None
         child.kill()
     assert child.returncode == 0, errors
     assert "KeyboardInterrupt" not in errors
+
+
+# Started as process.DriftProcess starts it, but stopped at its first import of pandas (the first
+# of its seconds of imports), printing the priority it runs at by then.
+_PRIORITY_AT_FIRST_HEAVY_IMPORT = """
+import os, runpy, sys
+
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            print(os.nice(0), os.sched_getscheduler(0), flush=True)
+            os._exit(0)
+
+sys.meta_path.insert(0, Probe())
+runpy.run_module("service.drift.runner", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_child_lowers_its_priority_before_its_imports() -> None:
+    # Its imports take seconds of CPU (pandas, SQLAlchemy: 3 s here, before Evidently's 9): at
+    # the workers' priority, every start of a child (after a run's timeout: again and again
+    # while the CPU is saturated) took them from the requests.
+    child = subprocess.run(
+        [sys.executable, "-c", _PRIORITY_AT_FIRST_HEAVY_IMPORT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    nice, policy = map(int, child.stdout.split())
+    assert nice >= NICENESS
+    if hasattr(os, "SCHED_IDLE"):  # Linux: the policy, unless the platform refuses it
+        refused = policy == os.SCHED_OTHER and _sched_idle_refused()
+        assert policy == os.SCHED_IDLE or refused
+
+
+def _sched_idle_refused() -> bool:
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode != 0
 
 
 def test_an_unwritable_snapshot_directory_fails_the_run_naming_the_setting_without_a_traceback(
