@@ -21,11 +21,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -33,18 +33,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from models.contract import CONTRACT
+from service.drift.process import START_TIMEOUT_SECONDS
 from service.drift.runs import drift_runs
 from service.model import LoadedModel
 from service.predlog.schema import predictions
 from service.predlog.store import Store
 from tests.drift.helpers import SHIFTED, SHIFTS, sample, unseen
-from tests.support import ROOT, ServedService, exported_names, total, wait_until
+from tests.support import ROOT, ServedService, exported_names, total
 from tests.support import scrape as scrape_all
 
 WINDOW = 300
 FALSE_POSITIVES_ALLOWED = 2  # p-value tests at 0.05 over 15 untouched features (test_compute.py)
 # The first run starts the drift child process, which imports Evidently: slow on a busy machine.
 FIRST_RUN_SECONDS = 240
+# pytest's timeout (300 s, pyproject.toml) counts a test's setup (training the model, starting a
+# service) and all its waits: longer here, so that a wait that expires fails with what drift
+# showed (wait_for) instead of a dump of the threads, which reads as a hang.
+pytestmark = pytest.mark.timeout(2 * FIRST_RUN_SECONDS + 120)
 
 
 def served_drift() -> ServedService:
@@ -108,6 +113,48 @@ def drift(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/drift", timeout=10).json()
 
 
+T = TypeVar("T")
+
+
+def wait_for(
+    service: ServedService,
+    condition: Callable[[], T | None],
+    what: str,
+    timeout: float,
+    interval: float = 0.5,
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; after ``timeout``
+    seconds, fail saying ``what`` was awaited and what ``GET /drift`` showed then.
+
+    Every wait here is on the drift runs, which the drift process does at idle CPU priority: on a
+    saturated machine it is starved (by design: docs/drift.md), and the tests wait their full
+    deadlines one after another. The message tells that apart from a run that failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not in {timeout:g}s; {shows(service)}")
+        time.sleep(interval)
+
+
+def shows(service: ServedService) -> str:
+    try:
+        state = drift(service.url)
+    except httpx.HTTPError as exc:
+        return f"GET /drift failed: {exc!r}"
+    shown = {k: state[k] for k in ("status", "run_id", "computed_at", "window_size", "error")}
+    last = state["last_completed"] or {}
+    said = f"GET /drift shows {shown}, the last completed run {last.get('computed_at')}"
+    if state["status"] == "pending":
+        said += (
+            " (no run has ended: is the drift process, at idle CPU priority, starved by a busy "
+            f"machine? It has {START_TIMEOUT_SECONDS:g}s to start, then the run fails)"
+        )
+    return said
+
+
 def post(url: str, instances: list[dict[str, Any]], batch: int = 50) -> None:
     def send(start: int) -> None:
         # A connection per request: the kernel spreads them over both workers.
@@ -133,7 +180,7 @@ def run_after(
 ) -> dict[str, Any]:
     """The first completed run that started after ``instances`` rows were in the log; it may be
     the service's first (a test run alone or first), which starts the drift process."""
-    wait_until(lambda: logged(service) >= instances, timeout=30)
+    wait_for(service, lambda: logged(service) >= instances, f"{instances} rows logged", 30)
     since = time.time()
 
     def fresh() -> dict[str, Any] | None:
@@ -143,7 +190,7 @@ def run_after(
             return state if computed > since else None
         return None
 
-    return wait_until(fresh, timeout=timeout, interval=0.5)
+    return wait_for(service, fresh, f"a run completed after {instances} rows logged", timeout)
 
 
 def _timestamp(iso: str) -> float:
@@ -205,7 +252,7 @@ def test_traffic_like_the_data_set_shows_no_drift(
     assert len(flagged) <= FALSE_POSITIVES_ALLOWED, flagged
     assert state["dataset_drift"] is False
     assert state["prediction"]["drifted"] is False
-    shown, samples = shown_with_metrics(untouched.url, state)
+    shown, samples = shown_with_metrics(untouched, state)
     assert_metrics_show(shown, samples)
     assert samples[("model_drift_dataset_drifted", frozenset())] == 0
     report = httpx.get(f"{untouched.url}/drift/report")
@@ -227,14 +274,16 @@ def test_shifted_features_are_flagged_in_drift_and_metrics(drifting: ServedServi
     assert len(flagged - set(SHIFTED)) <= FALSE_POSITIVES_ALLOWED, flagged
     assert state["prediction"]["drifted"] is True
     assert state["drifted_share"] == pytest.approx(len(flagged) / len(CONTRACT.feature_names))
-    shown, samples = shown_with_metrics(drifting.url, state)
+    shown, samples = shown_with_metrics(drifting, state)
     assert_metrics_show(shown, samples)
     for name in SHIFTED:
         assert samples[("model_drift_feature_drifted", frozenset({("feature", name)}))] == 1
     assert samples[("model_drift_prediction_drifted", frozenset())] == 1
 
 
-def shown_with_metrics(url: str, state: dict[str, Any]) -> tuple[dict[str, Any], Samples]:
+def shown_with_metrics(
+    service: ServedService, state: dict[str, Any]
+) -> tuple[dict[str, Any], Samples]:
     """``GET /drift`` and a scrape that show the same run: ``state``'s or a later one, of the same
     window.
 
@@ -242,6 +291,7 @@ def shown_with_metrics(url: str, state: dict[str, Any]) -> tuple[dict[str, Any],
     ending between the two reads would make them differ, and the worker answering ``GET /drift``
     may not have read ``state``'s run yet. Both are read again until they agree on such a run.
     """
+    url = service.url
     checked = _timestamp(state["computed_at"])
 
     def agree() -> tuple[dict[str, Any], Samples] | None:
@@ -254,7 +304,8 @@ def shown_with_metrics(url: str, state: dict[str, Any]) -> tuple[dict[str, Any],
             return None
         return shown, samples
 
-    shown, samples = wait_until(agree, timeout=30, interval=0.2)
+    what = "GET /drift and the scrape showing the same run"
+    shown, samples = wait_for(service, agree, what, 30, interval=0.2)
     assert shown["window_size"] == state["window_size"]  # no traffic since: the same window
     return shown, samples
 
@@ -309,7 +360,8 @@ def test_one_run_per_interval_slot_between_the_workers(drifting: ServedService) 
         settled = quiet and len(before) >= 3 and all_runs(drifting) == before
         return (before, counted) if settled else None
 
-    rows, counted = wait_until(agree, timeout=FIRST_RUN_SECONDS, interval=0.2)
+    what = "three runs, and none running before and after a scrape"
+    rows, counted = wait_for(drifting, agree, what, FIRST_RUN_SECONDS, interval=0.2)
     slots = [slot for slot, _, _ in rows]
     assert len(slots) == len(set(slots)) >= 3
     assert counted == len(rows)
@@ -348,7 +400,7 @@ def test_a_failing_run_is_counted_and_predictions_go_on(drifting: ServedService)
             refused = state["status"] == "failed" and "DRIFT_SNAPSHOT_DIR" in state["error"]
             return state if refused else None
 
-        state = wait_until(failed, timeout=120, interval=0.5)
+        state = wait_for(drifting, failed, "a run failed on DRIFT_SNAPSHOT_DIR", 120)
         # One line naming the setting to correct, not the child's traceback.
         assert "File exists" in state["error"]
         assert state["last_completed"]["status"] == "ok"
@@ -358,7 +410,8 @@ def test_a_failing_run_is_counted_and_predictions_go_on(drifting: ServedService)
     finally:
         directory.unlink()
     # Back to normal once the directory can be written again.
-    wait_until(lambda: drift(drifting.url)["status"] == "ok", timeout=120, interval=0.5)
+    back = "a run ok once the directory is back"
+    wait_for(drifting, lambda: drift(drifting.url)["status"] == "ok", back, 120)
 
 
 def test_promtool_finds_nothing_to_report(drifting: ServedService) -> None:
