@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 import pytest
 
+from service.drift import process
 from service.drift.process import DriftProcess, RunFailed
 
 
@@ -43,4 +44,18 @@ def test_a_stop_as_the_child_becomes_ready_fails_the_run_and_kills_the_child() -
     with pytest.raises(RunFailed, match="stopped"):
         process.run({"slot": 0}, timeout=60)
     assert not process.warm
+    assert drift_children() == []
+
+
+def test_a_child_starved_at_its_start_fails_the_run_and_is_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At idle CPU priority a saturated machine starves the child's start: the run fails (counted,
+    # and GET /drift says why) instead of the monitor waiting on it, and the child is not left
+    # behind. A start shorter than Python's own stands in for the starving.
+    monkeypatch.setattr(process, "START_TIMEOUT_SECONDS", 0.01)
+    drift = DriftProcess()
+    with pytest.raises(RunFailed, match=r"did not start within 0s; the process was killed"):
+        drift.run({"slot": 0}, timeout=60)
+    assert not drift.warm
     assert drift_children() == []
