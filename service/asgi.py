@@ -11,7 +11,7 @@ drift routes use :class:`JSONResponse`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -64,15 +64,16 @@ def request_headers(scope: Scope) -> dict[str, str]:
     }
 
 
-async def read_body(
-    receive: Receive, content_length: str | None, limit: int, content_encoding: str | None = None
-) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 415
-    when it is compressed (tritonclient's ``request_compression_algorithm``): read as it came, it
-    was refused as invalid JSON or a wrong header length, not for its encoding.
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The body (``headers`` as :func:`request_headers` gives them: lower-case names), refused
+    with 413 as soon as it is known to exceed ``limit`` bytes, and with 415 when it is compressed
+    (tritonclient's ``request_compression_algorithm``): read as it came, it was refused as
+    invalid JSON or a wrong header length, not for its encoding.
 
     A client that closes its connection before the whole body is refused with 499
     (:class:`ClientClosed`)."""
+    content_length = headers.get("content-length")
+    content_encoding = headers.get("content-encoding")
     if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
         raise RequestRejected.request_level(
             Reason.INVALID_BODY,

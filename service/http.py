@@ -80,12 +80,7 @@ class PredictEndpoint:
                     ctx,
                     lambda body: (predictor.validator.validate_payload(decode_json(body)), None),
                     seen_body,
-                    read=lambda: read_body(
-                        receive,
-                        headers.get("content-length"),
-                        self._max_body_bytes,
-                        headers.get("content-encoding"),
-                    ),
+                    read=lambda: read_body(receive, headers, self._max_body_bytes),
                 )
             except RequestRejected as exc:
                 status, body = exc.status, error_body(ctx, exc)

@@ -306,12 +306,7 @@ class InferEndpoint:
                     ctx,
                     _parser(protocol, params, headers),
                     seen_body,
-                    read=lambda: read_body(
-                        receive,
-                        headers.get("content-length"),
-                        self._max_body_bytes,
-                        headers.get("content-encoding"),
-                    ),
+                    read=lambda: read_body(receive, headers, self._max_body_bytes),
                 )
             except RequestRejected as exc:
                 status, body = exc.status, v2_error_body(ctx, exc)
