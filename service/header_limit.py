@@ -21,6 +21,16 @@ request, or for the rest of a head once one byte of it had come, so that a clien
 connections and sending nothing, or a byte now and then, held them (and their file descriptors)
 for good. A partial head is answered 408, an idle connection just closed.
 
+A refused connection is closed so that its client can read the answer (a "lingering close", as
+Apache's and nginx's): the answer written, the write side is shut, and what the client still
+sends (the rest of its head, the body it sent with it) is read and dropped, never parsed, until
+the client closes, for at most LINGER_SECONDS (2 s) and LINGER_BYTES (4 MiB), then the
+connection is closed. Closed at once with bytes of the client unread, the kernel reset it, and
+the client, still writing or reading, saw "connection reset by peer" and not the refusal (every
+time for a 100 KB head sent with a 1 MB body). A client that sends on past either bound is cut
+off (and may then lose the answer); over TLS, which has no half-close, the connection is closed
+at once as before.
+
 Such a refused request never reaches the application: it has no endpoint, no body and no model,
 so it is no row of the prediction log (whose rejections are what a prediction endpoint refused).
 It still gets a request id, in its answer (body and ``X-Request-ID``) and, for a 431 or 408, in
@@ -36,6 +46,7 @@ this runs for a request that is not refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +77,14 @@ _STATUS_LINES = {
     HEAD_TOO_LARGE: b"431 Request Header Fields Too Large",
     HEAD_TIMEOUT: b"408 Request Timeout",
 }
+# After a refusal, what the client still sends (the rest of its head, its body) is read and
+# dropped, its answer written and the write side shut, until the client closes, for at most
+# LINGER_SECONDS and LINGER_BYTES: a close with the client's bytes unread resets the connection,
+# and the client then saw 'connection reset by peer', not the refusal. Bounded, so that a client
+# sending on holds a connection no longer than that; past either bound it is closed (and may be
+# reset). The bytes: MAX_BODY_BYTES' default, a body the service would have read.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 << 20
 _installed = False
 
 
@@ -148,6 +167,8 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     protocol._first_piece_bytes = 0
     # The timer of the head awaited (from the connection's opening or a head's first byte).
     protocol._head_timer = None
+    # Whether the connection was refused (its answer written, its protocol now _Lingering).
+    protocol._refused = False
 
     def arm(self: Any) -> None:
         if self._head_timer is None:
@@ -167,7 +188,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
 
     def expire(self: Any) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         if self._head_open:
             _refuse(self, HEAD_TIMEOUT, timed_out, timeout_seconds)
@@ -189,7 +210,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
         if not (counted and self._head_open):
             return
         self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+        if self._head_bytes > MAX_HEAD_BYTES and not (self._refused or self.transport.is_closing()):
             _refuse(self, HEAD_TOO_LARGE, _TOO_LARGE, waited(self))
 
     def bounded_on_message_begin(self: Any) -> None:
@@ -209,7 +230,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
             disarm(self)
             # Stops the parser before the request reaches the application (its task is
             # created here); uvicorn then logs an invalid request, which this one is not, and
-            # calls send_400_response, which sees the connection closed.
+            # calls send_400_response, which sees the connection refused.
             self.logger = _SILENT
             raise HeadTooLarge
         disarm(self)
@@ -218,7 +239,7 @@ def _bound(protocol: Any, timeout_seconds: float) -> None:
     def send_400_response(self: Any, msg: str) -> None:
         # uvicorn's answer to what its parser refuses, in plain text and without a request id;
         # uvicorn has logged its warning already.
-        if not self.transport.is_closing():  # else refused already (a head too large)
+        if not (self._refused or self.transport.is_closing()):  # else refused already
             _refuse(self, MALFORMED, _MALFORMED, waited(self))
 
     protocol.data_received = bounded_data_received
@@ -250,12 +271,16 @@ def _whole_head_too_large(protocol: Any) -> bool:
 
 
 def _refuse(protocol: Any, reason: str, message: str, waited: float) -> None:
-    """Answer ``reason``'s status with ``message``, close the connection, tell the observers."""
+    """Answer ``reason``'s status with ``message``, close the connection (lingering), tell the
+    observers."""
     request_id = new_request_id()
     protocol._head_open = False
+    protocol._refused = True
+    if protocol._head_timer is not None:
+        protocol._head_timer.cancel()
+        protocol._head_timer = None
     answer = _response(_STATUS_LINES[reason], message, request_id, _origin(protocol))
-    protocol.transport.write(answer)
-    protocol.transport.close()
+    _answer_and_close(protocol, answer)
     if reason != MALFORMED:
         log.warning("refused request %s (%d): %s", request_id, STATUSES[reason], message)
     refusal = Refusal(
@@ -270,3 +295,54 @@ def _refuse(protocol: Any, reason: str, message: str, waited: float) -> None:
             observer(refusal)
         except Exception:  # an observer never takes the answer or the other observers down
             log.exception("refusal observer %r failed", observer)
+
+
+def _answer_and_close(protocol: Any, answer: bytes) -> None:
+    """Write ``answer`` and close the connection once the client has read it: shut the write
+    side, then drop what the client still sends (:class:`_Lingering`)."""
+    transport = protocol.transport
+    transport.write(answer)
+    if not transport.can_write_eof():  # TLS: no half-close
+        transport.close()
+        return
+    cycle = protocol.cycle
+    if cycle is not None and not cycle.response_complete:
+        # A body refused (malformed) while the application reads it: it sees the client gone,
+        # as uvicorn tells it when the connection is lost, and writes nothing after the refusal.
+        cycle.disconnected = True
+        cycle.message_event.set()
+    transport.write_eof()
+    transport.set_protocol(_Lingering(protocol))
+    if not transport.is_reading():  # paused by uvicorn's flow control: the client's bytes wait
+        transport.resume_reading()
+
+
+class _Lingering(asyncio.Protocol):
+    """The protocol of a refused connection: what the client still sends is dropped, never
+    parsed, until the client closes, LINGER_SECONDS pass or LINGER_BYTES are read, then the
+    connection is closed. uvicorn's protocol is told of the loss as before (it counts its open
+    connections, and waits for them at shutdown)."""
+
+    def __init__(self, refused: Any) -> None:
+        self._refused = refused
+        self._transport: asyncio.Transport = refused.transport
+        self._left = LINGER_BYTES
+        self._deadline = refused.loop.call_later(LINGER_SECONDS, self._transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the client has sent all: the transport closes
+
+    def pause_writing(self) -> None:
+        self._refused.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._refused.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        self._refused.connection_lost(exc)

@@ -250,7 +250,7 @@ def send_post_head(
 def send_endless_head(host: str, port: int, limit: int = 64 << 20) -> tuple[int, bytes]:
     """Send a request whose one header grows until the server answers (or ``limit`` bytes are
     sent): the bytes sent, and the answer's first bytes (empty if the server's close reset the
-    connection first, as it may when bytes of ours were left unread)."""
+    connection first, as it does when bytes of ours are left unread)."""
     sent = 0
     answer = b""
     with socket.create_connection((host, port), timeout=10) as sock:

@@ -5,6 +5,7 @@ flight (BentoML's `bentoml_service_request_in_progress`) longer than it lasts.""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import sqlite3
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from models.contract import CONTRACT
-from service.header_limit import STATUSES
+from service.header_limit import LINGER_SECONDS, STATUSES
 from service.metrics import REQUEST_FLUSH_SECONDS
 from service.oip.rest import infer_endpoint
 from tests.support import (
@@ -132,9 +133,9 @@ def test_a_request_head_beyond_the_limit_is_refused_before_it_is_whole(
     sent, answer = send_endless_head("127.0.0.1", served.port)
     # Cut off long before: what was sent beyond the limit is what the sockets' buffers held.
     assert sent < 16 << 20, f"the worker read {sent} bytes of headers, answered {answer[:40]!r}"
-    if answer:
-        assert answer.startswith(b"HTTP/1.1 431 "), answer
-        assert b"exceed 65536 bytes" in answer
+    # Read by the client still writing (the worker drops what follows the refusal a while).
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert b"exceed 65536 bytes" in answer
 
 
 def test_a_request_head_beyond_the_limit_is_refused_when_it_arrives_at_once(
@@ -233,8 +234,7 @@ def test_requests_refused_before_the_service_are_counted_and_have_an_access_log_
             answers["malformed"] = refusal_answer(malformed)
         with socket.create_connection(address, timeout=10) as large:
             # The piece a head begins in is not counted (it may end the previous request):
-            # sent apart, the rest is read whole before the refusal, so its answer is not lost
-            # to a reset.
+            # sent apart, the rest is counted as it arrives.
             large.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
             time.sleep(0.5)
             large.sendall(b"a" * 70_000)
@@ -273,3 +273,81 @@ def test_requests_refused_before_the_service_are_counted_and_have_an_access_log_
     # Not rows of the prediction log: no endpoint, no body, no model to record.
     for _, request_id, _ in answers.values():
         assert rejection(store, request_id) is None
+
+
+# A head over the limit, and a body of 1 MB after it: what a client posting with an oversized
+# header (a cookie, a token) sends, and keeps sending while the refusal comes back.
+OVERSIZED_POST = (
+    b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nX-Padding: %s\r\n\r\n" % (1 << 20, b"a" * 100_000)
+) + b" " * (1 << 20)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_refused_client_still_sending_reads_the_whole_refusal(
+    service: tuple[ServedService, Path], attempt: int
+) -> None:
+    """The refusal was written and the connection closed with the client's bytes still unread
+    (the rest of a body sent with the head): the kernel resets such a connection, and the client
+    saw 'connection reset by peer', in its write or its read, rather than the 431 and its
+    request id. Tried several times: the reset races with the client's reads."""
+    served, _ = service
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(OVERSIZED_POST)
+        status, request_id, body = refusal_answer(sock)
+    assert status == 431, body
+    assert body["error"] == "invalid_request"
+    assert body["request_id"] == request_id
+
+
+def test_a_refused_head_still_arriving_is_answered_to_its_client(
+    service: tuple[ServedService, Path],
+) -> None:
+    """A head cut off while it still arrives: the client, writing on, gets the 431 whole."""
+    served, _ = service
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+        # Writing on until the answer is there to read, as a client streaming its request does
+        # (bounded: the server answers once it has read 64 KB more).
+        for _ in range(1024):
+            if select.select([sock], [], [], 0)[0]:
+                break
+            sock.sendall(b"a" * 16384)
+        status, request_id, body = refusal_answer(sock)
+    assert status == 431, body
+    assert body["request_id"] == request_id
+
+
+def cut_off_within(sock: socket.socket, chunk: bytes, pause: float, seconds: float) -> bool:
+    """Whether the server cuts off ``sock`` while ``chunk`` is sent on it again and again (with
+    ``pause`` between) for ``seconds``, the answer never read."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            sock.sendall(chunk)
+            time.sleep(pause)
+    except ConnectionError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("pace", ["flood", "trickle"])
+def test_a_refused_client_sending_on_cannot_hold_its_connection(
+    service: tuple[ServedService, Path], pace: str
+) -> None:
+    """What a refused client still sends is read and dropped so that it can read its answer,
+    but for at most LINGER_SECONDS and LINGER_BYTES: one sending on without end, fast or slow,
+    is cut off."""
+    served, _ = service
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        # Refused at once: the rest of the head, read after the piece it began in, is over 64 KB.
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: test\r\nX-Padding: ")
+        time.sleep(0.5)
+        sock.sendall(b"a" * 70_000)
+        started = time.monotonic()
+        if pace == "flood":
+            assert cut_off_within(sock, b"a" * 65536, 0, 60)
+        else:
+            assert cut_off_within(sock, b"a", 0.05, 60)
+    # Well within the head's timeout (TIMEOUT_SECONDS), which would also end a trickle.
+    assert time.monotonic() - started < LINGER_SECONDS + 8
